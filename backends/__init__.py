@@ -1,0 +1,1 @@
+"""Cleancache backends: the interface (base), the registry, one module per backend."""

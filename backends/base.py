@@ -1,0 +1,73 @@
+"""The interface every cleancache backend implements.
+
+A backend stores whole 4 KiB pages under a handle (pool, file key, page
+index). It may drop any page at any time (pools are ephemeral) and may
+refuse any put. The frontend (fusefs/cleancache.py) enforces the tmem rules
+on top, contains exceptions, and never trusts a page it cannot verify, so a
+backend can stay small.
+
+Methods are coroutines so that a backend on a remote store can await its
+I/O; in-memory backends simply never suspend.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+StatValue = int | float | str
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """A backend-specific mount option: its parser and one line of help."""
+
+    parse: Callable[[str], object]
+    help: str
+
+
+class Backend(abc.ABC):
+    """One backend instance serves one mount; pools are created on it by the frontend."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    options: ClassVar[dict[str, OptionSpec]] = {}
+    # True when get_page on a private pool drops the page (tmem's exclusive
+    # gets). The frontend invalidates after a hit on backends that do not.
+    exclusive_gets: ClassVar[bool] = True
+
+    def __init__(self, capacity: int, **options: object) -> None:
+        self.capacity = capacity
+
+    @abc.abstractmethod
+    async def create_pool(self, uuid: bytes | None) -> int:
+        """A new private pool (uuid None) or the shared pool for a 16-byte uuid."""
+
+    @abc.abstractmethod
+    async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
+        """Store a copy of `page`; False if refused. A previous copy must not survive."""
+
+    @abc.abstractmethod
+    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        """Copy the page into `out` and return True, or return False on a miss."""
+
+    @abc.abstractmethod
+    async def invalidate_page(self, pool: int, key: bytes, index: int) -> None: ...
+
+    @abc.abstractmethod
+    async def invalidate_inode(self, pool: int, key: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def destroy_pool(self, pool: int) -> None:
+        """Drop every page of the pool and forget it (invalidate_fs)."""
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, StatValue]:
+        """Counters in the tmem/zswap tradition, shown as backend.NAME.COUNTER."""
+
+    def reset_stats(self) -> None:
+        """Zero the event counters (levels such as stored_pages stay)."""
+
+    async def close(self) -> None:
+        """Release resources at unmount."""

@@ -1,0 +1,277 @@
+"""The cleancache frontend: the Linux hook names, the tmem rules, fault containment.
+
+The page cache calls these hooks exactly where the kernel did
+(mm/cleancache.c): init_fs / init_shared_fs at mount, get_page on a miss,
+put_page when a clean page is evicted, invalidate_page / invalidate_inode /
+invalidate_fs when data changes or the mount goes away.
+
+For private pools the frontend keeps a ledger: the xxh3-64 digest of the
+last page put under each handle. It lets the frontend enforce the rules
+whatever the backend does:
+
+* exclusive gets: a hit removes the handle from the ledger, so a second
+  get misses even if the backend kept its copy (and it is told to drop it);
+* put-put-get: the ledger holds only the latest digest, so an older copy
+  never verifies;
+* get-get: a handle not in the ledger is a miss without asking the backend;
+* corruption: a page whose digest does not match is dropped and counted.
+
+A backend exception is counted, logged and becomes a miss: cleancache is
+ephemeral, so a fault may cost a disk read but never an I/O error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import xxhash
+
+from backends.base import Backend, StatValue
+
+log = logging.getLogger("tmemfs.cleancache")
+
+PRIVATE_UUID = b"\xff" * 16  # Xen: an all-ones uuid asks for a private pool
+_digest = xxhash.xxh3_64_intdigest
+
+
+@dataclass
+class Ledger:
+    """Digests of the pages a private pool may hold, bounded in entries."""
+
+    limit: int
+    files: dict[bytes, dict[int, int]] = field(default_factory=dict)
+    entries: int = 0
+
+    def get(self, key: bytes, index: int) -> int | None:
+        pages = self.files.get(key)
+        return None if pages is None else pages.get(index)
+
+    def record(self, key: bytes, index: int, digest: int) -> None:
+        pages = self.files.setdefault(key, {})
+        if index not in pages:
+            self.entries += 1
+        pages[index] = digest
+
+    def forget(self, key: bytes, index: int) -> bool:
+        pages = self.files.get(key)
+        if pages is None or pages.pop(index, None) is None:
+            return False
+        self.entries -= 1
+        if not pages:
+            del self.files[key]
+        return True
+
+    def forget_file(self, key: bytes) -> bool:
+        pages = self.files.pop(key, None)
+        if pages is None:
+            return False
+        self.entries -= len(pages)
+        return True
+
+    def oldest_file(self) -> bytes | None:
+        """The file recorded longest ago, to trim when over the limit."""
+        return next(iter(self.files), None) if self.entries > self.limit else None
+
+
+@dataclass
+class Pool:
+    """A frontend pool id and what backs it (None: placeholder, no backend pool yet)."""
+
+    uuid: bytes | None
+    backend_pool: int | None
+    ledger: Ledger | None  # private pools only
+
+
+class Cleancache:
+    """Pools, hooks and counters of one mount."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.pools: dict[int, Pool] = {}
+        self._next_pool = 0
+        # Room for every page the backend could hold, at 4x compression.
+        self._ledger_limit = max(1024, 4 * backend.capacity // 4096)
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.succ_gets = self.failed_gets = self.puts = self.invalidates = 0
+        self.inode_invalidates = self.fs_invalidates = 0
+        self.backend_errors = self.verify_failures = 0
+
+    # -- pools ---------------------------------------------------------------
+
+    async def init_fs(self) -> int:
+        """A private pool for one mount (mm/cleancache.c: cleancache_init_fs)."""
+        return await self._new_pool(None)
+
+    async def init_shared_fs(self, uuid: bytes) -> int:
+        """The pool every caller with the same 16-byte uuid shares."""
+        if len(uuid) != 16:
+            raise ValueError("a shared pool uuid is exactly 16 bytes")
+        return await self._new_pool(None if uuid == PRIVATE_UUID else uuid)
+
+    async def _new_pool(self, uuid: bytes | None) -> int:
+        pool_id = self._next_pool
+        self._next_pool += 1
+        ledger = Ledger(self._ledger_limit) if uuid is None else None
+        self.pools[pool_id] = Pool(uuid, await self._backend_pool(uuid), ledger)
+        return pool_id
+
+    async def _backend_pool(self, uuid: bytes | None) -> int | None:
+        try:
+            return await self.backend.create_pool(uuid)
+        except Exception:
+            self._fault("create_pool")
+            return None
+
+    async def invalidate_fs(self, pool_id: int) -> None:
+        """Surrender the pool: every page in it is dropped."""
+        self.fs_invalidates += 1
+        pool = self.pools.pop(pool_id, None)
+        if pool is not None and pool.backend_pool is not None:
+            try:
+                await self.backend.destroy_pool(pool.backend_pool)
+            except Exception:
+                self._fault("destroy_pool")
+
+    async def flush(self, pool_id: int) -> None:
+        """Empty a pool but keep its id (the `flush` control command)."""
+        pool = self.pools[pool_id]
+        await self.invalidate_fs(pool_id)
+        if pool.ledger is not None:
+            pool.ledger = Ledger(self._ledger_limit)
+        pool.backend_pool = await self._backend_pool(pool.uuid)
+        self.pools[pool_id] = pool
+
+    # -- pages ---------------------------------------------------------------
+
+    async def get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
+        """Fill `out` from the pool and return True, or return False (a miss)."""
+        pool = self.pools.get(pool_id)
+        if pool is None or pool.backend_pool is None:
+            self.failed_gets += 1
+            return False
+        ledger = pool.ledger
+        if ledger is None:
+            return await self._shared_get(pool.backend_pool, key, index, out)
+        digest = ledger.get(key, index)
+        if digest is None:
+            self.failed_gets += 1
+            return False
+        ledger.forget(key, index)  # exclusive: after this get the pool no longer has it
+        try:
+            hit = await self.backend.get_page(pool.backend_pool, key, index, out)
+        except Exception:
+            self._fault("get_page")
+            await self._drop(pool.backend_pool, key, index)
+            hit = False
+        if hit and _digest(out) != digest:
+            self.verify_failures += 1
+            log.warning("backend %s returned a page that does not match what was put; "
+                        "dropped it (a miss, not an error)", self.backend.name)
+            await self._drop(pool.backend_pool, key, index)
+            hit = False
+        elif hit and not self.backend.exclusive_gets:
+            await self._drop(pool.backend_pool, key, index)
+        if hit:
+            self.succ_gets += 1
+        else:
+            self.failed_gets += 1
+        return hit
+
+    async def _shared_get(self, backend_pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        try:
+            hit = await self.backend.get_page(backend_pool, key, index, out)
+        except Exception:
+            self._fault("get_page")
+            hit = False
+        if hit:
+            self.succ_gets += 1
+        else:
+            self.failed_gets += 1
+        return hit
+
+    async def put_page(self, pool_id: int, key: bytes, index: int, page: memoryview) -> None:
+        """Offer a clean page being evicted; the backend may keep it or not."""
+        self.puts += 1
+        pool = self.pools.get(pool_id)
+        if pool is None or pool.backend_pool is None:
+            return
+        try:
+            stored = await self.backend.put_page(pool.backend_pool, key, index, page)
+        except Exception:
+            self._fault("put_page")
+            await self._drop(pool.backend_pool, key, index)
+            stored = False
+        ledger = pool.ledger
+        if ledger is None:
+            return
+        if stored:
+            ledger.record(key, index, _digest(page))
+            await self._trim(pool.backend_pool, ledger)
+        else:
+            ledger.forget(key, index)
+
+    async def invalidate_page(self, pool_id: int, key: bytes, index: int) -> None:
+        """The page changed or went away: the pool must not return it again."""
+        self.invalidates += 1
+        pool = self.pools.get(pool_id)
+        if pool is None or pool.backend_pool is None:
+            return
+        if pool.ledger is not None and not pool.ledger.forget(key, index):
+            return  # never stored there: nothing to tell the backend
+        await self._drop(pool.backend_pool, key, index)
+
+    async def invalidate_inode(self, pool_id: int, key: bytes) -> None:
+        """Every page of a file changed or went away (truncate, delete, replace)."""
+        self.inode_invalidates += 1
+        pool = self.pools.get(pool_id)
+        if pool is None or pool.backend_pool is None:
+            return
+        if pool.ledger is not None and not pool.ledger.forget_file(key):
+            return
+        await self._drop_file(pool.backend_pool, key)
+
+    # -- internals -----------------------------------------------------------
+
+    async def _trim(self, backend_pool: int, ledger: Ledger) -> None:
+        while (key := ledger.oldest_file()) is not None:
+            ledger.forget_file(key)
+            await self._drop_file(backend_pool, key)
+
+    async def _drop(self, backend_pool: int, key: bytes, index: int) -> None:
+        try:
+            await self.backend.invalidate_page(backend_pool, key, index)
+        except Exception:
+            self._fault("invalidate_page")
+
+    async def _drop_file(self, backend_pool: int, key: bytes) -> None:
+        try:
+            await self.backend.invalidate_inode(backend_pool, key)
+        except Exception:
+            self._fault("invalidate_inode")
+
+    def _fault(self, operation: str) -> None:
+        self.backend_errors += 1
+        if self.backend_errors <= 10 or self.backend_errors % 1000 == 0:
+            log.exception("backend %s failed in %s (fault %d); treated as a miss",
+                          self.backend.name, operation, self.backend_errors)
+
+    def stats(self) -> dict[str, StatValue]:
+        ledger_entries = sum(p.ledger.entries for p in self.pools.values() if p.ledger)
+        placeholders = sum(1 for p in self.pools.values() if p.backend_pool is None)
+        return {
+            "succ_gets": self.succ_gets,
+            "failed_gets": self.failed_gets,
+            "puts": self.puts,
+            "invalidates": self.invalidates,
+            "cleancache.backend": self.backend.name,
+            "cleancache.pools": len(self.pools),
+            "cleancache.placeholder_pools": placeholders,
+            "cleancache.inode_invalidates": self.inode_invalidates,
+            "cleancache.fs_invalidates": self.fs_invalidates,
+            "cleancache.backend_errors": self.backend_errors,
+            "cleancache.verify_failures": self.verify_failures,
+            "cleancache.ledger_entries": ledger_entries,
+        }

@@ -1,0 +1,283 @@
+"""The `tmemfs` command: parse, check, mount, then serve (in the background by default)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import sys
+from typing import NoReturn
+
+import pyfuse3
+import trio
+
+from backends import registry
+from backends.base import Backend, StatValue
+from fusefs import __version__
+from fusefs.cleancache import Cleancache
+from fusefs.datapath import DataPath
+from fusefs.operations import TmemOperations
+from fusefs.options import CORE_HELP, MountConfig, OptionError, parse_options
+from fusefs.pagecache import PageCache
+
+log = logging.getLogger("tmemfs")
+
+USAGE = "tmemfs SRC MNT [-o opt[,opt...]] [-f] [-d] [--help] [--version]"
+
+
+def manual() -> str:
+    """The --help text, in the shape of a man page."""
+    core = "\n".join(f"    {k:<28} {v}" for k, v in CORE_HELP.items())
+    lines = []
+    for name, target in sorted(registry.available().items()):
+        try:
+            cls = registry.load(name)
+        except Exception as exc:  # a broken plugin must not break --help
+            lines.append(f"    {name:<28} (cannot load {target}: {exc})")
+            continue
+        lines.append(f"    {name:<28} {cls.summary}")
+        lines.extend(f"      {k}=...{'':<19} {spec.help}" for k, spec in cls.options.items())
+    backends = "\n".join(lines)
+    return f"""NAME
+    tmemfs - pass-through FUSE filesystem with a page cache and cleancache backends
+
+SYNOPSIS
+    {USAGE}
+    mount -t fuse.tmemfs SRC MNT -o cleancache=NAME[,opt...]
+
+DESCRIPTION
+    Mounts the directory SRC at MNT. Every read of a file goes through
+    tmemfs's own page cache (the kernel's is bypassed with direct_io); a
+    page evicted from it is offered to the cleancache backend (put), and a
+    miss asks the backend (get) before reading SRC, as Linux cleancache did.
+    Writes go through to SRC before they return. Counters are in
+    MNT/.tmemfs/stats (and stats.json); commands go to MNT/.tmemfs/control.
+
+    Without -f, tmemfs returns once the mount answers requests, so MNT is
+    usable as soon as the command exits.
+
+OPTIONS
+    -o opt[,opt...]  mount options (below); may be repeated
+    -f, --foreground stay in the foreground, log to stderr
+    -d, --debug      debug logging (implies -f)
+    --version        print the version
+    --help           print this text
+
+  tmemfs options
+{core}
+
+  backends (cleancache=NAME) and their options
+{backends}
+
+  FUSE and mount(8) options
+    allow_other, allow_root, default_permissions (always on), ro, noatime,
+    auto_unmount, fsname=NAME (default SRC), subtype=NAME (default tmemfs),
+    nodev, nosuid, noexec are passed to FUSE. rw, defaults, auto, noauto,
+    user, users, nofail, _netdev, relatime and x-* are accepted and ignored.
+
+CONTROL COMMANDS (echo CMD > MNT/.tmemfs/control; root or the mount owner)
+    drop_caches      evict every page (each is put into cleancache)
+    flush            empty the cleancache pool
+    reset_stats      zero the counters
+
+FILES
+    MNT/.tmemfs/stats, MNT/.tmemfs/stats.json, MNT/.tmemfs/control
+
+EXIT STATUS
+    0 mounted (or unmounted cleanly with -f); 1 the mount failed;
+    2 bad command line, option or path (nothing was mounted).
+
+EXAMPLES
+    tmemfs /srv/data /mnt/data -o cleancache=tmem,cache_size=64M,cc_size=256M
+    cat /mnt/data/.tmemfs/stats
+    echo drop_caches > /mnt/data/.tmemfs/control
+    fusermount3 -u /mnt/data
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tmemfs: {message} (usage: {USAGE})\n")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog="tmemfs", usage=USAGE, add_help=False)
+    parser.add_argument("src", metavar="SRC")
+    parser.add_argument("mnt", metavar="MNT")
+    parser.add_argument("-o", dest="options", action="append", default=[])
+    parser.add_argument("-f", "--foreground", action="store_true")
+    parser.add_argument("-d", "--debug", action="store_true")
+    if "--help" in argv or "-h" in argv:
+        sys.stdout.write(manual())
+        sys.exit(0)
+    if "--version" in argv or "-V" in argv:
+        print(f"tmemfs {__version__} (pyfuse3 {pyfuse3.__version__})")
+        sys.exit(0)
+    return parser.parse_args(argv)
+
+
+def check_paths(src: str, mnt: str) -> tuple[str, str]:
+    """Absolute SRC and MNT, or OptionError if mounting them would be wrong."""
+    src_real, mnt_real = os.path.realpath(src), os.path.realpath(mnt)
+    if not os.path.isdir(src_real):
+        raise OptionError(f"SRC {src}: {'not a directory' if os.path.exists(src_real) else 'no such directory'}")
+    if not os.path.isdir(mnt_real):
+        raise OptionError(f"MNT {mnt}: {'not a directory' if os.path.exists(mnt_real) else 'no such directory'}")
+    try:
+        if os.listdir(mnt_real):
+            raise OptionError(f"MNT {mnt}: not empty")
+    except OSError as exc:
+        raise OptionError(f"MNT {mnt}: {exc.strerror} (a dead mount? fusermount3 -u {mnt})") from None
+    if src_real == mnt_real:
+        raise OptionError(f"SRC and MNT are the same directory ({src_real})")
+    if os.path.commonpath([src_real, mnt_real]) == src_real:
+        raise OptionError(f"MNT {mnt} is inside SRC {src}: tmemfs would see itself")
+    return src_real, mnt_real
+
+
+def make_backend(config: MountConfig) -> Backend:
+    if len(config.cleancache) > 1:
+        raise OptionError(f"cleancache={'+'.join(config.cleancache)}: chaining backends is not supported yet")
+    cls = registry.load(config.cleancache[0])
+    try:
+        return cls(config.cc_size, **config.backend_options)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"cleancache={cls.name}: {exc}") from None
+
+
+def fuse_options(config: MountConfig, src: str) -> set[str]:
+    options = set(config.fuse_options)
+    if not any(o.startswith("fsname=") for o in options):
+        options.add("fsname=" + src.replace("\\", "\\\\").replace(",", "\\,"))
+    if not any(o.startswith("subtype=") for o in options):
+        options.add("subtype=tmemfs")
+    return options
+
+
+def setup_logging(foreground: bool, debug: bool, log_file: str | None) -> None:
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+    elif foreground:
+        handler = logging.StreamHandler(sys.stderr)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+    else:
+        handler = logging.NullHandler()
+    fmt = "%(asctime)s tmemfs[%(process)d] %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug:
+        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+
+
+def raise_fd_limit() -> None:
+    """One O_PATH descriptor is held per inode the kernel knows: allow many."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(config: MountConfig, backend: Backend, src: str, mnt: str, notify_fd: int | None) -> None:
+    cleancache = Cleancache(backend)
+    pool = await cleancache.init_fs()
+    data = DataPath(PageCache(config.cache_size, config.pc_policy), cleancache, pool)
+
+    def backend_stats() -> dict[str, StatValue]:
+        return {f"backend.{backend.name}.{k}": v for k, v in backend.stats().items()}
+
+    root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    ops = TmemOperations(root_fd, config, data, backend_stats, src)
+    if notify_fd is not None:
+        ops.ready = lambda: _notify(notify_fd, b"ok")
+    pyfuse3.init(ops, mnt, fuse_options(config, src))
+    log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
+             "+".join(config.cleancache), config.cache_size, config.cc_size)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await pyfuse3.main(max_tasks=1)
+            nursery.cancel_scope.cancel()
+    finally:
+        await ops.shutdown()
+        await backend.close()
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mnt)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def _notify(fd: int, message: bytes) -> None:
+    try:
+        os.write(fd, message)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse_options(args.options, registry.load)
+        src, mnt = check_paths(args.src, args.mnt)
+        backend = make_backend(config)
+    except OptionError as exc:
+        print(f"tmemfs: {exc}", file=sys.stderr)
+        return 2
+    foreground = args.foreground or args.debug
+    os.umask(0)  # modes arrive already masked by the kernel
+    raise_fd_limit()
+    if foreground:
+        setup_logging(True, args.debug, config.log_file)
+        return _run(config, backend, src, mnt, None)
+    read_end, write_end = os.pipe()
+    if os.fork():
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            status = pipe.read()
+        if status == b"ok":
+            return 0
+        print(f"tmemfs: mounting {mnt} failed: {status.decode(errors='replace') or 'see the log'}",
+              file=sys.stderr)
+        return 1
+    os.close(read_end)
+    os.setsid()
+    setup_logging(False, False, config.log_file)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    code = _run(config, backend, src, mnt, write_end)
+    os._exit(code)
+
+
+def _run(config: MountConfig, backend: Backend, src: str, mnt: str, notify_fd: int | None) -> int:
+    try:
+        trio.run(serve, config, backend, src, mnt, notify_fd)
+    except RuntimeError as exc:  # pyfuse3.init could not mount
+        log.error("mount failed: %s", exc)
+        if notify_fd is not None:
+            _notify(notify_fd, str(exc).encode())
+        else:
+            print(f"tmemfs: mounting {mnt} failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        log.exception("tmemfs stopped on an internal error")
+        if notify_fd is not None:
+            _notify(notify_fd, repr(exc).encode())
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

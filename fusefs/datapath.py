@@ -1,0 +1,262 @@
+"""Reads and writes of file data: page cache, then cleancache, then SRC.
+
+read:  page-cache hit -> copy out; else cleancache get into a fresh slot;
+       else pread SRC (consecutive misses in one preadv) and install.
+write: pwrite SRC first (write-through, so every cached page stays clean),
+       then update the cached pages it covers and invalidate them in the pool.
+Evicting a page to make room puts it into cleancache, as the kernel did.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+from fusefs import PAGE_SHIFT, PAGE_SIZE
+from fusefs.cleancache import Cleancache
+from fusefs.pagecache import CachedFile, Eviction, PageCache
+
+PAGE_MASK = PAGE_SIZE - 1
+MAX_BATCH = 32  # pages read from SRC in one preadv
+
+
+class DataPath:
+    """The page cache and cleancache of one mount, and the counters of SRC I/O."""
+
+    def __init__(self, pagecache: PageCache, cleancache: Cleancache, pool: int,
+                 max_idle_files: int = 65536) -> None:
+        self.pc = pagecache
+        self.cc = cleancache
+        self.pool = pool
+        # Files we know, oldest first; idle ones (no pages, not open) are
+        # trimmed past max_idle_files, invalidating their pool pages.
+        self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
+        self.max_idle_files = max_idle_files
+        self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.backing_reads = self.backing_read_bytes = 0
+        self.backing_writes = self.backing_write_bytes = 0
+        self.external_changes = 0
+
+    # -- files -----------------------------------------------------------------
+
+    async def open_file(self, key: bytes, st: os.stat_result) -> CachedFile:
+        """The CachedFile for a file being opened, checked against SRC (close-to-open).
+
+        If SRC changed behind our back since we last saw the file (size,
+        mtime or ctime differ), its cached pages are dropped locally and in
+        the pool, as NFS does on open.
+        """
+        cached = self.files.get(key)
+        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if cached is None:
+            cached = self.files[key] = CachedFile(key)
+            await self._trim_idle()
+        else:
+            self.files.move_to_end(key)
+            if cached.stamp is not None and cached.stamp != stamp and cached.open_count == 0:
+                self.external_changes += 1
+                await self.invalidate_file(key)
+        cached.size = st.st_size
+        cached.stamp = stamp
+        cached.open_count += 1
+        return cached
+
+    def close_file(self, cached: CachedFile, st: os.stat_result | None) -> None:
+        """A handle closed; `st` (fstat before close) re-stamps a file we wrote."""
+        cached.open_count -= 1
+        if st is not None and cached.stamp is None:
+            cached.stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    async def _trim_idle(self) -> None:
+        if len(self.files) <= self.max_idle_files:
+            return
+        for key in [k for k, f in self.files.items() if f.idle][: len(self.files) // 4]:
+            del self.files[key]
+            await self.cc.invalidate_inode(self.pool, key)
+
+    async def invalidate_file(self, key: bytes) -> None:
+        """Drop a file's pages here and in the pool (truncate, delete, external change).
+
+        Like truncate_inode_pages: invalidate_inode at the start and at the
+        end, whether or not anything was cached here.
+        """
+        await self.cc.invalidate_inode(self.pool, key)
+        cached = self.files.get(key)
+        if cached is not None:
+            self.pc.drop_file(cached)
+        await self.cc.invalidate_inode(self.pool, key)
+
+    async def truncate(self, key: bytes, fd_or_path: int | str, size: int) -> None:
+        """ftruncate SRC between the two pool invalidations."""
+        await self.cc.invalidate_inode(self.pool, key)
+        cached = self.files.get(key)
+        if cached is not None:
+            self.pc.drop_file(cached)
+            cached.stamp = None
+        os.truncate(fd_or_path, size)
+        if cached is not None:
+            cached.size = size
+        await self.cc.invalidate_inode(self.pool, key)
+
+    def forget_file(self, key: bytes) -> None:
+        """The file no longer exists under this key (its last link is gone)."""
+        cached = self.files.get(key)
+        if cached is not None and cached.idle:
+            del self.files[key]
+
+    # -- data ------------------------------------------------------------------
+
+    async def read(self, cached: CachedFile, fd: int, offset: int, size: int) -> bytes | memoryview:
+        """Up to `size` bytes at `offset`, short only at end of file."""
+        end = min(offset + size, cached.size)
+        if offset >= end:
+            return b""
+        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        view = self.pc.view
+        if first == last:
+            slot = await self._page(cached, fd, first, last)
+            end = min(end, cached.size)  # a read from SRC may have found it shorter
+            if slot < 0 or offset >= end:
+                return b""
+            base = slot << PAGE_SHIFT
+            return view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
+        out = bytearray()
+        index = first
+        while index <= last:
+            slot = await self._page(cached, fd, index, last)
+            if slot < 0:
+                break
+            page_start = index << PAGE_SHIFT
+            lo = max(offset, page_start) - page_start
+            hi = min(end, cached.size, page_start + PAGE_SIZE) - page_start
+            if hi <= lo:
+                break
+            base = slot << PAGE_SHIFT
+            out += view[base + lo : base + hi]
+            index += 1
+        return out
+
+    async def _page(self, cached: CachedFile, fd: int, index: int, last: int) -> int:
+        """Slot holding page `index`, loading it (and following misses up to `last`)."""
+        pc = self.pc
+        slot = pc.lookup(cached, index)
+        if slot is not None:
+            return slot
+        slot = await self._take_slot()
+        if await self.cc.get_page(self.pool, cached.key, index, pc.slot_view(slot)):
+            pc.install(cached, index, slot)
+            return slot
+        # Read this page and the following misses (not cached, not in the pool) at once.
+        slots = [slot]
+        index_end = index + 1
+        while index_end <= last and len(slots) < self.batch and pc.peek(cached, index_end) is None:
+            extra = await self._take_slot()
+            if await self.cc.get_page(self.pool, cached.key, index_end, pc.slot_view(extra)):
+                pc.install(cached, index_end, extra)
+                break
+            slots.append(extra)
+            index_end += 1
+        return self._read_backing(cached, fd, index, slots)
+
+    def _read_backing(self, cached: CachedFile, fd: int, index: int, slots: list[int]) -> int:
+        pc = self.pc
+        start = index << PAGE_SHIFT
+        try:
+            got = os.preadv(fd, [pc.slot_view(s) for s in slots], start)
+        except BaseException:
+            for s in slots:
+                pc.release_slot(s)
+            raise
+        self.backing_reads += 1
+        self.backing_read_bytes += got
+        if got < len(slots) * PAGE_SIZE or start + got > cached.size:
+            cached.size = start + got  # SRC changed size behind our back: it knows best
+        full, tail = divmod(got, PAGE_SIZE)
+        used = full + (1 if tail else 0)
+        if tail:
+            base = slots[full] << PAGE_SHIFT
+            pc.view[base + tail : base + PAGE_SIZE] = bytes(PAGE_SIZE - tail)
+        for n, s in enumerate(slots):
+            if n < used:
+                pc.install(cached, index + n, s)
+            else:
+                pc.release_slot(s)
+        return slots[0] if used else -1
+
+    async def _take_slot(self) -> int:
+        slot, evicted = self.pc.take_slot()
+        if evicted is not None:
+            await self._put(evicted)
+        return slot
+
+    async def _put(self, evicted: Eviction) -> None:
+        await self.cc.put_page(self.pool, evicted.file.key, evicted.index,
+                               self.pc.slot_view(evicted.slot))
+
+    async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview) -> int:
+        """Write through to SRC, then bring cached pages and the pool up to date."""
+        view = memoryview(data)
+        done = 0
+        while done < len(view):
+            n = os.pwrite(fd, view[done:], offset + done)
+            if n == 0:
+                break
+            done += n
+        self.backing_writes += 1
+        self.backing_write_bytes += done
+        if done == 0:
+            return 0
+        end = offset + done
+        cached.stamp = None
+        if end > cached.size:
+            cached.size = end
+        pc = self.pc
+        for index in range(offset >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+            slot = pc.peek(cached, index)
+            if slot is not None:
+                page_start = index << PAGE_SHIFT
+                lo = max(offset, page_start)
+                hi = min(end, page_start + PAGE_SIZE)
+                base = slot << PAGE_SHIFT
+                pc.view[base + lo - page_start : base + hi - page_start] = view[lo - offset : hi - offset]
+            await self.cc.invalidate_page(self.pool, cached.key, index)
+        return done
+
+    # -- whole cache -------------------------------------------------------------
+
+    async def drop_caches(self) -> int:
+        """Evict every page, putting each into cleancache; returns the count."""
+        evicted = self.pc.evict_all()
+        for ev in evicted:
+            await self._put(ev)
+            self.pc.release_slot(ev.slot)
+        return len(evicted)
+
+    async def flush_pool(self) -> None:
+        await self.cc.flush(self.pool)
+
+    async def unmount(self) -> None:
+        """Drop the page cache and surrender the pool (invalidate_fs)."""
+        for cached in list(self.files.values()):
+            self.pc.drop_file(cached)
+        await self.cc.invalidate_fs(self.pool)
+
+    def stats(self) -> dict[str, int]:
+        pc = self.pc
+        return {
+            "pagecache.hits": pc.hits,
+            "pagecache.misses": pc.misses,
+            "pagecache.evictions": pc.evictions,
+            "pagecache.pages": pc.pages,
+            "pagecache.bytes": pc.pages * PAGE_SIZE,
+            "pagecache.capacity_pages": pc.capacity,
+            "pagecache.files": len(self.files),
+            "pagecache.external_changes": self.external_changes,
+            "backing.reads": self.backing_reads,
+            "backing.read_bytes": self.backing_read_bytes,
+            "backing.writes": self.backing_writes,
+            "backing.write_bytes": self.backing_write_bytes,
+        }

@@ -1,0 +1,552 @@
+"""The pyfuse3 Operations of tmemfs: metadata passes straight to SRC, data goes
+through the data path (page cache + cleancache).
+
+Every handler runs inline on the trio loop and is wrapped by `handler`: an
+OSError becomes FUSEError(errno), anything else is logged with its
+traceback and becomes EIO. No exception ever reaches pyfuse3, which would
+end the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import pyfuse3
+from pyfuse3 import FUSEError
+
+from backends.base import StatValue
+from fusefs import __version__
+from fusefs.control import CONTROL_DIR_NAME, DIR_ID, ControlFiles, ControlHandle, is_control
+from fusefs.datapath import DataPath
+from fusefs.inodes import Inode, InodeTable, file_key
+from fusefs.options import MountConfig
+from fusefs.pagecache import CachedFile
+from fusefs.syscalls import fchown_empty, link_empty, renameat2, utimens_empty
+
+log = logging.getLogger("tmemfs")
+
+T = TypeVar("T")
+# Flags that must not reach the backing open: tmemfs creates, truncates and
+# appends itself, and a caller's O_DIRECT would make preadv into the page
+# cache fail (the stock pyfuse3 example dies on it).
+_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_DIRECT | os.O_APPEND
+
+
+def handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Map errors to FUSEError so that no exception ever ends the mount."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: "TmemOperations", *args: Any) -> T:
+        try:
+            return await fn(self, *args)
+        except FUSEError:
+            raise
+        except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            self.internal_errors += 1
+            log.exception("internal error in %s%r; replied EIO", fn.__name__, args[:3])
+            raise FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(eq=False, slots=True)
+class OpenFile:
+    inode: Inode
+    fd: int
+    read_fd: int  # fd, or an O_DIRECT twin with backing_io=direct
+    cached: CachedFile
+
+
+@dataclass(eq=False, slots=True)
+class OpenDir:
+    inode: Inode
+    fd: int
+    names: list[bytes]
+
+
+class TmemOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, root_fd: int, config: MountConfig, data: DataPath,
+                 backend_stats: Callable[[], dict[str, StatValue]], src: str) -> None:
+        super().__init__()
+        self.config = config
+        self.inodes = InodeTable(root_fd)
+        self.data = data
+        self.src = src
+        self.uid = os.geteuid()
+        self.handles: dict[int, OpenFile | ControlHandle] = {}
+        self.dirs: dict[int, OpenDir | None] = {}
+        self._next_fh = 1
+        self.internal_errors = 0
+        self.started = time.monotonic()
+        self._backend_stats = backend_stats
+        self.control = ControlFiles(self.collect_stats, self.run_command, self.uid, config.attr_timeout)
+        self.ready: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        """FUSE INIT done: the mount answers requests (the daemon's parent may exit)."""
+        if self.ready is not None:
+            self.ready()
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _entry(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = inode.nodeid
+        attr.generation = 0
+        attr.entry_timeout = self.config.entry_timeout
+        attr.attr_timeout = self.config.attr_timeout
+        attr.st_mode = st.st_mode
+        attr.st_nlink = st.st_nlink
+        attr.st_uid = st.st_uid
+        attr.st_gid = st.st_gid
+        attr.st_rdev = st.st_rdev
+        attr.st_size = st.st_size
+        attr.st_blksize = st.st_blksize
+        attr.st_blocks = st.st_blocks
+        attr.st_atime_ns = st.st_atime_ns
+        attr.st_mtime_ns = st.st_mtime_ns
+        attr.st_ctime_ns = st.st_ctime_ns
+        return attr
+
+    def _fh(self, value: object) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        if isinstance(value, OpenDir) or value is None:
+            self.dirs[fh] = value  # type: ignore[assignment]
+        else:
+            self.handles[fh] = value  # type: ignore[assignment]
+        return fh
+
+    def _check_name(self, parent: int, name: bytes) -> None:
+        """The control directory shadows SRC's `.tmemfs`: it cannot be made or removed."""
+        if parent == pyfuse3.ROOT_INODE and name == CONTROL_DIR_NAME:
+            raise FUSEError(errno.EPERM)
+        if is_control(parent):
+            raise FUSEError(errno.EPERM)
+
+    def _own(self, fd: int, parent: Inode, ctx: pyfuse3.RequestContext) -> None:
+        """Give a new object the caller's uid and gid (the gid of a setgid parent wins)."""
+        if self.uid != 0:
+            return  # an unprivileged daemon creates as itself, like any user
+        gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
+        fchown_empty(fd, ctx.uid, gid)
+
+    async def _new_entry(self, parent: Inode, name: bytes, ctx: pyfuse3.RequestContext,
+                         mode: int | None = None) -> pyfuse3.EntryAttributes:
+        inode, st = self.inodes.open_child(parent, name)
+        self._own(inode.fd, parent, ctx)
+        if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISLNK(st.st_mode):
+            os.chmod(f"/proc/self/fd/{inode.fd}", mode & 0o7777)  # chown cleared them
+        st = os.fstat(inode.fd)
+        inode.nlookup += 1
+        return self._entry(inode, st)
+
+    async def _invalidate_replaced(self, parent: Inode, name: bytes) -> bytes | None:
+        """Key of the file `name` if removing that name removes the file's last link."""
+        try:
+            st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None
+        known = self.inodes.by_devino.get((st.st_dev, st.st_ino))
+        if known is not None:
+            return self.inodes.key(known)
+        return file_key(parent.fd, name, st.st_dev, st.st_ino, self.inodes.root_dev)
+
+    async def _deleted(self, key: bytes | None) -> None:
+        """The last link of a file went: flush it from the pool even if nothing is cached
+        here (the CVE-2018-16862 fix)."""
+        if key is not None:
+            await self.data.invalidate_file(key)
+            self.data.forget_file(key)
+
+    # -- lookups and attributes ----------------------------------------------------
+
+    @handler
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if is_control(parent_inode) or (parent_inode == pyfuse3.ROOT_INODE and name == CONTROL_DIR_NAME):
+            if parent_inode == DIR_ID and name == b"..":
+                return await self.getattr(pyfuse3.ROOT_INODE, ctx)
+            return self.control.lookup(parent_inode, name)
+        parent = self.inodes.get(parent_inode)
+        if name == b"." or (name == b".." and parent is self.inodes.root):
+            inode, st = parent, os.fstat(parent.fd)
+        else:
+            inode, st = self.inodes.open_child(parent, name)
+        inode.nlookup += 1
+        return self._entry(inode, st)
+
+    @handler
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for nodeid, count in inode_list:
+            if not is_control(nodeid):
+                self.inodes.forget(nodeid, count)
+
+    @handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if is_control(inode):
+            return self.control.getattr(inode)
+        node = self.inodes.get(inode)
+        return self._entry(node, os.fstat(node.fd))
+
+    @handler
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if is_control(inode):
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                raise FUSEError(errno.EPERM)
+            return self.control.getattr(inode)  # `echo cmd > control` truncates first: fine
+        node = self.inodes.get(inode)
+        proc_path = f"/proc/self/fd/{node.fd}"
+        is_link = node.kind == stat.S_IFLNK
+        if fields.update_uid or fields.update_gid:
+            fchown_empty(node.fd, attr.st_uid if fields.update_uid else -1,
+                         attr.st_gid if fields.update_gid else -1)
+        if fields.update_mode:
+            if is_link:
+                raise FUSEError(errno.EOPNOTSUPP)
+            os.chmod(proc_path, stat.S_IMODE(attr.st_mode))
+        if fields.update_size:
+            handle = self.handles.get(fh) if fh is not None else None
+            target: int | str = handle.fd if isinstance(handle, OpenFile) else proc_path
+            await self.data.truncate(self.inodes.key(node), target, attr.st_size)
+        if fields.update_atime or fields.update_mtime:
+            utimens_empty(node.fd, attr.st_atime_ns if fields.update_atime else None,
+                          attr.st_mtime_ns if fields.update_mtime else None)
+        return self._entry(node, os.fstat(node.fd))
+
+    @handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.readlink(b"", dir_fd=self.inodes.get(inode).fd)
+
+    @handler
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        """Only called without default_permissions: check mode bits like the kernel."""
+        if is_control(inode):
+            return True
+        st = os.fstat(self.inodes.get(inode).fd)
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+        if ctx.uid == st.st_uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid == ctx.gid or st.st_gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        return mode & bits == mode
+
+    # -- namespace -------------------------------------------------------------------
+
+    @handler
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(parent_inode, name)
+        parent = self.inodes.get(parent_inode)
+        os.mknod(name, mode, rdev, dir_fd=parent.fd)
+        return await self._new_entry(parent, name, ctx, mode)
+
+    @handler
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(parent_inode, name)
+        parent = self.inodes.get(parent_inode)
+        os.mkdir(name, mode, dir_fd=parent.fd)
+        return await self._new_entry(parent, name, ctx)
+
+    @handler
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(parent_inode, name)
+        parent = self.inodes.get(parent_inode)
+        os.symlink(target, name, dir_fd=parent.fd)
+        return await self._new_entry(parent, name, ctx)
+
+    @handler
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_name(new_parent_inode, new_name)
+        if is_control(inode):
+            raise FUSEError(errno.EPERM)
+        node = self.inodes.get(inode)
+        link_empty(node.fd, self.inodes.get(new_parent_inode).fd, new_name)
+        node.nlookup += 1
+        return self._entry(node, os.fstat(node.fd))
+
+    @handler
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_name(parent_inode, name)
+        parent = self.inodes.get(parent_inode)
+        key = await self._invalidate_replaced(parent, name)
+        os.unlink(name, dir_fd=parent.fd)
+        await self._deleted(key)
+
+    @handler
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._check_name(parent_inode, name)
+        os.rmdir(name, dir_fd=self.inodes.get(parent_inode).fd)
+
+    @handler
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._check_name(parent_inode_old, name_old)
+        self._check_name(parent_inode_new, name_new)
+        old_parent = self.inodes.get(parent_inode_old)
+        new_parent = self.inodes.get(parent_inode_new)
+        replaced = None
+        if not flags & pyfuse3.RENAME_EXCHANGE:
+            replaced = await self._invalidate_replaced(new_parent, name_new)
+            if replaced is not None:
+                source = os.stat(name_old, dir_fd=old_parent.fd, follow_symlinks=False)
+                target = os.stat(name_new, dir_fd=new_parent.fd, follow_symlinks=False)
+                if (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino):
+                    replaced = None  # rename onto a hard link of itself: nothing goes
+        renameat2(old_parent.fd, name_old, new_parent.fd, name_new, int(flags))
+        await self._deleted(replaced)
+
+    # -- files -------------------------------------------------------------------------
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if is_control(inode):
+            return pyfuse3.FileInfo(fh=self._fh(self.control.open(inode, flags, ctx)), direct_io=True)
+        node = self.inodes.get(inode)
+        fd = os.open(f"/proc/self/fd/{node.fd}", (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
+        return await self._opened(node, fd, flags)
+
+    async def _opened(self, node: Inode, fd: int, flags: int) -> pyfuse3.FileInfo:
+        try:
+            key = self.inodes.key(node)
+            cached = await self.data.open_file(key, os.fstat(fd))
+            read_fd = fd
+            if self.config.backing_direct and flags & os.O_ACCMODE != os.O_WRONLY:
+                try:
+                    read_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+                except OSError:
+                    read_fd = fd  # the backing filesystem has no O_DIRECT (tmpfs)
+        except BaseException:
+            os.close(fd)
+            raise
+        node.nopen += 1
+        fh = self._fh(OpenFile(node, fd, read_fd, cached))
+        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+            await self.data.truncate(key, fd, 0)
+        return pyfuse3.FileInfo(fh=fh, direct_io=not self.config.kernel_cache, keep_cache=False)
+
+    @handler
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_name(parent_inode, name)
+        parent = self.inodes.get(parent_inode)
+        open_flags = (flags & ~_STRIP_OPEN) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        if flags & os.O_EXCL:
+            open_flags |= os.O_EXCL
+        fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=parent.fd)
+        try:
+            attr = await self._new_entry(parent, name, ctx, mode)
+        except BaseException:
+            os.close(fd)
+            raise
+        node = self.inodes.get(attr.st_ino)
+        try:
+            info = await self._opened(node, fd, flags)
+        except BaseException:
+            self.inodes.forget(node.nodeid, 1)
+            raise
+        return info, self._entry(node, os.fstat(node.fd))
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        handle = self.handles[fh]
+        if handle.__class__ is OpenFile:
+            return await self.data.read(handle.cached, handle.read_fd, off, size)  # type: ignore[union-attr]
+        return handle.read(off, size)  # type: ignore[union-attr]
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        if isinstance(handle, OpenFile):
+            return await self.data.write(handle.cached, handle.fd, off, buf)
+        return await self.control.write(handle, buf)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        """Nothing to do: every write already reached SRC (write-through)."""
+
+    @handler
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        if not isinstance(handle, OpenFile):
+            return
+        try:  # re-stamp a file we wrote, for the close-to-open check
+            st = os.fstat(handle.fd) if handle.cached.stamp is None else None
+        except OSError:
+            st = None
+        if handle.read_fd != handle.fd:
+            os.close(handle.read_fd)
+        os.close(handle.fd)
+        self.data.close_file(handle.cached, st)
+        handle.inode.nopen -= 1
+        self.inodes.drop_if_unused(handle.inode)
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self.handles[fh]
+        if isinstance(handle, OpenFile):
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    # -- directories ---------------------------------------------------------------------
+
+    @handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode == DIR_ID:
+            return self._fh(None)
+        if is_control(inode):
+            raise FUSEError(errno.ENOTDIR)
+        node = self.inodes.get(inode)
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
+        try:
+            names = [os.fsencode(n) for n in os.listdir(fd)]
+        except BaseException:
+            os.close(fd)
+            raise
+        if node is self.inodes.root:
+            names = [n for n in names if n != CONTROL_DIR_NAME]
+        return self._fh(OpenDir(node, fd, names))
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self.dirs[fh]
+        if handle is None:  # the control directory
+            entries = self.control.entries()
+            for n in range(start_id, len(entries)):
+                if not pyfuse3.readdir_reply(token, entries[n][0], entries[n][1], n + 1):
+                    break
+            return
+        for n in range(start_id, len(handle.names)):
+            name = handle.names[n]
+            try:
+                inode, st = self.inodes.open_child(handle.inode, name)
+            except FileNotFoundError:
+                continue  # removed since opendir
+            if not pyfuse3.readdir_reply(token, name, self._entry(inode, st), n + 1):
+                self.inodes.drop_if_unused(inode)
+                break
+            inode.nlookup += 1
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        handle = self.dirs.pop(fh)
+        if handle is not None:
+            os.close(handle.fd)
+
+    @handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        handle = self.dirs[fh]
+        if handle is not None:
+            os.fsync(handle.fd)
+
+    @handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        st = os.fstatvfs(self.inodes.root.fd)
+        out = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail",
+                     "f_files", "f_ffree", "f_favail", "f_namemax"):
+            setattr(out, name, getattr(st, name))
+        return out
+
+    # -- extended attributes ----------------------------------------------------------------
+
+    def _xattr_path(self, inode: int) -> str:
+        if is_control(inode):
+            raise FUSEError(errno.ENOTSUP)
+        node = self.inodes.get(inode)
+        if node.kind == stat.S_IFLNK:
+            raise FUSEError(errno.ENOTSUP)  # reaching a symlink through /proc would follow it
+        return f"/proc/self/fd/{node.fd}"
+
+    @handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        os.setxattr(self._xattr_path(inode), name, value)
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        try:
+            return os.getxattr(self._xattr_path(inode), name)
+        except FUSEError as exc:
+            if exc.errno == errno.ENOTSUP:
+                raise FUSEError(pyfuse3.ENOATTR) from None
+            raise
+
+    @handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        try:
+            return [os.fsencode(n) for n in os.listxattr(self._xattr_path(inode))]
+        except FUSEError as exc:
+            if exc.errno == errno.ENOTSUP:
+                return []
+            raise
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        os.removexattr(self._xattr_path(inode), name)
+
+    # -- stats and control -----------------------------------------------------------------
+
+    def collect_stats(self) -> dict[str, StatValue]:
+        stats: dict[str, StatValue] = {}
+        stats.update(self.data.cc.stats())
+        stats.update(self.data.stats())
+        stats.update({
+            "fs.inodes": len(self.inodes),
+            "fs.open_files": sum(1 for h in self.handles.values() if isinstance(h, OpenFile)),
+            "fs.open_dirs": len(self.dirs),
+            "fs.internal_errors": self.internal_errors,
+            "fs.uptime_seconds": round(time.monotonic() - self.started, 3),
+            "fs.version": __version__,
+            "fs.pid": os.getpid(),
+            "fs.src": self.src,
+        })
+        stats.update(self._backend_stats())
+        return stats
+
+    async def run_command(self, command: str) -> None:
+        if command == "drop_caches":
+            await self.data.drop_caches()
+        elif command == "flush":
+            await self.data.flush_pool()
+        elif command == "reset_stats":
+            self.data.reset_stats()
+            self.data.pc.reset_counters()
+            self.data.cc.reset_stats()
+            self.data.cc.backend.reset_stats()
+            self.internal_errors = 0
+        log.info("control: %s", command)
+
+    async def shutdown(self) -> None:
+        """Unmount: close what is open and surrender the pool (invalidate_fs)."""
+        for handle in self.handles.values():
+            if isinstance(handle, OpenFile):
+                if handle.read_fd != handle.fd:
+                    os.close(handle.read_fd)
+                os.close(handle.fd)
+        for dhandle in self.dirs.values():
+            if dhandle is not None:
+                os.close(dhandle.fd)
+        self.handles.clear()
+        self.dirs.clear()
+        await self.data.unmount()
+        self.inodes.close_all()

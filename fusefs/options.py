@@ -1,0 +1,166 @@
+"""Mount options: tmemfs's own keys, backend keys, and the FUSE/mount(8) ones.
+
+tmemfs's keys are removed before pyfuse3.init (libfuse rejects keys it does
+not know); the FUSE keys pass through; the generic keys mount.fuse3 and
+fstab add are mapped or ignored. Anything else is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from backends.base import Backend
+
+PASS_THROUGH_FLAGS = {"allow_other", "allow_root", "default_permissions", "ro", "noatime",
+                      "auto_unmount", "nodev", "nosuid", "noexec", "dev", "suid", "exec",
+                      "atime", "sync", "async", "dirsync"}
+PASS_THROUGH_VALUES = {"fsname", "subtype"}
+IGNORED_FLAGS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", "_netdev",
+                 "nofail", "relatime", "strictatime", "lazytime", "nolazytime", "owner", "group"}
+IGNORED_PREFIXES = ("x-", "comment=")
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+CORE_HELP = {
+    "cleancache=NAME[+NAME...]": "backend (none, tmem, ...; `tmemctl backends` lists them); default tmem",
+    "cache_size=SIZE": "page cache size (K/M/G/T suffixes, powers of 1024); default 64M",
+    "cc_size=SIZE": "cleancache backend capacity; default 256M",
+    "kernel_cache": "let the kernel cache file data too (no direct_io): faster re-reads, "
+                    "shared writable mmap, but tmemfs sees fewer reads",
+    "attr_timeout=SECS": "how long the kernel trusts attributes; default 1",
+    "entry_timeout=SECS": "how long the kernel trusts name lookups; default 1",
+    "pc_policy=NAME": "page cache eviction policy; default lru",
+    "backing_io=cached|direct": "read SRC through the host page cache or with O_DIRECT "
+                                "(real disk reads); default cached",
+    "log=FILE": "log file when running in the background (default: syslog if present)",
+}
+
+
+class OptionError(ValueError):
+    """A bad mount option; the message names it."""
+
+
+def parse_size(key: str, text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise OptionError(f"{key}={text}: not a size (use a number with an optional K, M, G or T suffix)")
+    value = int(float(m.group(1)) * _SCALE[m.group(2).lower()])
+    return value
+
+
+def parse_seconds(key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionError(f"{key}={text}: not a number of seconds") from None
+    if not 0 <= value <= 86400 * 365:
+        raise OptionError(f"{key}={text}: must be between 0 and one year")
+    return value
+
+
+@dataclass
+class MountConfig:
+    """Everything the command line decided, validated."""
+
+    cleancache: list[str] = field(default_factory=lambda: ["tmem"])
+    cache_size: int = 64 << 20
+    cc_size: int = 256 << 20
+    kernel_cache: bool = False
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    pc_policy: str = "lru"
+    backing_direct: bool = False
+    log_file: str | None = None
+    fuse_options: set[str] = field(default_factory=lambda: {"default_permissions"})
+    backend_options: dict[str, object] = field(default_factory=dict)
+
+
+def split_options(groups: list[str]) -> list[tuple[str, str | None]]:
+    """`-o a,b=c -o d` -> [(a, None), (b, c), (d, None)]; a backslash escapes a comma."""
+    out: list[tuple[str, str | None]] = []
+    for group in groups:
+        for item in re.split(r"(?<!\\),", group):
+            item = item.replace("\\,", ",").strip()
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            out.append((key, value if sep else None))
+    return out
+
+
+def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]] | None = None) -> MountConfig:
+    """Validate every option; `load_backend` finds a backend class by name (KeyError if none)."""
+    from fusefs.eviction import POLICIES
+
+    config = MountConfig()
+    items = split_options(groups)
+    deferred: list[tuple[str, str | None]] = []
+
+    def need(key: str, value: str | None) -> str:
+        if value is None or value == "":
+            raise OptionError(f"{key}: needs a value ({key}=...)")
+        return value
+
+    def flag(key: str, value: str | None) -> None:
+        if value is not None:
+            raise OptionError(f"{key}={value}: {key} takes no value")
+
+    for key, value in items:
+        if key == "cleancache":
+            names = need(key, value).split("+")
+            if any(not n for n in names):
+                raise OptionError(f"cleancache={value}: empty backend name")
+            config.cleancache = names
+        elif key == "cache_size":
+            config.cache_size = parse_size(key, need(key, value))
+            if config.cache_size < 4096:
+                raise OptionError(f"cache_size={value}: must be at least one page (4096 bytes)")
+        elif key == "cc_size":
+            config.cc_size = parse_size(key, need(key, value))
+        elif key == "kernel_cache":
+            flag(key, value)
+            config.kernel_cache = True
+        elif key in ("attr_timeout", "entry_timeout"):
+            setattr(config, key, parse_seconds(key, need(key, value)))
+        elif key == "pc_policy":
+            if need(key, value) not in POLICIES:
+                raise OptionError(f"pc_policy={value}: unknown policy (known: {', '.join(POLICIES)})")
+            config.pc_policy = value  # type: ignore[assignment]
+        elif key == "backing_io":
+            if value not in ("cached", "direct"):
+                raise OptionError(f"backing_io={value}: must be cached or direct")
+            config.backing_direct = value == "direct"
+        elif key == "log":
+            config.log_file = need(key, value)
+        elif key in PASS_THROUGH_FLAGS:
+            flag(key, value)
+            config.fuse_options.add(key)
+        elif key in PASS_THROUGH_VALUES:
+            config.fuse_options.add(f"{key}={need(key, value)}")
+        elif key in IGNORED_FLAGS or key.startswith(IGNORED_PREFIXES) or f"{key}=".startswith(IGNORED_PREFIXES):
+            continue
+        else:
+            deferred.append((key, value))
+
+    specs = {}
+    if load_backend is not None:
+        for name in config.cleancache:
+            try:
+                specs.update(load_backend(name).options)
+            except KeyError:
+                raise OptionError(f"cleancache={'+'.join(config.cleancache)}: unknown backend {name!r} "
+                                  "(`tmemctl backends` lists them)") from None
+    for key, value in deferred:
+        spec = specs.get(key)
+        if spec is None:
+            raise OptionError(f"{key}: unknown option (see tmemfs --help)")
+        try:
+            config.backend_options[key] = spec.parse(need(key, value))
+        except OptionError:
+            raise
+        except ValueError as exc:
+            raise OptionError(f"{key}={value}: {exc}") from None
+    return config

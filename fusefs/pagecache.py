@@ -1,0 +1,147 @@
+"""The per-mount page cache: clean 4 KiB pages in one preallocated slab.
+
+Pages live in fixed slots of an anonymous mmap, so the memory bound is
+exact (cache_size, checked on every insert), installing a page allocates
+nothing, and backing reads land in page-aligned buffers (O_DIRECT works).
+Pages hang off CachedFile objects, which the data path keys by file key
+(not by FUSE inode), so a kernel `forget` does not throw cached data away.
+
+The cache itself never calls cleancache: `take_slot` hands back the
+evicted page so the data path can `put` it before the slot is reused.
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass, field
+
+from fusefs import PAGE_SIZE
+from fusefs.eviction import make_policy
+
+
+@dataclass(eq=False)
+class CachedFile:
+    """What the page cache knows of one backing file."""
+
+    key: bytes
+    size: int = 0
+    pages: dict[int, int] = field(default_factory=dict)  # page index -> slot
+    # (size, mtime_ns, ctime_ns) when last seen; None after our own writes.
+    stamp: tuple[int, int, int] | None = None
+    open_count: int = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.pages and self.open_count == 0
+
+
+@dataclass(slots=True)
+class Eviction:
+    """A page taken out of the cache to make room; its data is still in `slot`."""
+
+    file: CachedFile
+    index: int
+    slot: int
+
+
+class PageCache:
+    """Bounded set of clean pages with hit/miss/eviction counters."""
+
+    def __init__(self, capacity_bytes: int, policy: str = "lru") -> None:
+        self.capacity = max(1, capacity_bytes // PAGE_SIZE)
+        self._mem = mmap.mmap(-1, self.capacity * PAGE_SIZE)
+        self.view = memoryview(self._mem)
+        self._free = list(range(self.capacity - 1, -1, -1))
+        self._owner: list[CachedFile | None] = [None] * self.capacity
+        self._index = [0] * self.capacity
+        self._policy = make_policy(policy)
+        self.hits = self.misses = self.evictions = 0
+
+    @property
+    def pages(self) -> int:
+        return self.capacity - len(self._free)
+
+    def slot_view(self, slot: int) -> memoryview:
+        start = slot * PAGE_SIZE
+        return self.view[start : start + PAGE_SIZE]
+
+    def lookup(self, cached: CachedFile, index: int) -> int | None:
+        """Slot of a cached page (counts a hit and refreshes it), else None."""
+        slot = cached.pages.get(index)
+        if slot is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._policy.touch(slot)
+        return slot
+
+    def peek(self, cached: CachedFile, index: int) -> int | None:
+        """Slot of a cached page without counting or reordering."""
+        return cached.pages.get(index)
+
+    def take_slot(self) -> tuple[int, Eviction | None]:
+        """A slot for a new page; if the cache is full, the page evicted from it."""
+        if self._free:
+            return self._free.pop(), None
+        slot = self._policy.victim()
+        owner = self._owner[slot]
+        assert owner is not None
+        index = self._index[slot]
+        del owner.pages[index]
+        self._owner[slot] = None
+        self.evictions += 1
+        return slot, Eviction(owner, index, slot)
+
+    def install(self, cached: CachedFile, index: int, slot: int) -> None:
+        """Make `slot` (already filled) the page `index` of `cached`."""
+        assert index not in cached.pages
+        cached.pages[index] = slot
+        self._owner[slot] = cached
+        self._index[slot] = index
+        self._policy.insert(slot)
+
+    def release_slot(self, slot: int) -> None:
+        """Give back a slot from take_slot that was not installed."""
+        self._free.append(slot)
+
+    def drop(self, cached: CachedFile, index: int) -> bool:
+        """Remove one page without putting it anywhere (it is not clean any more)."""
+        slot = cached.pages.pop(index, None)
+        if slot is None:
+            return False
+        self._unlink(slot)
+        return True
+
+    def drop_file(self, cached: CachedFile) -> int:
+        """Remove every page of a file; returns how many there were."""
+        slots = list(cached.pages.values())
+        cached.pages.clear()
+        for slot in slots:
+            self._unlink(slot)
+        return len(slots)
+
+    def evict_all(self) -> list[Eviction]:
+        """Take every page out, oldest first, for the caller to put (drop_caches).
+
+        The slots stay reserved until the caller gives them back with
+        release_slot, so their data can be read meanwhile.
+        """
+        out = []
+        while len(self._policy):
+            slot = self._policy.victim()
+            owner = self._owner[slot]
+            assert owner is not None
+            index = self._index[slot]
+            del owner.pages[index]
+            self._owner[slot] = None
+            out.append(Eviction(owner, index, slot))
+        self.evictions += len(out)
+        return out
+
+    def _unlink(self, slot: int) -> None:
+        self._policy.remove(slot)
+        self._owner[slot] = None
+        self._free.append(slot)
+
+    def reset_counters(self) -> None:
+        self.hits = self.misses = self.evictions = 0

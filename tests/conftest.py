@@ -1,0 +1,119 @@
+"""Fixtures that mount tmemfs for real and always unmount, pass or fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+TMEMFS = [sys.executable, "-m", "fusefs.cli"]
+
+
+class Mount:
+    """A running tmemfs (foreground child process) on `mnt` over `src`."""
+
+    def __init__(self, src: Path, mnt: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.src, self.mnt, self.proc, self.log = src, mnt, proc, log
+
+    def stats(self) -> dict[str, object]:
+        return json.loads((self.mnt / ".tmemfs" / "stats.json").read_text())
+
+    def control(self, command: str) -> None:
+        (self.mnt / ".tmemfs" / "control").write_text(command + "\n")
+
+    def counters(self, *names: str) -> dict[str, object]:
+        stats = self.stats()
+        return {n: stats[n] for n in names}
+
+
+def _is_mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def unmount(path: Path) -> None:
+    for _ in range(50):
+        if not _is_mounted(path):
+            return
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+        time.sleep(0.05)
+    raise RuntimeError(f"could not unmount {path}")
+
+
+@contextmanager
+def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...] = ()) -> Iterator[Mount]:
+    """Mount in the foreground, wait until it answers, and unmount in a finally."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    log = mnt.parent / f"{mnt.name}.log"
+    args = [*TMEMFS, str(src), str(mnt), "-f", *extra_args]
+    if options:
+        args += ["-o", options]
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not (_is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
+            if proc.poll() is not None:
+                raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tmemfs did not come up: {log.read_text()}")
+            time.sleep(0.02)
+        yield Mount(src, mnt, proc, log)
+    finally:
+        try:
+            unmount(mnt)
+        finally:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if proc.returncode not in (0, None):
+        raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
+    text = log.read_text()
+    if "Traceback" in text or "internal error" in text:
+        raise RuntimeError(f"tmemfs logged an error:\n{text}")
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    path = tmp_path / "src"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path) -> Iterator[object]:
+    """mount_factory(options="...") -> context manager yielding a Mount of tmp_path/src."""
+    counter = iter(range(1000))
+
+    def factory(options: str = "", src: Path | None = None, extra_args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+        source = src or tmp_path / "src"
+        source.mkdir(exist_ok=True)
+        return mounted(source, tmp_path / f"mnt{next(counter)}", options, extra_args)
+
+    yield factory
+
+
+@pytest.fixture
+def mnt(src: Path, tmp_path: Path) -> Iterator[Mount]:
+    """A default tmemfs mount (cleancache=tmem) of `src`."""
+    with mounted(src, tmp_path / "mnt", "cleancache=tmem") as m:
+        yield m
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Belt and braces: nothing of ours may stay mounted after the suite."""
+    with open("/proc/self/mountinfo") as f:
+        leftovers = [line.split()[4] for line in f if "fuse.tmemfs" in line and "/pytest-" in line]
+    for path in leftovers:
+        subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+    if leftovers:
+        print(f"\nWARNING: unmounted leftover tmemfs mounts: {leftovers}", file=sys.stderr)

@@ -1,0 +1,8 @@
+from pathlib import Path
+
+
+def test_read_write_roundtrip(mnt, src: Path) -> None:
+    (mnt.mnt / "f").write_bytes(b"x" * 10000)
+    assert (src / "f").read_bytes() == b"x" * 10000
+    assert (mnt.mnt / "f").read_bytes() == b"x" * 10000
+    assert mnt.stats()["backing.writes"] >= 1
