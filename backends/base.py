@@ -13,8 +13,9 @@ I/O; in-memory backends simply never suspend.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 StatValue = int | float | str
 

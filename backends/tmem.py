@@ -42,22 +42,22 @@ class TmemBackend(Backend):
         if files is None or self.max_pages == 0:
             self.rejected_puts += 1
             return False
-        pages = files.setdefault(key, {})
-        if index in pages:
+        old = files.get(key, {}).get(index)
+        if old is not None:
             self.dup_puts_replaced += 1
             self._lru.touch((pool, key, index))
         else:
             while self.stored_pages >= self.max_pages:
-                self._evict_one()
+                self._evict_one()  # may empty and remove this very file's dict
             self._lru.insert((pool, key, index))
             self.stored_pages += 1
-        pages[index] = bytes(page)
+        files.setdefault(key, {})[index] = bytes(page)
         return True
 
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         pages = self._pools.get(pool, {}).get(key)
         data = pages.pop(index, None) if pages is not None else None
-        if data is None:
+        if pages is None or data is None:
             self.failed_gets += 1
             return False
         self._forget(pool, key, index, pages)  # exclusive get: the copy moves back

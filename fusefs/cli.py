@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import pyfuse3
@@ -126,15 +127,15 @@ def check_paths(src: str, mnt: str) -> tuple[str, str]:
         raise OptionError(f"SRC {src}: {'not a directory' if os.path.exists(src_real) else 'no such directory'}")
     if not os.path.isdir(mnt_real):
         raise OptionError(f"MNT {mnt}: {'not a directory' if os.path.exists(mnt_real) else 'no such directory'}")
+    if src_real == mnt_real:
+        raise OptionError(f"SRC and MNT are the same directory ({src_real})")
+    if os.path.commonpath([src_real, mnt_real]) == src_real:
+        raise OptionError(f"MNT {mnt} is inside SRC {src}: tmemfs would see itself")
     try:
         if os.listdir(mnt_real):
             raise OptionError(f"MNT {mnt}: not empty")
     except OSError as exc:
         raise OptionError(f"MNT {mnt}: {exc.strerror} (a dead mount? fusermount3 -u {mnt})") from None
-    if src_real == mnt_real:
-        raise OptionError(f"SRC and MNT are the same directory ({src_real})")
-    if os.path.commonpath([src_real, mnt_real]) == src_real:
-        raise OptionError(f"MNT {mnt} is inside SRC {src}: tmemfs would see itself")
     return src_real, mnt_real
 
 
@@ -195,27 +196,28 @@ async def serve(config: MountConfig, backend: Backend, src: str, mnt: str, notif
     ops = TmemOperations(root_fd, config, data, backend_stats, src)
     if notify_fd is not None:
         ops.ready = lambda: _notify(notify_fd, b"ok")
-    pyfuse3.init(ops, mnt, fuse_options(config, src))
-    log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
-             "+".join(config.cleancache), config.cache_size, config.cc_size)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
-            await pyfuse3.main(max_tasks=1)
-            nursery.cancel_scope.cancel()
-    finally:
-        await ops.shutdown()
-        await backend.close()
-        pyfuse3.close(unmount=True)
-        log.info("unmounted %s", mnt)
-
-
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    # Signals are caught from before the mount exists, so none can kill us half-mounted.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
+        pyfuse3.init(ops, mnt, fuse_options(config, src))
+        log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
+                 "+".join(config.cleancache), config.cache_size, config.cc_size)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, signals)
+                await pyfuse3.main(max_tasks=1)
+                nursery.cancel_scope.cancel()
+        finally:
+            await ops.shutdown()
+            await backend.close()
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s", mnt)
+
+
+async def _stop_on_signal(signals: AsyncIterator[int]) -> None:
+    async for signum in signals:
+        log.info("signal %d: unmounting", signum)
+        pyfuse3.terminate()
+        return
 
 
 def _notify(fd: int, message: bytes) -> None:
@@ -255,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     os.setsid()
     setup_logging(False, False, config.log_file)
     devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(devnull, 1)
+    for std in (0, 1, 2):  # errors reach the parent through the pipe, and the log
+        os.dup2(devnull, std)
     code = _run(config, backend, src, mnt, write_end)
     os._exit(code)
 

@@ -13,8 +13,8 @@ import json
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import pyfuse3
 

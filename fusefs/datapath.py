@@ -109,7 +109,7 @@ class DataPath:
 
     # -- data ------------------------------------------------------------------
 
-    async def read(self, cached: CachedFile, fd: int, offset: int, size: int) -> bytes | memoryview:
+    async def read(self, cached: CachedFile, fd: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`, short only at end of file."""
         end = min(offset + size, cached.size)
         if offset >= end:

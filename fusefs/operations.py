@@ -15,8 +15,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 from pyfuse3 import FUSEError
@@ -33,26 +34,29 @@ from fusefs.syscalls import fchown_empty, link_empty, renameat2, utimens_empty
 log = logging.getLogger("tmemfs")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 # Flags that must not reach the backing open: tmemfs creates, truncates and
 # appends itself, and a caller's O_DIRECT would make preadv into the page
 # cache fail (the stock pyfuse3 example dies on it).
 _STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_DIRECT | os.O_APPEND
 
 
-def handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Map errors to FUSEError so that no exception ever ends the mount."""
 
     @functools.wraps(fn)
-    async def wrapper(self: "TmemOperations", *args: Any) -> T:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await fn(self, *args)
+            return await fn(*args, **kwargs)
         except FUSEError:
             raise
         except OSError as exc:
             raise FUSEError(exc.errno or errno.EIO) from None
         except Exception:
-            self.internal_errors += 1
-            log.exception("internal error in %s%r; replied EIO", fn.__name__, args[:3])
+            ops = args[0]
+            assert isinstance(ops, TmemOperations)
+            ops.internal_errors += 1
+            log.exception("internal error in %s%r; replied EIO", fn.__name__, args[1:4])
             raise FUSEError(errno.EIO) from None
 
     return wrapper
@@ -369,7 +373,9 @@ class TmemOperations(pyfuse3.Operations):
         return info, self._entry(node, os.fstat(node.fd))
 
     @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+    async def read(  # type: ignore[override]  # pyfuse3 replies from any buffer, not only bytes
+        self, fh: int, off: int, size: int
+    ) -> bytes | bytearray | memoryview:
         handle = self.handles[fh]
         if handle.__class__ is OpenFile:
             return await self.data.read(handle.cached, handle.read_fd, off, size)  # type: ignore[union-attr]

@@ -8,8 +8,8 @@ fstab add are mapped or ignored. Anything else is an error naming the key.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from backends.base import Backend
 

@@ -59,7 +59,8 @@ class PageCache:
 
     @property
     def pages(self) -> int:
-        return self.capacity - len(self._free)
+        """Pages installed (slots taken but not yet installed do not count)."""
+        return len(self._policy)
 
     def slot_view(self, slot: int) -> memoryview:
         start = slot * PAGE_SIZE

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,12 @@ class Mount:
 
     def __init__(self, src: Path, mnt: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.src, self.mnt, self.proc, self.log = src, mnt, proc, log
+        self.killed = False  # set by tests that kill the daemon on purpose
+
+    def kill(self) -> None:
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait(timeout=10)
 
     def stats(self) -> dict[str, object]:
         return json.loads((self.mnt / ".tmemfs" / "stats.json").read_text())
@@ -65,7 +72,8 @@ def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tmemfs did not come up: {log.read_text()}")
             time.sleep(0.02)
-        yield Mount(src, mnt, proc, log)
+        mount = Mount(src, mnt, proc, log)
+        yield mount
     finally:
         try:
             unmount(mnt)
@@ -75,7 +83,7 @@ def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...]
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    if proc.returncode not in (0, None):
+    if proc.returncode not in (0, None) and not mount.killed:
         raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
     text = log.read_text()
     if "Traceback" in text or "internal error" in text:
@@ -103,6 +111,18 @@ def mount_factory(tmp_path: Path) -> Iterator[object]:
 
 
 @pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A 0755 directory under /tmp: other users can reach mounts made in it
+    (pytest's own tmp_path lives under a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="tmemfs-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def mnt(src: Path, tmp_path: Path) -> Iterator[Mount]:
     """A default tmemfs mount (cleancache=tmem) of `src`."""
     with mounted(src, tmp_path / "mnt", "cleancache=tmem") as m:
@@ -112,7 +132,8 @@ def mnt(src: Path, tmp_path: Path) -> Iterator[Mount]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Belt and braces: nothing of ours may stay mounted after the suite."""
     with open("/proc/self/mountinfo") as f:
-        leftovers = [line.split()[4] for line in f if "fuse.tmemfs" in line and "/pytest-" in line]
+        leftovers = [line.split()[4] for line in f
+                     if "fuse.tmemfs" in line and ("/pytest-" in line or "/tmemfs-test-" in line)]
     for path in leftovers:
         subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
     if leftovers:

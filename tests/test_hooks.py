@@ -1,0 +1,172 @@
+"""The cleancache hooks, counted exactly through a real mount."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PAGE = 4096
+N = 16  # page cache size in pages for these tests
+
+
+def read_pages(path: Path, pages: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return b"".join(os.pread(fd, PAGE, i * PAGE) for i in range(pages))
+    finally:
+        os.close(fd)
+
+
+def delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in before}
+
+
+KEYS = ("puts", "succ_gets", "failed_gets", "backing.reads", "pagecache.hits", "pagecache.misses",
+        "invalidates", "cleancache.inode_invalidates")
+
+
+def test_read_twice_through_small_cache(src: Path, mount_factory) -> None:
+    """2N pages through an N-page cache, twice: the second pass is served by cleancache."""
+    data = os.urandom(2 * N * PAGE)
+    (src / "f").write_bytes(data)
+    with mount_factory(f"cleancache=tmem,cache_size={N * PAGE}") as m:
+        first = read_pages(m.mnt / "f", 2 * N)
+        after_first = m.counters(*KEYS)
+        second = read_pages(m.mnt / "f", 2 * N)
+        after_second = m.counters(*KEYS)
+    assert first == data and second == data
+    assert after_first["failed_gets"] == 2 * N and after_first["succ_gets"] == 0
+    assert after_first["backing.reads"] == 2 * N
+    assert after_first["puts"] == N  # pages 0..N-1 evicted by N..2N-1
+    d = delta(after_first, after_second)
+    assert d == {"puts": 2 * N, "succ_gets": 2 * N, "failed_gets": 0, "backing.reads": 0,
+                 "pagecache.hits": 0, "pagecache.misses": 2 * N, "invalidates": 0,
+                 "cleancache.inode_invalidates": 0}
+
+
+def test_none_backend_reads_everything_from_src(src: Path, mount_factory) -> None:
+    (src / "f").write_bytes(os.urandom(2 * N * PAGE))
+    with mount_factory(f"cleancache=none,cache_size={N * PAGE}") as m:
+        read_pages(m.mnt / "f", 2 * N)
+        read_pages(m.mnt / "f", 2 * N)
+        c = m.counters(*KEYS)
+    assert c["succ_gets"] == 0 and c["backing.reads"] == 4 * N and c["puts"] == 3 * N
+
+
+def test_write_invalidates_exactly_the_pages_it_covers(src: Path, mount_factory) -> None:
+    (src / "f").write_bytes(bytes(8 * PAGE))
+    with mount_factory("cleancache=tmem") as m:
+        before = m.counters(*KEYS)
+        fd = os.open(m.mnt / "f", os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"a" * 10, PAGE - 5)  # straddles pages 0 and 1
+            os.pwrite(fd, b"b" * (3 * PAGE), 4 * PAGE)  # pages 4, 5, 6
+        finally:
+            os.close(fd)
+        after = m.counters(*KEYS)
+    assert delta(before, after)["invalidates"] == 5
+
+
+def test_write_updates_cached_and_pooled_pages(src: Path, mount_factory) -> None:
+    """A page in the page cache is updated in place; one in the pool is invalidated there."""
+    (src / "f").write_bytes(bytes(4 * N * PAGE))
+    with mount_factory(f"cleancache=tmem,cache_size={N * PAGE}") as m:
+        read_pages(m.mnt / "f", 4 * N)  # page 0 is now in the pool, the last N pages cached
+        with open(m.mnt / "f", "r+b", buffering=0) as f:
+            f.seek(10)
+            f.write(b"pooled")
+            f.seek((4 * N - 1) * PAGE + 10)
+            f.write(b"cached")
+        got = read_pages(m.mnt / "f", 4 * N)
+        stats = m.stats()
+    assert got[10:16] == b"pooled"
+    assert got[(4 * N - 1) * PAGE + 10 : (4 * N - 1) * PAGE + 16] == b"cached"
+    assert got == (src / "f").read_bytes()
+    assert stats["cleancache.verify_failures"] == 0
+
+
+@pytest.mark.parametrize("how", ["truncate", "o_trunc", "unlink", "rename_over"])
+def test_inode_invalidated_even_with_nothing_cached(src: Path, mount_factory, how: str) -> None:
+    """invalidate_inode at start and end, whether or not a page is cached (CVE-2018-16862)."""
+    (src / "victim").write_bytes(b"v" * 3 * PAGE)
+    (src / "other").write_bytes(b"o" * PAGE)
+    with mount_factory("cleancache=tmem") as m:
+        before = m.counters(*KEYS)
+        target = m.mnt / "victim"
+        if how == "truncate":
+            os.truncate(target, 100)
+        elif how == "o_trunc":
+            os.close(os.open(target, os.O_WRONLY | os.O_TRUNC))
+        elif how == "unlink":
+            os.unlink(target)
+        else:
+            os.rename(m.mnt / "other", target)
+        after = m.counters(*KEYS)
+    assert delta(before, after)["cleancache.inode_invalidates"] == 2
+    assert delta(before, after)["pagecache.misses"] == 0  # nothing was read
+
+
+def test_unlink_of_one_of_two_links_keeps_the_pool(src: Path, mount_factory) -> None:
+    (src / "a").write_bytes(b"x" * PAGE)
+    os.link(src / "a", src / "b")
+    with mount_factory("cleancache=tmem") as m:
+        before = m.counters(*KEYS)
+        os.unlink(m.mnt / "b")
+        after = m.counters(*KEYS)
+        assert (m.mnt / "a").read_bytes() == b"x" * PAGE
+    assert delta(before, after)["cleancache.inode_invalidates"] == 0
+
+
+def test_recreated_file_never_reads_old_bytes(src: Path, mount_factory) -> None:
+    """Delete a file whose pages are in the pool, create another (often reusing the
+    inode number): not one old byte may come back."""
+    with mount_factory(f"cleancache=tmem,cache_size={2 * PAGE}") as m:
+        for round_ in range(30):
+            old = bytes([round_ % 250 + 1]) * (8 * PAGE)
+            (m.mnt / "f").write_bytes(old)
+            assert read_pages(m.mnt / "f", 8) == old  # pages go through the pool
+            ino = os.stat(m.mnt / "f").st_ino
+            os.unlink(m.mnt / "f")
+            fd = os.open(m.mnt / "f", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.ftruncate(fd, 8 * PAGE)  # a hole: must read as zeros
+                assert os.pread(fd, 8 * PAGE, 0) == bytes(8 * PAGE), f"round {round_}, old ino {ino}"
+            finally:
+                os.close(fd)
+            os.unlink(m.mnt / "f")
+        assert m.stats()["cleancache.verify_failures"] == 0
+
+
+def test_drop_caches_puts_every_page_and_flush_empties_the_pool(src: Path, mount_factory) -> None:
+    data = os.urandom(10 * PAGE)
+    (src / "f").write_bytes(data)
+    with mount_factory("cleancache=tmem") as m:
+        read_pages(m.mnt / "f", 10)
+        m.control("drop_caches")
+        s = m.stats()
+        assert s["pagecache.pages"] == 0 and s["puts"] == 10
+        assert s["backend.tmem.stored_pages"] == 10
+        assert read_pages(m.mnt / "f", 10) == data
+        s = m.stats()
+        assert s["succ_gets"] == 10 and s["backing.reads"] == 10
+        m.control("drop_caches")
+        m.control("flush")
+        s = m.stats()
+        assert s["backend.tmem.stored_pages"] == 0
+        assert read_pages(m.mnt / "f", 10) == data
+        assert m.stats()["backing.reads"] == 20
+        m.control("reset_stats")
+        s = m.stats()
+        assert s["puts"] == 0 and s["backing.reads"] == 0 and s["pagecache.pages"] == 10
+
+
+def test_external_change_is_seen_at_next_open(src: Path, mount_factory) -> None:
+    """Close-to-open: a file changed in SRC behind tmemfs's back is re-read at open."""
+    (src / "f").write_bytes(b"1" * PAGE)
+    with mount_factory("cleancache=tmem") as m:
+        assert (m.mnt / "f").read_bytes() == b"1" * PAGE
+        (src / "f").write_bytes(b"2" * 2 * PAGE)
+        assert (m.mnt / "f").read_bytes() == b"2" * 2 * PAGE
+        assert m.stats()["pagecache.external_changes"] == 1
