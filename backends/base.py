@@ -37,6 +37,9 @@ class Backend(abc.ABC):
     # True when get_page on a private pool drops the page (tmem's exclusive
     # gets). The frontend invalidates after a hit on backends that do not.
     exclusive_gets: ClassVar[bool] = True
+    # True when calls may wait on I/O (a store, a network): the frontend then
+    # bounds each call with a timeout. In-memory backends never wait.
+    awaits_io: ClassVar[bool] = True
 
     def __init__(self, capacity: int, **options: object) -> None:
         self.capacity = capacity
@@ -66,6 +69,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> dict[str, StatValue]:
         """Counters in the tmem/zswap tradition, shown as backend.NAME.COUNTER."""
+
+    def named_stats(self) -> dict[str, StatValue]:
+        """stats() keyed NAME.COUNTER (a chain lists each member)."""
+        return {f"{self.name}.{k}": v for k, v in self.stats().items()}
 
     def reset_stats(self) -> None:
         """Zero the event counters (levels such as stored_pages stay)."""

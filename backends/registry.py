@@ -1,8 +1,9 @@
-"""Find backends by name through the `tmemfs.backends` entry-point group.
+"""Find backends by name through the `tmemfs.backends` entry-point group, and build them.
 
 tmemfs registers its own there (see pyproject.toml); another package adds a
 backend by declaring an entry point in the same group, without touching
-tmemfs.
+tmemfs. `none` is built in: no backend at all, so every get misses and the
+mount's pools stay placeholders until one is registered at run time.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from importlib.metadata import entry_points
 from backends.base import Backend
 
 GROUP = "tmemfs.backends"
+NONE = "none"
 
 
 def available() -> dict[str, str]:
-    """Installed backend names mapped to their entry-point targets."""
-    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+    """Backend names mapped to where they come from."""
+    found = {ep.name: ep.value for ep in entry_points(group=GROUP)}
+    return {NONE: "built in", **dict(sorted(found.items()))}
 
 
 def load(name: str) -> type[Backend]:
@@ -27,3 +30,24 @@ def load(name: str) -> type[Backend]:
             raise ImportError(f"entry point {name!r} ({ep.value}) is not a Backend subclass")
         return cls
     raise KeyError(name)
+
+
+def build(names: list[str], capacity: int, options: dict[str, object]) -> Backend | None:
+    """The backend for `cleancache=A[+B...]`: None for `none`, a chain for several.
+
+    Each member gets the options it declares; the capacity is per member.
+    """
+    if names == [NONE]:
+        return None
+    if NONE in names:
+        raise ValueError("`none` cannot be part of a chain")
+    members = []
+    for name in names:
+        cls = load(name)
+        mine = {k: v for k, v in options.items() if k in cls.options}
+        members.append(cls(capacity, **mine))
+    if len(members) == 1:
+        return members[0]
+    from backends.chain import ChainBackend
+
+    return ChainBackend(members)

@@ -18,13 +18,26 @@ whatever the backend does:
 
 A backend exception is counted, logged and becomes a miss: cleancache is
 ephemeral, so a fault may cost a disk read but never an I/O error.
+
+Lazy init and registration (the Linux 3.10 fix, plus what Linux never had):
+pools made while no backend is registered (cleancache=none, or a backend
+that could not create its pool) are placeholders: every get misses. A
+backend registered at run time gets a real pool for each placeholder.
+`unregister` first switches the frontend to no backend (one assignment,
+before any await, so no later request can reach the old backend; requests
+are served one at a time, max_tasks=1, so none is in flight), then flushes
+and closes the old backend's pools. Registering over a live backend is
+refused (EBUSY) unless it is an explicit replace.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+import trio
 import xxhash
 
 from backends.base import Backend, StatValue
@@ -33,6 +46,7 @@ log = logging.getLogger("tmemfs.cleancache")
 
 PRIVATE_UUID = b"\xff" * 16  # Xen: an all-ones uuid asks for a private pool
 _digest = xxhash.xxh3_64_intdigest
+T = TypeVar("T")
 
 
 @dataclass
@@ -83,21 +97,75 @@ class Pool:
     ledger: Ledger | None  # private pools only
 
 
+class BackendTimeout(Exception):
+    """A backend call did not finish in time: treated like any backend fault."""
+
+
+class BackendBusy(Exception):
+    """A backend is registered already (Linux: -EBUSY)."""
+
+
 class Cleancache:
     """Pools, hooks and counters of one mount."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend | None, timeout: float = 1.0) -> None:
+        self.backend: Backend | None = None
+        self.timeout = timeout
         self.pools: dict[int, Pool] = {}
         self._next_pool = 0
-        # Room for every page the backend could hold, at 4x compression.
-        self._ledger_limit = max(1024, 4 * backend.capacity // 4096)
+        self._ledger_limit = 1024
+        self.retired_stats: dict[str, StatValue] = {}
+        self.registrations = 0
+        if backend is not None:
+            self._attach(backend)
         self.reset_stats()
+
+    def _attach(self, backend: Backend) -> None:
+        self.backend = backend
+        # Room for a digest of every page the backend could hold, at 4x compression.
+        self._ledger_limit = max(1024, 4 * backend.capacity // 4096)
+        self.registrations += 1
+
+    async def register(self, backend: Backend, replace: bool = False) -> None:
+        """Make a backend live; placeholder pools get real pools on it."""
+        if self.backend is not None:
+            if not replace:
+                raise BackendBusy(f"backend {self.backend.name} is registered (unregister or replace it)")
+            await self.unregister()
+        self._attach(backend)
+        for pool in self.pools.values():
+            if pool.ledger is not None:
+                pool.ledger = Ledger(self._ledger_limit)
+            pool.backend_pool = await self._backend_pool(pool.uuid)
+        log.info("backend %s registered; %d pool(s) mapped", backend.name, len(self.pools))
+
+    async def unregister(self) -> Backend | None:
+        """Switch to no backend at once, then flush and close the old one."""
+        old, self.backend = self.backend, None
+        if old is None:
+            return None
+        live = [p.backend_pool for p in self.pools.values() if p.backend_pool is not None]
+        for pool in self.pools.values():
+            pool.backend_pool = None
+            if pool.ledger is not None:
+                pool.ledger = Ledger(self._ledger_limit)
+        for backend_pool in live:
+            try:
+                await self._call(old, old.destroy_pool, backend_pool)
+            except Exception:
+                self._fault("destroy_pool", old)
+        self.retired_stats = {f"backend.{k}": v for k, v in old.named_stats().items()}
+        try:
+            await self._call(old, old.close)
+        except Exception:
+            self._fault("close", old)
+        log.info("backend %s unregistered; pools are placeholders until one registers", old.name)
+        return old
 
     def reset_stats(self) -> None:
         self.succ_gets = self.failed_gets = self.puts = self.invalidates = 0
         self.inode_invalidates = self.fs_invalidates = 0
-        self.backend_errors = self.verify_failures = 0
+        self.backend_errors = self.verify_failures = self.backend_timeouts = 0
 
     # -- pools ---------------------------------------------------------------
 
@@ -119,8 +187,10 @@ class Cleancache:
         return pool_id
 
     async def _backend_pool(self, uuid: bytes | None) -> int | None:
+        if self.backend is None:
+            return None
         try:
-            return await self.backend.create_pool(uuid)
+            return await self._call(self.backend, self.backend.create_pool, uuid)
         except Exception:
             self._fault("create_pool")
             return None
@@ -129,9 +199,9 @@ class Cleancache:
         """Surrender the pool: every page in it is dropped."""
         self.fs_invalidates += 1
         pool = self.pools.pop(pool_id, None)
-        if pool is not None and pool.backend_pool is not None:
+        if self.backend is not None and pool is not None and pool.backend_pool is not None:
             try:
-                await self.backend.destroy_pool(pool.backend_pool)
+                await self._call(self.backend, self.backend.destroy_pool, pool.backend_pool)
             except Exception:
                 self._fault("destroy_pool")
 
@@ -139,6 +209,7 @@ class Cleancache:
         """Empty a pool but keep its id (the `flush` control command)."""
         pool = self.pools[pool_id]
         await self.invalidate_fs(pool_id)
+        self.fs_invalidates -= 1  # a flush is not an unmount
         if pool.ledger is not None:
             pool.ledger = Ledger(self._ledger_limit)
         pool.backend_pool = await self._backend_pool(pool.uuid)
@@ -149,40 +220,42 @@ class Cleancache:
     async def get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
         """Fill `out` from the pool and return True, or return False (a miss)."""
         pool = self.pools.get(pool_id)
-        if pool is None or pool.backend_pool is None:
+        backend = self.backend
+        if backend is None or pool is None or pool.backend_pool is None:
             self.failed_gets += 1
             return False
         ledger = pool.ledger
         if ledger is None:
-            return await self._shared_get(pool.backend_pool, key, index, out)
+            return await self._shared_get(backend, pool.backend_pool, key, index, out)
         digest = ledger.get(key, index)
         if digest is None:
             self.failed_gets += 1
             return False
         ledger.forget(key, index)  # exclusive: after this get the pool no longer has it
         try:
-            hit = await self.backend.get_page(pool.backend_pool, key, index, out)
+            hit = await self._call(backend, backend.get_page, pool.backend_pool, key, index, out)
         except Exception:
             self._fault("get_page")
-            await self._drop(pool.backend_pool, key, index)
+            await self._drop(backend, pool.backend_pool, key, index)
             hit = False
         if hit and _digest(out) != digest:
             self.verify_failures += 1
             log.warning("backend %s returned a page that does not match what was put; "
-                        "dropped it (a miss, not an error)", self.backend.name)
-            await self._drop(pool.backend_pool, key, index)
+                        "dropped it (a miss, not an error)", backend.name)
+            await self._drop(backend, pool.backend_pool, key, index)
             hit = False
-        elif hit and not self.backend.exclusive_gets:
-            await self._drop(pool.backend_pool, key, index)
+        elif hit and not backend.exclusive_gets:
+            await self._drop(backend, pool.backend_pool, key, index)
         if hit:
             self.succ_gets += 1
         else:
             self.failed_gets += 1
         return hit
 
-    async def _shared_get(self, backend_pool: int, key: bytes, index: int, out: memoryview) -> bool:
+    async def _shared_get(self, backend: Backend, backend_pool: int, key: bytes, index: int,
+                          out: memoryview) -> bool:
         try:
-            hit = await self.backend.get_page(backend_pool, key, index, out)
+            hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
         except Exception:
             self._fault("get_page")
             hit = False
@@ -196,20 +269,21 @@ class Cleancache:
         """Offer a clean page being evicted; the backend may keep it or not."""
         self.puts += 1
         pool = self.pools.get(pool_id)
-        if pool is None or pool.backend_pool is None:
+        backend = self.backend
+        if backend is None or pool is None or pool.backend_pool is None:
             return
         try:
-            stored = await self.backend.put_page(pool.backend_pool, key, index, page)
+            stored = await self._call(backend, backend.put_page, pool.backend_pool, key, index, page)
         except Exception:
             self._fault("put_page")
-            await self._drop(pool.backend_pool, key, index)
+            await self._drop(backend, pool.backend_pool, key, index)
             stored = False
         ledger = pool.ledger
         if ledger is None:
             return
         if stored:
             ledger.record(key, index, _digest(page))
-            await self._trim(pool.backend_pool, ledger)
+            await self._trim(backend, pool.backend_pool, ledger)
         else:
             ledger.forget(key, index)
 
@@ -217,61 +291,80 @@ class Cleancache:
         """The page changed or went away: the pool must not return it again."""
         self.invalidates += 1
         pool = self.pools.get(pool_id)
-        if pool is None or pool.backend_pool is None:
+        backend = self.backend
+        if backend is None or pool is None or pool.backend_pool is None:
             return
         if pool.ledger is not None and not pool.ledger.forget(key, index):
             return  # never stored there: nothing to tell the backend
-        await self._drop(pool.backend_pool, key, index)
+        await self._drop(backend, pool.backend_pool, key, index)
 
     async def invalidate_inode(self, pool_id: int, key: bytes) -> None:
         """Every page of a file changed or went away (truncate, delete, replace)."""
         self.inode_invalidates += 1
         pool = self.pools.get(pool_id)
-        if pool is None or pool.backend_pool is None:
+        backend = self.backend
+        if backend is None or pool is None or pool.backend_pool is None:
             return
         if pool.ledger is not None and not pool.ledger.forget_file(key):
             return
-        await self._drop_file(pool.backend_pool, key)
+        await self._drop_file(backend, pool.backend_pool, key)
 
     # -- internals -----------------------------------------------------------
 
-    async def _trim(self, backend_pool: int, ledger: Ledger) -> None:
+    async def _call(self, backend: Backend, method: Callable[..., Awaitable[T]], *args: object) -> T:
+        """Call a backend method; one that may wait on I/O gets at most `timeout` seconds."""
+        if not backend.awaits_io:
+            return await method(*args)
+        with trio.move_on_after(self.timeout):
+            return await method(*args)
+        self.backend_timeouts += 1
+        raise BackendTimeout(f"{method.__name__} took longer than {self.timeout} s")
+
+    async def _trim(self, backend: Backend, backend_pool: int, ledger: Ledger) -> None:
         while (key := ledger.oldest_file()) is not None:
             ledger.forget_file(key)
-            await self._drop_file(backend_pool, key)
+            await self._drop_file(backend, backend_pool, key)
 
-    async def _drop(self, backend_pool: int, key: bytes, index: int) -> None:
+    async def _drop(self, backend: Backend, backend_pool: int, key: bytes, index: int) -> None:
         try:
-            await self.backend.invalidate_page(backend_pool, key, index)
+            await self._call(backend, backend.invalidate_page, backend_pool, key, index)
         except Exception:
-            self._fault("invalidate_page")
+            self._fault("invalidate_page", backend)
 
-    async def _drop_file(self, backend_pool: int, key: bytes) -> None:
+    async def _drop_file(self, backend: Backend, backend_pool: int, key: bytes) -> None:
         try:
-            await self.backend.invalidate_inode(backend_pool, key)
+            await self._call(backend, backend.invalidate_inode, backend_pool, key)
         except Exception:
-            self._fault("invalidate_inode")
+            self._fault("invalidate_inode", backend)
 
-    def _fault(self, operation: str) -> None:
+    def _fault(self, operation: str, backend: Backend | None = None) -> None:
         self.backend_errors += 1
+        culprit = backend or self.backend
+        name = culprit.name if culprit is not None else "?"
         if self.backend_errors <= 10 or self.backend_errors % 1000 == 0:
             log.exception("backend %s failed in %s (fault %d); treated as a miss",
-                          self.backend.name, operation, self.backend_errors)
+                          name, operation, self.backend_errors)
 
     def stats(self) -> dict[str, StatValue]:
         ledger_entries = sum(p.ledger.entries for p in self.pools.values() if p.ledger)
         placeholders = sum(1 for p in self.pools.values() if p.backend_pool is None)
+        backend_stats = self.retired_stats
+        if self.backend is not None:
+            backend_stats = {f"backend.{k}": v for k, v in self.backend.named_stats().items()}
         return {
             "succ_gets": self.succ_gets,
             "failed_gets": self.failed_gets,
             "puts": self.puts,
             "invalidates": self.invalidates,
-            "cleancache.backend": self.backend.name,
+            "cleancache.backend": self.backend.name if self.backend is not None else "none",
+            "cleancache.registrations": self.registrations,
             "cleancache.pools": len(self.pools),
             "cleancache.placeholder_pools": placeholders,
             "cleancache.inode_invalidates": self.inode_invalidates,
             "cleancache.fs_invalidates": self.fs_invalidates,
             "cleancache.backend_errors": self.backend_errors,
             "cleancache.verify_failures": self.verify_failures,
+            "cleancache.backend_timeouts": self.backend_timeouts,
             "cleancache.ledger_entries": ledger_entries,
+            **backend_stats,
         }

@@ -16,7 +16,7 @@ import pyfuse3
 import trio
 
 from backends import registry
-from backends.base import Backend, StatValue
+from backends.base import Backend
 from fusefs import __version__
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
@@ -33,7 +33,10 @@ def manual() -> str:
     """The --help text, in the shape of a man page."""
     core = "\n".join(f"    {k:<28} {v}" for k, v in CORE_HELP.items())
     lines = []
-    for name, target in sorted(registry.available().items()):
+    for name, target in registry.available().items():
+        if name == registry.NONE:
+            lines.append(f"    {name:<28} no backend: every get misses (the baseline)")
+            continue
         try:
             cls = registry.load(name)
         except Exception as exc:  # a broken plugin must not break --help
@@ -83,6 +86,11 @@ CONTROL COMMANDS (echo CMD > MNT/.tmemfs/control; root or the mount owner)
     drop_caches      evict every page (each is put into cleancache)
     flush            empty the cleancache pool
     reset_stats      zero the counters
+    register NAME[+NAME] [cc_size=SIZE] [opt=value ...]
+                     make a backend live (refused with EBUSY if one is)
+    replace NAME[+NAME] [opts]
+                     flush and close the live backend, then register another
+    unregister       flush and close the live backend; reads go on from SRC
 
 FILES
     MNT/.tmemfs/stats, MNT/.tmemfs/stats.json, MNT/.tmemfs/control
@@ -92,7 +100,8 @@ EXIT STATUS
     2 bad command line, option or path (nothing was mounted).
 
 EXAMPLES
-    tmemfs /srv/data /mnt/data -o cleancache=tmem,cache_size=64M,cc_size=256M
+    tmemfs /srv/data /mnt/data -o cleancache=zcache,cache_size=64M,cc_size=256M
+    tmemfs /srv/data /mnt/data -o cleancache=zcache+tmem     # overflow of zcache goes to tmem
     cat /mnt/data/.tmemfs/stats
     echo drop_caches > /mnt/data/.tmemfs/control
     fusermount3 -u /mnt/data
@@ -139,14 +148,11 @@ def check_paths(src: str, mnt: str) -> tuple[str, str]:
     return src_real, mnt_real
 
 
-def make_backend(config: MountConfig) -> Backend:
-    if len(config.cleancache) > 1:
-        raise OptionError(f"cleancache={'+'.join(config.cleancache)}: chaining backends is not supported yet")
-    cls = registry.load(config.cleancache[0])
+def make_backend(config: MountConfig) -> Backend | None:
     try:
-        return cls(config.cc_size, **config.backend_options)
-    except (TypeError, ValueError) as exc:
-        raise OptionError(f"cleancache={cls.name}: {exc}") from None
+        return registry.build(config.cleancache, config.cc_size, config.backend_options)
+    except (TypeError, ValueError, ImportError) as exc:
+        raise OptionError(f"cleancache={'+'.join(config.cleancache)}: {exc}") from None
 
 
 def fuse_options(config: MountConfig, src: str) -> set[str]:
@@ -184,16 +190,13 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(config: MountConfig, backend: Backend, src: str, mnt: str, notify_fd: int | None) -> None:
-    cleancache = Cleancache(backend)
+async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str,
+                notify_fd: int | None) -> None:
+    cleancache = Cleancache(backend, config.cc_timeout)
     pool = await cleancache.init_fs()
     data = DataPath(PageCache(config.cache_size, config.pc_policy), cleancache, pool)
-
-    def backend_stats() -> dict[str, StatValue]:
-        return {f"backend.{backend.name}.{k}": v for k, v in backend.stats().items()}
-
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    ops = TmemOperations(root_fd, config, data, backend_stats, src)
+    ops = TmemOperations(root_fd, config, data, src)
     if notify_fd is not None:
         ops.ready = lambda: _notify(notify_fd, b"ok")
     # Signals are caught from before the mount exists, so none can kill us half-mounted.
@@ -208,7 +211,7 @@ async def serve(config: MountConfig, backend: Backend, src: str, mnt: str, notif
                 nursery.cancel_scope.cancel()
         finally:
             await ops.shutdown()
-            await backend.close()
+            await cleancache.unregister()
             pyfuse3.close(unmount=True)
             log.info("unmounted %s", mnt)
 
@@ -263,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     os._exit(code)
 
 
-def _run(config: MountConfig, backend: Backend, src: str, mnt: str, notify_fd: int | None) -> int:
+def _run(config: MountConfig, backend: Backend | None, src: str, mnt: str, notify_fd: int | None) -> int:
     try:
         trio.run(serve, config, backend, src, mnt, notify_fd)
     except RuntimeError as exc:  # pyfuse3.init could not mount

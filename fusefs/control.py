@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyfuse3
 
+from backends import registry
 from backends.base import StatValue
+from fusefs.cleancache import BackendBusy
 from fusefs.inodes import RESERVED_BASE
+from fusefs.options import OptionError, parse_register
+
+if TYPE_CHECKING:
+    from fusefs.datapath import DataPath
+
+log = logging.getLogger("tmemfs.control")
 
 CONTROL_DIR_NAME = b".tmemfs"
 DIR_ID = RESERVED_BASE + 1
@@ -34,7 +44,11 @@ COMMANDS = {
     "drop_caches": "evict every page from the page cache (each is put into cleancache)",
     "flush": "invalidate the whole cleancache pool",
     "reset_stats": "zero the event counters",
+    "register": "register NAME[+NAME] [cc_size=SIZE] [opt=value ...]: make a backend live (EBUSY if one is)",
+    "replace": "replace NAME[+NAME] [opts]: flush and close the live backend, register another",
+    "unregister": "flush and close the live backend; reads go on from SRC",
 }
+ALONE = {"register", "replace", "unregister"}  # must be the only command of a write
 
 
 def is_control(nodeid: int) -> bool:
@@ -67,7 +81,7 @@ class ControlHandle:
 
 class ControlFiles:
     def __init__(self, collect: Callable[[], dict[str, StatValue]],
-                 run: Callable[[str], Awaitable[None]], owner_uid: int, attr_timeout: float) -> None:
+                 run: Callable[[list[str]], Awaitable[None]], owner_uid: int, attr_timeout: float) -> None:
         self._collect = collect
         self._run = run
         self.owner_uid = owner_uid
@@ -130,13 +144,60 @@ class ControlFiles:
         return len(data)
 
 
-def parse_commands(data: bytes) -> list[str]:
-    """Commands in a write to `control`; EINVAL (running none) if any is unknown."""
+def parse_commands(data: bytes) -> list[list[str]]:
+    """Commands (as words) in a write to `control`; EINVAL, running none, if any is wrong."""
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise pyfuse3.FUSEError(errno.EINVAL) from None
-    commands = [line.strip() for line in text.splitlines() if line.strip()]
-    if not commands or any(c not in COMMANDS for c in commands):
+    commands = [line.split() for line in text.splitlines() if line.strip()]
+    if not commands or any(words[0] not in COMMANDS for words in commands):
         raise pyfuse3.FUSEError(errno.EINVAL)
+    for words in commands:
+        takes_args = words[0] in ("register", "replace")
+        if (len(words) > 1) != takes_args or (words[0] in ALONE and len(commands) > 1):
+            raise pyfuse3.FUSEError(errno.EINVAL)
     return commands
+
+
+class Commands:
+    """What the control commands do to a mount's data path and cleancache."""
+
+    def __init__(self, data: DataPath, cc_size: int, reset_fs_stats: Callable[[], None]) -> None:
+        self.data = data
+        self.cc_size = cc_size
+        self.reset_fs_stats = reset_fs_stats
+
+    async def run(self, words: list[str]) -> None:
+        command = words[0]
+        cc = self.data.cc
+        if command == "drop_caches":
+            await self.data.drop_caches()
+        elif command == "flush":
+            await self.data.flush_pool()
+        elif command == "reset_stats":
+            self.data.reset_stats()
+            self.data.pc.reset_counters()
+            cc.reset_stats()
+            if cc.backend is not None:
+                cc.backend.reset_stats()
+            self.reset_fs_stats()
+        elif command == "unregister":
+            if await cc.unregister() is None:
+                log.warning("control: unregister: no backend is registered")
+                raise pyfuse3.FUSEError(errno.EINVAL)
+        else:
+            try:
+                names, cc_size, options = parse_register(words[1:], self.cc_size, registry.load)
+                backend = registry.build(names, cc_size, options)
+            except (OptionError, TypeError, ValueError, ImportError) as exc:
+                log.warning("control: %s: %s", " ".join(words), exc)
+                raise pyfuse3.FUSEError(errno.EINVAL) from None
+            assert backend is not None
+            try:
+                await cc.register(backend, replace=command == "replace")
+            except BackendBusy as exc:
+                log.warning("control: %s: %s", " ".join(words), exc)
+                await backend.close()
+                raise pyfuse3.FUSEError(errno.EBUSY) from None
+        log.info("control: %s", " ".join(words))

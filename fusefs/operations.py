@@ -24,7 +24,7 @@ from pyfuse3 import FUSEError
 
 from backends.base import StatValue
 from fusefs import __version__
-from fusefs.control import CONTROL_DIR_NAME, DIR_ID, ControlFiles, ControlHandle, is_control
+from fusefs.control import CONTROL_DIR_NAME, DIR_ID, Commands, ControlFiles, ControlHandle, is_control
 from fusefs.datapath import DataPath
 from fusefs.inodes import Inode, InodeTable, file_key
 from fusefs.options import MountConfig
@@ -36,9 +36,11 @@ log = logging.getLogger("tmemfs")
 T = TypeVar("T")
 P = ParamSpec("P")
 # Flags that must not reach the backing open: tmemfs creates, truncates and
-# appends itself, and a caller's O_DIRECT would make preadv into the page
-# cache fail (the stock pyfuse3 example dies on it).
-_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_DIRECT | os.O_APPEND
+# appends itself, a caller's O_DIRECT would make preadv into the page
+# cache fail (the stock pyfuse3 example dies on it), and O_NOFOLLOW (which
+# the kernel already applied to the caller's path) would refuse the
+# /proc/self/fd link that reopens an O_PATH descriptor (ELOOP).
+_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_DIRECT | os.O_APPEND | os.O_NOFOLLOW
 
 
 def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -68,6 +70,7 @@ class OpenFile:
     fd: int
     read_fd: int  # fd, or an O_DIRECT twin with backing_io=direct
     cached: CachedFile
+    kill_priv: bool = False  # opened by a caller without CAP_FSETID (not root)
 
 
 @dataclass(eq=False, slots=True)
@@ -80,10 +83,12 @@ class OpenDir:
 class TmemOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    # POSIX ACLs of SRC are enforced: without this the kernel checks the mode bits
+    # only, whose group class is the ACL mask, so a restrictive group:: entry (or a
+    # named deny) would be bypassed through the mount.
+    enable_acl = True
 
-    def __init__(self, root_fd: int, config: MountConfig, data: DataPath,
-                 backend_stats: Callable[[], dict[str, StatValue]], src: str) -> None:
+    def __init__(self, root_fd: int, config: MountConfig, data: DataPath, src: str) -> None:
         super().__init__()
         self.config = config
         self.inodes = InodeTable(root_fd)
@@ -95,8 +100,8 @@ class TmemOperations(pyfuse3.Operations):
         self._next_fh = 1
         self.internal_errors = 0
         self.started = time.monotonic()
-        self._backend_stats = backend_stats
-        self.control = ControlFiles(self.collect_stats, self.run_command, self.uid, config.attr_timeout)
+        self.control = ControlFiles(self.collect_stats, Commands(data, config.cc_size, self.reset_stats).run,
+                                    self.uid, config.attr_timeout)
         self.ready: Callable[[], None] | None = None
 
     def init(self) -> None:
@@ -329,9 +334,9 @@ class TmemOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=self._fh(self.control.open(inode, flags, ctx)), direct_io=True)
         node = self.inodes.get(inode)
         fd = os.open(f"/proc/self/fd/{node.fd}", (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
-        return await self._opened(node, fd, flags)
+        return await self._opened(node, fd, flags, ctx)
 
-    async def _opened(self, node: Inode, fd: int, flags: int) -> pyfuse3.FileInfo:
+    async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         try:
             key = self.inodes.key(node)
             cached = await self.data.open_file(key, os.fstat(fd))
@@ -345,9 +350,11 @@ class TmemOperations(pyfuse3.Operations):
             os.close(fd)
             raise
         node.nopen += 1
-        fh = self._fh(OpenFile(node, fd, read_fd, cached))
+        fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0))
         if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
             await self.data.truncate(key, fd, 0)
+            if ctx.uid != 0:
+                self._kill_priv(node, fd)
         return pyfuse3.FileInfo(fh=fh, direct_io=not self.config.kernel_cache, keep_cache=False)
 
     @handler
@@ -355,10 +362,14 @@ class TmemOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_name(parent_inode, name)
         parent = self.inodes.get(parent_inode)
-        open_flags = (flags & ~_STRIP_OPEN) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        if flags & os.O_EXCL:
-            open_flags |= os.O_EXCL
-        fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=parent.fd)
+        open_flags = (flags & ~_STRIP_OPEN) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=parent.fd)
+        except FileExistsError:
+            # The kernel saw no such name but SRC has one now: never open (and chown) it as
+            # root for the caller, skipping the permission check. ESTALE makes the VFS redo
+            # the lookup (LOOKUP_REVAL) and open the file like any existing one.
+            raise FUSEError(errno.EEXIST if flags & os.O_EXCL else errno.ESTALE) from None
         try:
             attr = await self._new_entry(parent, name, ctx, mode)
         except BaseException:
@@ -366,7 +377,7 @@ class TmemOperations(pyfuse3.Operations):
             raise
         node = self.inodes.get(attr.st_ino)
         try:
-            info = await self._opened(node, fd, flags)
+            info = await self._opened(node, fd, flags, ctx)
         except BaseException:
             self.inodes.forget(node.nodeid, 1)
             raise
@@ -385,8 +396,23 @@ class TmemOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self.handles[fh]
         if isinstance(handle, OpenFile):
+            if handle.kill_priv:
+                self._kill_priv(handle.inode, handle.fd)
             return await self.data.write(handle.cached, handle.fd, off, buf)
         return await self.control.write(handle, buf)
+
+    def _kill_priv(self, node: Inode, fd: int) -> None:
+        """Clear setuid, and setgid if group-executable, as a write by a caller without
+        CAP_FSETID must. The kernel does it only for cached writes and plain truncates,
+        not for direct_io writes nor an atomic O_TRUNC open; our root writes never do."""
+        mode = os.fstat(fd).st_mode
+        kill = mode & stat.S_ISUID | (mode & stat.S_ISGID if mode & stat.S_IXGRP else 0)
+        if kill:
+            os.fchmod(fd, stat.S_IMODE(mode) & ~kill)
+            try:
+                pyfuse3.invalidate_inode(node.nodeid, attr_only=True)  # no writeback cache: cannot block
+            except OSError:
+                pass  # the kernel no longer knows the inode
 
     @handler
     async def flush(self, fh: int) -> None:
@@ -431,7 +457,7 @@ class TmemOperations(pyfuse3.Operations):
             raise
         if node is self.inodes.root:
             names = [n for n in names if n != CONTROL_DIR_NAME]
-        return self._fh(OpenDir(node, fd, names))
+        return self._fh(OpenDir(node, fd, [b".", b"..", *names]))  # SRC lists the dots too
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -444,6 +470,10 @@ class TmemOperations(pyfuse3.Operations):
             return
         for n in range(start_id, len(handle.names)):
             name = handle.names[n]
+            if name in (b".", b".."):
+                if not pyfuse3.readdir_reply(token, name, self._dot_entry(handle.inode, name), n + 1):
+                    break
+                continue
             try:
                 inode, st = self.inodes.open_child(handle.inode, name)
             except FileNotFoundError:
@@ -452,6 +482,17 @@ class TmemOperations(pyfuse3.Operations):
                 self.inodes.drop_if_unused(inode)
                 break
             inode.nlookup += 1
+
+    def _dot_entry(self, node: Inode, name: bytes) -> pyfuse3.EntryAttributes:
+        """`.` or `..` of a listed directory. The kernel takes no lookup reference for
+        them, so no Inode is made; `..` of the root is the root."""
+        if name == b"." or node is self.inodes.root:
+            return self._entry(node, os.fstat(node.fd))
+        st = os.stat(b"..", dir_fd=node.fd)
+        attr = self._entry(node, st)
+        parent = self.inodes.by_devino.get((st.st_dev, st.st_ino))
+        attr.st_ino = parent.nodeid if parent is not None else st.st_ino
+        return attr
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -512,6 +553,9 @@ class TmemOperations(pyfuse3.Operations):
 
     # -- stats and control -----------------------------------------------------------------
 
+    def reset_stats(self) -> None:
+        self.internal_errors = 0
+
     def collect_stats(self) -> dict[str, StatValue]:
         stats: dict[str, StatValue] = {}
         stats.update(self.data.cc.stats())
@@ -526,21 +570,7 @@ class TmemOperations(pyfuse3.Operations):
             "fs.pid": os.getpid(),
             "fs.src": self.src,
         })
-        stats.update(self._backend_stats())
         return stats
-
-    async def run_command(self, command: str) -> None:
-        if command == "drop_caches":
-            await self.data.drop_caches()
-        elif command == "flush":
-            await self.data.flush_pool()
-        elif command == "reset_stats":
-            self.data.reset_stats()
-            self.data.pc.reset_counters()
-            self.data.cc.reset_stats()
-            self.data.cc.backend.reset_stats()
-            self.internal_errors = 0
-        log.info("control: %s", command)
 
     async def shutdown(self) -> None:
         """Unmount: close what is open and surrender the pool (invalidate_fs)."""

@@ -25,7 +25,8 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?$", re.IGNORECASE)
 _SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 CORE_HELP = {
-    "cleancache=NAME[+NAME...]": "backend (none, tmem, ...; `tmemctl backends` lists them); default tmem",
+    "cleancache=NAME[+NAME...]": "backend, or a chain tried in order (`tmemctl backends` lists them); "
+                                 "default zcache",
     "cache_size=SIZE": "page cache size (K/M/G/T suffixes, powers of 1024); default 64M",
     "cc_size=SIZE": "cleancache backend capacity; default 256M",
     "kernel_cache": "let the kernel cache file data too (no direct_io): faster re-reads, "
@@ -33,6 +34,7 @@ CORE_HELP = {
     "attr_timeout=SECS": "how long the kernel trusts attributes; default 1",
     "entry_timeout=SECS": "how long the kernel trusts name lookups; default 1",
     "pc_policy=NAME": "page cache eviction policy; default lru",
+    "cc_timeout=SECS": "longest wait for a backend that does I/O; then it is a miss; default 1",
     "backing_io=cached|direct": "read SRC through the host page cache or with O_DIRECT "
                                 "(real disk reads); default cached",
     "log=FILE": "log file when running in the background (default: syslog if present)",
@@ -65,13 +67,14 @@ def parse_seconds(key: str, text: str) -> float:
 class MountConfig:
     """Everything the command line decided, validated."""
 
-    cleancache: list[str] = field(default_factory=lambda: ["tmem"])
+    cleancache: list[str] = field(default_factory=lambda: ["zcache"])
     cache_size: int = 64 << 20
     cc_size: int = 256 << 20
     kernel_cache: bool = False
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     pc_policy: str = "lru"
+    cc_timeout: float = 1.0
     backing_direct: bool = False
     log_file: str | None = None
     fuse_options: set[str] = field(default_factory=lambda: {"default_permissions"})
@@ -123,7 +126,7 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
         elif key == "kernel_cache":
             flag(key, value)
             config.kernel_cache = True
-        elif key in ("attr_timeout", "entry_timeout"):
+        elif key in ("attr_timeout", "entry_timeout", "cc_timeout"):
             setattr(config, key, parse_seconds(key, need(key, value)))
         elif key == "pc_policy":
             if need(key, value) not in POLICIES:
@@ -145,22 +148,58 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
         else:
             deferred.append((key, value))
 
-    specs = {}
     if load_backend is not None:
-        for name in config.cleancache:
-            try:
-                specs.update(load_backend(name).options)
-            except KeyError:
-                raise OptionError(f"cleancache={'+'.join(config.cleancache)}: unknown backend {name!r} "
-                                  "(`tmemctl backends` lists them)") from None
-    for key, value in deferred:
+        config.backend_options = parse_backend_options(config.cleancache, deferred, load_backend)
+    elif deferred:
+        raise OptionError(f"{deferred[0][0]}: unknown option (see tmemfs --help)")
+    return config
+
+
+def parse_backend_options(names: list[str], items: list[tuple[str, str | None]],
+                          load_backend: Callable[[str], type[Backend]]) -> dict[str, object]:
+    """Options the chosen backends declare (cc_policy=, zc_max=, ...), parsed."""
+    from backends.registry import NONE
+
+    specs = {}
+    for name in names:
+        if name == NONE:
+            if len(names) > 1:
+                raise OptionError(f"cleancache={'+'.join(names)}: `none` cannot be part of a chain")
+            continue
+        try:
+            specs.update(load_backend(name).options)
+        except KeyError:
+            raise OptionError(f"cleancache={'+'.join(names)}: unknown backend {name!r} "
+                              "(`tmemctl backends` lists them)") from None
+        except ImportError as exc:
+            raise OptionError(f"cleancache={name}: the backend cannot be loaded ({exc})") from None
+    options: dict[str, object] = {}
+    for key, value in items:
         spec = specs.get(key)
         if spec is None:
             raise OptionError(f"{key}: unknown option (see tmemfs --help)")
+        if not value:
+            raise OptionError(f"{key}: needs a value ({key}=...)")
         try:
-            config.backend_options[key] = spec.parse(need(key, value))
-        except OptionError:
-            raise
+            options[key] = spec.parse(value)
         except ValueError as exc:
             raise OptionError(f"{key}={value}: {exc}") from None
-    return config
+    return options
+
+
+def parse_register(words: list[str], cc_size: int,
+                   load_backend: Callable[[str], type[Backend]]) -> tuple[list[str], int, dict[str, object]]:
+    """`NAME[+NAME] [cc_size=SIZE] [key=value ...]` of the register/replace commands."""
+    if not words:
+        raise OptionError("register needs a backend name")
+    names = words[0].split("+")
+    items: list[tuple[str, str | None]] = []
+    for word in words[1:]:
+        key, sep, value = word.partition("=")
+        if key == "cc_size":
+            cc_size = parse_size(key, value)
+        else:
+            items.append((key, value if sep else None))
+    if names == ["none"]:
+        raise OptionError("register none: use unregister")
+    return names, cc_size, parse_backend_options(names, items, load_backend)

@@ -52,9 +52,10 @@ class PageCache:
         self._mem = mmap.mmap(-1, self.capacity * PAGE_SIZE)
         self.view = memoryview(self._mem)
         self._free = list(range(self.capacity - 1, -1, -1))
-        self._owner: list[CachedFile | None] = [None] * self.capacity
-        self._index = [0] * self.capacity
-        self._policy = make_policy(policy)
+        # The policy orders pages by (file, index), a key that survives eviction,
+        # so policies with ghost lists (S3-FIFO, ARC) recognise a returning page.
+        self._key: list[tuple[CachedFile, int] | None] = [None] * self.capacity
+        self._policy = make_policy(policy, self.capacity)
         self.hits = self.misses = self.evictions = 0
 
     @property
@@ -73,7 +74,7 @@ class PageCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._policy.touch(slot)
+        self._policy.touch(self._key[slot])
         return slot
 
     def peek(self, cached: CachedFile, index: int) -> int | None:
@@ -84,12 +85,9 @@ class PageCache:
         """A slot for a new page; if the cache is full, the page evicted from it."""
         if self._free:
             return self._free.pop(), None
-        slot = self._policy.victim()
-        owner = self._owner[slot]
-        assert owner is not None
-        index = self._index[slot]
-        del owner.pages[index]
-        self._owner[slot] = None
+        owner, index = self._policy.victim()
+        slot = owner.pages.pop(index)
+        self._key[slot] = None
         self.evictions += 1
         return slot, Eviction(owner, index, slot)
 
@@ -97,9 +95,8 @@ class PageCache:
         """Make `slot` (already filled) the page `index` of `cached`."""
         assert index not in cached.pages
         cached.pages[index] = slot
-        self._owner[slot] = cached
-        self._index[slot] = index
-        self._policy.insert(slot)
+        key = self._key[slot] = (cached, index)
+        self._policy.insert(key)
 
     def release_slot(self, slot: int) -> None:
         """Give back a slot from take_slot that was not installed."""
@@ -129,19 +126,16 @@ class PageCache:
         """
         out = []
         while len(self._policy):
-            slot = self._policy.victim()
-            owner = self._owner[slot]
-            assert owner is not None
-            index = self._index[slot]
-            del owner.pages[index]
-            self._owner[slot] = None
+            owner, index = self._policy.victim()
+            slot = owner.pages.pop(index)
+            self._key[slot] = None
             out.append(Eviction(owner, index, slot))
         self.evictions += len(out)
         return out
 
     def _unlink(self, slot: int) -> None:
-        self._policy.remove(slot)
-        self._owner[slot] = None
+        self._policy.remove(self._key[slot])
+        self._key[slot] = None
         self._free.append(slot)
 
     def reset_counters(self) -> None:

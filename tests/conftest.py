@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 TMEMFS = [sys.executable, "-m", "fusefs.cli"]
+PLUGINS = Path(__file__).parent / "plugins"  # fault-injecting test backends (entry points)
 
 
 class Mount:
@@ -23,6 +25,7 @@ class Mount:
     def __init__(self, src: Path, mnt: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
         self.src, self.mnt, self.proc, self.log = src, mnt, proc, log
         self.killed = False  # set by tests that kill the daemon on purpose
+        self.faults_expected = False  # set by tests whose backend fails on purpose
 
     def kill(self) -> None:
         self.killed = True
@@ -55,15 +58,22 @@ def unmount(path: Path) -> None:
 
 
 @contextmanager
-def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...] = ()) -> Iterator[Mount]:
-    """Mount in the foreground, wait until it answers, and unmount in a finally."""
+def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...] = (),
+            plugins: bool = False) -> Iterator[Mount]:
+    """Mount in the foreground, wait until it answers, and unmount in a finally.
+
+    With `plugins`, the test backends in tests/plugins are installed (on PYTHONPATH).
+    """
     mnt.mkdir(parents=True, exist_ok=True)
     log = mnt.parent / f"{mnt.name}.log"
     args = [*TMEMFS, str(src), str(mnt), "-f", *extra_args]
     if options:
         args += ["-o", options]
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        env = dict(os.environ)
+        if plugins:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 20
         while not (_is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
@@ -86,7 +96,7 @@ def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...]
     if proc.returncode not in (0, None) and not mount.killed:
         raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
     text = log.read_text()
-    if "Traceback" in text or "internal error" in text:
+    if "internal error" in text or ("Traceback" in text and not mount.faults_expected):
         raise RuntimeError(f"tmemfs logged an error:\n{text}")
 
 
@@ -102,10 +112,11 @@ def mount_factory(tmp_path: Path) -> Iterator[object]:
     """mount_factory(options="...") -> context manager yielding a Mount of tmp_path/src."""
     counter = iter(range(1000))
 
-    def factory(options: str = "", src: Path | None = None, extra_args: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    def factory(options: str = "", src: Path | None = None, extra_args: tuple[str, ...] = (),  # type: ignore[no-untyped-def]
+                plugins: bool = False):
         source = src or tmp_path / "src"
         source.mkdir(exist_ok=True)
-        return mounted(source, tmp_path / f"mnt{next(counter)}", options, extra_args)
+        return mounted(source, tmp_path / f"mnt{next(counter)}", options, extra_args, plugins)
 
     yield factory
 
@@ -130,10 +141,11 @@ def mnt(src: Path, tmp_path: Path) -> Iterator[Mount]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Belt and braces: nothing of ours may stay mounted after the suite."""
+    """Belt and braces: nothing this session mounted may stay mounted after it."""
+    roots = [str(session.config._tmp_path_factory.getbasetemp()), "/tmp/tmemfs-test-"]  # type: ignore[attr-defined]
     with open("/proc/self/mountinfo") as f:
         leftovers = [line.split()[4] for line in f
-                     if "fuse.tmemfs" in line and ("/pytest-" in line or "/tmemfs-test-" in line)]
+                     if "fuse.tmemfs" in line and any(line.split()[4].startswith(r) for r in roots)]
     for path in leftovers:
         subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
     if leftovers:

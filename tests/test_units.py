@@ -7,9 +7,11 @@ import pytest
 from backends.base import Backend, StatValue
 from backends.tmem import TmemBackend
 from fusefs.cleancache import Cleancache
+from fusefs.eviction import POLICIES
 from fusefs.pagecache import CachedFile, PageCache
 
 PAGE = 4096
+ENTRY = PAGE + TmemBackend.ENTRY_OVERHEAD  # what one stored page costs tmem
 
 
 def page(byte: int) -> memoryview:
@@ -33,6 +35,21 @@ def test_pagecache_is_bounded_and_evicts_least_recently_used() -> None:
     pc.install(f, 3, slot)
     assert pc.pages == 3 == pc.capacity
     assert (pc.hits, pc.misses, pc.evictions) == (1, 0, 1)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_pagecache_every_policy_keeps_the_bound(policy: str) -> None:
+    pc = PageCache(8 * PAGE, policy)
+    files = [CachedFile(b"a"), CachedFile(b"b")]
+    for step in range(200):
+        f, index = files[step % 2], (step * 7) % 13
+        if pc.lookup(f, index) is None:
+            slot, evicted = pc.take_slot()
+            if evicted is not None:
+                assert evicted.file.pages.get(evicted.index) is None
+            pc.install(f, index, slot)
+        assert pc.pages <= 8
+    assert pc.pages == 8 and pc.hits + pc.misses == 200
 
 
 def test_pagecache_drop_file_frees_slots() -> None:
@@ -64,7 +81,7 @@ def test_pagecache_evict_all_returns_data_still_readable() -> None:
 
 
 async def test_tmem_exclusive_get_and_lru_capacity() -> None:
-    b = TmemBackend(2 * PAGE)
+    b = TmemBackend(2 * ENTRY)
     pool = await b.create_pool(None)
     out = memoryview(bytearray(PAGE))
     assert await b.put_page(pool, b"f", 0, page(1))
@@ -78,7 +95,7 @@ async def test_tmem_exclusive_get_and_lru_capacity() -> None:
 
 
 async def test_tmem_put_put_get_returns_the_second() -> None:
-    b = TmemBackend(4 * PAGE)
+    b = TmemBackend(4 * ENTRY)
     pool = await b.create_pool(None)
     out = memoryview(bytearray(PAGE))
     await b.put_page(pool, b"f", 0, page(1))
@@ -88,7 +105,7 @@ async def test_tmem_put_put_get_returns_the_second() -> None:
 
 
 async def test_tmem_invalidate_inode_and_pool() -> None:
-    b = TmemBackend(8 * PAGE)
+    b = TmemBackend(8 * ENTRY)
     pool = await b.create_pool(None)
     for index in range(3):
         await b.put_page(pool, b"f", index, page(index))
@@ -111,7 +128,8 @@ class LyingBackend(TmemBackend):
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         if self.mode == "raise":
             raise RuntimeError("injected fault")
-        data = self._pools.get(pool, {}).get(key, {}).get(index)
+        ram_pool = self._pools.get(pool)
+        data = ram_pool.files.get(key, {}).get(index) if ram_pool is not None else None
         if data is None:
             return False
         out[:] = data if self.mode != "corrupt" else bytes(PAGE)
@@ -120,13 +138,13 @@ class LyingBackend(TmemBackend):
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
         if self.mode == "raise":
             raise RuntimeError("injected fault")
-        if self.mode == "ignore_dup" and index in self._pools[pool].get(key, {}):
+        if self.mode == "ignore_dup" and index in self._pools[pool].files.get(key, {}):
             return True  # pretends to store the new version, keeps the old one
         return await super().put_page(pool, key, index, page)
 
 
 async def frontend(mode: str) -> tuple[Cleancache, LyingBackend, int]:
-    backend = LyingBackend(16 * PAGE)
+    backend = LyingBackend(16 * ENTRY)
     cc = Cleancache(backend)
     pool = await cc.init_fs()
     backend.mode = mode

@@ -2,7 +2,7 @@
 # `make demo`: mount a sample tree with cleancache, run a short fio job, print the stats.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BACKEND=${BACKEND:-tmem}
+BACKEND=${BACKEND:-zcache}
 WORK=$(mktemp -d /tmp/tmemfs-demo.XXXXXX)
 SRC=$WORK/src MNT=$WORK/mnt
 mkdir -p "$SRC" "$MNT"
@@ -13,9 +13,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== sample tree: text from /usr/share and 64 MiB of data in $SRC"
+echo "== sample tree in $SRC: 64 MiB of text-like data (copies of /usr/share/common-licenses)"
 cp -r /usr/share/common-licenses "$SRC/licenses" 2>/dev/null || true
-head -c 64M /dev/urandom > "$SRC/data.bin"
+while [ "$(stat -c %s "$SRC/data.bin" 2>/dev/null || echo 0)" -lt $((64 << 20)) ]; do
+  cat /usr/share/common-licenses/* >> "$SRC/data.bin"
+done
+truncate -s 64M "$SRC/data.bin"
 
 echo "== tmemfs $SRC $MNT -o cleancache=$BACKEND,cache_size=16M,cc_size=128M"
 .venv/bin/tmemfs "$SRC" "$MNT" -o "cleancache=$BACKEND,cache_size=16M,cc_size=128M"

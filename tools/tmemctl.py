@@ -93,7 +93,10 @@ def list_backends() -> str:
     from backends import registry
 
     lines = []
-    for name, target in sorted(registry.available().items()):
+    for name, target in registry.available().items():
+        if name == registry.NONE:
+            lines.append(f"{name:<10} no backend: every get misses (the baseline)")
+            continue
         try:
             cls = registry.load(name)
         except Exception as exc:

@@ -1,0 +1,110 @@
+"""Chaining (`cleancache=A+B[+C]`), the idea from the 2011 thread Linux never merged.
+
+A put goes to the first member that accepts it; a page a member evicts
+spills to the members after it; a get tries the members in order; every
+invalidate reaches all of them. The chain owns the one pool-id namespace
+the frontend sees and maps each of its pools to one pool per member, so
+member ids can never collide (the reason Linux 4.1 forbade a second
+backend).
+
+Coherency: a page lives in at most one member. A put that lands in one
+member first invalidates the handle in all the others, so two members
+never hold different contents for one handle; with private pools a get
+that hits member B removes the page from B (its gets are exclusive).
+"""
+
+from __future__ import annotations
+
+from backends.base import Backend, StatValue
+
+
+class ChainBackend(Backend):
+    name = "chain"
+    summary = "members tried in order (built by cleancache=A+B)"
+
+    def __init__(self, members: list[Backend]) -> None:
+        super().__init__(sum(m.capacity for m in members))
+        self.members = members
+        self.name = "+".join(m.name for m in members)  # type: ignore[misc]
+        self.exclusive_gets = all(m.exclusive_gets for m in members)  # type: ignore[misc]
+        self.awaits_io = any(m.awaits_io for m in members)  # type: ignore[misc]
+        self._pools: dict[int, list[int]] = {}
+        self._owner: list[dict[int, int]] = [{} for _ in members]  # member pool -> chain pool
+        self._next_pool = 0
+        for position, member in enumerate(members[:-1]):
+            if hasattr(member, "spill"):
+                member.spill = self._spiller(position)
+
+    def _spiller(self, position: int):  # type: ignore[no-untyped-def]
+        async def spill(member_pool: int, key: bytes, index: int, data: bytes) -> None:
+            pool = self._owner[position].get(member_pool)
+            if pool is None:
+                return
+            ids = self._pools[pool]
+            for later in range(position + 1, len(self.members)):
+                if await self.members[later].put_page(ids[later], key, index, memoryview(data)):
+                    return
+
+        return spill
+
+    async def create_pool(self, uuid: bytes | None) -> int:
+        pool = self._next_pool
+        self._next_pool += 1
+        ids = [await m.create_pool(uuid) for m in self.members]
+        self._pools[pool] = ids
+        for position, member_pool in enumerate(ids):
+            self._owner[position][member_pool] = pool
+        return pool
+
+    async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
+        ids = self._pools[pool]
+        stored_in = None
+        for position, member in enumerate(self.members):
+            if await member.put_page(ids[position], key, index, page):
+                stored_in = position
+                break
+        for position, member in enumerate(self.members):
+            if position != stored_in:
+                await member.invalidate_page(ids[position], key, index)
+        return stored_in is not None
+
+    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        ids = self._pools[pool]
+        for position, member in enumerate(self.members):
+            if await member.get_page(ids[position], key, index, out):
+                return True
+        return False
+
+    async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
+        for member_pool, member in zip(self._pools[pool], self.members, strict=True):
+            await member.invalidate_page(member_pool, key, index)
+
+    async def invalidate_inode(self, pool: int, key: bytes) -> None:
+        for member_pool, member in zip(self._pools[pool], self.members, strict=True):
+            await member.invalidate_inode(member_pool, key)
+
+    async def destroy_pool(self, pool: int) -> None:
+        ids = self._pools.pop(pool)
+        for position, (member_pool, member) in enumerate(zip(ids, self.members, strict=True)):
+            self._owner[position].pop(member_pool, None)
+            await member.destroy_pool(member_pool)
+
+    def stats(self) -> dict[str, StatValue]:
+        return {}
+
+    def named_stats(self) -> dict[str, StatValue]:
+        out: dict[str, StatValue] = {}
+        seen: dict[str, int] = {}
+        for member in self.members:
+            seen[member.name] = seen.get(member.name, 0) + 1
+            label = member.name if seen[member.name] == 1 else f"{member.name}#{seen[member.name]}"
+            out.update({f"{label}.{k}": v for k, v in member.stats().items()})
+        return out
+
+    def reset_stats(self) -> None:
+        for member in self.members:
+            member.reset_stats()
+
+    async def close(self) -> None:
+        for member in self.members:
+            await member.close()

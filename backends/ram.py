@@ -1,0 +1,207 @@
+"""What the in-memory backends share: pools, handles, byte-bounded capacity, eviction.
+
+tmem, zcache and dedup differ only in how a page is stored (`encode`,
+`decode`, `release`); this base keeps the rest identical: private pools
+have exclusive gets, shared pools keep the page and refresh it, a duplicate
+put replaces or flushes the old copy, capacity (`cc_size`) is enforced in
+bytes actually held on every put by evicting with the `cc_policy` policy,
+and an evicted page can spill to the next backend of a chain.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+from backends.base import Backend, OptionSpec, StatValue
+from fusefs import PAGE_SIZE
+from fusefs.eviction import POLICIES, make_policy
+
+Handle = tuple[int, bytes, int]
+Spill = Callable[[int, bytes, int, bytes], Awaitable[None]]
+
+
+def parse_policy(text: str) -> str:
+    if text not in POLICIES:
+        raise ValueError(f"unknown policy (known: {', '.join(POLICIES)})")
+    return text
+
+
+class RamPool:
+    __slots__ = ("files", "shared")
+
+    def __init__(self, shared: bool) -> None:
+        self.shared = shared
+        self.files: dict[bytes, dict[int, object]] = {}
+
+
+class RamBackend(Backend):
+    options: ClassVar[dict[str, OptionSpec]] = {
+        "cc_policy": OptionSpec(parse_policy, "eviction policy of the pool (lru, ...); default lru"),
+    }
+    # Bytes each stored entry costs besides its payload: the handle tuple,
+    # the dict slots and the policy's node (tests/test_ram_backends.py
+    # measures it with tracemalloc).
+    ENTRY_OVERHEAD: ClassVar[int] = 256
+    awaits_io: ClassVar[bool] = False
+    # For policies that size themselves in keys.
+    expected_entry_bytes: ClassVar[int] = PAGE_SIZE
+
+    def __init__(self, capacity: int, cc_policy: str = "lru", **options: object) -> None:
+        super().__init__(capacity, **options)
+        self._pools: dict[int, RamPool] = {}
+        self._next_pool = 0
+        self._policy = make_policy(cc_policy, max(1, capacity // (self.expected_entry_bytes + self.ENTRY_OVERHEAD)))
+        self.spill: Spill | None = None  # set by a chain: where evicted pages go
+        self.stored_pages = 0
+        self.held = 0  # payload bytes + ENTRY_OVERHEAD per entry: what cc_size bounds
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.puts = self.succ_gets = self.failed_gets = self.invalidates = 0
+        self.evicted_pages = self.dup_puts_replaced = self.dup_puts_flushed = 0
+        self.rejected_puts = self.corrupt_pages = 0
+
+    # -- what a subclass decides ---------------------------------------------------
+
+    @abc.abstractmethod
+    def encode(self, page: memoryview) -> object | None:
+        """The entry to store for a page, or None to refuse it."""
+
+    @abc.abstractmethod
+    def decode(self, entry: object, out: memoryview) -> bool:
+        """Fill `out` from an entry; False if the entry turns out to be corrupt."""
+
+    @abc.abstractmethod
+    def charge(self, entry: object) -> int:
+        """Payload bytes newly held by storing this entry."""
+
+    @abc.abstractmethod
+    def release(self, entry: object) -> int:
+        """Forget an entry; payload bytes freed by doing so."""
+
+    # -- the Backend interface --------------------------------------------------------
+
+    async def create_pool(self, uuid: bytes | None) -> int:
+        pool = self._next_pool
+        self._next_pool += 1
+        self._pools[pool] = RamPool(uuid is not None)
+        return pool
+
+    async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
+        self.puts += 1
+        ram_pool = self._pools.get(pool)
+        if ram_pool is None:
+            self.rejected_puts += 1
+            return False
+        entry = self.encode(page)
+        cost = self.charge(entry) + self.ENTRY_OVERHEAD if entry is not None else 0
+        pages = ram_pool.files.get(key)
+        if pages is not None and index in pages:
+            self._drop(pool, ram_pool, key, index)  # put-put-get: the old copy never survives
+            if entry is None:
+                self.dup_puts_flushed += 1
+            else:
+                self.dup_puts_replaced += 1
+        if entry is None:
+            return False
+        if cost > self.capacity:
+            self.release(entry)
+            self.rejected_puts += 1
+            return False
+        while self.held + cost > self.capacity:
+            await self._evict_one()
+        ram_pool.files.setdefault(key, {})[index] = entry
+        self._policy.insert((pool, key, index))
+        self.held += cost
+        self.stored_pages += 1
+        return True
+
+    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        ram_pool = self._pools.get(pool)
+        pages = ram_pool.files.get(key) if ram_pool is not None else None
+        entry = pages.get(index) if pages is not None else None
+        if ram_pool is None or entry is None:
+            self.failed_gets += 1
+            return False
+        if not self.decode(entry, out):
+            self.corrupt_pages += 1
+            self.failed_gets += 1
+            self._drop(pool, ram_pool, key, index)
+            return False
+        if ram_pool.shared:
+            self._policy.touch((pool, key, index))
+        else:
+            self._drop(pool, ram_pool, key, index)  # exclusive: the page moves back
+        self.succ_gets += 1
+        return True
+
+    async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
+        ram_pool = self._pools.get(pool)
+        if ram_pool is not None and index in ram_pool.files.get(key, ()):
+            self.invalidates += 1
+            self._drop(pool, ram_pool, key, index)
+
+    async def invalidate_inode(self, pool: int, key: bytes) -> None:
+        ram_pool = self._pools.get(pool)
+        if ram_pool is None:
+            return
+        for index in list(ram_pool.files.get(key, ())):
+            self.invalidates += 1
+            self._drop(pool, ram_pool, key, index)
+
+    async def destroy_pool(self, pool: int) -> None:
+        ram_pool = self._pools.pop(pool, None)
+        if ram_pool is None:
+            return
+        for key, pages in list(ram_pool.files.items()):
+            for index in list(pages):
+                self._policy.remove((pool, key, index))
+                self._forget(ram_pool, key, index)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _forget(self, ram_pool: RamPool, key: bytes, index: int) -> object:
+        pages = ram_pool.files[key]
+        entry = pages.pop(index)
+        if not pages:
+            del ram_pool.files[key]
+        self.held -= self.release(entry) + self.ENTRY_OVERHEAD
+        self.stored_pages -= 1
+        return entry
+
+    def _drop(self, pool: int, ram_pool: RamPool, key: bytes, index: int) -> None:
+        self._policy.remove((pool, key, index))
+        self._forget(ram_pool, key, index)
+
+    async def _evict_one(self) -> None:
+        pool, key, index = self._policy.victim()
+        ram_pool = self._pools[pool]
+        entry = ram_pool.files[key][index]
+        data = None
+        if self.spill is not None:
+            buf = bytearray(PAGE_SIZE)
+            if self.decode(entry, memoryview(buf)):
+                data = bytes(buf)
+        self._forget(ram_pool, key, index)
+        self.evicted_pages += 1
+        if data is not None and self.spill is not None:
+            await self.spill(pool, key, index, data)
+
+    def stats(self) -> dict[str, StatValue]:
+        return {
+            "stored_pages": self.stored_pages,
+            "pool_total_size": self.held,
+            "orig_data_size": self.stored_pages * PAGE_SIZE,
+            "pool_limit": self.capacity,
+            "puts": self.puts,
+            "succ_gets": self.succ_gets,
+            "failed_gets": self.failed_gets,
+            "invalidates": self.invalidates,
+            "evicted_pages": self.evicted_pages,
+            "dup_puts_replaced": self.dup_puts_replaced,
+            "dup_puts_flushed": self.dup_puts_flushed,
+            "rejected_puts": self.rejected_puts,
+            "corrupt_pages": self.corrupt_pages,
+        }

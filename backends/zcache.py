@@ -1,0 +1,128 @@
+"""The `zcache` backend: each put page lz4-compressed in process memory.
+
+After staging zcache and its successors zswap/zram: a same-filled page
+(all bytes equal; zero pages above all) is kept as its fill byte and costs
+no payload; a page whose compressed size exceeds `zc_max` is rejected
+(`zc_poor=reject`, staging zcache's compress_poor) or kept raw
+(`zc_poor=raw`, as Xen did). Capacity counts compressed bytes plus the
+measured per-entry overhead. Every get checks the entry: a decompression
+error or a wrong size drops it and is a miss, never bad data.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import lz4.block
+
+from backends.base import OptionSpec, StatValue
+from backends.ram import RamBackend
+from fusefs import PAGE_SIZE
+
+_FILLS = [bytes([b]) * PAGE_SIZE for b in range(256)]
+
+
+def parse_max(text: str) -> int:
+    value = int(text)
+    if not 0 < value <= PAGE_SIZE:
+        raise ValueError(f"must be between 1 and {PAGE_SIZE} bytes")
+    return value
+
+
+def parse_poor(text: str) -> str:
+    if text not in ("reject", "raw"):
+        raise ValueError("must be reject or raw")
+    return text
+
+
+def fill_byte(page: memoryview) -> int | None:
+    """The byte a same-filled page is made of, else None (cheap early outs first)."""
+    first = page[0]
+    if page[PAGE_SIZE - 1] != first or page[PAGE_SIZE // 2] != first:
+        return None
+    return first if page == _FILLS[first] else None
+
+
+class Compressed(bytes):
+    """An lz4 block (no size header); raw pages stay plain bytes."""
+
+
+class ZcacheBackend(RamBackend):
+    name = "zcache"
+    summary = "lz4-compressed pages in memory; same-filled pages cost nothing"
+    options: ClassVar[dict[str, OptionSpec]] = {
+        **RamBackend.options,
+        "zc_max": OptionSpec(parse_max, "largest compressed size kept, in bytes; default 3072 (3/4 page)"),
+        "zc_poor": OptionSpec(parse_poor, "a page that compresses worse: reject (default) or raw"),
+    }
+    expected_entry_bytes = PAGE_SIZE // 2
+
+    def __init__(self, capacity: int, zc_max: int = PAGE_SIZE * 3 // 4, zc_poor: str = "reject",
+                 cc_policy: str = "lru") -> None:
+        self.zc_max = zc_max
+        self.zc_poor = zc_poor
+        self.same_filled_pages = self.raw_pages = self.compr_data_size = 0
+        super().__init__(capacity, cc_policy)
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        self.reject_compress_poor = 0
+
+    def encode(self, page: memoryview) -> object | None:
+        fill = fill_byte(page)
+        if fill is not None:
+            return fill
+        packed = lz4.block.compress(page, store_size=False)
+        if len(packed) <= self.zc_max:
+            return Compressed(packed)
+        if self.zc_poor == "raw":
+            return bytes(page)
+        self.reject_compress_poor += 1
+        return None
+
+    def decode(self, entry: object, out: memoryview) -> bool:
+        if isinstance(entry, int):
+            out[:] = _FILLS[entry]
+            return True
+        if isinstance(entry, Compressed):
+            try:
+                data = lz4.block.decompress(entry, uncompressed_size=PAGE_SIZE)
+            except lz4.block.LZ4BlockError:
+                return False
+        else:
+            data = entry  # type: ignore[assignment]
+        if len(data) != PAGE_SIZE:
+            return False
+        out[:] = data
+        return True
+
+    def charge(self, entry: object) -> int:
+        if isinstance(entry, int):
+            self.same_filled_pages += 1
+            return 0
+        assert isinstance(entry, bytes)
+        if not isinstance(entry, Compressed):
+            self.raw_pages += 1
+        self.compr_data_size += len(entry)
+        return len(entry)
+
+    def release(self, entry: object) -> int:
+        if isinstance(entry, int):
+            self.same_filled_pages -= 1
+            return 0
+        assert isinstance(entry, bytes)
+        if not isinstance(entry, Compressed):
+            self.raw_pages -= 1
+        self.compr_data_size -= len(entry)
+        return len(entry)
+
+    def stats(self) -> dict[str, StatValue]:
+        stats = super().stats()
+        stats.update({
+            "same_filled_pages": self.same_filled_pages,
+            "raw_pages": self.raw_pages,
+            "compr_data_size": self.compr_data_size,
+            "reject_compress_poor": self.reject_compress_poor,
+            "compr_ratio": round(self.stored_pages * PAGE_SIZE / self.held, 3) if self.held else 0.0,
+        })
+        return stats

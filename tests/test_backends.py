@@ -1,0 +1,269 @@
+"""zcache, dedup and chains: every counter checked on scripted sequences through real
+mounts; the rules that cannot be reached through a mount (duplicate puts, corrupt
+entries, collisions) checked on the backends directly."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from backends.chain import ChainBackend
+from backends.dedup import DedupBackend
+from backends.tmem import TmemBackend
+from backends.zcache import ZcacheBackend
+from tools.modelcheck import ModelCheck
+
+PAGE = 4096
+N = 32
+OVERHEAD = ZcacheBackend.ENTRY_OVERHEAD
+TEXT = sorted((Path(__file__).parent.parent / "fusefs").glob("*.py"))
+
+
+def text_pages(n: int) -> bytes:
+    """Text-like data: the project's own sources, repeated."""
+    blob = b"".join(p.read_bytes() for p in TEXT)
+    out = bytearray()
+    while len(out) < n * PAGE:
+        out += blob
+    return bytes(out[: n * PAGE])
+
+
+def put_all_pages(m, name: str, data: bytes) -> dict:  # type: ignore[no-untyped-def]
+    """Write `data` to SRC, read it through the mount, then evict it all (N puts)."""
+    (m.src / name).write_bytes(data)
+    assert (m.mnt / name).read_bytes() == data
+    m.control("drop_caches")
+    return m.stats()
+
+
+def test_zcache_same_filled_pages_cost_no_payload(mount_factory) -> None:
+    with mount_factory("cleancache=zcache") as m:
+        s = put_all_pages(m, "zeros", bytes(N * PAGE) + b"\xab" * (N * PAGE))
+        z = {k.removeprefix("backend.zcache."): v for k, v in s.items() if k.startswith("backend.zcache.")}
+        assert z["stored_pages"] == 2 * N and z["same_filled_pages"] == 2 * N
+        assert z["compr_data_size"] == 0 and z["pool_total_size"] == 2 * N * OVERHEAD
+        assert z["orig_data_size"] == 2 * N * PAGE and z["puts"] == 2 * N
+        reads = s["backing.reads"]
+        assert (m.mnt / "zeros").read_bytes() == bytes(N * PAGE) + b"\xab" * (N * PAGE)
+        s = m.stats()
+        assert s["backend.zcache.succ_gets"] == 2 * N and s["backend.zcache.stored_pages"] == 0
+        assert s["backing.reads"] == reads  # all served by zcache
+
+
+@pytest.mark.parametrize("policy", ["reject", "raw"])
+def test_zcache_poorly_compressing_pages(mount_factory, policy: str) -> None:
+    data = os.urandom(N * PAGE)
+    with mount_factory(f"cleancache=zcache,zc_poor={policy}") as m:
+        s = put_all_pages(m, "random", data)
+        if policy == "reject":
+            assert s["backend.zcache.reject_compress_poor"] == N
+            assert s["backend.zcache.stored_pages"] == 0 and s["backend.zcache.pool_total_size"] == 0
+        else:
+            assert s["backend.zcache.raw_pages"] == N and s["backend.zcache.reject_compress_poor"] == 0
+            assert s["backend.zcache.compr_data_size"] == N * PAGE
+            assert s["backend.zcache.pool_total_size"] == N * (PAGE + OVERHEAD)
+        assert (m.mnt / "random").read_bytes() == data
+        assert m.stats()["succ_gets"] == (0 if policy == "reject" else N)
+
+
+def test_zcache_text_compresses_and_changed_content_is_never_stale(mount_factory) -> None:
+    data = text_pages(N)
+    with mount_factory("cleancache=zcache,zc_max=4096") as m:
+        s = put_all_pages(m, "text", data)
+        assert s["backend.zcache.stored_pages"] == N
+        assert s["backend.zcache.compr_ratio"] > 1.5
+        assert s["backend.zcache.compr_data_size"] < N * PAGE / 1.5
+        with open(m.mnt / "text", "r+b", buffering=0) as f:  # page 3 is in the pool
+            f.seek(3 * PAGE + 100)
+            f.write(b"NEW CONTENT")
+        expected = bytearray(data)
+        expected[3 * PAGE + 100 : 3 * PAGE + 111] = b"NEW CONTENT"
+        assert (m.mnt / "text").read_bytes() == expected
+        m.control("drop_caches")  # the changed page is put again
+        assert (m.mnt / "text").read_bytes() == expected
+        s = m.stats()
+        assert s["invalidates"] == 1 and s["cleancache.verify_failures"] == 0
+
+
+def test_zcache_capacity_is_enforced_in_bytes(mount_factory) -> None:
+    data = text_pages(4 * N)
+    with mount_factory(f"cleancache=zcache,cc_size={8 * PAGE}") as m:
+        s = put_all_pages(m, "text", data)
+        assert s["backend.zcache.pool_total_size"] <= 8 * PAGE
+        assert s["backend.zcache.evicted_pages"] > 0
+        assert s["backend.zcache.stored_pages"] + s["backend.zcache.evicted_pages"] == 4 * N
+        assert (m.mnt / "text").read_bytes() == data
+
+
+def test_dedup_keeps_one_copy_per_content(mount_factory) -> None:
+    unique = os.urandom(N // 2 * PAGE)
+    data = unique + unique  # half of the pages are duplicates
+    with mount_factory("cleancache=dedup") as m:
+        s = put_all_pages(m, "dup", data)
+        d = {k.removeprefix("backend.dedup."): v for k, v in s.items() if k.startswith("backend.dedup.")}
+        assert d["stored_pages"] == N and d["unique_pages"] == N // 2
+        assert d["duplicate_entry"] == N // 2 and d["hash_collisions"] == 0
+        assert d["saved_bytes"] == N // 2 * PAGE
+        assert d["pool_total_size"] == N // 2 * PAGE + N * OVERHEAD
+        assert (m.mnt / "dup").read_bytes() == data
+        s = m.stats()
+        assert s["backend.dedup.unique_pages"] == 0 and s["succ_gets"] == N  # refcounts reached 0
+
+
+def test_dedup_forced_collisions_never_return_another_page(mount_factory) -> None:
+    """Every page hashes the same in `weakdedup`: the byte compare keeps them apart."""
+    data = os.urandom(N * PAGE)
+    with mount_factory("cleancache=weakdedup", plugins=True) as m:
+        s = put_all_pages(m, "f", data)
+        assert s["backend.weakdedup.hash_collisions"] == N - 1
+        assert s["backend.weakdedup.unique_pages"] == N
+        assert (m.mnt / "f").read_bytes() == data
+        assert m.stats()["cleancache.verify_failures"] == 0
+
+
+def test_chain_overflow_goes_to_the_next_member(mount_factory) -> None:
+    """Incompressible pages are refused by zcache and land in tmem; a get finds them there."""
+    data = os.urandom(N * PAGE)
+    with mount_factory("cleancache=zcache+tmem") as m:
+        s = put_all_pages(m, "f", data)
+        assert s["backend.zcache.reject_compress_poor"] == N and s["backend.tmem.stored_pages"] == N
+        assert (m.mnt / "f").read_bytes() == data
+        s = m.stats()
+        assert s["backend.tmem.stored_pages"] == 0 and s["succ_gets"] == N  # exclusive in B too
+
+
+def test_chain_evictions_spill_to_the_next_member(mount_factory) -> None:
+    data = text_pages(4 * N)
+    with mount_factory(f"cleancache=zcache+tmem,cc_size={16 * PAGE}") as m:
+        s = put_all_pages(m, "f", data)
+        assert s["backend.zcache.evicted_pages"] > 0
+        assert s["backend.tmem.stored_pages"] > 0
+        assert (m.mnt / "f").read_bytes() == data
+
+
+@pytest.mark.parametrize("fault", ["raise", "corrupt", "stall", "stale", "flaky", "block"])
+def test_misbehaving_backend_never_breaks_reads_or_writes(mount_factory, fault: str) -> None:
+    seed = random.randrange(1 << 32)
+    options = f"cleancache=faulty,fault={fault},cache_size={4 * PAGE},cc_timeout=0.02"
+    with mount_factory(options, plugins=True) as m:
+        m.faults_expected = True
+        ModelCheck(m.mnt, seed, files=2, max_size=16 * PAGE).run(1500 if fault != "stall" else 300)
+        s = m.stats()
+    assert s["fs.internal_errors"] == 0
+    if fault in ("raise", "flaky"):
+        assert s["cleancache.backend_errors"] > 0
+    if fault in ("corrupt", "stale"):
+        assert s["cleancache.verify_failures"] > 0
+    if fault == "stall":
+        assert s["cleancache.backend_timeouts"] > 0
+
+
+@pytest.mark.parametrize("options", ["cleancache=zcache,cache_size=12K,cc_size=40K",
+                                     "cleancache=dedup,cache_size=8K,cc_size=64K,dd_compress=lz4",
+                                     "cleancache=zcache+tmem,cache_size=8K,cc_size=24K",
+                                     "cleancache=zcache,zc_poor=raw,cache_size=4K"])
+def test_model_check_with_every_backend(mount_factory, options: str) -> None:
+    seed = random.randrange(1 << 32)
+    with mount_factory(options) as m:
+        try:
+            ModelCheck(m.mnt, seed).run(20000)
+        except AssertionError as exc:
+            raise AssertionError(f"{options}: {exc}") from None
+        assert m.stats()["cleancache.verify_failures"] == 0
+
+
+# -- directly on the backends ----------------------------------------------------------
+
+
+def page(fill: int) -> memoryview:
+    return memoryview(bytes([fill]) * PAGE)
+
+
+async def test_duplicate_puts_replace_or_flush() -> None:
+    z = ZcacheBackend(1 << 20)
+    pool = await z.create_pool(None)
+    out = memoryview(bytearray(PAGE))
+    text = memoryview(text_pages(1))
+    await z.put_page(pool, b"f", 0, page(1))
+    await z.put_page(pool, b"f", 0, text)  # replaced
+    assert z.stats()["dup_puts_replaced"] == 1
+    await z.put_page(pool, b"f", 0, memoryview(os.urandom(PAGE)))  # refused: the old copy goes
+    s = z.stats()
+    assert s["dup_puts_flushed"] == 1 and s["stored_pages"] == 0
+    assert not await z.get_page(pool, b"f", 0, out)
+
+
+async def test_zcache_corrupt_entry_is_a_counted_miss() -> None:
+    z = ZcacheBackend(1 << 20)
+    pool = await z.create_pool(None)
+    await z.put_page(pool, b"f", 0, memoryview(text_pages(1)))
+    entries = z._pools[pool].files[b"f"]
+    entries[0] = type(entries[0])(b"\x00garbage" * 10)
+    out = memoryview(bytearray(PAGE))
+    assert not await z.get_page(pool, b"f", 0, out)
+    s = z.stats()
+    assert s["corrupt_pages"] == 1 and s["stored_pages"] == 0 and s["failed_gets"] == 1
+
+
+async def test_shared_pool_gets_are_not_destructive() -> None:
+    for backend in (TmemBackend(1 << 20), ZcacheBackend(1 << 20), DedupBackend(1 << 20)):
+        pool = await backend.create_pool(b"\x01" * 16)
+        out = memoryview(bytearray(PAGE))
+        await backend.put_page(pool, b"f", 0, memoryview(text_pages(1)))
+        assert await backend.get_page(pool, b"f", 0, out)
+        assert await backend.get_page(pool, b"f", 0, out) and bytes(out) == text_pages(1)
+
+
+async def test_dedup_refcounts_free_copies_on_last_handle() -> None:
+    d = DedupBackend(1 << 20, dd_compress="lz4")
+    pool = await d.create_pool(None)
+    text = memoryview(text_pages(1))
+    for index in range(3):
+        await d.put_page(pool, b"f", index, text)
+    assert d.stats()["unique_pages"] == 1
+    await d.invalidate_page(pool, b"f", 0)
+    await d.invalidate_page(pool, b"f", 1)
+    assert d.stats()["unique_pages"] == 1
+    await d.invalidate_inode(pool, b"f")
+    s = d.stats()
+    assert s["unique_pages"] == 0 and s["pool_total_size"] == 0 and s["stored_pages"] == 0
+
+
+async def test_chain_keeps_one_version_per_handle() -> None:
+    """A put that lands in A removes an older copy from B: never two contents."""
+    a, b = ZcacheBackend(1 << 20), TmemBackend(1 << 20)
+    chain = ChainBackend([a, b])
+    pool = await chain.create_pool(None)
+    out = memoryview(bytearray(PAGE))
+    await chain.put_page(pool, b"f", 0, memoryview(os.urandom(PAGE)))  # refused by A: in B
+    assert b.stats()["stored_pages"] == 1
+    await chain.put_page(pool, b"f", 0, page(7))  # same-filled: A takes it, B drops its copy
+    assert b.stats()["stored_pages"] == 0 and a.stats()["stored_pages"] == 1
+    assert await chain.get_page(pool, b"f", 0, out) and bytes(out) == bytes(page(7))
+    await chain.destroy_pool(pool)
+    assert chain.named_stats()["zcache.stored_pages"] == 0
+
+
+def test_entry_overhead_is_measured() -> None:
+    """ENTRY_OVERHEAD (what cc_size charges per entry besides payload) matches memory use."""
+    import tracemalloc
+
+    import trio
+
+    async def fill() -> int:
+        backend = TmemBackend(1 << 34)
+        pool = await backend.create_pool(None)
+        pages = [memoryview(os.urandom(PAGE)) for _ in range(5000)]
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for n, p in enumerate(pages):
+            await backend.put_page(pool, b"file%d" % (n // 64), n % 64, p)
+        used = tracemalloc.get_traced_memory()[0] - before
+        tracemalloc.stop()
+        return used // 5000 - PAGE
+
+    measured = trio.run(fill)
+    assert 0.5 * OVERHEAD <= measured <= 1.5 * OVERHEAD, measured
