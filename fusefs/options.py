@@ -33,7 +33,7 @@ CORE_HELP = {
                     "shared writable mmap, but tmemfs sees fewer reads",
     "attr_timeout=SECS": "how long the kernel trusts attributes; default 1",
     "entry_timeout=SECS": "how long the kernel trusts name lookups; default 1",
-    "pc_policy=NAME": "page cache eviction policy; default lru",
+    "pc_policy=NAME": "page cache eviction policy: lru (default), sieve, s3fifo, arc",
     "cc_timeout=SECS": "longest wait for a backend that does I/O; then it is a miss; default 1",
     "backing_io=cached|direct": "read SRC through the host page cache or with O_DIRECT "
                                 "(real disk reads); default cached",
