@@ -38,7 +38,7 @@ class RamPool:
 
 class RamBackend(Backend):
     options: ClassVar[dict[str, OptionSpec]] = {
-        "cc_policy": OptionSpec(parse_policy, "eviction policy of the pool (lru, ...); default lru"),
+        "cc_policy": OptionSpec(parse_policy, f"pool eviction policy: {', '.join(POLICIES)}; default lru"),
     }
     # Bytes each stored entry costs besides its payload: the handle tuple,
     # the dict slots and the policy's node (tests/test_ram_backends.py

@@ -43,7 +43,7 @@ def manual() -> str:
             lines.append(f"    {name:<28} (cannot load {target}: {exc})")
             continue
         lines.append(f"    {name:<28} {cls.summary}")
-        lines.extend(f"      {k}=...{'':<19} {spec.help}" for k, spec in cls.options.items())
+        lines.extend(f"      {k + '=...':<26} {spec.help}" for k, spec in cls.options.items())
     backends = "\n".join(lines)
     return f"""NAME
     tmemfs - pass-through FUSE filesystem with a page cache and cleancache backends

@@ -123,21 +123,36 @@ class DataPath:
                 return b""
             base = slot << PAGE_SHIFT
             return view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
-        out = bytearray()
+        # Views of cached pages are collected and joined once. Loading a missing
+        # page may evict one of the pages already collected, so the views are
+        # copied out (joined) before each load.
+        parts: list[bytes | memoryview] = []
+        get_slot = cached.pages.get
+        hit = self.pc.hit
         index = first
+        lo = offset & PAGE_MASK
         while index <= last:
-            slot = await self._page(cached, fd, index, last)
-            if slot < 0:
-                break
-            page_start = index << PAGE_SHIFT
-            lo = max(offset, page_start) - page_start
-            hi = min(end, cached.size, page_start + PAGE_SIZE) - page_start
-            if hi <= lo:
-                break
+            found = get_slot(index)
+            if found is not None:
+                hit(found)
+                slot = found
+            else:
+                if parts:
+                    parts = [b"".join(parts)]
+                slot = await self._page(cached, fd, index, last)
+                if slot < 0:
+                    break
             base = slot << PAGE_SHIFT
-            out += view[base + lo : base + hi]
+            hi = min(end, cached.size) - (index << PAGE_SHIFT)
+            if hi >= PAGE_SIZE:
+                parts.append(view[base + lo : base + PAGE_SIZE])
+            else:
+                if hi > lo:
+                    parts.append(view[base + lo : base + hi])
+                break  # end of file (or of the request)
+            lo = 0
             index += 1
-        return out
+        return b"".join(parts)
 
     async def _page(self, cached: CachedFile, fd: int, index: int, last: int) -> int:
         """Slot holding page `index`, loading it (and following misses up to `last`)."""

@@ -56,6 +56,7 @@ class PageCache:
         # so policies with ghost lists (S3-FIFO, ARC) recognise a returning page.
         self._key: list[tuple[CachedFile, int] | None] = [None] * self.capacity
         self._policy = make_policy(policy, self.capacity)
+        self._touch = self._policy.toucher()
         self.hits = self.misses = self.evictions = 0
 
     @property
@@ -74,8 +75,13 @@ class PageCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._policy.touch(self._key[slot])
+        self._touch(self._key[slot])
         return slot
+
+    def hit(self, slot: int) -> None:
+        """Count a hit the caller found in CachedFile.pages itself (the read fast path)."""
+        self.hits += 1
+        self._touch(self._key[slot])
 
     def peek(self, cached: CachedFile, index: int) -> int | None:
         """Slot of a cached page without counting or reordering."""
