@@ -123,10 +123,12 @@ class DataPath:
                 return b""
             base = slot << PAGE_SHIFT
             return view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
-        # Views of cached pages are collected and joined once. Loading a missing
-        # page may evict one of the pages already collected, so the views are
-        # copied out (joined) before each load.
+        # Pages in consecutive slots (a file read in order into free slots) are
+        # served as one view, without a copy; other runs are joined once.
+        # Loading a missing page may evict a page already collected, so what
+        # was collected is copied out first.
         parts: list[bytes | memoryview] = []
+        run_start = run_end = -1  # byte range in the slab of the current run
         get_slot = cached.pages.get
         hit = self.pc.hit
         index = first
@@ -137,6 +139,9 @@ class DataPath:
                 hit(found)
                 slot = found
             else:
+                if run_start >= 0:
+                    parts.append(view[run_start:run_end])
+                    run_start = run_end = -1
                 if parts:
                     parts = [b"".join(parts)]
                 slot = await self._page(cached, fd, index, last)
@@ -144,14 +149,21 @@ class DataPath:
                     break
             base = slot << PAGE_SHIFT
             hi = min(end, cached.size) - (index << PAGE_SHIFT)
-            if hi >= PAGE_SIZE:
-                parts.append(view[base + lo : base + PAGE_SIZE])
-            else:
-                if hi > lo:
-                    parts.append(view[base + lo : base + hi])
+            if hi <= lo:
+                break
+            if base + lo != run_end:
+                if run_start >= 0:
+                    parts.append(view[run_start:run_end])
+                run_start = base + lo
+            run_end = base + min(hi, PAGE_SIZE)
+            if hi < PAGE_SIZE:
                 break  # end of file (or of the request)
             lo = 0
             index += 1
+        if run_start >= 0:
+            if not parts:
+                return view[run_start:run_end]
+            parts.append(view[run_start:run_end])
         return b"".join(parts)
 
     async def _page(self, cached: CachedFile, fd: int, index: int, last: int) -> int:
