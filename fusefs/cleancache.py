@@ -41,6 +41,7 @@ import trio
 import xxhash
 
 from backends.base import Backend, StatValue
+from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs.cleancache")
 
@@ -116,6 +117,7 @@ class Cleancache:
         self._ledger_limit = 1024
         self.retired_stats: dict[str, StatValue] = {}
         self.registrations = 0
+        self.tracer: Tracer | None = None
         if backend is not None:
             self._attach(backend)
         self.reset_stats()
@@ -219,6 +221,12 @@ class Cleancache:
 
     async def get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
         """Fill `out` from the pool and return True, or return False (a miss)."""
+        hit = await self._get_page(pool_id, key, index, out)
+        if self.tracer is not None:
+            self.tracer.event("get+" if hit else "get-", key, index)
+        return hit
+
+    async def _get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
         pool = self.pools.get(pool_id)
         backend = self.backend
         if backend is None or pool is None or pool.backend_pool is None:
@@ -268,6 +276,8 @@ class Cleancache:
     async def put_page(self, pool_id: int, key: bytes, index: int, page: memoryview) -> None:
         """Offer a clean page being evicted; the backend may keep it or not."""
         self.puts += 1
+        if self.tracer is not None:
+            self.tracer.event("put", key, index)
         pool = self.pools.get(pool_id)
         backend = self.backend
         if backend is None or pool is None or pool.backend_pool is None:
@@ -290,6 +300,8 @@ class Cleancache:
     async def invalidate_page(self, pool_id: int, key: bytes, index: int) -> None:
         """The page changed or went away: the pool must not return it again."""
         self.invalidates += 1
+        if self.tracer is not None:
+            self.tracer.event("invalidate", key, index)
         pool = self.pools.get(pool_id)
         backend = self.backend
         if backend is None or pool is None or pool.backend_pool is None:
@@ -301,6 +313,8 @@ class Cleancache:
     async def invalidate_inode(self, pool_id: int, key: bytes) -> None:
         """Every page of a file changed or went away (truncate, delete, replace)."""
         self.inode_invalidates += 1
+        if self.tracer is not None:
+            self.tracer.event("invalidate_inode", key, "*")
         pool = self.pools.get(pool_id)
         backend = self.backend
         if backend is None or pool is None or pool.backend_pool is None:

@@ -23,6 +23,7 @@ from fusefs.datapath import DataPath
 from fusefs.operations import TmemOperations
 from fusefs.options import CORE_HELP, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
+from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs")
 
@@ -193,8 +194,11 @@ def raise_fd_limit() -> None:
 async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str,
                 notify_fd: int | None) -> None:
     cleancache = Cleancache(backend, config.cc_timeout)
+    pagecache = PageCache(config.cache_size, config.pc_policy)
+    tracer = Tracer(config.trace_file, src) if config.trace_file else None
+    cleancache.tracer = pagecache.tracer = tracer
     pool = await cleancache.init_fs()
-    data = DataPath(PageCache(config.cache_size, config.pc_policy), cleancache, pool)
+    data = DataPath(pagecache, cleancache, pool)
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = TmemOperations(root_fd, config, data, src)
     if notify_fd is not None:
@@ -213,6 +217,8 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
             await ops.shutdown()
             await cleancache.unregister()
             pyfuse3.close(unmount=True)
+            if tracer is not None:
+                tracer.close()
             log.info("unmounted %s", mnt)
 
 

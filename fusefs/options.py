@@ -7,6 +7,7 @@ fstab add are mapped or ignored. Anything else is an error naming the key.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ CORE_HELP = {
     "backing_io=cached|direct": "read SRC through the host page cache or with O_DIRECT "
                                 "(real disk reads); default cached",
     "log=FILE": "log file when running in the background (default: syslog if present)",
+    "trace=FILE": "record page-level events (hit, miss, get, put, invalidate) for tools/trace.py",
 }
 
 
@@ -77,6 +79,7 @@ class MountConfig:
     cc_timeout: float = 1.0
     backing_direct: bool = False
     log_file: str | None = None
+    trace_file: str | None = None
     fuse_options: set[str] = field(default_factory=lambda: {"default_permissions"})
     backend_options: dict[str, object] = field(default_factory=dict)
 
@@ -138,6 +141,8 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
             config.backing_direct = value == "direct"
         elif key == "log":
             config.log_file = need(key, value)
+        elif key == "trace":
+            config.trace_file = os.path.abspath(need(key, value))
         elif key in PASS_THROUGH_FLAGS:
             flag(key, value)
             config.fuse_options.add(key)

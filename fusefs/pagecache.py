@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from fusefs import PAGE_SIZE
 from fusefs.eviction import make_policy
+from fusefs.tracing import Tracer
 
 
 @dataclass(eq=False)
@@ -57,6 +58,7 @@ class PageCache:
         self._key: list[tuple[CachedFile, int] | None] = [None] * self.capacity
         self._policy = make_policy(policy, self.capacity)
         self._touch = self._policy.toucher()
+        self.tracer: Tracer | None = None
         self.hits = self.misses = self.evictions = 0
 
     @property
@@ -71,6 +73,8 @@ class PageCache:
     def lookup(self, cached: CachedFile, index: int) -> int | None:
         """Slot of a cached page (counts a hit and refreshes it), else None."""
         slot = cached.pages.get(index)
+        if self.tracer is not None:
+            self.tracer.event("miss" if slot is None else "hit", cached.key, index)
         if slot is None:
             self.misses += 1
             return None
@@ -81,7 +85,11 @@ class PageCache:
     def hit(self, slot: int) -> None:
         """Count a hit the caller found in CachedFile.pages itself (the read fast path)."""
         self.hits += 1
-        self._touch(self._key[slot])
+        key = self._key[slot]
+        self._touch(key)
+        if self.tracer is not None:
+            assert key is not None
+            self.tracer.event("hit", key[0].key, key[1])
 
     def peek(self, cached: CachedFile, index: int) -> int | None:
         """Slot of a cached page without counting or reordering."""

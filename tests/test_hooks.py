@@ -170,3 +170,28 @@ def test_external_change_is_seen_at_next_open(src: Path, mount_factory) -> None:
         (src / "f").write_bytes(b"2" * 2 * PAGE)
         assert (m.mnt / "f").read_bytes() == b"2" * 2 * PAGE
         assert m.stats()["pagecache.external_changes"] == 1
+
+
+def test_trace_records_every_hook_and_replays(src: Path, mount_factory, tmp_path: Path) -> None:
+    """-o trace=FILE: one line per event, matching the counters; tools/trace.py replays it."""
+    from tools.trace import compare, load_trace
+
+    (src / "f").write_bytes(os.urandom(2 * N * PAGE))
+    trace = tmp_path / "events.trace"
+    with mount_factory(f"cleancache=tmem,cache_size={N * PAGE},trace={trace}") as m:
+        read_pages(m.mnt / "f", 2 * N)
+        read_pages(m.mnt / "f", 2 * N)
+        os.truncate(m.mnt / "f", PAGE)
+        stats = m.stats()
+    lines = [line.split() for line in trace.read_text().splitlines() if not line.startswith("#")]
+    ops = [fields[1] for fields in lines]
+    assert ops.count("miss") == stats["pagecache.misses"] and ops.count("hit") == stats["pagecache.hits"]
+    assert ops.count("put") == stats["puts"] and ops.count("get+") == stats["succ_gets"]
+    assert ops.count("get-") == stats["failed_gets"]
+    assert ops.count("invalidate_inode") == stats["cleancache.inode_invalidates"] == 2
+    times = [int(fields[0]) for fields in lines]
+    assert times == sorted(times)
+    replayed = load_trace(str(trace))
+    assert replayed.accesses == 4 * N
+    results = compare(replayed, ["lru"], capacity=N)
+    assert results[0].miss_ratio == 1.0  # 2N pages cycling through N: LRU misses every time

@@ -17,7 +17,10 @@ Synthetic traces (integer keys, reproducible with --seed):
 
 Recorded traces (--trace FILE): one access per line, either `KEY` or
 `OP KEY` with OP one of get, put, hit, miss (all replayed as an access) or
-invalidate; blank lines and lines starting with # are skipped.
+invalidate; blank lines and lines starting with # are skipped. A trace
+recorded by `tmemfs -o trace=FILE` (lines `TIME_US OP FILE:INDEX`) replays
+its page cache lookups (hit, miss) and invalidations; its cleancache events
+(get+, get-, put, invalidate_inode) are skipped.
 
     python -m tools.trace --synthetic zipf+scan --capacity 1000
     python -m tools.trace --trace keys.txt --policies lru,s3fifo --json
@@ -41,6 +44,7 @@ from fusefs.eviction import POLICIES, Policy
 SYNTHETIC = ("zipf", "scan", "loop", "mixed", "zipf+scan")
 ACCESS_OPS = frozenset({"get", "put", "hit", "miss"})
 INVALIDATE = "invalidate"
+TMEMFS_SKIPPED_OPS = frozenset({"get+", "get-", "put", "invalidate_inode"})
 ZIPF_ALPHA = 1.1
 
 
@@ -137,6 +141,10 @@ def parse_trace(lines: Sequence[str], name: str = "trace") -> Trace:
         if not line or line.startswith("#"):
             continue
         fields = line.split(maxsplit=1)
+        if len(fields) == 2 and fields[0].isdigit() and " " in fields[1]:
+            fields = fields[1].split(maxsplit=1)  # a tmemfs trace: TIME_US OP FILE:INDEX
+            if fields[0] in TMEMFS_SKIPPED_OPS:
+                continue
         op = fields[0].lower()
         if len(fields) == 2 and (op in ACCESS_OPS or op == INVALIDATE):
             keys.append(fields[1].strip())
