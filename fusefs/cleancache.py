@@ -201,21 +201,25 @@ class Cleancache:
         """Surrender the pool: every page in it is dropped."""
         self.fs_invalidates += 1
         pool = self.pools.pop(pool_id, None)
-        if self.backend is not None and pool is not None and pool.backend_pool is not None:
-            try:
-                await self._call(self.backend, self.backend.destroy_pool, pool.backend_pool)
-            except Exception:
-                self._fault("destroy_pool")
+        if pool is not None:
+            await self._destroy(pool)
 
     async def flush(self, pool_id: int) -> None:
         """Empty a pool but keep its id (the `flush` control command)."""
         pool = self.pools[pool_id]
-        await self.invalidate_fs(pool_id)
-        self.fs_invalidates -= 1  # a flush is not an unmount
+        await self._destroy(pool)
         if pool.ledger is not None:
             pool.ledger = Ledger(self._ledger_limit)
         pool.backend_pool = await self._backend_pool(pool.uuid)
-        self.pools[pool_id] = pool
+
+    async def _destroy(self, pool: Pool) -> None:
+        backend, backend_pool = self.backend, pool.backend_pool
+        pool.backend_pool = None
+        if backend is not None and backend_pool is not None:
+            try:
+                await self._call(backend, backend.destroy_pool, backend_pool)
+            except Exception:
+                self._fault("destroy_pool")
 
     # -- pages ---------------------------------------------------------------
 

@@ -33,6 +33,7 @@ class DataPath:
         self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
         self.max_idle_files = max_idle_files
         self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
+        self.loaded_through = -1  # set by _page: the last page index it installed
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -133,10 +134,12 @@ class DataPath:
         hit = self.pc.hit
         index = first
         lo = offset & PAGE_MASK
+        loaded_through = -1  # pages installed by this very read: not hits
         while index <= last:
             found = get_slot(index)
             if found is not None:
-                hit(found)
+                if index > loaded_through:
+                    hit(found)
                 slot = found
             else:
                 if run_start >= 0:
@@ -145,6 +148,7 @@ class DataPath:
                 if parts:
                     parts = [b"".join(parts)]
                 slot = await self._page(cached, fd, index, last)
+                loaded_through = self.loaded_through
                 if slot < 0:
                     break
             base = slot << PAGE_SHIFT
@@ -169,6 +173,7 @@ class DataPath:
     async def _page(self, cached: CachedFile, fd: int, index: int, last: int) -> int:
         """Slot holding page `index`, loading it (and following misses up to `last`)."""
         pc = self.pc
+        self.loaded_through = index
         slot = pc.lookup(cached, index)
         if slot is not None:
             return slot
@@ -177,15 +182,20 @@ class DataPath:
             pc.install(cached, index, slot)
             return slot
         # Read this page and the following misses (not cached, not in the pool) at once.
+        # Each counts as one miss; the caller must not count them again as hits
+        # (`loaded_through` is the last page this call installed).
         slots = [slot]
         index_end = index + 1
         while index_end <= last and len(slots) < self.batch and pc.peek(cached, index_end) is None:
+            pc.miss(cached, index_end)
             extra = await self._take_slot()
             if await self.cc.get_page(self.pool, cached.key, index_end, pc.slot_view(extra)):
                 pc.install(cached, index_end, extra)
+                self.loaded_through = index_end
                 break
             slots.append(extra)
             index_end += 1
+        self.loaded_through = max(self.loaded_through, index + len(slots) - 1)
         return self._read_backing(cached, fd, index, slots)
 
     def _read_backing(self, cached: CachedFile, fd: int, index: int, slots: list[int]) -> int:

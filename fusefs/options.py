@@ -44,14 +44,21 @@ CORE_HELP = {
 
 
 class OptionError(ValueError):
-    """A bad mount option; the message names it."""
+    """A bad mount option; the message names it, on one line (control characters escaped)."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def parse_size(key: str, text: str) -> int:
     m = _SIZE.match(text.strip())
     if not m:
         raise OptionError(f"{key}={text}: not a size (use a number with an optional K, M, G or T suffix)")
-    value = int(float(m.group(1)) * _SCALE[m.group(2).lower()])
+    try:
+        value = int(float(m.group(1)) * _SCALE[m.group(2).lower()])
+    except OverflowError:  # more digits than a float holds
+        raise OptionError(f"{key}={text}: too large") from None
     return value
 
 

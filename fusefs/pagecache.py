@@ -91,6 +91,12 @@ class PageCache:
             assert key is not None
             self.tracer.event("hit", key[0].key, key[1])
 
+    def miss(self, cached: CachedFile, index: int) -> None:
+        """Count a miss the caller found itself (pages read ahead in one batch)."""
+        self.misses += 1
+        if self.tracer is not None:
+            self.tracer.event("miss", cached.key, index)
+
     def peek(self, cached: CachedFile, index: int) -> int | None:
         """Slot of a cached page without counting or reordering."""
         return cached.pages.get(index)

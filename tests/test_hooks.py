@@ -195,3 +195,20 @@ def test_trace_records_every_hook_and_replays(src: Path, mount_factory, tmp_path
     assert replayed.accesses == 4 * N
     results = compare(replayed, ["lru"], capacity=N)
     assert results[0].miss_ratio == 1.0  # 2N pages cycling through N: LRU misses every time
+
+
+def test_large_reads_count_each_page_once(src: Path, mount_factory) -> None:
+    """A 128 KiB read of uncached pages: 32 misses, one cleancache get each, no hits."""
+    (src / "f").write_bytes(os.urandom(64 * PAGE))
+    with mount_factory("cleancache=tmem") as m:
+        fd = os.open(m.mnt / "f", os.O_RDONLY)
+        try:
+            os.pread(fd, 32 * PAGE, 0)
+            first = m.counters(*KEYS)
+            os.pread(fd, 32 * PAGE, 0)
+            second = m.counters(*KEYS)
+        finally:
+            os.close(fd)
+    assert first["pagecache.misses"] == 32 and first["pagecache.hits"] == 0
+    assert first["failed_gets"] == 32 and first["backing.reads"] == 1
+    assert delta(first, second)["pagecache.hits"] == 32 and delta(first, second)["pagecache.misses"] == 0
