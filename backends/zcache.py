@@ -46,6 +46,8 @@ def fill_byte(page: memoryview) -> int | None:
 class Compressed(bytes):
     """An lz4 block (no size header); raw pages stay plain bytes."""
 
+    __slots__ = ()
+
 
 class ZcacheBackend(RamBackend):
     name = "zcache"
