@@ -7,13 +7,23 @@ no payload; a page whose compressed size exceeds `zc_max` is rejected
 (`zc_poor=raw`, as Xen did). Capacity counts compressed bytes plus the
 measured per-entry overhead. Every get checks the entry: a decompression
 error or a wrong size drops it and is a miss, never bad data.
+
+Gets on a private pool are exclusive, so a page read back from zcache is
+compressed again when the page cache evicts it. zcache remembers the
+compressed block of pages it handed out (bounded to 1/8 of cc_size, not
+counted as pool memory) with the xxh3-128 digest of their content; a put
+whose content has that digest reuses the block instead of compressing
+(`reused_compressions`). A changed page never matches, so the rule costs no
+correctness.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import ClassVar
 
 import lz4.block
+import xxhash
 
 from backends.base import OptionSpec, StatValue
 from backends.ram import RamBackend
@@ -64,13 +74,51 @@ class ZcacheBackend(RamBackend):
         self.zc_max = zc_max
         self.zc_poor = zc_poor
         self.same_filled_pages = self.raw_pages = self.compr_data_size = 0
+        # Compressed blocks of pages handed out by gets: handle -> (digest, block).
+        self._handed_out: OrderedDict[tuple[int, bytes, int], tuple[bytes, Compressed]] = OrderedDict()
+        self._handed_out_bytes = 0
+        self._handed_out_limit = max(1 << 20, capacity // 8)
+        self._reuse: Compressed | None = None
         super().__init__(capacity, cc_policy)
 
     def reset_stats(self) -> None:
         super().reset_stats()
-        self.reject_compress_poor = 0
+        self.reject_compress_poor = self.reused_compressions = 0
+
+    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        ram_pool = self._pools.get(pool)
+        pages = ram_pool.files.get(key) if ram_pool is not None else None
+        entry = pages.get(index) if pages is not None else None
+        hit = await super().get_page(pool, key, index, out)
+        if hit and isinstance(entry, Compressed) and ram_pool is not None and not ram_pool.shared:
+            self._hand_out((pool, key, index), xxhash.xxh3_128_digest(out), entry)
+        return hit
+
+    async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
+        given = self._handed_out.pop((pool, key, index), None)
+        if given is not None:
+            self._handed_out_bytes -= len(given[1])
+            if xxhash.xxh3_128_digest(page) == given[0]:
+                self._reuse = given[1]
+        try:
+            return await super().put_page(pool, key, index, page)
+        finally:
+            self._reuse = None
+
+    def _hand_out(self, handle: tuple[int, bytes, int], digest: bytes, block: Compressed) -> None:
+        old = self._handed_out.pop(handle, None)
+        if old is not None:
+            self._handed_out_bytes -= len(old[1])
+        self._handed_out[handle] = (digest, block)
+        self._handed_out_bytes += len(block)
+        while self._handed_out_bytes > self._handed_out_limit:
+            _, (_, dropped) = self._handed_out.popitem(last=False)
+            self._handed_out_bytes -= len(dropped)
 
     def encode(self, page: memoryview) -> object | None:
+        if self._reuse is not None:
+            self.reused_compressions += 1
+            return self._reuse
         fill = fill_byte(page)
         if fill is not None:
             return fill
@@ -125,6 +173,7 @@ class ZcacheBackend(RamBackend):
             "raw_pages": self.raw_pages,
             "compr_data_size": self.compr_data_size,
             "reject_compress_poor": self.reject_compress_poor,
+            "reused_compressions": self.reused_compressions,
             "compr_ratio": round(self.stored_pages * PAGE_SIZE / self.held, 3) if self.held else 0.0,
         })
         return stats

@@ -267,3 +267,19 @@ def test_entry_overhead_is_measured() -> None:
 
     measured = trio.run(fill)
     assert 0.5 * OVERHEAD <= measured <= 1.5 * OVERHEAD, measured
+
+
+async def test_zcache_reuses_the_block_of_an_unchanged_page_only() -> None:
+    z = ZcacheBackend(1 << 20)
+    pool = await z.create_pool(None)
+    out = memoryview(bytearray(PAGE))
+    text = text_pages(2)
+    first, second = memoryview(text[:PAGE]), memoryview(text[PAGE:])
+    await z.put_page(pool, b"f", 0, first)
+    assert await z.get_page(pool, b"f", 0, out)  # handed out: zcache remembers the block
+    await z.put_page(pool, b"f", 0, first)  # evicted again, unchanged
+    assert z.stats()["reused_compressions"] == 1
+    assert await z.get_page(pool, b"f", 0, out) and bytes(out) == bytes(first)
+    await z.put_page(pool, b"f", 0, second)  # the page changed while in the page cache
+    assert z.stats()["reused_compressions"] == 1
+    assert await z.get_page(pool, b"f", 0, out) and bytes(out) == bytes(second)
