@@ -8,12 +8,13 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config fio attr gcc python3-dev python3-v
 STAMP := $(VENV)/.installed
 BINDIR := /usr/local/bin
 
-.PHONY: install demo test lint bench clean help
+.PHONY: install demo test lint bench stress clean help
 
 help:
 	@echo "make demo    set up, mount a sample tree with cleancache, run fio, print stats, unmount"
 	@echo "make test    set up and run the whole test suite (with ruff and mypy)"
-	@echo "make bench   set up and run the benchmarks; writes BENCHMARKS.md"
+	@echo "make bench   set up and run the benchmarks; writes BENCHMARKS.md and docs/bench/*.png"
+	@echo "make stress  set up and run the long stress (data model check, metadata stress, faults)"
 	@echo "make install Debian packages, $(VENV), the package, links in $(BINDIR)"
 
 install: $(STAMP)
@@ -44,7 +45,12 @@ test: install lint
 	$(VENV)/bin/pytest
 
 bench: install
+	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m tools.bench
+	$(PY) -m tools.bench_backends
+
+stress: install
+	$(PY) -m tools.stress
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,147 @@
+"""tools.bench_backends without mounts: page counting, report text and marker replacement."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from tools import bench_backends as bb
+
+PAGE = bb.PAGE
+
+
+def canned() -> bb.Results:
+    """Hand-made numbers shaped like a quick run."""
+    s = bb.settings_for(quick=True)
+    res = bb.Results(s, machine={"machine": "test box"}, runtime_s=90.0)
+    for ds in bb.DATASETS:
+        res.data_size[ds] = s.data_size
+        res.pages[ds] = (s.data_size // PAGE, s.data_size // PAGE // (2 if ds == "dup50" else 1))
+        for backend in bb.BACKENDS:
+            none = backend == "none"
+            res.reads[(backend, ds)] = [bb.ReadResult(
+                hit_ratio=0.0 if none else 0.99,
+                backing_bytes=s.data_size if none else s.data_size // 100,
+                pool_bytes=0 if none else s.data_size // 2,
+                orig_bytes=0 if none else s.data_size,
+                unique_data=s.data_size // 2 if backend == "dedup" else 0,
+                unique_pages=0)]
+    res.iops = {b: [10000.0 if b == "none" else 16000.0] for b in bb.BACKENDS}
+    res.zipf = {p: [(15000.0, 0.8)] for p in bb.POLICIES}
+    res.cpu = {(b, k): (5.0, 1.5) for b in ("tmem", "zcache", "dedup") for k in ("text", "random")}
+    res.commands = ["fio --name=r --filename=MNT/fio/text.dat", "fio --name=r --filename=MNT/fio/text.dat"]
+    res.charts = [("IOPS per backend", "docs/bench/backends-iops.png")]
+    return res
+
+
+def test_unique_pages_counts_duplicates_and_pads_tail() -> None:
+    a, b = b"a" * PAGE, b"b" * PAGE
+    assert bb.unique_pages([a + b + a, b + a]) == (5, 2)
+    assert bb.unique_pages([b"x" * 10, b"x" * 10 + b"\0" * (PAGE - 10)]) == (2, 1)  # tail page zero-padded
+    assert bb.unique_pages([]) == (0, 0)
+
+
+def test_dup_heavy_set_is_half_duplicates() -> None:
+    text = bytes(range(256)) * 64
+    data = bb.dup_heavy(text, 200 * PAGE, random.Random(3))
+    total, unique = bb.unique_pages([data])
+    assert total == 200 and unique == 100
+
+
+def test_zero_heavy_set_is_mostly_zero_pages() -> None:
+    data = bb.zero_heavy(b"hello world\n" * 1000, 500 * PAGE, random.Random(1))
+    zero = sum(1 for i in range(500) if data[i * PAGE:(i + 1) * PAGE] == bytes(PAGE))
+    assert 400 < zero < 500
+
+
+def test_split_files_keeps_every_byte() -> None:
+    data = bytes(random.Random(2).randbytes(10 * PAGE + 5))
+    parts = bb.split_files(data, 4)
+    assert len(parts) == 4 and b"".join(parts) == data
+    assert all(len(p) % PAGE == 0 for p in parts[:-1])
+
+
+def test_report_has_tables_targets_commands_and_images() -> None:
+    text = bb.report(canned())
+    assert "quick mode" in text and "test box" in text
+    assert "zcache effective capacity >= 2.0x on plain text | 2.00x | ok" in text
+    assert "fio 4k randread QD1 zcache/none >= 1.5x | 1.60x | ok" in text
+    assert "| dedup pool_total_size within 5% of unique content" in text
+    assert text.count("fio --name=r --filename=MNT/fio/text.dat") == 1  # repeated command lines listed once
+    assert "![IOPS per backend](docs/bench/backends-iops.png)" in text
+    assert "| zcache | 5.0 | 1.5 | 5.0 | 1.5 |" in text
+
+
+def test_targets_report_missed() -> None:
+    res = canned()
+    res.iops["zcache"] = [11000.0]
+    res.reads[("dedup", "dup50")][0].pool_bytes = res.settings.data_size  # twice the unique content
+    got = {t: ok for t, _, ok in bb.targets(res)}
+    assert got["fio 4k randread QD1 zcache/none >= 1.5x"] is False
+    assert got["dedup pool_total_size within 5% of unique content (50%-dup set)"] is False
+    assert "MISSED" in bb.report(res)
+
+
+def test_spread_formats_median_and_range() -> None:
+    assert bb.spread([3.0, 1.0, 2.0]) == "2 (1..3)"
+    assert bb.spread([1.25], "{:.1f}") == "1.2"
+    assert bb.spread([]) == "-"
+    assert bb.spread([2.0, 2.0]) == "2"
+
+
+def test_replace_between_markers_keeps_the_rest() -> None:
+    text = f"# Bench\nintro\n{bb.BEGIN}\nold\n{bb.END}\ntail owned by tools/bench.py\n"
+    new = bb.replace_between(text, "new body\n")
+    assert new == f"# Bench\nintro\n{bb.BEGIN}\nnew body\n{bb.END}\ntail owned by tools/bench.py\n"
+    assert bb.replace_between(new, "new body\n") == new  # idempotent
+
+
+def test_replace_between_appends_markers_when_absent() -> None:
+    assert bb.replace_between("# Bench", "body\n") == f"# Bench\n\n{bb.BEGIN}\nbody\n{bb.END}\n"
+    assert bb.replace_between("", "body\n") == f"\n{bb.BEGIN}\nbody\n{bb.END}\n"
+
+
+def test_write_report_touches_only_the_marked_part(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Other tool's numbers\n| a | b |\n")
+    bb.write_report(out, bb.report(canned()))
+    first = out.read_text()
+    assert first.startswith("# Other tool's numbers\n| a | b |\n")
+    bb.write_report(out, "second\n")
+    assert out.read_text() == f"# Other tool's numbers\n| a | b |\n\n{bb.BEGIN}\nsecond\n{bb.END}\n"
+
+
+def test_charts_render_small_pngs(tmp_path: Path) -> None:
+    made = bb.make_charts(canned(), tmp_path, "docs/bench")
+    assert len(made) == 4
+    for _, rel in made:
+        png = tmp_path / Path(rel).name
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size < 150_000
+
+
+def test_save_results_is_json(tmp_path: Path) -> None:
+    import json
+
+    bb.save_results(canned(), tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["iops"]["zcache"] == [16000.0] and "zcache/dup50" in data["reads"]
+
+
+def test_load_results_round_trips(tmp_path: Path) -> None:
+    res = canned()
+    bb.save_results(res, tmp_path / "r.json")
+    back = bb.load_results(tmp_path / "r.json")
+    back.charts = res.charts
+    assert bb.report(back) == bb.report(res)
+
+
+def test_refused_pages_make_the_backing_target_not_applicable() -> None:
+    res = canned()
+    size = res.settings.data_size
+    run = res.reads[("zcache", "binary")][0]
+    run.backing_bytes, run.rejected = size // 4, size // 4 // PAGE  # a quarter refused, a quarter read again
+    run2 = res.reads[("zcache", "text")][0]
+    run2.rejected = 10  # a few refused, target still met
+    got = {t: ok for t, _, ok in bb.targets(res)}
+    assert got["backing bytes -90% vs none: zcache on binary"] is None
+    assert got["backing bytes -90% vs none: zcache on text"] is True

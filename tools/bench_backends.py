@@ -1,0 +1,899 @@
+"""Measure the cleancache backends (none, tmem, zcache, dedup, zcache+tmem) and write BENCHMARKS.md.
+
+Run from the repository root with the project's venv (needs root and /dev/fuse):
+
+    .venv/bin/python -m tools.bench_backends [--quick] [--out BENCHMARKS.md]
+
+Only the text between `<!-- backends:begin -->` and `<!-- backends:end -->` is
+replaced; tools/bench.py owns the rest of the file. Ratios are only taken
+between numbers measured in the same invocation (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gzip
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+
+import xxhash
+
+PAGE = 4096
+MiB = 1 << 20
+BEGIN = "<!-- backends:begin -->"
+END = "<!-- backends:end -->"
+BACKENDS: tuple[str, ...] = ("none", "tmem", "zcache", "dedup", "zcache+tmem")
+POLICIES: tuple[str, ...] = ("lru", "sieve", "s3fifo", "arc")
+DATASETS: tuple[str, ...] = ("text", "binary", "random", "zero", "dup50")
+ROOT = Path("bench-results/backends")
+CHART_DIR = Path("docs/bench")
+ZCACHE_TARGET = 2.0
+DEDUP_TOLERANCE = 0.05
+BACKING_CUT = 0.90
+IOPS_TARGET = 1.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes and repeat counts; quick mode shrinks everything to stay under 3 minutes."""
+
+    quick: bool
+    cache_size: int
+    cc_size: int
+    data_size: int
+    fio_size: int
+    runtime: int
+    repeats: int
+    cpu_pages: int
+
+    @property
+    def mode(self) -> str:
+        return "quick" if self.quick else "normal"
+
+
+def settings_for(quick: bool) -> Settings:
+    if quick:
+        return Settings(True, 8 * MiB, 128 * MiB, 32 * MiB, 32 * MiB, 3, 1, 2000)
+    return Settings(False, 16 * MiB, 256 * MiB, 96 * MiB, 64 * MiB, 10, 3, 8000)
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout stays clean."""
+    print(f"[bench_backends {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- data sets ------------------------------------------------------------------------
+
+
+def is_text(data: bytes) -> bool:
+    """A file counts as text if its first 8 KiB have no NUL byte and decode as UTF-8-ish."""
+    head = data[:8192]
+    return bool(head) and b"\0" not in head
+
+
+def text_corpus(limit: int) -> bytes:
+    """Uncompressed text from /usr/share/common-licenses and /usr/share/doc (gunzipped .gz if short)."""
+    parts: list[bytes] = []
+    total = 0
+    roots = [Path("/usr/share/common-licenses"), Path("/usr/share/doc")]
+    for gz in (False, True):
+        for path in sorted(p for r in roots for p in r.rglob("*") if p.is_file() and not p.is_symlink()):
+            if (path.suffix == ".gz") != gz:
+                continue
+            with suppress(OSError, EOFError, gzip.BadGzipFile):
+                data = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+                if is_text(data):
+                    parts.append(data)
+                    total += len(data)
+            if total >= limit:
+                return b"".join(parts)
+    return b"".join(parts)
+
+
+def elf_corpus(limit: int) -> bytes:
+    """ELF shared libraries and executables, concatenated."""
+    parts: list[bytes] = []
+    total = 0
+    for root in (Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/bin")):
+        for path in sorted(root.iterdir()):
+            with suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    data = path.read_bytes()
+                    if data[:4] == b"\x7fELF":
+                        parts.append(data)
+                        total += len(data)
+            if total >= limit:
+                return b"".join(parts)
+    return b"".join(parts)
+
+
+def fill(corpus: bytes, size: int) -> bytes:
+    """Repeat a corpus to `size` bytes (repeats are not page-aligned, so they do not dedup)."""
+    if not corpus:
+        raise RuntimeError("empty corpus")
+    reps = size // len(corpus) + 1
+    return (corpus * reps)[:size]
+
+
+def zero_heavy(text: bytes, size: int, rng: random.Random) -> bytes:
+    """90% zero pages, 10% text pages, spread out."""
+    out = bytearray(size)
+    for i in range(size // PAGE):
+        if rng.random() < 0.10:
+            start = (i * PAGE) % max(1, len(text) - PAGE)
+            out[i * PAGE:(i + 1) * PAGE] = text[start:start + PAGE].ljust(PAGE, b" ")
+    return bytes(out)
+
+
+def dup_heavy(text: bytes, size: int, rng: random.Random) -> bytes:
+    """Half the pages are unique (text stamped with a page number), half copy an earlier unique page."""
+    pages = size // PAGE
+    uniques: list[bytes] = []
+    out: list[bytes] = []
+    for i in range(pages):
+        if i % 2 == 0 or not uniques:
+            start = (i * PAGE) % max(1, len(text) - PAGE)
+            page = (f"unique page {i:012d}\n".encode() + text[start:start + PAGE]).ljust(PAGE, b" ")[:PAGE]
+            uniques.append(page)
+            out.append(page)
+        else:
+            out.append(rng.choice(uniques))
+    return b"".join(out)
+
+
+def split_files(data: bytes, nfiles: int) -> list[bytes]:
+    """A tree, not one file: page-aligned pieces."""
+    pages = len(data) // PAGE
+    per = max(1, pages // nfiles)
+    return [data[i * per * PAGE:(i + 1) * per * PAGE if i < nfiles - 1 else len(data)] for i in range(nfiles)]
+
+
+def build_dataset(name: str, text: bytes, size: int, rng: random.Random) -> bytes:
+    """The bytes of one data set (text is the shared plain-text corpus)."""
+    if name == "text":
+        return fill(text, size)
+    if name == "binary":
+        return fill(elf_corpus(size), size)
+    if name == "random":
+        return os.urandom(size)
+    if name == "zero":
+        return zero_heavy(text, size, rng)
+    if name == "dup50":
+        return dup_heavy(text, size, rng)
+    raise ValueError(name)
+
+
+def make_datasets(src: Path, size: int, seed: int = 1) -> dict[str, Path]:
+    """Write each data set as a small tree under src/<name>/ (skipped if already there with the right size)."""
+    rng = random.Random(seed)
+    made: dict[str, Path] = {}
+    text: bytes | None = None
+    for name in DATASETS:
+        d = src / name
+        made[name] = d
+        if d.is_dir() and tree_size(d) == size:
+            continue
+        log(f"preparing data set {name} ({size // MiB} MiB)")
+        if text is None:
+            text = text_corpus(min(size, 48 * MiB))
+        data = build_dataset(name, text, size, rng)
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.iterdir():
+            old.unlink()
+        for i, part in enumerate(split_files(data, 4)):
+            (d / f"part{i}.dat").write_bytes(part)
+    return made
+
+
+def tree_files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file())
+
+
+def tree_size(d: Path) -> int:
+    return sum(p.stat().st_size for p in tree_files(d))
+
+
+def page_digests(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """xxh3_128 of every 4 KiB page; a short tail page is zero-padded like a cache page."""
+    for data in chunks:
+        for off in range(0, len(data), PAGE):
+            page = data[off:off + PAGE]
+            yield xxhash.xxh3_128_digest(page.ljust(PAGE, b"\0"))
+
+
+def unique_pages(chunks: Iterable[bytes]) -> tuple[int, int]:
+    """(total pages, distinct pages), counted independently of tmemfs."""
+    total = 0
+    seen: set[bytes] = set()
+    for digest in page_digests(chunks):
+        total += 1
+        seen.add(digest)
+    return total, len(seen)
+
+
+def tree_chunks(d: Path) -> Iterator[bytes]:
+    for p in tree_files(d):
+        yield p.read_bytes()
+
+
+# -- mounts -------------------------------------------------------------------------
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def unmount(path: Path) -> None:
+    """fusermount3 -u, lazily (-z) if something still holds the mount."""
+    for attempt in range(60):
+        if not is_mounted(path):
+            return
+        flags = ["-u"] if attempt < 20 else ["-u", "-z"]
+        subprocess.run(["fusermount3", *flags, str(path)], capture_output=True, check=False)
+        time.sleep(0.05)
+    raise RuntimeError(f"could not unmount {path}")
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C during an unmount would leave a mount behind: hold it until the unmount is done."""
+    pending: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        pending.append(signum)
+
+    old = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if pending:
+            raise KeyboardInterrupt
+
+
+def wait_gone(pid: int, grace: float = 10.0) -> None:
+    """The daemon leaves by itself after unmount; TERM then KILL one that lingers (only our own pid)."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{pid}").exists():
+                return
+            with suppress(OSError), open(f"/proc/{pid}/status") as f:
+                if any(ln.startswith("State:") and "Z" in ln for ln in f):
+                    return
+            time.sleep(0.05)
+        grace = 3.0
+
+
+@contextmanager
+def mounted(src: Path, mnt: Path, options: str, logfile: Path) -> Iterator[Path]:
+    """tmemfs SRC MNT -o options; always unmounted on the way out, even on Ctrl-C."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    if is_mounted(mnt):
+        unmount(mnt)
+    pid: int | None = None
+    try:
+        cmd = [str(Path(sys.executable).parent / "tmemfs"), str(src), str(mnt), "-o", f"{options},log={logfile}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{shlex.join(cmd)} exited {done.returncode}: {done.stderr.strip()[-300:]}")
+        pid = int(str(read_stats(mnt)["fs.pid"]))
+        yield mnt
+    finally:
+        with signals_deferred():
+            unmount(mnt)
+            if pid is not None:
+                wait_gone(pid)
+
+
+def read_stats(mnt: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((mnt / ".tmemfs" / "stats.json").read_text())
+    return data
+
+
+def control(mnt: Path, command: str) -> None:
+    (mnt / ".tmemfs" / "control").write_text(command + "\n")
+
+
+def num(stats: dict[str, object], key: str) -> float:
+    value = stats.get(key, 0)
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def drop_host_cache() -> None:
+    """sync; echo 3 > /proc/sys/vm/drop_caches, so SRC reads hit the disk."""
+    os.sync()
+    with suppress(OSError):
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def read_tree(d: Path) -> int:
+    """Read every file through the mount in 128 KiB requests; returns bytes read."""
+    total = 0
+    buf = bytearray(128 * 1024)
+    for p in tree_files(d):
+        with open(p, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total
+
+
+def cc_options(backend: str, s: Settings, extra: str = "") -> str:
+    opts = f"cleancache={backend},cache_size={s.cache_size // MiB}M,cc_size={s.cc_size // MiB}M,backing_io=direct"
+    return f"{opts},{extra}" if extra else opts
+
+
+# -- pass-through measurements --------------------------------------------------------
+
+
+@dataclass
+class ReadResult:
+    """One mount / read / drop_caches / read cycle."""
+
+    hit_ratio: float
+    backing_bytes: int
+    pool_bytes: int
+    orig_bytes: int
+    unique_data: int
+    unique_pages: int
+    rejected: int = 0  # puts refused as poorly compressible (zcache zc_poor=reject)
+
+
+def hit_ratio(stats: dict[str, object]) -> float:
+    succ, failed = num(stats, "succ_gets"), num(stats, "failed_gets")
+    return succ / (succ + failed) if succ + failed else 0.0
+
+
+def backend_sum(stats: dict[str, object], field_name: str) -> int:
+    """Sum a backend counter over every chain member (backend.<name>.<field>)."""
+    return int(sum(num(stats, k) for k in stats if k.startswith("backend.") and k.endswith("." + field_name)))
+
+
+def read_cycle(src: Path, mnt: Path, dataset: str, backend: str, s: Settings, logfile: Path) -> ReadResult:
+    """Read the set, drop_caches (everything is now in the backend), reset counters, read again."""
+    drop_host_cache()
+    with mounted(src, mnt, cc_options(backend, s), logfile):
+        read_tree(mnt / dataset)
+        control(mnt, "drop_caches")
+        after_fill = read_stats(mnt)
+        control(mnt, "reset_stats")
+        read_tree(mnt / dataset)
+        second = read_stats(mnt)
+    return ReadResult(hit_ratio(second), int(num(second, "backing.read_bytes")),
+                      backend_sum(after_fill, "pool_total_size"), backend_sum(after_fill, "orig_data_size"),
+                      backend_sum(after_fill, "unique_data_size"), backend_sum(after_fill, "unique_pages"),
+                      backend_sum(after_fill, "reject_compress_poor"))
+
+
+# -- fio ------------------------------------------------------------------------------
+
+
+def fio_command(path: Path, size: int, runtime: int, zipf: bool = False) -> list[str]:
+    cmd = ["fio", "--name=r", f"--filename={path}", "--bs=4k", "--rw=randread", "--ioengine=psync", "--direct=1",
+           f"--runtime={runtime}", "--time_based", f"--size={size}"]
+    if zipf:
+        cmd.append("--random_distribution=zipf:1.1")
+    return [*cmd, "--output-format=json"]
+
+
+def run_fio(cmd: list[str]) -> float:
+    """IOPS of one fio run; a failed run raises with fio's message."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"fio failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    out = done.stdout[done.stdout.index("{"):]
+    return float(json.loads(out)["jobs"][0]["read"]["iops"])
+
+
+def fio_backend(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, commands: list[str]) -> float:
+    """Warm-up pass (cat), then 4k randread QD1 on the text file."""
+    drop_host_cache()
+    with mounted(src, mnt, cc_options(backend, s), logfile):
+        path = mnt / "fio" / "text.dat"
+        with open(path, "rb", buffering=0) as f:
+            while f.read(128 * 1024):
+                pass
+        cmd = fio_command(path, s.fio_size, s.runtime)
+        commands.append(shlex.join(cmd))
+        return run_fio(cmd)
+
+
+def fio_policy(src: Path, mnt: Path, policy: str, s: Settings, logfile: Path,
+               commands: list[str]) -> tuple[float, float]:
+    """zipf:1.1 randread with cleancache=none and pc_policy=policy: (IOPS, page-cache hit ratio)."""
+    drop_host_cache()
+    with mounted(src, mnt, cc_options("none", s, f"pc_policy={policy}"), logfile):
+        path = mnt / "fio" / "text.dat"
+        control(mnt, "reset_stats")
+        cmd = fio_command(path, s.fio_size, s.runtime, zipf=True)
+        commands.append(shlex.join(cmd))
+        iops = run_fio(cmd)
+        st = read_stats(mnt)
+    hits, misses = num(st, "pagecache.hits"), num(st, "pagecache.misses")
+    return iops, hits / (hits + misses) if hits + misses else 0.0
+
+
+# -- CPU cost on the backend objects -------------------------------------------------
+
+
+def cpu_cost(backend_name: str, pages: Sequence[bytes]) -> tuple[float, float]:
+    """Microseconds per put and per get, measured in-process on a fresh backend."""
+    import trio
+
+    from backends.dedup import DedupBackend
+    from backends.tmem import TmemBackend
+    from backends.zcache import ZcacheBackend
+
+    classes = {"tmem": TmemBackend, "zcache": ZcacheBackend, "dedup": DedupBackend}
+    backend = classes[backend_name](capacity=len(pages) * 2 * PAGE + 64 * MiB)
+    out = memoryview(bytearray(PAGE))
+    views = [memoryview(p) for p in pages]
+
+    async def run() -> tuple[float, float]:
+        pool = await backend.create_pool(None)
+        key = b"bench-key"
+        t0 = time.perf_counter()
+        for i, v in enumerate(views):
+            await backend.put_page(pool, key, i, v)
+        t1 = time.perf_counter()
+        for i in range(len(views)):
+            await backend.get_page(pool, key, i, out)
+        t2 = time.perf_counter()
+        await backend.close()
+        return (t1 - t0) / len(views) * 1e6, (t2 - t1) / len(views) * 1e6
+
+    return trio.run(run)
+
+
+def sample_pages(d: Path, n: int) -> list[bytes]:
+    data = b"".join(tree_chunks(d))
+    step = max(1, (len(data) // PAGE) // n)
+    return [data[i * step * PAGE:(i * step + 1) * PAGE] for i in range(n) if (i * step + 1) * PAGE <= len(data)]
+
+
+# -- results and the report ----------------------------------------------------------
+
+
+@dataclass
+class Results:
+    """Everything the report needs; plain numbers so tests can build it by hand."""
+
+    settings: Settings
+    data_size: dict[str, int] = field(default_factory=dict)
+    pages: dict[str, tuple[int, int]] = field(default_factory=dict)  # set -> (total, unique) pages
+    reads: dict[tuple[str, str], list[ReadResult]] = field(default_factory=dict)
+    iops: dict[str, list[float]] = field(default_factory=dict)
+    zipf: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    cpu: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)  # (backend, kind) -> us
+    commands: list[str] = field(default_factory=list)
+    machine: dict[str, str] = field(default_factory=dict)
+    runtime_s: float = 0.0
+    charts: list[tuple[str, str]] = field(default_factory=list)  # (alt text, relative path)
+
+
+def spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
+    """'median (min..max)' when repeated, the value alone otherwise."""
+    if not values:
+        return "-"
+    med = fmt.format(statistics.median(values))
+    if len(values) == 1 or min(values) == max(values):
+        return med
+    return f"{med} ({fmt.format(min(values))}..{fmt.format(max(values))})"
+
+
+def med(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def capacity_ratio(r: ReadResult) -> float:
+    """orig_data_size / pool_total_size, per-entry overhead included."""
+    return r.orig_bytes / r.pool_bytes if r.pool_bytes else 0.0
+
+
+def mark(ok: bool | None) -> str:
+    return "n/a" if ok is None else "ok" if ok else "MISSED"
+
+
+def fits(res: Results, backend: str, dataset: str) -> bool:
+    """Does the data set fit cache_size + the backend's measured effective capacity?"""
+    runs = res.reads.get((backend, dataset), [])
+    if backend == "none" or not runs:
+        return False
+    eff = med([capacity_ratio(r) for r in runs])
+    return res.data_size.get(dataset, 0) <= res.settings.cache_size + res.settings.cc_size * eff
+
+
+def backing_cut(res: Results, backend: str, dataset: str) -> float | None:
+    """Fraction of second-pass backing bytes saved versus cleancache=none."""
+    none = med([r.backing_bytes for r in res.reads.get(("none", dataset), [])])
+    mine = res.reads.get((backend, dataset), [])
+    if not none or not mine:
+        return None
+    return 1 - med([r.backing_bytes for r in mine]) / none
+
+
+def targets(res: Results) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each issue target that has data; met is None where it does not apply."""
+    out: list[tuple[str, str, bool | None]] = []
+    z = res.reads.get(("zcache", "text"))
+    if z:
+        eff = med([capacity_ratio(r) for r in z])
+        out.append((f"zcache effective capacity >= {ZCACHE_TARGET:.1f}x on plain text", f"{eff:.2f}x",
+                    eff >= ZCACHE_TARGET))
+    d = res.reads.get(("dedup", "dup50"))
+    if d and "dup50" in res.pages:
+        unique = res.pages["dup50"][1] * PAGE
+        pool = med([r.pool_bytes for r in d])
+        off = pool / unique - 1
+        out.append((f"dedup pool_total_size within {DEDUP_TOLERANCE:.0%} of unique content (50%-dup set)",
+                    f"{pool / MiB:.1f} MiB vs {unique / MiB:.1f} MiB unique ({off:+.1%})", abs(off) <= DEDUP_TOLERANCE))
+        data = med([r.unique_data for r in d])
+        off = data / unique - 1
+        out.append((f"(informative) dedup unique_data_size within {DEDUP_TOLERANCE:.0%} of unique content",
+                    f"{data / MiB:.1f} MiB vs {unique / MiB:.1f} MiB ({off:+.1%})", abs(off) <= DEDUP_TOLERANCE))
+    for backend in BACKENDS[1:]:
+        for dataset in DATASETS:
+            cut = backing_cut(res, backend, dataset)
+            if cut is None or not fits(res, backend, dataset):
+                continue
+            rejected = med([r.rejected for r in res.reads[(backend, dataset)]])
+            share = rejected * PAGE / res.data_size[dataset] if res.data_size.get(dataset) else 0.0
+            name = f"backing bytes -{BACKING_CUT:.0%} vs none: {backend} on {dataset}"
+            if cut < BACKING_CUT and share > 1 - BACKING_CUT and "+" not in backend:
+                out.append((name, f"-{cut:.1%}; {rejected:.0f} pages ({share:.0%}) refused as poorly compressible "
+                            "(zc_poor=reject) never enter the pool, so the set does not fit", None))
+            else:
+                out.append((name, f"-{cut:.1%}", cut >= BACKING_CUT))
+    if res.iops.get("zcache") and res.iops.get("none"):
+        r = med(res.iops["zcache"]) / med(res.iops["none"])
+        out.append((f"fio 4k randread QD1 zcache/none >= {IOPS_TARGET:.1f}x", f"{r:.2f}x", r >= IOPS_TARGET))
+    return out
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def read_tables(res: Results) -> list[str]:
+    rows_hit, rows_bytes = [], []
+    for backend in BACKENDS:
+        runs = {ds: res.reads.get((backend, ds), []) for ds in DATASETS}
+        rows_hit.append([backend, *(spread([r.hit_ratio * 100 for r in runs[ds]], "{:.1f}") + " %"
+                                    if runs[ds] else "-" for ds in DATASETS)])
+        rows_bytes.append([backend, *(spread([r.backing_bytes / MiB for r in runs[ds]], "{:.1f}")
+                                      if runs[ds] else "-" for ds in DATASETS)])
+    return ["### Second pass after drop_caches: cleancache hit ratio (succ_gets / (succ_gets + failed_gets))", "",
+            *table(["backend", *DATASETS], rows_hit), "",
+            "### Second pass: bytes read from SRC (backing.read_bytes, MiB; O_DIRECT)", "",
+            *table(["backend", *DATASETS], rows_bytes), ""]
+
+
+def ratio_table(res: Results) -> list[str]:
+    rows = []
+    for ds in DATASETS:
+        total, uniq = res.pages.get(ds, (0, 0))
+        cells = [ds, f"{res.data_size.get(ds, 0) / MiB:.0f}", f"{total} / {uniq}"]
+        for backend in ("zcache", "dedup", "zcache+tmem"):
+            runs = res.reads.get((backend, ds), [])
+            cells.append(spread([capacity_ratio(r) for r in runs], "{:.2f}") + "x" if runs else "-")
+        dd = res.reads.get(("dedup", ds), [])
+        cells.append(spread([r.pool_bytes / MiB for r in dd], "{:.1f}") if dd else "-")
+        cells.append(spread([r.unique_data / MiB for r in dd], "{:.1f}") if dd else "-")
+        cells.append(spread([r.unique_pages for r in dd]) if dd else "-")
+        cells.append(f"{uniq * PAGE / MiB:.1f}")
+        rows.append(cells)
+    header = ["data set", "MiB", "pages total / unique (hashed here)", "zcache orig/pool", "dedup orig/pool",
+              "zcache+tmem orig/pool", "dedup pool_total_size MiB", "dedup unique_data_size MiB",
+              "dedup unique_pages",
+              "unique pages x 4 KiB MiB"]
+    return ["### Effective capacity after drop_caches (orig_data_size / pool_total_size, 256 B/entry overhead "
+            "included)", "", *table(header, rows), "", *dedup_overhead_note(res)]
+
+
+def dedup_overhead_note(res: Results) -> list[str]:
+    """Explain dedup's pool_total_size: unique payload plus the per-handle overhead, from the measured numbers."""
+    runs = res.reads.get(("dedup", "dup50"), [])
+    if not runs:
+        return []
+    r = runs[0]
+    handles = r.orig_bytes // PAGE
+    extra = r.pool_bytes - r.unique_data
+    per = extra / handles if handles else 0.0
+    return [f"On dup50, dedup pool_total_size - unique_data_size = {extra / MiB:.2f} MiB over {handles} stored "
+            f"handles = {per:.0f} B per handle: the 256 B overhead is charged per handle (duplicates included), "
+            f"i.e. {per / PAGE:.2%} of a page per handle, so with 2 handles per unique page the pool is "
+            f"{2 * per / PAGE:.1%} above the unique content whatever dedup does.", ""]
+
+
+def fio_tables(res: Results) -> list[str]:
+    base = med(res.iops.get("none", []))
+    rows = [[b, spread(res.iops[b]), f"{med(res.iops[b]) / base:.2f}x" if base else "-"]
+            for b in BACKENDS if res.iops.get(b)]
+    zrows = [[p, spread([v[0] for v in res.zipf[p]]), spread([v[1] * 100 for v in res.zipf[p]], "{:.1f}") + " %"]
+             for p in POLICIES if res.zipf.get(p)]
+    return ["### fio 4k randread QD1 psync direct=1 on the text file, after one warm-up pass", "",
+            *table(["backend", "IOPS", "vs none"], rows), "",
+            "### fio zipf:1.1 randread, cleancache=none, per page-cache policy", "",
+            *table(["pc_policy", "IOPS", "page-cache hit ratio"], zrows), ""]
+
+
+def cpu_table(res: Results) -> list[str]:
+    rows = []
+    for backend in BACKENDS[1:4]:
+        cells = [backend]
+        for kind in ("text", "random"):
+            put, get = res.cpu.get((backend, kind), (0.0, 0.0))
+            cells += [f"{put:.1f}", f"{get:.1f}"]
+        rows.append(cells)
+    return ["### CPU per call on the backend objects (us, in-process, trio.run, no FUSE)", "",
+            *table(["backend", "put text", "get text", "put random", "get random"], rows), "",
+            "zcache rejects random pages (they do not compress below zc_max), so its random gets are misses.", ""]
+
+
+def report(res: Results) -> str:
+    """The markdown that goes between the markers."""
+    s = res.settings
+    lines = [f"## Cleancache backends ({s.mode} mode, `python -m tools.bench_backends"
+             f"{' --quick' if s.quick else ''}`)", ""]
+    lines += [f"- {k}: {v}" for k, v in res.machine.items()]
+    lines += [f"- mount options: `{cc_options('<backend>', s)}`; data sets of {s.data_size // MiB} MiB "
+              f"(4 files each); repeats: {s.repeats}; run time {res.runtime_s / 60:.1f} min",
+              "- host page cache dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before every mount; "
+              "tables show median (min..max) when repeated", "",
+              "### Targets", "", *table(["target", "measured", "result"],
+                                        [[t, m, mark(ok)] for t, m, ok in targets(res)]), ""]
+    lines += read_tables(res) + ratio_table(res) + fio_tables(res) + cpu_table(res)
+    lines += ["### fio command lines, exactly as run", "", "```", *dict.fromkeys(res.commands), "```", ""]
+    lines += [f"![{alt}]({path})" for alt, path in res.charts]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_between(text: str, body: str) -> str:
+    """Replace only what is between the markers; append the markers if absent."""
+    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        return f"{head}{BEGIN}\n{body}{END}{tail}"
+    sep = "" if not text or text.endswith("\n") else "\n"
+    return f"{text}{sep}\n{BEGIN}\n{body}{END}\n"
+
+
+def write_report(out: Path, body: str) -> None:
+    text = out.read_text() if out.exists() else ""
+    out.write_text(replace_between(text, body))
+
+
+# -- charts ---------------------------------------------------------------------------
+
+
+def bar_groups(ax: object, groups: Sequence[str], series: dict[str, list[float]]) -> None:
+    """Grouped bars: one group per x label, one bar per series."""
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, values, width, label=name)  # type: ignore[attr-defined]
+    ax.set_xticks(range(len(groups)), groups)  # type: ignore[attr-defined]
+
+
+def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]]:
+    """Four PNGs; small (dpi 80) so each stays well under 150 KB."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import BarContainer
+
+    chart_dir.mkdir(parents=True, exist_ok=True)
+    made: list[tuple[str, str]] = []
+    tag = f" ({res.settings.mode} run, {res.settings.data_size // MiB} MiB sets, cache_size "\
+          f"{res.settings.cache_size // MiB} MiB)"
+
+    def save(fig: object, name: str, alt: str) -> None:
+        fig.tight_layout()  # type: ignore[attr-defined]
+        fig.savefig(chart_dir / name, dpi=80)  # type: ignore[attr-defined]
+        plt.close(fig)  # type: ignore[arg-type]
+        made.append((alt, f"{rel}/{name}"))
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    hit = {b: [med([r.hit_ratio * 100 for r in res.reads.get((b, d), [])]) for d in DATASETS] for b in BACKENDS}
+    byt = {b: [med([r.backing_bytes / MiB for r in res.reads.get((b, d), [])]) for d in DATASETS] for b in BACKENDS}
+    bar_groups(a1, DATASETS, hit)
+    a1.set(title="Cleancache hit ratio, 2nd pass", xlabel="data set", ylabel="hit ratio (%)", ylim=(0, 105))
+    bar_groups(a2, DATASETS, byt)
+    a2.set(title="Bytes read from SRC, 2nd pass", xlabel="data set", ylabel="MiB read (O_DIRECT)")
+    a2.legend(title="cleancache", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Read, drop_caches, read again" + tag, fontsize=10)
+    save(fig, "backends-reads.png", "hit ratio and backing bytes per backend and data set")
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    cap = {b: [med([capacity_ratio(r) for r in res.reads.get((b, d), [])]) for d in DATASETS]
+           for b in ("zcache", "dedup", "zcache+tmem")}
+    bar_groups(ax, DATASETS, cap)
+    ax.axhline(ZCACHE_TARGET, color="grey", linestyle="--", linewidth=1, label=f"{ZCACHE_TARGET:.0f}x target (text)")
+    ax.set(title="Effective capacity: orig_data_size / pool_total_size" + tag, xlabel="data set",
+           ylabel="ratio (x, overheads included)")
+    ax.set_yscale("log")
+    ax.set_ylim(0.5, None)
+    ax.title.set_fontsize(9)
+    bar_sets = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for c, values in zip(bar_sets, cap.values(), strict=False):
+        ax.bar_label(c, labels=[f"{v:.2f}" if v else "refused" for v in values], fontsize=7)
+    ax.legend(fontsize=8)
+    save(fig, "backends-capacity.png", "compression / dedup ratio per data set")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [b for b in BACKENDS if res.iops.get(b)]
+    bars = ax.bar(names, [med(res.iops[b]) for b in names], color="tab:blue")
+    ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set(title=f"fio 4k randread QD1 psync direct=1, {res.settings.fio_size // MiB} MiB text file,\n"
+                 f"cache_size {res.settings.cache_size // MiB} MiB, after one warm-up read",
+           xlabel="cleancache backend", ylabel="IOPS (median)")
+    save(fig, "backends-iops.png", "fio IOPS per backend")
+
+    fig, a1 = plt.subplots(figsize=(7, 4))
+    pols = [p for p in POLICIES if res.zipf.get(p)]
+    bars = a1.bar(pols, [med([v[0] for v in res.zipf[p]]) for p in pols], color="tab:green", label="IOPS")
+    a1.bar_label(bars, fmt="%.0f IOPS", fontsize=8, label_type="center", color="white", rotation=90)
+    a1.title.set_fontsize(9)
+    a1.set(title=f"fio zipf:1.1 randread, cleancache=none, {res.settings.fio_size // MiB} MiB file, "
+                 f"cache_size {res.settings.cache_size // MiB} MiB", xlabel="page-cache policy",
+           ylabel="IOPS (median, bars)")
+    a2 = a1.twinx()
+    hits = [med([v[1] * 100 for v in res.zipf[p]]) for p in pols]
+    a2.plot(pols, hits, "o-", color="tab:red")
+    a1.set_xticks(range(len(pols)), [f"{p}\n{h:.1f} % hits" for p, h in zip(pols, hits, strict=True)])
+    a2.set_ylabel("page-cache hit ratio (%, line; axis not from 0)")
+    save(fig, "backends-zipf.png", "zipf IOPS and page-cache hit ratio per policy")
+    return made
+
+
+# -- driver ---------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, str]:
+    def version(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    fio = subprocess.run(["fio", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.node()}, {os.cpu_count()} CPU, kernel {platform.release()}",
+        "versions": f"Python {platform.python_version()}, tmemfs {version('tmemfs')}, pyfuse3 {version('pyfuse3')}, "
+                    f"trio {version('trio')}, lz4 {version('lz4')}, xxhash {version('xxhash')}, {fio}",
+        "load average at start (1/5/15 min)": load,
+    }
+
+
+def step_all(res: Results, src: Path, mnt: Path, logs: Path, steps: Callable[[str], None]) -> None:
+    s = res.settings
+    for rep in range(s.repeats):
+        for ds in DATASETS:
+            for backend in BACKENDS:
+                steps(f"read cycle {ds} / {backend} (repeat {rep + 1})")
+                r = read_cycle(src, mnt, ds, backend, s, logs / f"{backend}.log")
+                res.reads.setdefault((backend, ds), []).append(r)
+        for backend in BACKENDS:
+            steps(f"fio randread / {backend} (repeat {rep + 1})")
+            res.iops.setdefault(backend, []).append(
+                fio_backend(src, mnt, backend, s, logs / f"fio-{backend}.log", res.commands))
+        for policy in POLICIES:
+            steps(f"fio zipf / pc_policy={policy} (repeat {rep + 1})")
+            res.zipf.setdefault(policy, []).append(
+                fio_policy(src, mnt, policy, s, logs / f"zipf-{policy}.log", res.commands))
+
+
+def run(s: Settings, out: Path) -> Results:
+    start = time.monotonic()
+    res = Results(s, machine=machine_info())
+    src, mnt, logs = ROOT / "src", ROOT / "mnt", ROOT / "logs"
+    for d in (src, mnt, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    sets = make_datasets(src, s.data_size)
+    fio_dir = src / "fio"
+    fio_dir.mkdir(exist_ok=True)
+    if not (fio_dir / "text.dat").exists() or (fio_dir / "text.dat").stat().st_size != s.fio_size:
+        (fio_dir / "text.dat").write_bytes(fill(text_corpus(s.fio_size), s.fio_size))
+    for name, d in sets.items():
+        res.data_size[name] = tree_size(d)
+        res.pages[name] = unique_pages(tree_chunks(d))
+    total = s.repeats * (len(DATASETS) * len(BACKENDS) + len(BACKENDS) + len(POLICIES))
+    done = [0]
+
+    def steps(msg: str) -> None:
+        done[0] += 1
+        log(f"[{done[0]}/{total}] {msg}")
+
+    step_all(res, src.resolve(), mnt.resolve(), logs.resolve(), steps)
+    log("CPU cost per put/get on the backend objects")
+    for backend in BACKENDS[1:4]:  # warm-up: imports, allocator, branch caches
+        cpu_cost(backend, sample_pages(sets["text"], 200))
+    for kind in ("text", "random"):
+        pages = sample_pages(sets[kind], s.cpu_pages)
+        for backend in BACKENDS[1:4]:
+            res.cpu[(backend, kind)] = cpu_cost(backend, pages)
+    res.runtime_s = time.monotonic() - start
+    save_results(res, ROOT / "results.json")
+    rel = os.path.relpath(CHART_DIR.resolve(), out.resolve().parent)
+    res.charts = make_charts(res, CHART_DIR, rel)
+    return res
+
+
+def save_results(res: Results, path: Path) -> None:
+    """Raw numbers of the run, kept under bench-results/ for later inspection."""
+    data = {
+        "settings": dataclasses.asdict(res.settings), "data_size": res.data_size, "pages": res.pages,
+        "reads": {f"{b}/{d}": [dataclasses.asdict(r) for r in runs] for (b, d), runs in res.reads.items()},
+        "iops": res.iops, "zipf": res.zipf, "cpu": {f"{b}/{k}": v for (b, k), v in res.cpu.items()},
+        "commands": res.commands, "machine": res.machine, "runtime_s": res.runtime_s,
+    }
+    path.write_text(json.dumps(data, indent=1))
+
+
+def load_results(path: Path) -> Results:
+    """The inverse of save_results, to redraw charts and the report without measuring again."""
+    data = json.loads(path.read_text())
+    res = Results(Settings(**data["settings"]), data_size=data["data_size"],
+                  pages={k: (v[0], v[1]) for k, v in data["pages"].items()},
+                  iops=data["iops"], zipf={k: [(a, b) for a, b in v] for k, v in data["zipf"].items()},
+                  commands=data["commands"], machine=data["machine"], runtime_s=data["runtime_s"])
+    for key, runs in data["reads"].items():
+        backend, dataset = key.rsplit("/", 1)
+        res.reads[(backend, dataset)] = [ReadResult(**r) for r in runs]
+    for key, (put, get) in data["cpu"].items():
+        backend, kind = key.rsplit("/", 1)
+        res.cpu[(backend, kind)] = (put, get)
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller sets, 3 s fio, one repeat (< 3 min)")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--from-json", type=Path, help="redraw charts and the report from a saved results.json")
+    args = parser.parse_args(argv)
+    if args.from_json:
+        res = load_results(args.from_json)
+        res.charts = make_charts(res, CHART_DIR, os.path.relpath(CHART_DIR.resolve(), args.out.resolve().parent))
+        write_report(args.out, report(res))
+        return 0
+    s = settings_for(args.quick)
+    mnt = (ROOT / "mnt").resolve()
+    try:
+        res = run(s, args.out)
+    finally:
+        with suppress(Exception), signals_deferred():
+            if is_mounted(mnt):
+                unmount(mnt)
+    write_report(args.out, report(res))
+    log(f"wrote {args.out} and {len(res.charts)} charts in {res.runtime_s / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
