@@ -14,7 +14,8 @@ help:
 	@echo "make demo    set up, mount a sample tree with cleancache, run fio, print stats, unmount"
 	@echo "make test    set up and run the whole test suite (with ruff and mypy)"
 	@echo "make bench   set up and run the benchmarks; writes BENCHMARKS.md and docs/bench/*.png"
-	@echo "make stress  set up and run the long stress (data model check, metadata stress, faults)"
+	@echo "make stress  set up and run the long stress: model check, metadata stress, faults, fio"
+	@echo "             (about 35 min; QUICK=1 about a minute); results as in RELIABILITY.md"
 	@echo "make install Debian packages, $(VENV), the package, links in $(BINDIR)"
 
 install: $(STAMP)
@@ -50,7 +51,7 @@ bench: install
 	$(PY) -m tools.bench_backends
 
 stress: install
-	$(PY) -m tools.stress
+	$(PY) -m tools.stress $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) build *.egg-info bench-results .pytest_cache .mypy_cache .ruff_cache

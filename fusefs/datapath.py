@@ -238,7 +238,12 @@ class DataPath:
         view = memoryview(data)
         done = 0
         while done < len(view):
-            n = os.pwrite(fd, view[done:], offset + done)
+            try:
+                n = os.pwrite(fd, view[done:], offset + done)
+            except OSError:
+                if done == 0:
+                    raise
+                break  # SRC took part (ENOSPC, EFBIG...): a short write, and the cache must follow it
             if n == 0:
                 break
             done += n
