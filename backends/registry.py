@@ -32,6 +32,23 @@ def load(name: str) -> type[Backend]:
     raise KeyError(name)
 
 
+def describe(indent: str = "") -> str:
+    """Every backend with its summary and options (for --help and `tmemctl backends`)."""
+    lines = []
+    for name, target in available().items():
+        if name == NONE:
+            lines.append(f"{indent}{name:<28} no backend: every get misses (the baseline)")
+            continue
+        try:
+            cls = load(name)
+        except Exception as exc:  # a broken plugin must not break the listing
+            lines.append(f"{indent}{name:<28} (cannot load {target}: {exc})")
+            continue
+        lines.append(f"{indent}{name:<28} {cls.summary}")
+        lines.extend(f"{indent}  {key + '=...':<26} {spec.help}" for key, spec in cls.options.items())
+    return "\n".join(lines)
+
+
 def build(names: list[str], capacity: int, options: dict[str, object]) -> Backend | None:
     """The backend for `cleancache=A[+B...]`: None for `none`, a chain for several.
 

@@ -33,19 +33,7 @@ USAGE = "tmemfs SRC MNT [-o opt[,opt...]] [-f] [-d] [--help] [--version]"
 def manual() -> str:
     """The --help text, in the shape of a man page."""
     core = "\n".join(f"    {k:<28} {v}" for k, v in CORE_HELP.items())
-    lines = []
-    for name, target in registry.available().items():
-        if name == registry.NONE:
-            lines.append(f"    {name:<28} no backend: every get misses (the baseline)")
-            continue
-        try:
-            cls = registry.load(name)
-        except Exception as exc:  # a broken plugin must not break --help
-            lines.append(f"    {name:<28} (cannot load {target}: {exc})")
-            continue
-        lines.append(f"    {name:<28} {cls.summary}")
-        lines.extend(f"      {k + '=...':<26} {spec.help}" for k, spec in cls.options.items())
-    backends = "\n".join(lines)
+    backends = registry.describe("    ")
     return f"""NAME
     tmemfs - pass-through FUSE filesystem with a page cache and cleancache backends
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tools.mounting import is_mounted, unmount
+
 TMEMFS = [sys.executable, "-m", "fusefs.cli"]
 PLUGINS = Path(__file__).parent / "plugins"  # fault-injecting test backends (entry points)
 
@@ -43,20 +45,6 @@ class Mount:
         return {n: stats[n] for n in names}
 
 
-def _is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-def unmount(path: Path) -> None:
-    for _ in range(50):
-        if not _is_mounted(path):
-            return
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
-        time.sleep(0.05)
-    raise RuntimeError(f"could not unmount {path}")
-
-
 @contextmanager
 def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...] = (),
             plugins: bool = False) -> Iterator[Mount]:
@@ -76,7 +64,7 @@ def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...]
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + 20
-        while not (_is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
+        while not (is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
             if proc.poll() is not None:
                 raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
             if time.monotonic() > deadline:

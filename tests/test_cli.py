@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fusefs.options import OptionError, parse_options, parse_size
-from tests.conftest import TMEMFS, _is_mounted, mounted, unmount
+from tests.conftest import TMEMFS, mounted
+from tools.mounting import is_mounted, unmount
 
 BAD_OPTIONS = [
     "cleancache=nosuch",
@@ -46,7 +47,7 @@ def test_bad_option_exits_2_with_one_line(tmp_path: Path, option: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tmemfs: ")
     assert option.split("=")[0] in lines[0]
-    assert not _is_mounted(tmp_path / "mnt")
+    assert not is_mounted(tmp_path / "mnt")
 
 
 def test_bad_paths_exit_2(tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ def test_bad_paths_exit_2(tmp_path: Path) -> None:
         assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = run_tmemfs(str(src))
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert not _is_mounted(mnt) and not _is_mounted(inside)
+    assert not is_mounted(mnt) and not is_mounted(inside)
 
 
 def test_option_parser_maps_mount_options() -> None:
@@ -196,12 +197,12 @@ def test_sigterm_unmounts_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen([*TMEMFS, str(src), str(mnt), "-f"], stderr=subprocess.PIPE)
     try:
         for _ in range(200):
-            if _is_mounted(mnt):
+            if is_mounted(mnt):
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-        assert not _is_mounted(mnt)
+        assert not is_mounted(mnt)
     finally:
         if proc.poll() is None:
             proc.kill()

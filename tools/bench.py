@@ -28,13 +28,15 @@ import sys
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Literal
+
+from tools.mounting import is_mounted, pid_alive, signals_deferred, stop_daemon, unmount
 
 MiB = 1 << 20
 FILE_SIZE = 64 * MiB
@@ -238,50 +240,10 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _unescape_mountinfo(text: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def is_mounted(path: Path) -> bool:
-    """True if `path` is a mount point (per /proc/self/mountinfo), dead or alive."""
-    target = str(path.resolve())
-    with open("/proc/self/mountinfo") as f:
-        return any(_unescape_mountinfo(line.split()[4]) == target for line in f)
-
-
-def unmount(path: Path) -> None:
-    """fusermount3 -u, then lazily (-z) if something still holds the mount."""
-    for attempt in range(60):
-        if not is_mounted(path):
-            return
-        flags = ["-u"] if attempt < 20 else ["-u", "-z"]
-        subprocess.run(["fusermount3", *flags, str(path)], capture_output=True, check=False)
-        time.sleep(0.05)
-    raise RuntimeError(f"could not unmount {path}")
-
-
-def pid_alive(pid: int) -> bool:
-    """Alive and not a zombie (a daemonized tmemfs is reaped by someone else)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in f)
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
 def stop_pid(pid: int, grace: float = 10.0) -> None:
-    """Wait for a daemon to leave after its unmount; TERM, then KILL, if it lingers."""
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
-            with suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                _started_pids.discard(pid)
-                return
-            time.sleep(0.05)
-        grace = 3.0
+    """Wait for a daemon to leave after its unmount, and forget it."""
+    stop_daemon(pid, grace)
+    _started_pids.discard(pid)
 
 
 def wait_mounted(path: Path, alive: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -294,17 +256,6 @@ def wait_mounted(path: Path, alive: Callable[[], bool], timeout: float = 20.0) -
             raise RuntimeError(f"the FUSE daemon for {path} exited before mounting")
         time.sleep(0.02)
     raise RuntimeError(f"{path} not mounted after {timeout:.0f} s")
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """A second Ctrl-C must not interrupt an unmount in progress."""
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
 
 
 @dataclass

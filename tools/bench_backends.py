@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,9 +29,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 
 import xxhash
+
+from tools.mounting import is_mounted, signals_deferred, stop_daemon, unmount
 
 PAGE = 4096
 MiB = 1 << 20
@@ -235,57 +235,6 @@ def tree_chunks(d: Path) -> Iterator[bytes]:
 # -- mounts -------------------------------------------------------------------------
 
 
-def is_mounted(path: Path) -> bool:
-    target = str(path.resolve())
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == target for line in f)
-
-
-def unmount(path: Path) -> None:
-    """fusermount3 -u, lazily (-z) if something still holds the mount."""
-    for attempt in range(60):
-        if not is_mounted(path):
-            return
-        flags = ["-u"] if attempt < 20 else ["-u", "-z"]
-        subprocess.run(["fusermount3", *flags, str(path)], capture_output=True, check=False)
-        time.sleep(0.05)
-    raise RuntimeError(f"could not unmount {path}")
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Ctrl-C during an unmount would leave a mount behind: hold it until the unmount is done."""
-    pending: list[int] = []
-
-    def hold(signum: int, frame: FrameType | None) -> None:
-        pending.append(signum)
-
-    old = signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-        if pending:
-            raise KeyboardInterrupt
-
-
-def wait_gone(pid: int, grace: float = 10.0) -> None:
-    """The daemon leaves by itself after unmount; TERM then KILL one that lingers (only our own pid)."""
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
-        if sig is not None:
-            with suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if not Path(f"/proc/{pid}").exists():
-                return
-            with suppress(OSError), open(f"/proc/{pid}/status") as f:
-                if any(ln.startswith("State:") and "Z" in ln for ln in f):
-                    return
-            time.sleep(0.05)
-        grace = 3.0
-
-
 @contextmanager
 def mounted(src: Path, mnt: Path, options: str, logfile: Path) -> Iterator[Path]:
     """tmemfs SRC MNT -o options; always unmounted on the way out, even on Ctrl-C."""
@@ -304,7 +253,7 @@ def mounted(src: Path, mnt: Path, options: str, logfile: Path) -> Iterator[Path]
         with signals_deferred():
             unmount(mnt)
             if pid is not None:
-                wait_gone(pid)
+                stop_daemon(pid)
 
 
 def read_stats(mnt: Path) -> dict[str, object]:

@@ -44,6 +44,7 @@ from pathlib import Path
 
 from tools import metastress
 from tools.modelcheck import Mismatch, ModelCheck
+from tools.mounting import is_mounted, unmount
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ROOT / "tests" / "plugins"  # the fault-injecting backends
@@ -143,21 +144,6 @@ def plan(quick: bool) -> list[Run]:
 
 
 # -- a mount --------------------------------------------------------------------------
-
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
-def unmount(path: Path) -> None:
-    for attempt in range(100):
-        if not is_mounted(path):
-            return
-        flags = ["-u"] if attempt < 20 else ["-u", "-z"]
-        subprocess.run(["fusermount3", *flags, str(path)], capture_output=True)
-        time.sleep(0.05)
-    raise StressError(f"could not unmount {path}")
 
 
 @dataclass

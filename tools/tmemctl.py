@@ -151,19 +151,7 @@ def send(mnt: str, command: str) -> None:
 def list_backends() -> str:
     from backends import registry
 
-    lines = []
-    for name, target in registry.available().items():
-        if name == registry.NONE:
-            lines.append(f"{name:<10} no backend: every get misses (the baseline)")
-            continue
-        try:
-            cls = registry.load(name)
-        except Exception as exc:
-            lines.append(f"{name:<10} cannot load {target}: {exc}")
-            continue
-        lines.append(f"{name:<10} {cls.summary}")
-        lines.extend(f"{'':<10}   {key}=...  {spec.help}" for key, spec in cls.options.items())
-    return "\n".join(lines) + "\n"
+    return registry.describe() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
