@@ -131,7 +131,10 @@ class DataPath:
         parts: list[bytes | memoryview] = []
         run_start = run_end = -1  # byte range in the slab of the current run
         get_slot = cached.pages.get
-        hit = self.pc.hit
+        pc = self.pc
+        touch, slot_keys = pc.touch_fn, pc.slot_keys  # hits without a Python frame each
+        traced = pc.tracer is not None
+        hits = 0
         index = first
         lo = offset & PAGE_MASK
         loaded_through = -1  # pages installed by this very read: not hits
@@ -139,7 +142,11 @@ class DataPath:
             found = get_slot(index)
             if found is not None:
                 if index > loaded_through:
-                    hit(found)
+                    if traced:
+                        pc.hit(found)
+                    else:
+                        touch(slot_keys[found])
+                        hits += 1
                 slot = found
             else:
                 if run_start >= 0:
@@ -164,6 +171,7 @@ class DataPath:
                 break  # end of file (or of the request)
             lo = 0
             index += 1
+        pc.hits += hits
         if run_start >= 0:
             if not parts:
                 return view[run_start:run_end]

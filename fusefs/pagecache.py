@@ -55,9 +55,10 @@ class PageCache:
         self._free = list(range(self.capacity - 1, -1, -1))
         # The policy orders pages by (file, index), a key that survives eviction,
         # so policies with ghost lists (S3-FIFO, ARC) recognise a returning page.
-        self._key: list[tuple[CachedFile, int] | None] = [None] * self.capacity
+        # slot_keys and touch_fn are read by the data path's hit loop directly.
+        self.slot_keys: list[tuple[CachedFile, int] | None] = [None] * self.capacity
         self._policy = make_policy(policy, self.capacity)
-        self._touch = self._policy.toucher()
+        self.touch_fn = self._policy.toucher()
         self.tracer: Tracer | None = None
         self.hits = self.misses = self.evictions = 0
 
@@ -79,14 +80,14 @@ class PageCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._touch(self._key[slot])
+        self.touch_fn(self.slot_keys[slot])
         return slot
 
     def hit(self, slot: int) -> None:
         """Count a hit the caller found in CachedFile.pages itself (the read fast path)."""
         self.hits += 1
-        key = self._key[slot]
-        self._touch(key)
+        key = self.slot_keys[slot]
+        self.touch_fn(key)
         if self.tracer is not None:
             assert key is not None
             self.tracer.event("hit", key[0].key, key[1])
@@ -107,7 +108,7 @@ class PageCache:
             return self._free.pop(), None
         owner, index = self._policy.victim()
         slot = owner.pages.pop(index)
-        self._key[slot] = None
+        self.slot_keys[slot] = None
         self.evictions += 1
         return slot, Eviction(owner, index, slot)
 
@@ -115,7 +116,7 @@ class PageCache:
         """Make `slot` (already filled) the page `index` of `cached`."""
         assert index not in cached.pages
         cached.pages[index] = slot
-        key = self._key[slot] = (cached, index)
+        key = self.slot_keys[slot] = (cached, index)
         self._policy.insert(key)
 
     def release_slot(self, slot: int) -> None:
@@ -148,14 +149,14 @@ class PageCache:
         while len(self._policy):
             owner, index = self._policy.victim()
             slot = owner.pages.pop(index)
-            self._key[slot] = None
+            self.slot_keys[slot] = None
             out.append(Eviction(owner, index, slot))
         self.evictions += len(out)
         return out
 
     def _unlink(self, slot: int) -> None:
-        self._policy.remove(self._key[slot])
-        self._key[slot] = None
+        self._policy.remove(self.slot_keys[slot])
+        self.slot_keys[slot] = None
         self._free.append(slot)
 
     def reset_counters(self) -> None:
