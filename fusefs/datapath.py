@@ -33,7 +33,6 @@ class DataPath:
         self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
         self.max_idle_files = max_idle_files
         self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
-        self.loaded_through = -1  # set by _page: the last page index it installed
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -118,7 +117,7 @@ class DataPath:
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         view = self.pc.view
         if first == last:
-            slot = await self._page(cached, fd, first, last)
+            slot, _ = await self._page(cached, fd, first, last)
             end = min(end, cached.size)  # a read from SRC may have found it shorter
             if slot < 0 or offset >= end:
                 return b""
@@ -154,8 +153,7 @@ class DataPath:
                     run_start = run_end = -1
                 if parts:
                     parts = [b"".join(parts)]
-                slot = await self._page(cached, fd, index, last)
-                loaded_through = self.loaded_through
+                slot, loaded_through = await self._page(cached, fd, index, last)
                 if slot < 0:
                     break
             base = slot << PAGE_SHIFT
@@ -178,20 +176,20 @@ class DataPath:
             parts.append(view[run_start:run_end])
         return b"".join(parts)
 
-    async def _page(self, cached: CachedFile, fd: int, index: int, last: int) -> int:
-        """Slot holding page `index`, loading it (and following misses up to `last`)."""
+    async def _page(self, cached: CachedFile, fd: int, index: int, last: int) -> tuple[int, int]:
+        """Slot holding page `index` (-1 past end of file), loading it and following
+        misses up to `last`; and the last page index this call installed, which
+        the caller must not count again as hits."""
         pc = self.pc
-        self.loaded_through = index
         slot = pc.lookup(cached, index)
         if slot is not None:
-            return slot
+            return slot, index
         slot = await self._take_slot()
         if await self.cc.get_page(self.pool, cached.key, index, pc.slot_view(slot)):
             pc.install(cached, index, slot)
-            return slot
-        # Read this page and the following misses (not cached, not in the pool) at once.
-        # Each counts as one miss; the caller must not count them again as hits
-        # (`loaded_through` is the last page this call installed).
+            return slot, index
+        # Read this page and the following misses (not cached, not in the pool) at once;
+        # each counts as one miss.
         slots = [slot]
         index_end = index + 1
         while index_end <= last and len(slots) < self.batch and pc.peek(cached, index_end) is None:
@@ -199,12 +197,10 @@ class DataPath:
             extra = await self._take_slot()
             if await self.cc.get_page(self.pool, cached.key, index_end, pc.slot_view(extra)):
                 pc.install(cached, index_end, extra)
-                self.loaded_through = index_end
-                break
+                return self._read_backing(cached, fd, index, slots), index_end
             slots.append(extra)
             index_end += 1
-        self.loaded_through = max(self.loaded_through, index + len(slots) - 1)
-        return self._read_backing(cached, fd, index, slots)
+        return self._read_backing(cached, fd, index, slots), index + len(slots) - 1
 
     def _read_backing(self, cached: CachedFile, fd: int, index: int, slots: list[int]) -> int:
         pc = self.pc
