@@ -226,6 +226,10 @@ class Cleancache:
     async def get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
         """Fill `out` from the pool and return True, or return False (a miss)."""
         hit = await self._get_page(pool_id, key, index, out)
+        if hit:
+            self.succ_gets += 1
+        else:
+            self.failed_gets += 1
         if self.tracer is not None:
             self.tracer.event("get+" if hit else "get-", key, index)
         return hit
@@ -234,48 +238,32 @@ class Cleancache:
         pool = self.pools.get(pool_id)
         backend = self.backend
         if backend is None or pool is None or pool.backend_pool is None:
-            self.failed_gets += 1
             return False
         ledger = pool.ledger
-        if ledger is None:
-            return await self._shared_get(backend, pool.backend_pool, key, index, out)
-        digest = ledger.get(key, index)
-        if digest is None:
-            self.failed_gets += 1
-            return False
-        ledger.forget(key, index)  # exclusive: after this get the pool no longer has it
+        digest = None
+        if ledger is not None:  # private pool: only what the ledger holds can hit, once
+            digest = ledger.get(key, index)
+            if digest is None:
+                return False
+            ledger.forget(key, index)
         try:
             hit = await self._call(backend, backend.get_page, pool.backend_pool, key, index, out)
         except Exception:
             self._fault("get_page")
-            await self._drop(backend, pool.backend_pool, key, index)
-            hit = False
-        if hit and _digest(out) != digest:
+            if ledger is not None:
+                await self._drop(backend, pool.backend_pool, key, index)
+            return False
+        if not hit or ledger is None:
+            return hit
+        if _digest(out) != digest:
             self.verify_failures += 1
             log.warning("backend %s returned a page that does not match what was put; "
                         "dropped it (a miss, not an error)", backend.name)
             await self._drop(backend, pool.backend_pool, key, index)
-            hit = False
-        elif hit and not backend.exclusive_gets:
+            return False
+        if not backend.exclusive_gets:
             await self._drop(backend, pool.backend_pool, key, index)
-        if hit:
-            self.succ_gets += 1
-        else:
-            self.failed_gets += 1
-        return hit
-
-    async def _shared_get(self, backend: Backend, backend_pool: int, key: bytes, index: int,
-                          out: memoryview) -> bool:
-        try:
-            hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
-        except Exception:
-            self._fault("get_page")
-            hit = False
-        if hit:
-            self.succ_gets += 1
-        else:
-            self.failed_gets += 1
-        return hit
+        return True
 
     async def put_page(self, pool_id: int, key: bytes, index: int, page: memoryview) -> None:
         """Offer a clean page being evicted; the backend may keep it or not."""
