@@ -8,14 +8,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tools.mounting import is_mounted, unmount
+from tools.mounting import stop_foreground, wait_live
 
 TMEMFS = [sys.executable, "-m", "fusefs.cli"]
 PLUGINS = Path(__file__).parent / "plugins"  # fault-injecting test backends (entry points)
@@ -63,24 +62,11 @@ def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...]
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 20
-        while not (is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
-            if proc.poll() is not None:
-                raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tmemfs did not come up: {log.read_text()}")
-            time.sleep(0.02)
+        wait_live(mnt, proc, log)
         mount = Mount(src, mnt, proc, log)
         yield mount
     finally:
-        try:
-            unmount(mnt)
-        finally:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_foreground(mnt, proc)
     if proc.returncode not in (0, None) and not mount.killed:
         raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
     text = log.read_text()

@@ -78,3 +78,26 @@ def signals_deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
         if pending:
             raise KeyboardInterrupt
+
+
+def wait_live(mnt: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    """Until a foreground tmemfs answers on `mnt`; RuntimeError with its log if it never does."""
+    deadline = time.monotonic() + timeout
+    while not (is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
+        if proc.poll() is not None:
+            raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"tmemfs did not come up: {log.read_text()}")
+        time.sleep(0.02)
+
+
+def stop_foreground(mnt: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Unmount, then reap the foreground daemon (killed if it lingers)."""
+    try:
+        unmount(mnt)
+    finally:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from tools import metastress
 from tools.modelcheck import Mismatch, ModelCheck
-from tools.mounting import is_mounted, unmount
+from tools.mounting import is_mounted, stop_foreground, wait_live
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ROOT / "tests" / "plugins"  # the fault-injecting backends
@@ -189,24 +189,16 @@ def mounted(work: Path, options: str, plugins: bool) -> Iterator[Daemon]:
         proc = subprocess.Popen([*TMEMFS, str(src), str(mnt), "-f", "-o", options], cwd=ROOT,
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 20
-        while not (is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise StressError(f"tmemfs did not come up: {log.read_text()}")
-            time.sleep(0.02)
+        try:
+            wait_live(mnt, proc, log)
+        except RuntimeError as exc:
+            raise StressError(str(exc)) from None
         daemon = Daemon(src, mnt, proc, log)
         if daemon.stats()["fs.pid"] != proc.pid:
             raise StressError("stats.json fs.pid is not the daemon's pid")
         yield daemon
     finally:
-        try:
-            unmount(mnt)
-        finally:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_foreground(mnt, proc, timeout=30)
 
 
 # -- one run --------------------------------------------------------------------------
