@@ -40,6 +40,10 @@ class Backend(abc.ABC):
     # True when calls may wait on I/O (a store, a network): the frontend then
     # bounds each call with a timeout. In-memory backends never wait.
     awaits_io: ClassVar[bool] = True
+    # True when pools with a uuid are shared by every mount of the same SRC
+    # (the cluster backend): such mounts are nodes and keep files coherent
+    # through versions() (docs/coherency.md).
+    shared: ClassVar[bool] = False
 
     def __init__(self, capacity: int, **options: object) -> None:
         self.capacity = capacity
@@ -77,5 +81,33 @@ class Backend(abc.ABC):
     def reset_stats(self) -> None:
         """Zero the event counters (levels such as stored_pages stay)."""
 
+    def versions(self, pool: int) -> FileVersions | None:
+        """The per-file versions of a shared pool, or None (private pools need none)."""
+        return None
+
+    async def run(self) -> None:
+        """Background work while mounted (heartbeats); cancelled at unmount."""
+
     async def close(self) -> None:
         """Release resources at unmount."""
+
+
+class FileVersions(abc.ABC):
+    """Per-file versions of a shared pool: what the data path checks (docs/coherency.md).
+
+    Equal versions read at two moments mean the file did not change in
+    between, on any node. Keys given to the pool carry the version the page
+    was read at (backends/store.py: versioned_key).
+    """
+
+    #: changes whenever this node was cut off (stalled, or lost its store):
+    #: every page it caches must be dropped before it serves again
+    epoch: int = 0
+
+    @abc.abstractmethod
+    async def version(self, file: bytes) -> int | None:
+        """The file's version now; None when it cannot be known (cache nothing then)."""
+
+    @abc.abstractmethod
+    async def bump(self, file: bytes) -> int | None:
+        """A change to the file starts or has landed: advance its version (None if unknown)."""

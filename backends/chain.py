@@ -11,11 +11,16 @@ Coherency: a page lives in at most one member. A put that lands in one
 member first invalidates the handle in all the others, so two members
 never hold different contents for one handle; with private pools a get
 that hits member B removes the page from B (its gets are exclusive).
+With a shared member (zcache+cluster, RAMster-like) every key carries the
+file's version, so a private member can never serve a page another node
+has changed either.
 """
 
 from __future__ import annotations
 
-from backends.base import Backend, StatValue
+import trio
+
+from backends.base import Backend, FileVersions, StatValue
 
 
 class ChainBackend(Backend):
@@ -28,6 +33,7 @@ class ChainBackend(Backend):
         self.name = "+".join(m.name for m in members)  # type: ignore[misc]
         self.exclusive_gets = all(m.exclusive_gets for m in members)  # type: ignore[misc]
         self.awaits_io = any(m.awaits_io for m in members)  # type: ignore[misc]
+        self.shared = any(m.shared for m in members)  # type: ignore[misc]
         self._pools: dict[int, list[int]] = {}
         self._owner: list[dict[int, int]] = [{} for _ in members]  # member pool -> chain pool
         self._next_pool = 0
@@ -88,6 +94,19 @@ class ChainBackend(Backend):
         for position, (member_pool, member) in enumerate(zip(ids, self.members, strict=True)):
             self._owner[position].pop(member_pool, None)
             await member.destroy_pool(member_pool)
+
+    def versions(self, pool: int) -> FileVersions | None:
+        """A shared member's versions cover the whole chain: every member's keys carry them."""
+        for member_pool, member in zip(self._pools[pool], self.members, strict=True):
+            found = member.versions(member_pool)
+            if found is not None:
+                return found
+        return None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for member in self.members:
+                nursery.start_soon(member.run)
 
     def stats(self) -> dict[str, StatValue]:
         return {}

@@ -33,6 +33,7 @@ refused (EBUSY) unless it is an explicit replace.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -40,7 +41,8 @@ from typing import TypeVar
 import trio
 import xxhash
 
-from backends.base import Backend, StatValue
+from backends.base import Backend, FileVersions, StatValue
+from backends.store import StoreUnavailable
 from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs.cleancache")
@@ -117,7 +119,10 @@ class Cleancache:
         self._ledger_limit = 1024
         self.retired_stats: dict[str, StatValue] = {}
         self.registrations = 0
+        self.generation = 0  # changes with every register or unregister
         self.tracer: Tracer | None = None
+        self._nursery: trio.Nursery | None = None
+        self._run_scope: trio.CancelScope | None = None
         if backend is not None:
             self._attach(backend)
         self.reset_stats()
@@ -127,6 +132,28 @@ class Cleancache:
         # Room for a digest of every page the backend could hold, at 4x compression.
         self._ledger_limit = max(1024, 4 * backend.capacity // 4096)
         self.registrations += 1
+        self.generation += 1
+        self._start_run()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Run the backend's background work (heartbeats) in `nursery` while mounted."""
+        self._nursery = nursery
+        self._start_run()
+
+    def _start_run(self) -> None:
+        backend = self.backend
+        if self._nursery is None or backend is None:
+            return
+        scope = self._run_scope = trio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                try:
+                    await backend.run()
+                except Exception:
+                    self._fault("run", backend)
+
+        self._nursery.start_soon(run)
 
     async def register(self, backend: Backend, replace: bool = False) -> None:
         """Make a backend live; placeholder pools get real pools on it."""
@@ -146,6 +173,10 @@ class Cleancache:
         old, self.backend = self.backend, None
         if old is None:
             return None
+        self.generation += 1  # the data path re-reads versions()
+        if self._run_scope is not None:
+            self._run_scope.cancel()
+            self._run_scope = None
         live = [p.backend_pool for p in self.pools.values() if p.backend_pool is not None]
         for pool in self.pools.values():
             pool.backend_pool = None
@@ -156,7 +187,7 @@ class Cleancache:
                 await self._call(old, old.destroy_pool, backend_pool)
             except Exception:
                 self._fault("destroy_pool", old)
-        self.retired_stats = {f"backend.{k}": v for k, v in old.named_stats().items()}
+        self.retired_stats = self._backend_stats(old)
         try:
             await self._call(old, old.close)
         except Exception:
@@ -196,6 +227,13 @@ class Cleancache:
         except Exception:
             self._fault("create_pool")
             return None
+
+    def versions(self, pool_id: int) -> FileVersions | None:
+        """The shared pool's file versions (cluster backends), or None."""
+        pool = self.pools.get(pool_id)
+        if self.backend is None or pool is None or pool.backend_pool is None:
+            return None
+        return self.backend.versions(pool.backend_pool)
 
     async def invalidate_fs(self, pool_id: int) -> None:
         """Surrender the pool: every page in it is dropped."""
@@ -348,15 +386,27 @@ class Cleancache:
         culprit = backend or self.backend
         name = culprit.name if culprit is not None else "?"
         if self.backend_errors <= 10 or self.backend_errors % 1000 == 0:
-            log.exception("backend %s failed in %s (fault %d); treated as a miss",
-                          name, operation, self.backend_errors)
+            exc = sys.exc_info()[1]
+            if isinstance(exc, StoreUnavailable):  # expected while a store is down: no traceback
+                log.warning("backend %s: %s in %s (fault %d); treated as a miss",
+                            name, exc, operation, self.backend_errors)
+            else:
+                log.exception("backend %s failed in %s (fault %d); treated as a miss",
+                              name, operation, self.backend_errors)
+
+    def _backend_stats(self, backend: Backend) -> dict[str, StatValue]:
+        try:
+            return {f"backend.{k}": v for k, v in backend.named_stats().items()}
+        except Exception:
+            self._fault("stats", backend)
+            return {}
 
     def stats(self) -> dict[str, StatValue]:
         ledger_entries = sum(p.ledger.entries for p in self.pools.values() if p.ledger)
         placeholders = sum(1 for p in self.pools.values() if p.backend_pool is None)
         backend_stats = self.retired_stats
         if self.backend is not None:
-            backend_stats = {f"backend.{k}": v for k, v in self.backend.named_stats().items()}
+            backend_stats = self._backend_stats(self.backend)
         return {
             "succ_gets": self.succ_gets,
             "failed_gets": self.failed_gets,

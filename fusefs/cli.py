@@ -6,9 +6,11 @@ import argparse
 import logging
 import logging.handlers
 import os
+import re
 import resource
 import signal
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
@@ -17,12 +19,14 @@ import trio
 
 from backends import registry
 from backends.base import Backend
+from backends.cluster import PASSWORD_ENV
 from fusefs import __version__
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
 from fusefs.operations import TmemOperations
 from fusefs.options import CORE_HELP, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
+from fusefs.pooluuid import PoolUuidError, effective_uuid, src_pool_uuid
 from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs")
@@ -91,6 +95,9 @@ EXIT STATUS
 EXAMPLES
     tmemfs /srv/data /mnt/data -o cleancache=zcache,cache_size=64M,cc_size=256M
     tmemfs /srv/data /mnt/data -o cleancache=zcache+tmem     # overflow of zcache goes to tmem
+    tmemfs /srv/data /mnt/node1 -o cleancache=cluster       # every cluster mount of /srv/data
+    tmemfs /srv/data /mnt/node2 -o cleancache=cluster       #   shares one coherent pool
+    tmemfs /srv/data /mnt/a -o cleancache=zcache+cluster,cc_store=redis://10.0.0.5/0,cc_store_password_file=/etc/tmemfs/pw
     cat /mnt/data/.tmemfs/stats
     echo drop_caches > /mnt/data/.tmemfs/control
     fusermount3 -u /mnt/data
@@ -144,6 +151,17 @@ def make_backend(config: MountConfig) -> Backend | None:
         raise OptionError(f"cleancache={'+'.join(config.cleancache)}: {exc}") from None
 
 
+def pool_uuid_of(src: str) -> bytes:
+    """The pool uuid kept on SRC (created on first use), as an OptionError if impossible."""
+    fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return src_pool_uuid(fd)
+    except PoolUuidError as exc:
+        raise OptionError(str(exc)) from None
+    finally:
+        os.close(fd)
+
+
 def fuse_options(config: MountConfig, src: str) -> set[str]:
     options = set(config.fuse_options)
     if not any(o.startswith("fsname=") for o in options):
@@ -185,8 +203,13 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
     pagecache = PageCache(config.cache_size, config.pc_policy)
     tracer = Tracer(config.trace_file, src) if config.trace_file else None
     cleancache.tracer = pagecache.tracer = tracer
-    pool = await cleancache.init_fs()
-    data = DataPath(pagecache, cleancache, pool)
+    if config.shared and config.pool_uuid is not None:
+        pool = await cleancache.init_shared_fs(effective_uuid(config.pool_uuid))
+    else:
+        pool = await cleancache.init_fs()
+    data = DataPath(pagecache, cleancache, pool, shared=config.shared)
+    if config.shared and data.versions is None:
+        log.warning("no shared pool (see above): this cluster node caches nothing until one is registered")
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = TmemOperations(root_fd, config, data, src)
     if notify_fd is not None:
@@ -199,6 +222,7 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
+                cleancache.start(nursery)
                 await pyfuse3.main(max_tasks=1)
                 nursery.cancel_scope.cancel()
         finally:
@@ -225,15 +249,48 @@ def _notify(fd: int, message: bytes) -> None:
         pass
 
 
+_URL_CREDENTIALS = re.compile(r"(cc_store=(?:redis|rediss|unix)://)([^@/,]*)@")
+
+
+def without_credentials(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """argv with any password taken out of a cc_store= URL, and the environment
+    variables that carry it instead (so it never shows in `ps`)."""
+    secrets: dict[str, str] = {}
+
+    def strip(match: re.Match[str]) -> str:
+        user, _, password = match.group(2).partition(":")
+        if password:
+            secrets[PASSWORD_ENV] = urllib.parse.unquote(password)
+        return match.group(1) + (f"{user}@" if user else "")
+
+    return [_URL_CREDENTIALS.sub(strip, arg) for arg in argv], secrets
+
+
+def reexec_without_credentials(argv: list[str]) -> None:
+    """Run again with the password in the environment instead of the command line."""
+    clean, secrets = without_credentials(argv)
+    if not secrets:
+        return
+    env = {**os.environ, **secrets}
+    program = sys.argv[0]
+    if os.path.basename(program) == "tmemfs" and os.access(program, os.X_OK):
+        os.execve(program, [program, *clean], env)
+    os.execve(sys.executable, [sys.executable, "-m", "fusefs.cli", *clean], env)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     try:
         config = parse_options(args.options, registry.load)
         src, mnt = check_paths(args.src, args.mnt)
         backend = make_backend(config)
+        if config.shared and config.pool_uuid is None:
+            config.pool_uuid = pool_uuid_of(src)
     except OptionError as exc:
         print(f"tmemfs: {exc}", file=sys.stderr)
         return 2
+    reexec_without_credentials(argv)
     foreground = args.foreground or args.debug
     os.umask(0)  # modes arrive already masked by the kernel
     raise_fd_limit()

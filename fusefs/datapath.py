@@ -5,13 +5,22 @@ read:  page-cache hit -> copy out; else cleancache get into a fresh slot;
 write: pwrite SRC first (write-through, so every cached page stays clean),
        then update the cached pages it covers and invalidate them in the pool.
 Evicting a page to make room puts it into cleancache, as the kernel did.
+
+On a cluster node (a backend with shared pools) every file has a version
+shared by all nodes (docs/coherency.md): a read first checks the version and
+drops the file's pages if another node changed it; pages go to the pool
+under the version they were read at; a change bumps the version before and
+after it lands in SRC, and flushes the file in the pool at start and end.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections import OrderedDict
 
+from backends.base import FileVersions
+from backends.store import file_prefix, versioned_key
 from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.pagecache import CachedFile, Eviction, PageCache
@@ -24,7 +33,7 @@ class DataPath:
     """The page cache and cleancache of one mount, and the counters of SRC I/O."""
 
     def __init__(self, pagecache: PageCache, cleancache: Cleancache, pool: int,
-                 max_idle_files: int = 65536) -> None:
+                 max_idle_files: int = 65536, shared: bool = False) -> None:
         self.pc = pagecache
         self.cc = cleancache
         self.pool = pool
@@ -33,12 +42,72 @@ class DataPath:
         self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
         self.max_idle_files = max_idle_files
         self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
+        # Slots holding a page got from a shared pool and unchanged since: the pool
+        # still has it (gets there are non-destructive), so evicting it needs no put.
+        self._from_shared_pool = bytearray(self.pc.capacity)
+        # A cluster node without versions (its pool could not be made, or the backend
+        # was unregistered) caches nothing: other nodes' changes would go unseen.
+        self.shared = shared
+        self.versions: FileVersions | None = cleancache.versions(pool)
+        self._generation = cleancache.generation
+        self._epoch = self.versions.epoch if self.versions is not None else 0
         self.reset_stats()
 
     def reset_stats(self) -> None:
         self.backing_reads = self.backing_read_bytes = 0
         self.backing_writes = self.backing_write_bytes = 0
         self.external_changes = 0
+        self.remote_changes = self.cut_offs = self.uncached_reads = 0
+        self.puts_saved = 0
+
+    # -- cluster versions ------------------------------------------------------
+
+    def _versions(self) -> FileVersions | None:
+        """The pool's file versions, re-read after a register/unregister."""
+        if self.cc.generation != self._generation:
+            self._generation = self.cc.generation
+            versions = self.cc.versions(self.pool)
+            if versions is not self.versions:
+                self._drop_everything()  # pages were valid under the old rules only
+                self.versions = versions
+                self._epoch = versions.epoch if versions is not None else 0
+        return self.versions
+
+    def _drop_everything(self) -> None:
+        for cached in self.files.values():
+            self.pc.drop_file(cached)
+            cached.tag = None
+            cached.key = cached.file
+
+    def _pool_file(self, file: bytes) -> bytes:
+        """The key that reaches every page of `file` in the pool (all versions on a cluster)."""
+        return file if self.versions is None else file_prefix(file)
+
+    async def _current(self, versions: FileVersions, cached: CachedFile, fd: int) -> bool:
+        """Make a file's cached pages valid at its version now; False if it cannot be known."""
+        version = await versions.version(cached.file)
+        if versions.epoch != self._epoch:  # this node was cut off: trust nothing it cached
+            self._epoch = versions.epoch
+            self.cut_offs += 1
+            self._drop_everything()
+        if version is None:
+            self.pc.drop_file(cached)
+            cached.tag = None
+            return False
+        if version != cached.tag:
+            if cached.tag is not None and self.pc.drop_file(cached):
+                self.remote_changes += 1
+            cached.tag = version
+            cached.key = versioned_key(cached.file, version)
+            cached.size = os.fstat(fd).st_size
+        return True
+
+    async def _bump(self, file: bytes) -> int | None:
+        """One side of a change on a cluster node: a new version, and the file flushed from the pool."""
+        assert self.versions is not None
+        version = await self.versions.bump(file)
+        await self.cc.invalidate_inode(self.pool, file_prefix(file))
+        return version
 
     # -- files -----------------------------------------------------------------
 
@@ -58,7 +127,11 @@ class DataPath:
             self.files.move_to_end(key)
             if cached.stamp is not None and cached.stamp != stamp and cached.open_count == 0:
                 self.external_changes += 1
-                await self.invalidate_file(key)
+                if self._versions() is None:
+                    await self.invalidate_file(key)
+                else:  # most likely another node's write: its versions already tell the pool
+                    self.pc.drop_file(cached)
+                    cached.tag = None
         cached.size = st.st_size
         cached.stamp = stamp
         cached.open_count += 1
@@ -73,9 +146,11 @@ class DataPath:
     async def _trim_idle(self) -> None:
         if len(self.files) <= self.max_idle_files:
             return
+        shared = self._versions() is not None  # versions keep a shared pool right without us
         for key in [k for k, f in self.files.items() if f.idle][: len(self.files) // 4]:
             del self.files[key]
-            await self.cc.invalidate_inode(self.pool, key)
+            if not shared:
+                await self.cc.invalidate_inode(self.pool, key)
 
     async def invalidate_file(self, key: bytes) -> None:
         """Drop a file's pages here and in the pool (truncate, delete, external change).
@@ -83,23 +158,40 @@ class DataPath:
         Like truncate_inode_pages: invalidate_inode at the start and at the
         end, whether or not anything was cached here.
         """
-        await self.cc.invalidate_inode(self.pool, key)
+        await self._change_starts(key)
         cached = self.files.get(key)
         if cached is not None:
             self.pc.drop_file(cached)
-        await self.cc.invalidate_inode(self.pool, key)
+        await self._change_ends(key)
 
     async def truncate(self, key: bytes, fd_or_path: int | str, size: int) -> None:
         """ftruncate SRC between the two pool invalidations."""
-        await self.cc.invalidate_inode(self.pool, key)
+        await self._change_starts(key)
         cached = self.files.get(key)
         if cached is not None:
             self.pc.drop_file(cached)
             cached.stamp = None
-        os.truncate(fd_or_path, size)
+        try:
+            os.truncate(fd_or_path, size)
+        finally:
+            await self._change_ends(key)
         if cached is not None:
             cached.size = size
-        await self.cc.invalidate_inode(self.pool, key)
+
+    async def _change_starts(self, key: bytes) -> None:
+        if self._versions() is None:
+            await self.cc.invalidate_inode(self.pool, key)
+        else:
+            await self._bump(key)
+
+    async def _change_ends(self, key: bytes) -> None:
+        if self.versions is None:
+            await self.cc.invalidate_inode(self.pool, key)
+            return
+        await self._bump(key)
+        cached = self.files.get(key)
+        if cached is not None:
+            cached.tag = None  # nothing cached survived; the next read checks afresh
 
     def forget_file(self, key: bytes) -> None:
         """The file no longer exists under this key (its last link is gone)."""
@@ -111,6 +203,13 @@ class DataPath:
 
     async def read(self, cached: CachedFile, fd: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`, short only at end of file."""
+        if self.shared or self.cc.generation != self._generation:
+            versions = self._versions()
+            if versions is None:
+                if self.shared:
+                    return self._read_uncached(fd, offset, size)
+            elif not await self._current(versions, cached, fd):
+                return self._read_uncached(fd, offset, size)
         end = min(offset + size, cached.size)
         if offset >= end:
             return b""
@@ -125,9 +224,10 @@ class DataPath:
             return view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
         # Pages in consecutive slots (a file read in order into free slots) are
         # served as one view, without a copy; other runs are joined once.
-        # Loading a missing page may evict a page already collected, so what
-        # was collected is copied out first.
+        # Loading a missing page may evict a page already collected, so the
+        # run collected so far is copied out first.
         parts: list[bytes | memoryview] = []
+        copied = 0  # parts[:copied] are copies, safe from eviction
         run_start = run_end = -1  # byte range in the slab of the current run
         get_slot = cached.pages.get
         pc = self.pc
@@ -151,8 +251,9 @@ class DataPath:
                 if run_start >= 0:
                     parts.append(view[run_start:run_end])
                     run_start = run_end = -1
-                if parts:
-                    parts = [b"".join(parts)]
+                while copied < len(parts):  # copied out now: loading the page may evict these
+                    parts[copied] = bytes(parts[copied])
+                    copied += 1
                 slot, loaded_through = await self._page(cached, fd, index, last)
                 if slot < 0:
                     break
@@ -187,6 +288,8 @@ class DataPath:
         slot = await self._take_slot()
         if await self.cc.get_page(self.pool, cached.key, index, pc.slot_view(slot)):
             pc.install(cached, index, slot)
+            if self.versions is not None:
+                self._from_shared_pool[slot] = 1
             return slot, index
         # Read this page and the following misses (not cached, not in the pool) at once;
         # each counts as one miss.
@@ -197,10 +300,23 @@ class DataPath:
             extra = await self._take_slot()
             if await self.cc.get_page(self.pool, cached.key, index_end, pc.slot_view(extra)):
                 pc.install(cached, index_end, extra)
+                if self.versions is not None:
+                    self._from_shared_pool[extra] = 1
                 return self._read_backing(cached, fd, index, slots), index_end
             slots.append(extra)
             index_end += 1
         return self._read_backing(cached, fd, index, slots), index + len(slots) - 1
+
+    def _read_uncached(self, fd: int, offset: int, size: int) -> bytes:
+        """Read SRC around every cache (a cluster node that cannot check versions now)."""
+        start = offset & ~PAGE_MASK
+        length = ((offset + size + PAGE_MASK) & ~PAGE_MASK) - start
+        with mmap.mmap(-1, length) as buf:  # page-aligned, so an O_DIRECT descriptor works
+            got = os.preadv(fd, [buf], start)
+            self.backing_reads += 1
+            self.backing_read_bytes += got
+            self.uncached_reads += 1
+            return bytes(buf[offset - start : max(offset - start, min(got, offset - start + size))])
 
     def _read_backing(self, cached: CachedFile, fd: int, index: int, slots: list[int]) -> int:
         pc = self.pc
@@ -231,14 +347,41 @@ class DataPath:
         slot, evicted = self.pc.take_slot()
         if evicted is not None:
             await self._put(evicted)
+        self._from_shared_pool[slot] = 0
         return slot
 
     async def _put(self, evicted: Eviction) -> None:
+        if self._from_shared_pool[evicted.slot]:
+            self.puts_saved += 1
+            return
         await self.cc.put_page(self.pool, evicted.file.key, evicted.index,
                                self.pc.slot_view(evicted.slot))
 
     async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview) -> int:
         """Write through to SRC, then bring cached pages and the pool up to date."""
+        versions = self._versions()
+        if versions is None:
+            return await self._write_through(cached, fd, offset, data, True)
+        # A cluster node: the version moves before and after the data lands, so no
+        # node trusts a page read before this write once it returns.
+        file = cached.file
+        before = await versions.version(file)
+        valid = before is not None and before == cached.tag
+        started = await self._bump(file)
+        try:
+            done = await self._write_through(cached, fd, offset, data, False)
+        finally:
+            ended = await self._bump(file)
+        if valid and before is not None and started == before + 1 and ended == before + 2:
+            cached.tag = ended  # nobody else changed it meanwhile: our updated pages stay valid
+            cached.key = versioned_key(file, ended)
+        else:
+            self.pc.drop_file(cached)
+            cached.tag = None
+        return done
+
+    async def _write_through(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
+                             invalidate_pages: bool) -> int:
         view = memoryview(data)
         done = 0
         while done < len(view):
@@ -268,7 +411,9 @@ class DataPath:
                 hi = min(end, page_start + PAGE_SIZE)
                 base = slot << PAGE_SHIFT
                 pc.view[base + lo - page_start : base + hi - page_start] = view[lo - offset : hi - offset]
-            await self.cc.invalidate_page(self.pool, cached.key, index)
+                self._from_shared_pool[slot] = 0
+            if invalidate_pages:
+                await self.cc.invalidate_page(self.pool, cached.key, index)
         return done
 
     # -- whole cache -------------------------------------------------------------
@@ -301,6 +446,10 @@ class DataPath:
             "pagecache.capacity_pages": pc.capacity,
             "pagecache.files": len(self.files),
             "pagecache.external_changes": self.external_changes,
+            "pagecache.remote_changes": self.remote_changes,
+            "pagecache.cut_offs": self.cut_offs,
+            "pagecache.puts_saved": self.puts_saved,
+            "backing.uncached_reads": self.uncached_reads,
             "backing.reads": self.backing_reads,
             "backing.read_bytes": self.backing_read_bytes,
             "backing.writes": self.backing_writes,

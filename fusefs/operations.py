@@ -29,6 +29,7 @@ from fusefs.datapath import DataPath
 from fusefs.inodes import Inode, InodeTable, file_key
 from fusefs.options import MountConfig
 from fusefs.pagecache import CachedFile
+from fusefs.pooluuid import XATTR
 from fusefs.syscalls import fchown_empty, link_empty, renameat2, utimens_empty
 
 log = logging.getLogger("tmemfs")
@@ -78,6 +79,9 @@ class OpenDir:
     inode: Inode
     fd: int
     names: list[bytes]
+
+
+POOL_UUID_XATTR = XATTR.encode()
 
 
 class TmemOperations(pyfuse3.Operations):
@@ -525,12 +529,20 @@ class TmemOperations(pyfuse3.Operations):
             raise FUSEError(errno.ENOTSUP)  # reaching a symlink through /proc would follow it
         return f"/proc/self/fd/{node.fd}"
 
+    def _own_xattr(self, inode: int, name: bytes) -> bool:
+        """The pool uuid kept on SRC's root: tmemfs's, not the user's, so hidden."""
+        return inode == pyfuse3.ROOT_INODE and name == POOL_UUID_XATTR
+
     @handler
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self._own_xattr(inode, name):
+            raise FUSEError(errno.EPERM)
         os.setxattr(self._xattr_path(inode), name, value)
 
     @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if self._own_xattr(inode, name):
+            raise FUSEError(pyfuse3.ENOATTR)
         try:
             return os.getxattr(self._xattr_path(inode), name)
         except FUSEError as exc:
@@ -541,7 +553,8 @@ class TmemOperations(pyfuse3.Operations):
     @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         try:
-            return [os.fsencode(n) for n in os.listxattr(self._xattr_path(inode))]
+            names = [os.fsencode(n) for n in os.listxattr(self._xattr_path(inode))]
+            return [n for n in names if not self._own_xattr(inode, n)]
         except FUSEError as exc:
             if exc.errno == errno.ENOTSUP:
                 return []
@@ -549,6 +562,8 @@ class TmemOperations(pyfuse3.Operations):
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self._own_xattr(inode, name):
+            raise FUSEError(errno.EPERM)
         os.removexattr(self._xattr_path(inode), name)
 
     # -- stats and control -----------------------------------------------------------------

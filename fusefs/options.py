@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backends.base import Backend
+from fusefs.pooluuid import parse_pool_uuid
 
 PASS_THROUGH_FLAGS = {"allow_other", "allow_root", "default_permissions", "ro", "noatime",
                       "auto_unmount", "nodev", "nosuid", "noexec", "dev", "suid", "exec",
@@ -32,8 +33,10 @@ CORE_HELP = {
     "cc_size=SIZE": "cleancache backend capacity; default 256M",
     "kernel_cache": "let the kernel cache file data too (no direct_io): faster re-reads, "
                     "shared writable mmap, but tmemfs sees fewer reads",
-    "attr_timeout=SECS": "how long the kernel trusts attributes; default 1",
-    "entry_timeout=SECS": "how long the kernel trusts name lookups; default 1",
+    "attr_timeout=SECS": "how long the kernel trusts attributes; default 1 (0 on cluster nodes)",
+    "entry_timeout=SECS": "how long the kernel trusts name lookups; default 1 (0 on cluster nodes)",
+    "pool_uuid=32HEX": "the shared pool's 16-byte uuid (cluster); default: kept on SRC's root in the "
+                       "user.tmemfs.pool_uuid attribute, created once; all ones (ff...ff) = private",
     "pc_policy=NAME": "page cache eviction policy: lru (default), sieve, s3fifo, arc",
     "cc_timeout=SECS": "longest wait for a backend that does I/O; then it is a miss; default 1",
     "backing_io=cached|direct": "read SRC through the host page cache or with O_DIRECT "
@@ -87,6 +90,8 @@ class MountConfig:
     backing_direct: bool = False
     log_file: str | None = None
     trace_file: str | None = None
+    pool_uuid: bytes | None = None
+    shared: bool = False  # a backend with shared pools (cluster): this mount is a cluster node
     fuse_options: set[str] = field(default_factory=lambda: {"default_permissions"})
     backend_options: dict[str, object] = field(default_factory=dict)
 
@@ -109,6 +114,7 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
     from fusefs.eviction import POLICIES
 
     config = MountConfig()
+    explicit: set[str] = set()
     items = split_options(groups)
     deferred: list[tuple[str, str | None]] = []
 
@@ -138,6 +144,12 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
             config.kernel_cache = True
         elif key in ("attr_timeout", "entry_timeout", "cc_timeout"):
             setattr(config, key, parse_seconds(key, need(key, value)))
+            explicit.add(key)
+        elif key == "pool_uuid":
+            try:
+                config.pool_uuid = parse_pool_uuid(need(key, value))
+            except ValueError as exc:
+                raise OptionError(str(exc)) from None
         elif key == "pc_policy":
             if need(key, value) not in POLICIES:
                 raise OptionError(f"pc_policy={value}: unknown policy (known: {', '.join(POLICIES)})")
@@ -162,8 +174,18 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
 
     if load_backend is not None:
         config.backend_options = parse_backend_options(config.cleancache, deferred, load_backend)
+        config.shared = any(load_backend(n).shared for n in config.cleancache if n != "none")
     elif deferred:
         raise OptionError(f"{deferred[0][0]}: unknown option (see tmemfs --help)")
+    if config.shared:
+        # A cluster node must not trust the kernel's caches of data or attributes:
+        # other nodes change files without this kernel knowing (docs/coherency.md).
+        if config.kernel_cache:
+            raise OptionError(f"kernel_cache: not with cleancache={'+'.join(config.cleancache)} "
+                              "(the kernel would serve data other nodes have changed)")
+        for key in ("attr_timeout", "entry_timeout"):
+            if key not in explicit:
+                setattr(config, key, 0.0)
     return config
 
 

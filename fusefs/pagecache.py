@@ -24,12 +24,19 @@ from fusefs.tracing import Tracer
 class CachedFile:
     """What the page cache knows of one backing file."""
 
-    key: bytes
+    key: bytes  # what the pool knows it by: the file key, or on cluster nodes the key at `tag`
     size: int = 0
     pages: dict[int, int] = field(default_factory=dict)  # page index -> slot
     # (size, mtime_ns, ctime_ns) when last seen; None after our own writes.
     stamp: tuple[int, int, int] | None = None
     open_count: int = 0
+    file: bytes = b""  # the file key (name_to_handle_at handle); defaults to `key`
+    # Cluster nodes: the file's version the cached pages are valid at (None: not checked yet).
+    tag: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.file:
+            self.file = self.key
 
     @property
     def idle(self) -> bool:

@@ -46,10 +46,11 @@ class Mount:
 
 @contextmanager
 def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...] = (),
-            plugins: bool = False) -> Iterator[Mount]:
+            plugins: bool = False, env: dict[str, str] | None = None) -> Iterator[Mount]:
     """Mount in the foreground, wait until it answers, and unmount in a finally.
 
-    With `plugins`, the test backends in tests/plugins are installed (on PYTHONPATH).
+    With `plugins`, the test backends in tests/plugins are installed (on PYTHONPATH);
+    `env` adds environment variables for the daemon.
     """
     mnt.mkdir(parents=True, exist_ok=True)
     log = mnt.parent / f"{mnt.name}.log"
@@ -57,10 +58,10 @@ def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...]
     if options:
         args += ["-o", options]
     with open(log, "wb") as log_file:
-        env = dict(os.environ)
+        daemon_env = {**os.environ, **(env or {})}
         if plugins:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            daemon_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), daemon_env.get("PYTHONPATH")]))
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=daemon_env)
     try:
         wait_live(mnt, proc, log)
         mount = Mount(src, mnt, proc, log)
@@ -87,10 +88,10 @@ def mount_factory(tmp_path: Path) -> Iterator[object]:
     counter = iter(range(1000))
 
     def factory(options: str = "", src: Path | None = None, extra_args: tuple[str, ...] = (),  # type: ignore[no-untyped-def]
-                plugins: bool = False):
+                plugins: bool = False, env: dict[str, str] | None = None):
         source = src or tmp_path / "src"
         source.mkdir(exist_ok=True)
-        return mounted(source, tmp_path / f"mnt{next(counter)}", options, extra_args, plugins)
+        return mounted(source, tmp_path / f"mnt{next(counter)}", options, extra_args, plugins, env)
 
     yield factory
 

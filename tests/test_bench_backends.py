@@ -145,3 +145,21 @@ def test_refused_pages_make_the_backing_target_not_applicable() -> None:
     got = {t: ok for t, _, ok in bb.targets(res)}
     assert got["backing bytes -90% vs none: zcache on binary"] is None
     assert got["backing bytes -90% vs none: zcache on text"] is True
+
+
+def test_quick_results_never_overwrite_a_full_run() -> None:
+    assert bb.results_path(bb.settings_for(quick=True)).name == "results-quick.json"
+    assert bb.results_path(bb.settings_for(quick=False)).name == "results.json"
+    assert bb.settings_for(quick=True).runtime < bb.settings_for(quick=False).runtime
+
+
+def test_from_json_draws_charts_beside_the_report(tmp_path: Path) -> None:
+    """--out elsewhere must not touch the committed docs/bench/ charts."""
+    bb.save_results(canned(), tmp_path / "r.json")
+    out = tmp_path / "elsewhere" / "B.md"
+    out.parent.mkdir()
+    assert bb.main(["--from-json", str(tmp_path / "r.json"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out.parent / "docs" / "bench").iterdir()) == [
+        "backends-capacity.png", "backends-iops.png", "backends-reads.png", "backends-zipf.png"]
+    text = out.read_text()
+    assert bb.BEGIN in text and "![fio IOPS per backend](docs/bench/backends-iops.png)" in text

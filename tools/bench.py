@@ -1,12 +1,25 @@
-"""Benchmark tmemfs against the stock pyfuse3 pass-through example with fio; write BENCHMARKS.md.
+"""Benchmark tmemfs with fio against native, the pyfuse3 example and a null file system; write BENCHMARKS.md.
 
-Run from the repository root with the project's venv:
+Run from the repository root with the project's venv (needs root, /dev/fuse, fio):
 
     .venv/bin/python -m tools.bench [--quick] [--out BENCHMARKS.md]
 
-Every point is measured in interleaved rounds (round 1 of every configuration,
-then round 2, ...) so that the machine's drift hits all configurations alike,
-and ratios are only ever taken between numbers from the same invocation.
+Two parts, each measured in interleaved rounds (round 1 of every configuration,
+then round 2, ...) so that the machine's drift hits all configurations alike;
+ratios are only ever taken between numbers from the same invocation:
+
+* the fio matrix: 4k randread, 4k randwrite, 4k randrw 70/30, 128k sequential
+  read and zipf:1.1 randread, each at QD1 psync and libaio QD16, direct=1, on
+  native SRC, the pyfuse3 pass-through example (as shipped, and patched to drop
+  O_DIRECT on its backing open so that it can run), the null file system
+  (tools/nullfs.py: the ceiling of one pyfuse3 process), and tmemfs with each
+  backend (none, tmem, zcache, dedup) on a file four times its page cache;
+* the pass-through comparison: 4k randread QD1/QD16 and 128k read with
+  direct=0 on a file that fits every cache, tmemfs cleancache=none against the
+  example as shipped and with tmemfs's attribute timeouts (target 0.9x).
+
+Only the text above `<!-- backends:begin -->` is written; tools/bench_backends.py
+owns the rest. `--from-json` redraws the report and charts from a saved run.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -30,30 +44,46 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
+from tools.bench_backends import BEGIN, END, fill, text_corpus
 from tools.mounting import is_mounted, pid_alive, signals_deferred, stop_daemon, unmount
 
 MiB = 1 << 20
+REPO = Path(__file__).resolve().parent.parent
 FILE_SIZE = 64 * MiB
-FILE_NAME = "bench-64M.dat"
-CACHE_SIZE = "256M"
+FILE_NAME = "bench-64M.dat"  # random bytes: the pass-through comparison
+TEXT_NAME = "text-64M.dat"  # text-like (compresses about 2x): the matrix's read jobs
+RW_NAME = "rw-64M.dat"  # the matrix's write jobs; a fresh copy of TEXT_NAME before every mount
+CACHE_SIZE = "256M"  # pass-through comparison: the file fits tmemfs's page cache
+MATRIX_CACHE = "16M"  # matrix: a quarter of the file, so misses go to the backend or the disk
+MATRIX_CC = "256M"  # every backend holds both files
 RSS_CACHE = 64 * MiB
 RSS_FILE_SIZE = 256 * MiB
 RSS_FILE_NAME = "rss-256M.dat"
 TARGET = 0.9
+RUN_OVERHEAD_S = 0.4  # per fio run: fio's start-up, mounts, warm-up reads (measured on the 2-CPU VM)
 BUSY = 0.25  # other processes using more than this share of one CPU during a run make it suspect
 TMEMFS_TIMEOUT_S = 1
 BASELINE = "example"
 BASELINE_1S = "example-1s"
-SUBJECT = "tmemfs-none"
+NODIRECT = "example-nodirect"
+NULL = "null"
+SUBJECT = "tmemfs"  # the pass-through comparison's tmemfs
+MATRIX_NONE = "tmemfs-none"
+BACKENDS = ("none", "tmem", "zcache", "dedup")
 EXAMPLE_MEMBER = "examples/passthroughfs.py"
 TIMEOUT_PATCH = (("entry.entry_timeout = 0", f"entry.entry_timeout = {TMEMFS_TIMEOUT_S}"),
                  ("entry.attr_timeout = 0", f"entry.attr_timeout = {TMEMFS_TIMEOUT_S}"))
+NODIRECT_PATCH = (("fd = os.open(self._inode_to_path(inode), flags)",
+                   "fd = os.open(self._inode_to_path(inode), flags & ~os.O_DIRECT)"),
+                  ("fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC)",
+                   "fd = os.open(path, (flags & ~os.O_DIRECT) | os.O_CREAT | os.O_TRUNC)"))
+CHART_SUBDIR = Path("docs") / "bench"
 
 _started_pids: set[int] = set()  # every FUSE daemon this run started, for the last-resort cleanup
 
@@ -62,73 +92,147 @@ _started_pids: set[int] = set()  # every FUSE daemon this run started, for the l
 
 
 @dataclass(frozen=True)
-class Job:
-    """One fio workload; `direct` is fio's --direct (O_DIRECT on the file under test)."""
+class Workload:
+    """What fio does, independent of the engine: rw pattern, block size, distribution."""
 
-    rw: str
-    bs: str
+    key: str
+    label: str
+    args: tuple[str, ...]
+    writes: bool = False
+
+
+WORKLOADS: tuple[Workload, ...] = (  # read-only ones first: they run before the writes on every mount
+    Workload("4k-randread", "4k randread", ("--rw=randread", "--bs=4k")),
+    Workload("128k-read", "128k seq read", ("--rw=read", "--bs=128k")),
+    Workload("4k-zipf", "4k randread zipf:1.1", ("--rw=randread", "--bs=4k", "--random_distribution=zipf:1.1")),
+    Workload("4k-randwrite", "4k randwrite", ("--rw=randwrite", "--bs=4k"), writes=True),
+    Workload("4k-randrw", "4k randrw 70/30", ("--rw=randrw", "--rwmixread=70", "--bs=4k"), writes=True),
+)
+WORKLOAD = {w.key: w for w in WORKLOADS}
+ENGINES: tuple[tuple[str, int], ...] = (("psync", 1), ("libaio", 16))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fio workload at one engine/queue depth; `direct` is fio's --direct (O_DIRECT on the file)."""
+
+    workload: Workload
     ioengine: str
     iodepth: int
     direct: int
 
     @property
     def label(self) -> str:
-        kind = "randread" if self.rw == "randread" else "seq read"
-        return f"{self.bs} {kind} {self.ioengine} QD{self.iodepth} direct={self.direct}"
+        return f"{self.workload.label} {self.ioengine} QD{self.iodepth} direct={self.direct}"
 
     @property
     def name(self) -> str:
-        return f"{self.bs}-{self.rw}-{self.ioengine}-qd{self.iodepth}-d{self.direct}"
+        return f"{self.workload.key}-{self.ioengine}-qd{self.iodepth}-d{self.direct}"
+
+    @property
+    def engine(self) -> str:
+        return f"{self.ioengine} QD{self.iodepth}"
 
     def fio_args(self) -> list[str]:
-        args = [f"--rw={self.rw}", f"--bs={self.bs}", f"--ioengine={self.ioengine}"]
+        args = [*self.workload.args, f"--ioengine={self.ioengine}"]
         if self.iodepth > 1:
             args.append(f"--iodepth={self.iodepth}")
         return [*args, f"--direct={self.direct}"]
 
 
-JOBS: tuple[Job, ...] = tuple(
-    Job(rw, bs, engine, depth, direct)
-    for direct in (0, 1)
-    for rw, bs, engine, depth in (("randread", "4k", "psync", 1), ("randread", "4k", "libaio", 16),
-                                  ("read", "128k", "psync", 1))
-)
+MATRIX_JOBS: tuple[Job, ...] = tuple(Job(w, engine, depth, 1) for w in WORKLOADS for engine, depth in ENGINES)
+COMPARE_JOBS: tuple[Job, ...] = (Job(WORKLOAD["4k-randread"], "psync", 1, 0),
+                                 Job(WORKLOAD["4k-randread"], "libaio", 16, 0),
+                                 Job(WORKLOAD["128k-read"], "psync", 1, 0))
+ALL_JOBS: dict[str, Job] = {j.name: j for j in (*MATRIX_JOBS, *COMPARE_JOBS)}
 
 
 @dataclass(frozen=True)
 class Config:
-    """A way of serving the test file: native, one of the example's variants, or tmemfs with options."""
+    """A way of serving the test files: native, an example variant, the null fs, or tmemfs with options."""
 
     key: str
     label: str
-    kind: Literal["native", "example", "tmemfs"]
-    options: str = ""  # tmemfs -o string, or the example variant ("stock" / "timeouts1")
-    extra: bool = False  # informational, not one of the required configurations
+    kind: Literal["native", "example", "null", "tmemfs"]
+    options: str = ""  # tmemfs -o string, or the example variant ("stock" / "timeouts1" / "nodirect")
+    backing: str = ""  # where its reads of SRC come from, for the report
 
 
-CONFIGS: tuple[Config, ...] = (
-    Config("native", "native ext4 directory (SRC itself)", "native"),
-    Config(BASELINE, "pyfuse3 example, as shipped (entry/attr timeout 0)", "example", "stock"),
+def matrix_options(backend: str) -> str:
+    return f"cleancache={backend},cache_size={MATRIX_CACHE},cc_size={MATRIX_CC},backing_io=direct"
+
+
+MATRIX_CONFIGS: tuple[Config, ...] = (
+    Config("native", "native ext4 directory (SRC itself)", "native", backing="disk (fio's O_DIRECT)"),
+    Config(BASELINE, "pyfuse3 example, as shipped", "example", "stock",
+           backing="- (its backing open gets the caller's O_DIRECT; the unaligned read fails)"),
+    Config(NODIRECT, "pyfuse3 example, O_DIRECT dropped from its backing open (patched)", "example", "nodirect",
+           backing="host page cache (buffered backing reads)"),
+    Config(NULL, "null file system (tools/nullfs.py): zeros, writes discarded", "null", backing="none"),
+    *(Config(f"tmemfs-{b}", f"tmemfs cleancache={b}", "tmemfs", matrix_options(b),
+             backing="disk (backing_io=direct: O_DIRECT into aligned buffers)") for b in BACKENDS),
+)
+
+COMPARE_CONFIGS: tuple[Config, ...] = (
+    Config("native", "native ext4 directory (SRC itself)", "native", backing="host page cache"),
+    Config(BASELINE, "pyfuse3 example, as shipped (entry/attr timeout 0)", "example", "stock",
+           backing="host page cache"),
     Config(BASELINE_1S, f"pyfuse3 example, entry/attr timeout {TMEMFS_TIMEOUT_S} s (patched)", "example",
-           "timeouts1"),
-    Config(SUBJECT, "tmemfs cleancache=none", "tmemfs", f"cleancache=none,cache_size={CACHE_SIZE}"),
-    Config("tmemfs-tmem", "tmemfs cleancache=tmem", "tmemfs", f"cleancache=tmem,cache_size={CACHE_SIZE}"),
-    Config("tmemfs-none-kc", "tmemfs cleancache=none + kernel_cache (extra)", "tmemfs",
-           f"cleancache=none,cache_size={CACHE_SIZE},kernel_cache", extra=True),
+           "timeouts1", backing="host page cache"),
+    Config(SUBJECT, f"tmemfs cleancache=none, cache_size={CACHE_SIZE} (the file fits)", "tmemfs",
+           f"cleancache=none,cache_size={CACHE_SIZE}", backing="host page cache, then tmemfs's page cache"),
 )
 
 
 @dataclass(frozen=True)
-class Settings:
-    """How long and how often: --quick trades precision for a run under 3 minutes."""
+class Part:
+    """A set of configurations x jobs measured together in interleaved rounds."""
 
-    runtime: int
+    key: str
+    title: str
+    configs: tuple[Config, ...]
+    jobs: tuple[Job, ...]
+    read_file: str
+    rw_file: str | None = None
+
+    def config(self, key: str) -> Config:
+        return next(c for c in self.configs if c.key == key)
+
+    def file_for(self, job: Job) -> str:
+        return self.rw_file if job.workload.writes and self.rw_file else self.read_file
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.read_file, self.rw_file) if self.rw_file else (self.read_file,)
+
+
+MATRIX = Part("matrix", "fio matrix (direct=1)", MATRIX_CONFIGS, MATRIX_JOBS, TEXT_NAME, RW_NAME)
+COMPARE = Part("compare", "pass-through comparison (direct=0, the file fits every cache)", COMPARE_CONFIGS,
+               COMPARE_JOBS, FILE_NAME)
+PARTS: dict[str, Part] = {MATRIX.key: MATRIX, COMPARE.key: COMPARE}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how often: --quick trades precision for a run under 3 minutes (both tools)."""
+
+    runtime: float  # seconds per fio run
     reps: int
     quick: bool
     profile: bool
     sensitivity: bool
     retry_budget_s: float = 0.0  # time allowed for re-running runs that shared the machine
     wait_quiet_s: float = 0.0  # how long to wait at the start for other processes to calm down
+    parts: tuple[str, ...] = ("matrix", "compare")
+
+
+def fio_runtime(seconds: float) -> str:
+    """fio's --runtime value: whole seconds, or milliseconds (fio accepts the ms suffix)."""
+    return str(int(seconds)) if seconds == int(seconds) else f"{round(seconds * 1000)}ms"
+
+
+def fmt_seconds(seconds: float) -> str:
+    return f"{seconds:g} s"
 
 
 # -- fio output -------------------------------------------------------------------
@@ -136,13 +240,20 @@ class Settings:
 
 @dataclass(frozen=True)
 class FioResult:
-    """One fio run: read IOPS and bandwidth (bytes/s), or why it failed."""
+    """One fio run: IOPS and bandwidth (bytes/s) of reads and writes together, or why it failed."""
 
     iops: float = 0.0
     bw: float = 0.0
     error: str | None = None
     foreign_cpu: float | None = None  # CPUs' worth used by processes other than fio and the daemon
     steal: float | None = None  # CPUs' worth the hypervisor gave to other guests
+    write_iops: float = 0.0  # the writes' share of iops
+
+
+def _direction(numbers: dict[str, Any]) -> tuple[float, float]:
+    """(iops, bytes/s) of one direction; older fio has only bw in KiB/s."""
+    bw = float(numbers["bw_bytes"]) if "bw_bytes" in numbers else float(numbers.get("bw", 0)) * 1024
+    return float(numbers.get("iops", 0.0)), bw
 
 
 def parse_fio_json(stdout: str, stderr: str = "", returncode: int = 0) -> FioResult:
@@ -155,15 +266,15 @@ def parse_fio_json(stdout: str, stderr: str = "", returncode: int = 0) -> FioRes
     if not report or not report.get("jobs"):
         return FioResult(error=_first_error_line(stderr + stdout) or f"fio exited {returncode}, no JSON")
     job = report["jobs"][0]
-    read = job["read"]
-    bw = float(read["bw_bytes"]) if "bw_bytes" in read else float(read["bw"]) * 1024
-    result = FioResult(float(read["iops"]), bw)
+    r_iops, r_bw = _direction(job.get("read", {}))
+    w_iops, w_bw = _direction(job.get("write", {}))
+    result = FioResult(r_iops + w_iops, r_bw + w_bw, write_iops=w_iops)
     if job.get("error"):
         errno_ = int(job["error"])
         detail = _first_error_line(stderr + stdout) or os.strerror(errno_)
-        return FioResult(result.iops, result.bw, f"fio error {errno_}: {detail}")
+        return replace(result, error=f"fio error {errno_}: {detail}")
     if returncode != 0:
-        return FioResult(result.iops, result.bw, _first_error_line(stderr) or f"fio exited {returncode}")
+        return replace(result, error=_first_error_line(stderr) or f"fio exited {returncode}")
     return result
 
 
@@ -190,6 +301,10 @@ class Point:
     @property
     def failed(self) -> bool:
         return bool(self.failures)
+
+    @property
+    def crashed(self) -> bool:
+        return self.failed and "mount died" in self.failures[0]
 
     def iops(self) -> list[float]:
         return [r.iops for r in self.by_round.values()]
@@ -288,6 +403,10 @@ class Workspace:
     def example_script(self, variant: str) -> Path:
         return self.cache / f"passthroughfs-{variant}.py"
 
+    def report_json(self, quick: bool) -> Path:
+        """A quick run never overwrites the numbers of a full one."""
+        return self.root / "run" / ("report-quick.json" if quick else "report.json")
+
     def prepare(self) -> None:
         for d in (self.src, self.mnt, self.logs, self.raw, self.cache):
             d.mkdir(parents=True, exist_ok=True)
@@ -295,30 +414,44 @@ class Workspace:
             unmount(self.mnt)
 
 
+def mount_argv(config: Config, ws: Workspace, files: Sequence[str]) -> list[str]:
+    """The command that mounts a configuration on ws.mnt (empty for native)."""
+    if config.kind == "example":
+        return [sys.executable, str(ws.example_script(config.options)), str(ws.src), str(ws.mnt)]
+    if config.kind == "null":
+        return [sys.executable, "-m", "tools.nullfs", str(ws.mnt), "--size", f"{FILE_SIZE // MiB}M",
+                *(arg for name in files for arg in ("--file", name))]
+    if config.kind == "tmemfs":
+        return [str(ws.venv_bin / "tmemfs"), str(ws.src), str(ws.mnt), "-o", config.options]
+    return []
+
+
 class Mount:
     """A configuration's file system at ws.mnt (or SRC itself for native), restartable after a crash."""
 
-    def __init__(self, config: Config, ws: Workspace) -> None:
-        self.config, self.ws, self.options = config, ws, config.options
+    def __init__(self, config: Config, ws: Workspace, files: Sequence[str] = (FILE_NAME,)) -> None:
+        self.config, self.ws, self.options, self.files = config, ws, config.options, tuple(files)
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.log = ws.logs / f"{config.key}.log"
+        self.warmed: set[str] = set()  # files read through this mount since it (re)started
 
     @property
     def path(self) -> Path:
         return self.ws.src if self.config.kind == "native" else self.ws.mnt
 
     def start(self) -> None:
-        if self.config.kind == "example":
-            self._start_example()
+        self.warmed = set()
+        if self.config.kind in ("example", "null"):
+            self._start_foreground()
         elif self.config.kind == "tmemfs":
             self._start_tmemfs()
 
-    def _start_example(self) -> None:
-        script = self.ws.example_script(self.options)
+    def _start_foreground(self) -> None:
+        """The example and the null fs stay in the foreground: a child in its own session."""
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, str(script), str(self.ws.src), str(self.ws.mnt)],
+                mount_argv(self.config, self.ws, self.files), cwd=REPO,
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 start_new_session=True)  # Ctrl-C reaches us, and we unmount it cleanly
         self.pid = self.proc.pid
@@ -326,8 +459,8 @@ class Mount:
         wait_mounted(self.ws.mnt, lambda: self.proc is not None and self.proc.poll() is None)
 
     def _start_tmemfs(self) -> None:
-        cmd = [str(self.ws.venv_bin / "tmemfs"), str(self.ws.src), str(self.ws.mnt),
-               "-o", f"{self.options},log={self.log}"]
+        cmd = mount_argv(self.config, self.ws, self.files)
+        cmd[-1] = f"{cmd[-1]},log={self.log}"
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
         if done.returncode != 0:
             last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
@@ -364,7 +497,7 @@ class Mount:
         if self.pid is None or not pid_alive(self.pid):
             return False
         try:
-            os.stat(self.path / FILE_NAME)
+            os.stat(self.path / self.files[0])
         except OSError:
             return False
         return True
@@ -415,17 +548,17 @@ def kill_leftovers(ws: Workspace) -> None:
 
 @dataclass(frozen=True)
 class ExampleSource:
-    """Where the baseline came from and what the patched copy changed."""
+    """Where the baseline came from and what each patched copy changed (variant -> unified diff)."""
 
-    sdist: Path
+    sdist: str
     sha256: str
     downloaded: bool
     pip_command: str
-    diff: str
+    diffs: dict[str, str]
 
 
 def fetch_example(ws: Workspace, version: str) -> ExampleSource:
-    """The sdist's examples/passthroughfs.py, unmodified, plus a copy with tmemfs's timeouts."""
+    """The sdist's examples/passthroughfs.py, unmodified, plus the two patched copies."""
     sdist_dir = ws.cache / "sdist"
     sdist = sdist_dir / f"pyfuse3-{version}.tar.gz"
     cmd = [str(ws.venv_bin / "pip"), "download", "--no-deps", "--no-binary", ":all:",
@@ -439,22 +572,34 @@ def fetch_example(ws: Workspace, version: str) -> ExampleSource:
         if member is None:
             raise RuntimeError(f"{sdist} has no {EXAMPLE_MEMBER}")
         stock = member.read().decode()
-    patched = patch_timeouts(stock)
     ws.example_script("stock").write_text(stock)
-    ws.example_script("timeouts1").write_text(patched)
-    diff = "".join(difflib.unified_diff(stock.splitlines(True), patched.splitlines(True),
-                                        "passthroughfs.py", "passthroughfs-timeouts1.py", n=1))
-    return ExampleSource(sdist, hashlib.sha256(sdist.read_bytes()).hexdigest(), downloaded,
-                         shlex.join(cmd), diff)
+    diffs = {}
+    for variant, patch in (("timeouts1", patch_timeouts), ("nodirect", patch_nodirect)):
+        patched = patch(stock)
+        ws.example_script(variant).write_text(patched)
+        diffs[variant] = "".join(difflib.unified_diff(stock.splitlines(True), patched.splitlines(True),
+                                                      "passthroughfs.py", f"passthroughfs-{variant}.py", n=1))
+    return ExampleSource(str(sdist), hashlib.sha256(sdist.read_bytes()).hexdigest(), downloaded,
+                         shlex.join(cmd), diffs)
 
 
-def patch_timeouts(source: str) -> str:
-    """The example has no timeout option: set the two assignments in _getattr to tmemfs's 1 s."""
-    for old, new in TIMEOUT_PATCH:
+def _patch(source: str, pairs: Sequence[tuple[str, str]]) -> str:
+    for old, new in pairs:
         if source.count(old) != 1:
             raise RuntimeError(f"cannot patch the example: {old!r} occurs {source.count(old)} times")
         source = source.replace(old, new)
     return source
+
+
+def patch_timeouts(source: str) -> str:
+    """The example has no timeout option: set the two assignments in _getattr to tmemfs's 1 s."""
+    return _patch(source, TIMEOUT_PATCH)
+
+
+def patch_nodirect(source: str) -> str:
+    """Where the example cannot run: its open/create pass the caller's O_DIRECT to the backing open,
+    and its unaligned os.read then fails with EINVAL and ends pyfuse3.main. Drop the flag there."""
+    return _patch(source, NODIRECT_PATCH)
 
 
 def make_file(path: Path, size: int) -> None:
@@ -468,6 +613,26 @@ def make_file(path: Path, size: int) -> None:
         os.fsync(f.fileno())
 
 
+def make_text_file(path: Path, size: int) -> None:
+    """Text-like contents (compresses about 2x with lz4), from the same corpus as tools/bench_backends."""
+    if path.exists() and path.stat().st_size == size:
+        return
+    with open(path, "wb") as f:
+        f.write(fill(text_corpus(min(size, 48 * MiB)), size))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def restore_rw(ws: Workspace, part: Part) -> None:
+    """The write jobs' file starts every mount as a fresh copy of the read file (written in SRC, unmounted)."""
+    if part.rw_file is None:
+        return
+    target = ws.src / part.rw_file
+    shutil.copyfile(ws.src / part.read_file, target)
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def read_through(path: Path) -> None:
     """Warm-up: read every byte once, through whatever is mounted there."""
     with open(path, "rb", buffering=0) as f:
@@ -478,9 +643,9 @@ def read_through(path: Path) -> None:
 # -- running fio -----------------------------------------------------------------------
 
 
-def fio_command(job: Job, filename: Path, runtime: int, invalidate: int = 0) -> list[str]:
+def fio_command(job: Job, filename: Path, runtime: float, invalidate: int = 0) -> list[str]:
     return ["fio", f"--name={job.name}", f"--filename={filename}", f"--size={FILE_SIZE // MiB}M",
-            *job.fio_args(), f"--runtime={runtime}", "--time_based", f"--invalidate={invalidate}",
+            *job.fio_args(), f"--runtime={fio_runtime(runtime)}", "--time_based", f"--invalidate={invalidate}",
             "--output-format=json"]
 
 
@@ -519,13 +684,13 @@ def with_cpu(result: FioResult, before: CpuSample, after: CpuSample) -> FioResul
     return replace(result, foreign_cpu=foreign, steal=(after.steal - before.steal) / wall)
 
 
-def run_fio(cmd: list[str], raw_file: Path | None, runtime: int, daemon_pid: int | None = None) -> FioResult:
+def run_fio(cmd: list[str], raw_file: Path | None, runtime: float, daemon_pid: int | None = None) -> FioResult:
     """Run one fio; a hang (a wedged mount) is killed after a generous timeout."""
     before = cpu_sample(daemon_pid)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=runtime + 60, check=False)
     except subprocess.TimeoutExpired:
-        return FioResult(error=f"fio did not finish within {runtime + 60} s")
+        return FioResult(error=f"fio did not finish within {runtime + 60:g} s")
     after = cpu_sample(daemon_pid)
     if raw_file is not None:
         raw_file.write_text(done.stdout + ("\n# stderr:\n" + done.stderr if done.stderr else ""))
@@ -534,7 +699,7 @@ def run_fio(cmd: list[str], raw_file: Path | None, runtime: int, daemon_pid: int
 
 @dataclass
 class Matrix:
-    """All results of the main matrix, the commands that produced them, and what crashed."""
+    """All results of one part, the commands that produced them, and what crashed."""
 
     points: dict[tuple[str, str], Point] = field(default_factory=dict)
     commands: dict[str, list[str]] = field(default_factory=dict)  # command line -> configurations
@@ -551,98 +716,116 @@ class Matrix:
             users.append(config)
 
 
+def mmss(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
 class Progress:
-    """n of N on stderr, with elapsed time."""
+    """n of N on stderr, with elapsed time and an estimate of what is left."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.t0 = total, 0, time.monotonic()
+    def __init__(self, total: int, per_run_s: float) -> None:
+        self.total, self.done, self.t0, self.per_run_s = total, 0, time.monotonic(), per_run_s
+        self.measured = 0  # steps that ran fio (a skipped point costs nothing)
 
-    def step(self, message: str) -> None:
+    def left_s(self) -> float:
+        elapsed = time.monotonic() - self.t0
+        per = elapsed / self.measured if self.measured else self.per_run_s
+        return per * (self.total - self.done)
+
+    def step(self, message: str, ran: bool = True) -> None:
         self.done += 1
-        log(f"[{self.done}/{self.total}, {time.monotonic() - self.t0:.0f} s] {message}")
+        self.measured += ran
+        elapsed = time.monotonic() - self.t0
+        log(f"[{self.done}/{self.total} {self.done / max(1, self.total):.0%}, {mmss(elapsed)} elapsed, "
+            f"~{mmss(self.left_s())} left] {message}")
 
 
-def measure_job(mount: Mount, job: Job, settings: Settings, matrix: Matrix, round_: int,
+def measure_job(mount: Mount, job: Job, part: Part, settings: Settings, matrix: Matrix, round_: int,
                 tag: str = "") -> FioResult:
-    """Warm up, run fio once, and restart the mount if the run killed it."""
+    """Warm up (once per file and mount), run fio once, and restart the mount if the run killed it."""
     if not mount.alive():
         try:
             mount.stop()
             mount.start()
         except RuntimeError as exc:
             return FioResult(error=f"restarting the mount failed: {exc}")
-    target = mount.path / FILE_NAME
-    try:
-        read_through(target)
-    except OSError as exc:
-        return FioResult(error=f"warm-up read failed: {exc}")
+    target = mount.path / part.file_for(job)
+    if target.name not in mount.warmed:
+        try:
+            read_through(target)
+        except OSError as exc:
+            return FioResult(error=f"warm-up read failed: {exc}")
+        mount.warmed.add(target.name)
     cmd = fio_command(job, target, settings.runtime)
     matrix.note_command(cmd, mount.config.key)
-    raw = mount.ws.raw / f"{mount.config.key}.{job.name}.r{round_ + 1}{tag}.json"
+    raw = mount.ws.raw / f"{part.key}.{mount.config.key}.{job.name}.r{round_ + 1}{tag}.json"
     result = run_fio(cmd, raw, settings.runtime, mount.pid)
     if not mount.alive():
         evidence = mount.crash_evidence()
         matrix.crashes[(mount.config.key, job.name)] = evidence
-        result = FioResult(result.iops, result.bw, f"mount died ({result.error or 'fio: no error'}); "
-                                                  f"daemon: {evidence}")
+        result = replace(result, error=f"mount died ({result.error or 'fio: no error'}); daemon: {evidence}")
     return result
 
 
-def run_matrix(ws: Workspace, configs: Sequence[Config], settings: Settings) -> Matrix:
+def run_part(ws: Workspace, part: Part, settings: Settings, progress: Progress) -> Matrix:
     """Rounds of every configuration and job; a job that failed once is not repeated."""
     matrix = Matrix()
-    progress = Progress(settings.reps * len(configs) * len(JOBS))
     for round_ in range(settings.reps):
-        for config in configs:
+        for config in part.configs:
+            if config.kind != "null":
+                restore_rw(ws, part)
             try:
-                with Mount(config, ws) as mount:
-                    for job in JOBS:
-                        measure_point(mount, job, settings, matrix, round_, progress)
+                with Mount(config, ws, part.files) as mount:
+                    for job in part.jobs:
+                        measure_point(mount, job, part, settings, matrix, round_, progress)
             except RuntimeError as exc:  # the mount itself failed: every job of this round fails with it
-                for job in JOBS:
+                for job in part.jobs:
                     point = matrix.point(config.key, job.name)
                     if round_ not in point.by_round and not point.failed:
                         point.add(round_, FioResult(error=f"mount failed: {exc}"))
-                        progress.step(f"round {round_ + 1}/{settings.reps} {config.key} {job.label}: "
-                                      f"mount failed: {exc}")
+                        progress.step(f"{part.key} round {round_ + 1}/{settings.reps} {config.key} {job.label}: "
+                                      f"mount failed: {exc}", ran=False)
     return matrix
 
 
-def busy_runs(matrix: Matrix, config: str) -> list[tuple[Job, int]]:
-    return [(job, rnd) for job in JOBS
+def busy_runs(matrix: Matrix, part: Part, config: str) -> list[tuple[Job, int]]:
+    return [(job, rnd) for job in part.jobs
             for rnd, r in matrix.point(config, job.name).by_round.items() if (r.foreign_cpu or 0) > BUSY]
 
 
-def retry_busy(ws: Workspace, configs: Sequence[Config], settings: Settings, matrix: Matrix) -> None:
+def retry_busy(ws: Workspace, part: Part, settings: Settings, matrix: Matrix, deadline: float) -> None:
     """Others' bursts are transient: measure busy runs again while the budget lasts, keep the quieter."""
-    deadline = time.monotonic() + settings.retry_budget_s
-    for config in configs:
-        todo = busy_runs(matrix, config.key)
+    for config in part.configs:
+        todo = busy_runs(matrix, part, config.key)
         if not todo or time.monotonic() + settings.runtime + 3 > deadline:
             continue
-        with Mount(config, ws) as mount:
+        if config.kind != "null":
+            restore_rw(ws, part)
+        with Mount(config, ws, part.files) as mount:
             for job, rnd in todo:
                 if time.monotonic() + settings.runtime + 2 > deadline:
                     return
                 old = matrix.point(config.key, job.name).by_round[rnd]
-                new = measure_job(mount, job, settings, matrix, rnd, tag=".retry")
+                new = measure_job(mount, job, part, settings, matrix, rnd, tag=".retry")
                 matrix.retried += 1
                 quieter = not new.error and (new.foreign_cpu or 0) < (old.foreign_cpu or 0)
                 if quieter:
                     matrix.point(config.key, job.name).by_round[rnd] = new
                     matrix.replaced += 1
-                log(f"retry {config.key} {job.label} round {rnd + 1}: others {old.foreign_cpu or 0:.0%} -> "
-                    f"{new.foreign_cpu or 0:.0%}, {'kept the new run' if quieter else 'kept the old run'}")
+                log(f"retry {part.key} {config.key} {job.label} round {rnd + 1}: others "
+                    f"{old.foreign_cpu or 0:.0%} -> {new.foreign_cpu or 0:.0%}, "
+                    f"{'kept the new run' if quieter else 'kept the old run'}")
 
 
-def measure_point(mount: Mount, job: Job, settings: Settings, matrix: Matrix, round_: int,
+def measure_point(mount: Mount, job: Job, part: Part, settings: Settings, matrix: Matrix, round_: int,
                   progress: Progress) -> None:
     point = matrix.point(mount.config.key, job.name)
-    where = f"round {round_ + 1}/{settings.reps} {mount.config.key} {job.label}"
+    where = f"{part.key} round {round_ + 1}/{settings.reps} {mount.config.key} {job.label}"
     if point.failed:
-        progress.step(f"{where}: skipped (failed before)")
+        progress.step(f"{where}: skipped (failed before)", ran=False)
         return
-    result = measure_job(mount, job, settings, matrix, round_)
+    result = measure_job(mount, job, part, settings, matrix, round_)
     point.add(round_, result)
     outcome = result.error or (f"{result.iops / 1000:.1f}k IOPS, {result.bw / MiB:.0f} MiB/s, "
                                f"others used {result.foreign_cpu or 0:.0%} of a CPU")
@@ -662,7 +845,7 @@ class Sensitivity:
 
 
 def run_sensitivity(ws: Workspace, configs: Sequence[Config], settings: Settings) -> Sensitivity:
-    sens = Sensitivity(JOBS[0])
+    sens = Sensitivity(COMPARE_JOBS[0])
     for config in configs:
         with Mount(config, ws) as mount:
             target = mount.path / FILE_NAME
@@ -730,7 +913,7 @@ def run_profile(ws: Workspace, config: Config, job: Job, settings: Settings) -> 
     with Mount(config, ws) as mount:
         read_through(mount.path / FILE_NAME)
         assert mount.pid is not None
-        spy_cmd = [str(pyspy), "record", "-p", str(mount.pid), "-d", str(settings.runtime + 1), "-r", "250",
+        spy_cmd = [str(pyspy), "record", "-p", str(mount.pid), "-d", str(int(settings.runtime) + 2), "-r", "250",
                    "-f", "raw", "--nonblocking", "-o", str(out)]
         spy = subprocess.Popen(spy_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -871,19 +1054,26 @@ class Report:
     """Everything BENCHMARKS.md says; render_report is a pure function of it."""
 
     settings: Settings
-    configs: list[Config]
-    matrix: Matrix
     machine: dict[str, str]
     versions: dict[str, str]
-    example: ExampleSource | None
     started: str
+    example: ExampleSource | None = None
+    matrix: Matrix = field(default_factory=Matrix)  # the direct=1 matrix
+    compare: Matrix = field(default_factory=Matrix)  # the pass-through comparison
     elapsed_s: float = 0.0
     rss: RssResult | None = None
     sensitivity: Sensitivity | None = None
     profiles: list[Profile | str] = field(default_factory=list)
-    mount_commands: dict[str, str] = field(default_factory=dict)
+    mount_commands: dict[str, str] = field(default_factory=dict)  # "part/config" -> command line
     digests: tuple[str, str] = ("", "")  # source_digest() at the start and at the end
     background: tuple[float, float] = (0.0, 0.0)  # others' CPU at the start, seconds waited for quiet
+    charts: list[tuple[str, str]] = field(default_factory=list)  # (alt text, path relative to the report)
+
+    def results(self, part: Part) -> Matrix:
+        return self.matrix if part.key == MATRIX.key else self.compare
+
+    def ran(self, part: Part) -> bool:
+        return part.key in self.settings.parts and bool(self.results(part).points)
 
 
 def fmt_iops(value: float) -> str:
@@ -898,28 +1088,33 @@ def fmt_point(values: Sequence[float], scale: float = 1.0, iops: bool = True) ->
     return f"{f(s[0])} ({f(s[1])}..{f(s[2])})" if len(values) > 1 else f(s[0])
 
 
+def median_iops(point: Point | None) -> float | None:
+    return statistics.median(point.iops()) if point and point.iops() else None
+
+
 def cell(point: Point | None, iops: bool = True) -> str:
     if point is None:
         return "-"
     if point.failed:
-        return "**crashed**" if "mount died" in point.failures[0] else "**failed**"
+        return "**crashed**" if point.crashed else "**failed**"
     text = fmt_point(point.iops(), iops=True) if iops else fmt_point(point.bw(), scale=MiB, iops=False)
     return text + (" †" if point.busy() else "")
 
 
-def results_table(report: Report, iops: bool) -> list[str]:
-    head = "| job | " + " | ".join(c.key for c in report.configs) + " |"
-    lines = [head, "|" + "---|" * (len(report.configs) + 1)]
-    for job in JOBS:
-        cells = [cell(report.matrix.points.get((c.key, job.name)), iops) for c in report.configs]
+def results_table(report: Report, part: Part, iops: bool) -> list[str]:
+    head = "| job | " + " | ".join(c.key for c in part.configs) + " |"
+    lines = [head, "|" + "---|" * (len(part.configs) + 1)]
+    points = report.results(part).points
+    for job in part.jobs:
+        cells = [cell(points.get((c.key, job.name)), iops) for c in part.configs]
         lines.append(f"| {job.label} | " + " | ".join(cells) + " |")
     return lines
 
 
 def ratio_rows(points: dict[tuple[str, str], Point], subject: str) -> list[tuple[Job, str, Ratio | None]]:
-    """(job, baseline, ratio) for every job and both example configurations, in table order."""
+    """(job, baseline, ratio) for every comparison job and both example configurations, in table order."""
     rows = []
-    for job in JOBS:
+    for job in COMPARE_JOBS:
         for base in (BASELINE, BASELINE_1S):
             sp, bp = points.get((subject, job.name)), points.get((base, job.name))
             rows.append((job, base, ratio(sp, bp) if sp and bp else None))
@@ -928,7 +1123,7 @@ def ratio_rows(points: dict[tuple[str, str], Point], subject: str) -> list[tuple
 
 def ratio_table(report: Report, subject: str) -> list[str]:
     lines = [f"| job | {subject} / {BASELINE} | {subject} / {BASELINE_1S} |", "|---|---|---|"]
-    rows = ratio_rows(report.matrix.points, subject)
+    rows = ratio_rows(report.compare.points, subject)
     for i in range(0, len(rows), 2):
         job = rows[i][0]
         lines.append(f"| {job.label} | {fmt_ratio(rows[i][2])} | {fmt_ratio(rows[i + 1][2])} |")
@@ -944,14 +1139,82 @@ def fmt_ratio(r: Ratio | None) -> str:
     return f"{r.median:.2f}x ({r.lo:.2f}..{r.hi:.2f}) {verdict}"
 
 
+MATRIX_RATIOS: tuple[tuple[str, str], ...] = (
+    (MATRIX_NONE, NODIRECT), (MATRIX_NONE, NULL), ("tmemfs-tmem", MATRIX_NONE), ("tmemfs-zcache", MATRIX_NONE),
+    ("tmemfs-dedup", MATRIX_NONE), ("tmemfs-tmem", NULL),
+)
+
+
+def plain_ratio(points: dict[tuple[str, str], Point], subject: str, base: str, job: Job) -> str:
+    """'1.23x (1.10..1.30)', or why there is none."""
+    sp, bp = points.get((subject, job.name)), points.get((base, job.name))
+    for key, p in ((base, bp), (subject, sp)):
+        if p is None or (not p.failed and not p.by_round):
+            return "-"
+        if p.failed:
+            return f"n/a ({key} {'crashed' if p.crashed else 'failed'})"
+    assert sp is not None and bp is not None
+    r = ratio(sp, bp)
+    if r is None:
+        return "-"
+    return f"{r.median:.2f}x ({r.lo:.2f}..{r.hi:.2f})" if r.lo != r.hi else f"{r.median:.2f}x"
+
+
+def matrix_ratio_table(report: Report) -> list[str]:
+    pts = report.matrix.points
+    lines = ["| job | " + " | ".join(f"{s} / {b}" for s, b in MATRIX_RATIOS) + " |",
+             "|" + "---|" * (len(MATRIX_RATIOS) + 1)]
+    for job in MATRIX_JOBS:
+        lines.append(f"| {job.label} | " + " | ".join(plain_ratio(pts, s, b, job) for s, b in MATRIX_RATIOS) + " |")
+    return lines
+
+
 def misses(points: dict[tuple[str, str], Point]) -> list[tuple[Job, str, Ratio]]:
     return [(j, b, r) for j, b, r in ratio_rows(points, SUBJECT) if r is not None and not r.meets]
 
 
-def summary_lines(report: Report) -> list[str]:
-    judged = [r for _, _, r in ratio_rows(report.matrix.points, SUBJECT) if r is not None]
-    missed = misses(report.matrix.points)
-    lines = [f"* Target: {SUBJECT} IOPS >= {TARGET}x the pyfuse3 example's in every job the example survives."]
+def failed_combinations(part: Part, matrix: Matrix) -> list[tuple[Config, list[Job], str]]:
+    """(configuration, jobs, first message) for every configuration with a failed point."""
+    out = []
+    for config in part.configs:
+        jobs = [j for j in part.jobs if (p := matrix.points.get((config.key, j.name))) and p.failed]
+        if jobs:
+            first = matrix.points[(config.key, jobs[0].name)]
+            out.append((config, jobs, "crashed (the mount died)" if first.crashed else "failed"))
+    return out
+
+
+def job_list(part: Part, jobs: Sequence[Job]) -> str:
+    return "every job" if len(jobs) == len(part.jobs) else ", ".join(j.label for j in jobs)
+
+
+def matrix_summary(report: Report) -> list[str]:
+    if not report.ran(MATRIX):
+        return ["* The fio matrix was not run (--parts)."]
+    pts = report.matrix.points
+    total = len(MATRIX.configs) * len(MATRIX.jobs)
+    measured = sum(1 for p in pts.values() if p.by_round and not p.failed)
+    lines = [f"* fio matrix, direct=1: {len(WORKLOADS)} workloads x (QD1 psync, libaio QD16) = {len(MATRIX.jobs)} "
+             f"jobs on {len(MATRIX.configs)} configurations: {measured} of {total} combinations measured."]
+    for config, jobs, what in failed_combinations(MATRIX, report.matrix):
+        evidence = report.matrix.crashes.get((config.key, jobs[0].name), "")
+        lines.append(f"* **Cannot run: {config.key}** ({config.label}) {what} on {job_list(MATRIX, jobs)}"
+                     + (f": `{evidence}`" if evidence else "") + "; shown as such in the tables.")
+    for job in (j for j in MATRIX_JOBS if j.workload.key == "4k-randread"):
+        vals = [(k, median_iops(pts.get((k, job.name)))) for k in (NULL, MATRIX_NONE, "tmemfs-tmem", NODIRECT)]
+        known = [f"{k} {fmt_iops(v)}" for k, v in vals if v is not None]
+        if known:
+            lines.append(f"* {job.label}, IOPS (median): " + ", ".join(known) + ".")
+    return lines
+
+
+def compare_summary(report: Report) -> list[str]:
+    if not report.ran(COMPARE):
+        return ["* The pass-through comparison was not run (--parts)."]
+    judged = [r for _, _, r in ratio_rows(report.compare.points, SUBJECT) if r is not None]
+    missed = misses(report.compare.points)
+    lines = [f"* Pass-through comparison (direct=0): target {SUBJECT} IOPS >= {TARGET}x the pyfuse3 example's "
+             "in every job the example survives."]
     if not judged:
         lines.append("* No job could be compared (the example failed everywhere).")
     elif missed:
@@ -959,15 +1222,23 @@ def summary_lines(report: Report) -> list[str]:
                      + "; ".join(f"{j.label} vs {b} = {r.median:.2f}x" for j, b, r in missed) + ".")
     else:
         lines.append(f"* Target met in all {len(judged)} comparisons.")
-    crashed = sorted({job for (cfg, job) in report.matrix.crashes if cfg in (BASELINE, BASELINE_1S)})
+    crashed = [j.label for j in COMPARE_JOBS if (p := report.compare.points.get((BASELINE, j.name))) and p.crashed]
+    in_matrix = [j for j in MATRIX_JOBS if (p := report.matrix.points.get((BASELINE, j.name))) and p.crashed]
+    if len(in_matrix) == len(MATRIX_JOBS):
+        crashed.append("every job of the fio matrix (direct=1)")
+    else:
+        crashed += [j.label for j in in_matrix]
     if crashed:
-        labels = [j.label for j in JOBS if j.name in crashed]
-        lines.append(f"* The pyfuse3 example crashes (mount dies) on: {', '.join(labels)}.")
-    others = sorted({cfg for (cfg, _job), p in report.matrix.points.items()
-                     if p.failed and cfg not in (BASELINE, BASELINE_1S)})
+        lines.append(f"* The pyfuse3 example as shipped crashes (mount dies) on: {', '.join(crashed)}.")
+    others = [c.key for c, _, _ in failed_combinations(COMPARE, report.compare) if c.kind != "example"]
     if others:
         lines.append(f"* **Failed or crashed: {', '.join(others)}** (see \"Crashes and failures\").")
-    runs = all_runs(report.matrix)
+    return lines
+
+
+def summary_lines(report: Report) -> list[str]:
+    lines = [*matrix_summary(report), *compare_summary(report)]
+    runs = all_runs(report.matrix) + all_runs(report.compare)
     busy = [r for r in runs if (r.foreign_cpu or 0) > BUSY]
     if busy:
         lines.append(f"* The machine was shared: in {len(busy)} of {len(runs)} runs other processes used more than "
@@ -980,31 +1251,72 @@ def summary_lines(report: Report) -> list[str]:
         r = report.rss
         lines.append(f"* RSS with a full {RSS_CACHE // MiB} MiB page cache: {r.rss_full / MiB:.1f} MiB, "
                      f"limit {r.limit / MiB:.1f} MiB: {'ok' if r.ok else '**OVER THE LIMIT**'}.")
+    if report.settings.quick:
+        lines.append("* **Quick mode**: one short run per point; the numbers show that everything runs, "
+                     "not how fast.")
     return lines
+
+
+def runs_line(s: Settings) -> str:
+    return (f"* {s.reps} run(s) of {fmt_seconds(s.runtime)} per point ({'--quick' if s.quick else 'normal mode'}), "
+            "taken in interleaved rounds: round 1 of every configuration, then round 2, and so on; "
+            "each configuration is mounted afresh for each round. Cells show the median and (min..max).")
+
+
+def matrix_method_lines(report: Report) -> list[str]:
+    s = report.settings
+    return [
+        f"* Read jobs use `{TEXT_NAME}`, {FILE_SIZE // MiB} MiB of text-like data (the plain-text corpus of "
+        f"tools/bench_backends.py, about 2x compressible); write jobs use `{RW_NAME}`, a fresh copy of it made "
+        "in SRC before every mount (never while mounted), so every round and configuration writes over the same "
+        "data. fio's own write buffers are random (incompressible).",
+        runs_line(s),
+        "* After each mount, each file is read once through it before its first job (warm-up: fills tmemfs's "
+        "cleancache with what its page cache evicts); on a mount the jobs run in the order of the table, reads "
+        "first, then the writes.",
+        f"* tmemfs: `-o {matrix_options('<backend>')}`: the page cache holds a quarter of a file, so most reads "
+        f"are page-cache misses that go to the backend, or (cleancache=none, or a backend miss) to the disk.",
+        "* IOPS and bandwidth count reads and writes together (randrw: both directions).",
+        "* Ratios (next table): median IOPS over median IOPS, with the min..max of the per-round ratios.",
+        "* Where each configuration's reads of SRC come from (Backing reads):", "",
+        "| configuration | backing reads |", "|---|---|",
+        *[f"| {c.key} | {c.backing} |" for c in MATRIX.configs], "",
+        f"* The null file system is mounted like tmemfs: `pyfuse3.main(max_tasks=1)` (its handlers never wait), "
+        f"entry_timeout and attr_timeout {TMEMFS_TIMEOUT_S} s, files opened with `direct_io` (every read(2) "
+        "reaches the daemon), fuse options default_permissions, fsname=nullfs, subtype=nullfs. Reads answer "
+        "zeros from a preallocated buffer, writes are accepted and discarded: what is left is the FUSE round trip "
+        "and pyfuse3's own work, the ceiling of one pyfuse3 process.",
+    ]
+
+
+def compare_method_lines(report: Report) -> list[str]:
+    s = report.settings
+    return [
+        f"* Test file: `{FILE_NAME}`, {FILE_SIZE // MiB} MiB of random bytes in SRC (ext4); tmemfs "
+        f"cache_size={CACHE_SIZE}, so the working set fits every cache involved (host page cache, tmemfs page "
+        "cache).",
+        runs_line(s),
+        "* After each mount the file is read once through it (warm-up) before the first job.",
+        "* fio runs with `--invalidate=0`. fio's default (1) calls posix_fadvise(DONTNEED) on the file "
+        "at the start of every pass over it, which would discard the warm-up and make the native "
+        "direct=0 jobs read the disk; see \"fio's --invalidate\" below for what the default changes.",
+        "* Ratios: median IOPS over median IOPS; the range is the min..max of the per-round ratios. "
+        f"`ok` means >= {TARGET}x. The direct=1 versions of these jobs are in the fio matrix.",
+    ]
 
 
 def method_lines(report: Report) -> list[str]:
     s = report.settings
     return [
-        f"* Test file: {FILE_SIZE // MiB} MiB of random bytes in SRC (ext4); tmemfs cache_size={CACHE_SIZE}, "
-        "so the working set fits every cache involved (host page cache, tmemfs page cache).",
-        f"* {s.reps} run(s) of {s.runtime} s per point ({'--quick' if s.quick else 'normal mode'}), "
-        "taken in interleaved rounds: round 1 of every configuration, then round 2, and so on; "
-        "each configuration is mounted afresh for each round. Cells show the median and (min..max).",
-        "* Before every fio run the whole file is read once through the mount under test (warm-up).",
-        "* fio runs with `--invalidate=0`. fio's default (1) calls posix_fadvise(DONTNEED) on the file "
-        "at the start of every pass over it, which would discard the warm-up and make the native "
-        "direct=0 jobs read the disk; see \"fio's --invalidate\" below for what the default changes.",
         f"* Before the first run other processes used {report.background[0]:.0%} of a CPU "
         f"(after waiting {report.background[1]:.0f} s, at most {s.wait_quiet_s:.0f} s, for them to drop below "
         f"{BUSY:.0%}).",
-        *noise_lines(report.matrix),
-        "* Ratios: median IOPS over median IOPS; the range is the min..max of the per-round ratios. "
-        f"`ok` means >= {TARGET}x. A job whose run failed once (crash or fio error) is not repeated "
-        "on that configuration.",
-        f"* The example is started as `{Path(sys.executable).name} passthroughfs.py SRC MNT` (foreground "
-        "subprocess in its own session), considered up when MNT appears in /proc/self/mountinfo, stopped "
-        "with `fusermount3 -u`, and restarted when a job killed it.",
+        *noise_lines(report.matrix, "matrix"), *noise_lines(report.compare, "pass-through comparison"),
+        "* A job whose run failed once (crash or fio error) is not repeated on that configuration.",
+        f"* The example and the null file system are started as `{Path(sys.executable).name} SCRIPT ...` "
+        "(foreground subprocess in its own session), considered up when MNT appears in /proc/self/mountinfo, "
+        "stopped with `fusermount3 -u`, and restarted when a job killed them. tmemfs daemonizes once its mount "
+        "is live. Every mount is undone in a `finally`, also on Ctrl-C.",
     ]
 
 
@@ -1012,7 +1324,7 @@ def all_runs(matrix: Matrix) -> list[FioResult]:
     return [r for p in matrix.points.values() for r in p.by_round.values() if r.foreign_cpu is not None]
 
 
-def noise_lines(matrix: Matrix) -> list[str]:
+def noise_lines(matrix: Matrix, what: str = "") -> list[str]:
     """How much of the machine others used while fio ran (from /proc/stat minus fio's and the daemon's CPU)."""
     runs = all_runs(matrix)
     if not runs:
@@ -1020,44 +1332,44 @@ def noise_lines(matrix: Matrix) -> list[str]:
     foreign = [r.foreign_cpu or 0.0 for r in runs]
     steal = [r.steal or 0.0 for r in runs]
     busy = sum(f > BUSY for f in foreign)
-    return [f"* CPU used by other processes during each run (machine busy time from /proc/stat minus the CPU "
-            f"time of fio and of the daemon under test, in CPUs): median {statistics.median(foreign):.0%}, "
+    where = f" ({what})" if what else ""
+    return [f"* CPU used by other processes during each run{where} (machine busy time from /proc/stat minus the "
+            f"CPU time of fio and of the daemon under test, in CPUs): median {statistics.median(foreign):.0%}, "
             f"max {max(foreign):.0%}; hypervisor steal: median {statistics.median(steal):.0%}, "
             f"max {max(steal):.0%}. † marks a point with a run where others used more than {BUSY:.0%} of a "
             f"CPU ({busy} of {len(runs)} runs, after {matrix.retried} busy runs were measured again at the end "
             f"and {matrix.replaced} of them replaced by the quieter re-run)."]
 
 
-def config_table(report: Report) -> list[str]:
+def config_table(report: Report, part: Part) -> list[str]:
     lines = ["| key | what | how it is mounted |", "|---|---|---|"]
-    for c in report.configs:
-        how = report.mount_commands.get(c.key, "")
+    for c in part.configs:
+        how = report.mount_commands.get(f"{part.key}/{c.key}", "")
         lines.append(f"| {c.key} | {c.label} | `{how}` |" if how else f"| {c.key} | {c.label} | - |")
     return lines
 
 
 def crash_lines(report: Report) -> list[str]:
-    if not report.matrix.crashes:
-        failed = failure_lines(report.matrix)
+    crashes = [(part, key, job, ev) for part in PARTS.values()
+               for (key, job), ev in sorted(report.results(part).crashes.items())]
+    failed = [line for part in PARTS.values() for line in failure_lines(part, report.results(part))]
+    if not crashes:
         return ["No mount died during a run.", "", *failed] if failed else ["Nothing crashed or failed."]
-    lines = ["| configuration | job | what the daemon logged last |", "|---|---|---|"]
-    by_name = {j.name: j for j in JOBS}
-    for (cfg, job), evidence in sorted(report.matrix.crashes.items()):
-        label = by_name[job].label if job in by_name else job
-        lines.append(f"| {cfg} | {label} | `{evidence.replace('|', '/')}` |")
-    return [*lines, "", "Every failed point, as fio and the bench saw it:", "", *failure_lines(report.matrix)]
+    lines = ["| part | configuration | job | what the daemon logged last |", "|---|---|---|---|"]
+    for part, key, job, evidence in crashes:
+        label = ALL_JOBS[job].label if job in ALL_JOBS else job
+        lines.append(f"| {part.key} | {key} | {label} | `{evidence.replace('|', '/')}` |")
+    return [*lines, "", "Every failed point, as fio and the bench saw it:", "", *failed]
 
 
-def failure_lines(matrix: Matrix) -> list[str]:
-    """One line per configuration and distinct message (a failed mount fails all six jobs alike)."""
-    by_msg: dict[tuple[str, str], list[str]] = {}
-    by_name = {j.name: j.label for j in JOBS}
+def failure_lines(part: Part, matrix: Matrix) -> list[str]:
+    """One line per configuration and distinct message (a failed mount fails all jobs alike)."""
+    by_msg: dict[tuple[str, str], list[Job]] = {}
     for (cfg, job), p in matrix.points.items():
-        if p.failed:
+        if p.failed and job in ALL_JOBS:
             msg = re.sub(r"^round \d+: ", "", p.failures[0])
-            by_msg.setdefault((cfg, msg), []).append(by_name.get(job, job))
-    return [f"* {cfg}, {', '.join(jobs) if len(jobs) < len(JOBS) else 'every job'}: {msg}"
-            for (cfg, msg), jobs in by_msg.items()]
+            by_msg.setdefault((cfg, msg), []).append(ALL_JOBS[job])
+    return [f"* {part.key}, {cfg}, {job_list(part, jobs)}: {msg}" for (cfg, msg), jobs in by_msg.items()]
 
 
 def sensitivity_lines(report: Report) -> list[str]:
@@ -1065,11 +1377,10 @@ def sensitivity_lines(report: Report) -> list[str]:
     if sens is None:
         return ["Not measured in this run (skipped in --quick mode)."]
     lines = [f"Same job ({sens.job.label}), one run each, fio's default `--invalidate=1`:", "",
-             "| configuration | IOPS with --invalidate=1 | others' CPU during it | main-matrix median "
+             "| configuration | IOPS with --invalidate=1 | others' CPU during it | main-table median "
              "(--invalidate=0) |", "|---|---|---|---|"]
     for key, res in sens.results.items():
-        main = report.matrix.points.get((key, sens.job.name))
-        main_txt = fmt_iops(statistics.median(main.iops())) if main and main.iops() else "-"
+        main_txt = fmt_iops(m) if (m := median_iops(report.compare.points.get((key, sens.job.name)))) else "-"
         lines.append(f"| {key} | {res.error or fmt_iops(res.iops)} | {res.foreign_cpu or 0:.0%} | {main_txt} |")
     lines += ["", "With `--invalidate=1` every pass over the file starts with the FUSE inode's page cache "
               "dropped, so the example's timeouts stop mattering much and all FUSE configurations measure "
@@ -1080,7 +1391,7 @@ def sensitivity_lines(report: Report) -> list[str]:
 
 def profile_lines(report: Report) -> list[str]:
     if not report.profiles:
-        return [f"Not run: {SUBJECT} met the target everywhere, or profiling was turned off."]
+        return [f"Not run: {SUBJECT} met the target everywhere, or profiling was turned off (--no-profile, --quick)."]
     lines: list[str] = []
     for prof in report.profiles:
         if isinstance(prof, str):
@@ -1115,62 +1426,68 @@ def example_lines(report: Report) -> list[str]:
     if ex is None:
         return ["The example was not fetched."]
     how = "downloaded by this run" if ex.downloaded else "taken from the cache of an earlier download"
-    return [
-        f"Baseline: `{EXAMPLE_MEMBER}` from `{ex.sdist.name}` (sha256 `{ex.sha256}`), {how} with:", "",
+    lines = [
+        f"Baseline: `{EXAMPLE_MEMBER}` from `{Path(ex.sdist).name}` (sha256 `{ex.sha256}`), {how} with:", "",
         f"    {ex.pip_command}", "",
-        f"`{BASELINE}` runs it unmodified. It has no option for its timeouts (argparse: source, mountpoint, "
-        f"--debug, --debug-fuse, --enable-writeback-cache), so `{BASELINE_1S}` runs a copy patched at run "
-        f"time: the two assignments in `_getattr` that set entry_timeout and attr_timeout to 0 now set "
-        f"them to {TMEMFS_TIMEOUT_S} (tmemfs's defaults). Nothing else differs:", "",
-        "```diff", ex.diff.rstrip("\n"), "```",
+        f"`{BASELINE}` runs it unmodified. Two copies are patched at run time, each where the stock example "
+        "cannot do what is measured; nothing else differs:", "",
+        f"* `{BASELINE_1S}` (pass-through comparison): it has no option for its timeouts (argparse: source, "
+        "mountpoint, --debug, --debug-fuse, --enable-writeback-cache), so the two assignments in `_getattr` that "
+        f"set entry_timeout and attr_timeout to 0 set them to {TMEMFS_TIMEOUT_S} (tmemfs's defaults).",
+        f"* `{NODIRECT}` (matrix): it cannot run with direct=1: `open` and `create` pass the caller's flags, "
+        "O_DIRECT included, to the backing `os.open`, and the `os.read` into an unaligned Python buffer then fails "
+        "with EINVAL, which ends pyfuse3.main (the mount dies). The copy drops O_DIRECT there, so its backing "
+        "reads and writes are buffered (host page cache).",
     ]
+    for variant, diff in ex.diffs.items():
+        lines += ["", f"`passthroughfs-{variant}.py`:", "", "```diff", diff.rstrip("\n"), "```"]
+    return lines
 
 
 def interpretation_lines(report: Report) -> list[str]:
-    """Facts that explain the numbers, computed from them rather than asserted."""
-    pts = report.matrix.points
+    """Facts that explain the pass-through comparison, computed from the numbers rather than asserted."""
+    pts = report.compare.points
     lines = []
-    job = JOBS[0]
-    nat, ex1 = pts.get(("native", job.name)), pts.get((BASELINE_1S, job.name))
-    sub, kc = pts.get((SUBJECT, job.name)), pts.get(("tmemfs-none-kc", job.name))
-    if ex1 and ex1.iops() and sub and sub.iops():
+    job = COMPARE_JOBS[0]
+    nat, ex1 = median_iops(pts.get(("native", job.name))), median_iops(pts.get((BASELINE_1S, job.name)))
+    sub, ex0 = median_iops(pts.get((SUBJECT, job.name))), median_iops(pts.get((BASELINE, job.name)))
+    if ex1 and sub:
         lines.append(
             f"* With a {TMEMFS_TIMEOUT_S} s attr_timeout the example's direct=0 reads are kernel page-cache hits "
-            f"that never reach Python ({fmt_iops(statistics.median(ex1.iops()))} IOPS for {job.label}"
-            + (f", native: {fmt_iops(statistics.median(nat.iops()))}" if nat and nat.iops() else "")
+            f"that never reach Python ({fmt_iops(ex1)} IOPS for {job.label}"
+            + (f", native: {fmt_iops(nat)}" if nat else "")
             + f"). tmemfs opens files with direct_io unless `kernel_cache` is given, so every read(2) is a "
-            f"FUSE round trip into Python ({fmt_iops(statistics.median(sub.iops()))} IOPS).")
-    if kc and kc.iops():
-        lines.append(f"* `tmemfs-none-kc` (extra row, `kernel_cache`) shows what tmemfs reaches with the kernel "
-                     f"page cache on: {fmt_iops(statistics.median(kc.iops()))} IOPS for {job.label}.")
-    ex0 = pts.get((BASELINE, job.name))
-    if ex0 and ex0.iops():
+            f"FUSE round trip into Python ({fmt_iops(sub)} IOPS).")
+    if ex0:
         lines.append(f"* The stock example (timeouts 0) pays a GETATTR round trip before every read(2) even "
-                     f"though the data comes from the kernel page cache: "
-                     f"{fmt_iops(statistics.median(ex0.iops()))} IOPS for {job.label}.")
-    seq = JOBS[2]
-    ex_seq, sub_seq = pts.get((BASELINE, seq.name)), pts.get((SUBJECT, seq.name))
-    if ex_seq and ex_seq.iops() and sub_seq and sub_seq.iops():
+                     f"though the data comes from the kernel page cache: {fmt_iops(ex0)} IOPS for {job.label}.")
+    seq = COMPARE_JOBS[2]
+    ex_seq, sub_seq = median_iops(pts.get((BASELINE, seq.name))), median_iops(pts.get((SUBJECT, seq.name)))
+    if ex_seq and sub_seq:
         lines.append(f"* {seq.label}: the stock example answers one GETATTR per read(2) and the kernel copies the "
-                     f"data from its own page cache ({fmt_iops(statistics.median(ex_seq.iops()))} IOPS); tmemfs "
-                     f"assembles 32 cached pages in Python and sends 128 KiB through /dev/fuse per request "
-                     f"({fmt_iops(statistics.median(sub_seq.iops()))} IOPS).")
+                     f"data from its own page cache ({fmt_iops(ex_seq)} IOPS); tmemfs assembles 32 cached pages in "
+                     f"Python and sends 128 KiB through /dev/fuse per request ({fmt_iops(sub_seq)} IOPS).")
     lines.append("* The machine is shared and noisy (10-20% run to run when quiet, far more when other jobs run: "
-                 "see † and the CPU line under Method): compare ratios, and mind the ranges.")
+                 "see † and the CPU lines under Method): compare ratios, and mind the ranges.")
     return lines
 
 
-def command_lines(matrix: Matrix) -> list[str]:
-    """The main matrix's fio lines, grouped by the configurations that ran them."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for cmd, users in matrix.commands.items():
-        groups.setdefault(tuple(users), []).append(cmd)
-    lines = []
-    for keys, cmds in groups.items():
-        lines += [f"On {', '.join(keys)}:", "", "```", *cmds, "```", ""]
-    lines.append("The profiles below ran the same lines on tmemfs-none; the `--invalidate=1` lines are listed in "
-                 "their own section.")
+def command_lines(report: Report) -> list[str]:
+    """Every fio line of both parts, grouped by the configurations that ran them."""
+    lines: list[str] = []
+    for part in PARTS.values():
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for cmd, users in report.results(part).commands.items():
+            groups.setdefault(tuple(users), []).append(cmd)
+        for keys, cmds in groups.items():
+            lines += [f"{part.title}, on {', '.join(keys)}:", "", "```", *cmds, "```", ""]
+    lines.append("The profiles ran the pass-through comparison's lines on tmemfs; the `--invalidate=1` lines are "
+                 "listed in their own section.")
     return lines
+
+
+def chart_lines(report: Report, part: Part) -> list[str]:
+    return [f"![{alt}]({path})" for alt, path in report.charts if Path(path).name == chart_name(part)]
 
 
 def render_report(report: Report) -> str:
@@ -1180,71 +1497,225 @@ def render_report(report: Report) -> str:
         f"Generated by `python -m tools.bench{' --quick' if s.quick else ''}` on {report.started}; "
         f"the whole run took {report.elapsed_s / 60:.1f} min.", "",
         "## Summary", "", *summary_lines(report), "",
-        "## Ratios (IOPS, same run)", "", *ratio_table(report, SUBJECT), "",
-    ]
-    if any(c.key == "tmemfs-none-kc" for c in report.configs):
-        out += ["Extra, informational: the same ratios for tmemfs with `kernel_cache`:", "",
-                *ratio_table(report, "tmemfs-none-kc"), ""]
-    out += [
-        "## What the numbers mean", "", *interpretation_lines(report), "",
-        "## IOPS: median (min..max)", "", *results_table(report, iops=True), "",
-        "## Bandwidth, MiB/s: median (min..max)", "", *results_table(report, iops=False), "",
-        "## Configurations", "", *config_table(report), "",
-        "## Method", "", *method_lines(report), "",
+        "## fio matrix (direct=1): IOPS, median (min..max)", "", *results_table(report, MATRIX, True), "",
+        *chart_lines(report, MATRIX), "",
+        "## fio matrix: ratios (IOPS, same run)", "", *matrix_ratio_table(report), "",
+        "## fio matrix: bandwidth, MiB/s, median (min..max)", "", *results_table(report, MATRIX, False), "",
+        "## fio matrix: configurations and method", "", *config_table(report, MATRIX), "",
+        *matrix_method_lines(report), "",
+        "## Pass-through comparison (direct=0): ratios (IOPS, same run)", "", *ratio_table(report, SUBJECT), "",
+        "## Pass-through comparison: what the numbers mean", "", *interpretation_lines(report), "",
+        "## Pass-through comparison: IOPS, median (min..max)", "", *results_table(report, COMPARE, True), "",
+        *chart_lines(report, COMPARE), "",
+        "## Pass-through comparison: bandwidth, MiB/s, median (min..max)", "",
+        *results_table(report, COMPARE, False), "",
+        "## Pass-through comparison: configurations and method", "", *config_table(report, COMPARE), "",
+        *compare_method_lines(report), "",
+        "## Method (both parts)", "", *method_lines(report), "",
         "## Crashes and failures", "", *crash_lines(report), "",
-        "## Where tmemfs's time goes (profile of the jobs it lost)", "", *profile_lines(report), "",
+        "## Where tmemfs's time goes (profile of the comparison jobs it lost)", "", *profile_lines(report), "",
         "## fio's --invalidate", "", *sensitivity_lines(report), "",
         "## Resident memory", "", *rss_lines(report), "",
-        "## The baseline and the patched example", "", *example_lines(report), "",
+        "## The baseline and the patched examples", "", *example_lines(report), "",
         "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in report.machine.items()], "",
         "## Versions", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in report.versions.items()], "",
-        "## fio command lines, exactly as run", "", *command_lines(report.matrix), "",
-        "Raw fio JSON of every run and the daemons' logs are kept under `bench-results/run/` "
-        "(not committed).", "",
+        "## fio command lines, exactly as run", "", *command_lines(report), "",
+        "Raw fio JSON of every run, the daemons' logs and the run's numbers (`report.json`, for `--from-json`) "
+        "are kept under `bench-results/run/` (not committed).", "",
     ]
-    return "\n".join(out)
+    text = "\n".join(out)
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def write_report(out: Path, text: str) -> None:
+    """Replace everything before the backends markers; tools/bench_backends.py owns what is between them."""
+    old = out.read_text() if out.exists() else ""
+    if BEGIN in old and END in old:
+        text = text.rstrip("\n") + "\n\n" + old[old.index(BEGIN):]
+    out.write_text(text)
+
+
+# -- charts ----------------------------------------------------------------------------------
+
+
+def chart_name(part: Part) -> str:
+    return f"{part.key}-iops.png"
+
+
+def make_chart(report: Report, part: Part, path: Path) -> None:
+    """IOPS per configuration and workload: one panel per engine/queue depth, one bar per configuration."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    matrix, s = report.results(part), report.settings
+    engines = list(dict.fromkeys(j.engine for j in part.jobs))
+    widths = [len([j for j in part.jobs if j.engine == e]) for e in engines]
+    rows = -(-(len(part.configs) + 1) // 2)  # legend rows, two entries each
+    fig, axes = plt.subplots(1, len(engines), figsize=(13, 5.0 + 0.25 * rows), sharey=True, squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    cmap = plt.get_cmap("tab10")
+    keys = dict.fromkeys(c.key for p in PARTS.values() for c in p.configs)  # one colour per key in every chart
+    colors = {key: cmap(i % 10) for i, key in enumerate(keys)}
+    n = len(part.configs)
+    width = 0.84 / n
+    for ax, engine in zip(axes[0], engines, strict=True):
+        jobs = [j for j in part.jobs if j.engine == engine]
+        for i, config in enumerate(part.configs):
+            for g, job in enumerate(jobs):
+                x = g + (i - (n - 1) / 2) * width
+                p = matrix.points.get((config.key, job.name))
+                if p is not None and p.failed:
+                    ax.plot([x], [0.03], marker="x", color="red", markersize=7, transform=ax.get_xaxis_transform())
+                    ax.text(x, 0.07, "crashed" if p.crashed else "failed", rotation=90, fontsize=7, color="red",
+                            ha="center", va="bottom", transform=ax.get_xaxis_transform())
+                elif p is not None and p.iops():
+                    med, lo, hi = spread(p.iops())  # type: ignore[misc]
+                    ax.bar([x], [med], width, color=colors[config.key], yerr=[[med - lo], [hi - med]],
+                           error_kw={"elinewidth": 0.8, "capsize": 1.5})
+        ax.set_xticks(range(len(jobs)), [textwrap.fill(j.workload.label, 12) for j in jobs], fontsize=9)
+        ax.set_xlim(-0.5, len(jobs) - 0.5)
+        ax.set_yscale("log")
+        ax.grid(axis="y", which="major", alpha=0.3)
+        ax.set_title(f"{engine}, direct={jobs[0].direct}", fontsize=10)
+        ax.set_xlabel("fio workload")
+    axes[0][0].set_ylabel("IOPS, reads + writes (median; whiskers min..max; log scale)")
+    handles: list[Any] = [plt.Rectangle((0, 0), 1, 1, color=colors[c.key]) for c in part.configs]
+    labels = [f"{c.key}: {c.label}" for c in part.configs]
+    handles.append(Line2D([], [], marker="x", color="red", linestyle=""))
+    labels.append("cannot run (crashed / failed)")
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    mode = "quick mode, " if s.quick else ""
+    fig.suptitle(f"{part.title}: fio IOPS per configuration and workload\n"
+                 f"{mode}{s.reps} run(s) of {fmt_seconds(s.runtime)} per bar, {FILE_SIZE // MiB} MiB file, "
+                 f"{report.started}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.01 + 0.032 * rows, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def make_charts(report: Report, out: Path) -> list[tuple[str, str]]:
+    """The charts of every part that ran, in docs/bench/ next to the report; (alt, relative path)."""
+    made: list[tuple[str, str]] = []
+    for part in PARTS.values():
+        if not report.ran(part):
+            continue
+        rel = CHART_SUBDIR / chart_name(part)
+        try:
+            make_chart(report, part, out.parent / rel)
+        except ImportError as exc:
+            log(f"no chart ({exc}): pip install matplotlib")
+            return made
+        made.append((f"{part.title}: IOPS per configuration and workload", rel.as_posix()))
+    return made
+
+
+# -- saved numbers (--from-json) ---------------------------------------------------------------
+
+
+def matrix_to_json(m: Matrix) -> dict[str, Any]:
+    return {
+        "points": [{"config": c, "job": j, "runs": {str(r): asdict(res) for r, res in p.by_round.items()},
+                    "failures": p.failures} for (c, j), p in m.points.items()],
+        "commands": m.commands, "crashes": [[c, j, e] for (c, j), e in m.crashes.items()],
+        "retried": m.retried, "replaced": m.replaced,
+    }
+
+
+def matrix_from_json(data: dict[str, Any]) -> Matrix:
+    m = Matrix(commands={k: list(v) for k, v in data["commands"].items()}, retried=data["retried"],
+               replaced=data["replaced"])
+    for p in data["points"]:
+        point = m.point(p["config"], p["job"])
+        point.by_round = {int(r): FioResult(**v) for r, v in p["runs"].items()}
+        point.failures = list(p["failures"])
+    m.crashes = {(c, j): e for c, j, e in data["crashes"]}
+    return m
+
+
+def report_to_json(r: Report) -> dict[str, Any]:
+    return {
+        "format": 2, "settings": asdict(r.settings), "machine": r.machine, "versions": r.versions,
+        "started": r.started, "example": asdict(r.example) if r.example else None,
+        "matrix": matrix_to_json(r.matrix), "compare": matrix_to_json(r.compare), "elapsed_s": r.elapsed_s,
+        "rss": asdict(r.rss) if r.rss else None,
+        "sensitivity": {"job": r.sensitivity.job.name, "commands": r.sensitivity.commands,
+                        "results": {k: asdict(v) for k, v in r.sensitivity.results.items()}}
+        if r.sensitivity else None,
+        "profiles": [p if isinstance(p, str) else
+                     {"job": p.job.name, "iops": p.iops, "samples": p.samples, "categories": p.categories,
+                      "top": p.top, "command": p.command} for p in r.profiles],
+        "mount_commands": r.mount_commands, "digests": list(r.digests), "background": list(r.background),
+    }
+
+
+def report_from_json(d: dict[str, Any]) -> Report:
+    settings = Settings(**{**d["settings"], "parts": tuple(d["settings"]["parts"])})
+    r = Report(settings, d["machine"], d["versions"], d["started"],
+               ExampleSource(**d["example"]) if d["example"] else None,
+               matrix_from_json(d["matrix"]), matrix_from_json(d["compare"]), d["elapsed_s"],
+               RssResult(**d["rss"]) if d["rss"] else None)
+    if d["sensitivity"]:
+        sens = d["sensitivity"]
+        r.sensitivity = Sensitivity(ALL_JOBS[sens["job"]], {k: FioResult(**v) for k, v in sens["results"].items()},
+                                    list(sens["commands"]))
+    r.profiles = [p if isinstance(p, str) else
+                  Profile(ALL_JOBS[p["job"]], p["iops"], p["samples"], [(a, b) for a, b in p["categories"]],
+                          [(a, b) for a, b in p["top"]], p["command"]) for p in d["profiles"]]
+    r.mount_commands = d["mount_commands"]
+    r.digests = (d["digests"][0], d["digests"][1])
+    r.background = (d["background"][0], d["background"][1])
+    return r
 
 
 # -- main ----------------------------------------------------------------------------------
 
 
-def mount_command(config: Config, ws: Workspace) -> str:
-    if config.kind == "native":
-        return ""
-    if config.kind == "example":
-        return shlex.join([sys.executable, str(ws.example_script(config.options)), str(ws.src), str(ws.mnt)])
-    return shlex.join([str(ws.venv_bin / "tmemfs"), str(ws.src), str(ws.mnt), "-o", config.options])
-
-
-def jobs_to_profile(matrix: Matrix) -> list[Job]:
-    """The jobs where tmemfs missed the target against either example configuration."""
+def jobs_to_profile(compare: Matrix) -> list[Job]:
+    """The comparison jobs where tmemfs missed the target against either example configuration."""
     seen: list[Job] = []
-    for job, _base, _r in misses(matrix.points):
+    for job, _base, _r in misses(compare.points):
         if job not in seen:
             seen.append(job)
     return seen
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 run of 3 s per point (under 3 minutes)")
-    parser.add_argument("--out", default="BENCHMARKS.md", help="report file (default BENCHMARKS.md)")
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="1 run of 0.5 s per point, no profile or --invalidate run (with bench_backends "
+                             "--quick, `make bench QUICK=1`, under 3 minutes)")
+    parser.add_argument("--out", default="BENCHMARKS.md",
+                        help="report file (default BENCHMARKS.md); charts go to docs/bench/ beside it")
     parser.add_argument("--results-dir", default="bench-results", help="scratch, cache, raw output")
-    parser.add_argument("--runtime", type=int, help="seconds per fio run (default 8, quick 3)")
+    parser.add_argument("--runtime", type=float, help="seconds per fio run (default 2, quick 0.5)")
     parser.add_argument("--reps", type=int, help="runs per point (default 3, quick 1)")
+    parser.add_argument("--parts", default="matrix,compare",
+                        help="which parts to run, comma-separated: matrix, compare (default both)")
     parser.add_argument("--no-profile", action="store_true", help="skip py-spy on the jobs tmemfs lost")
-    parser.add_argument("--no-extra", action="store_true", help="skip the informational kernel_cache row")
     parser.add_argument("--wait-quiet", type=float, metavar="SECONDS",
                         help="wait up to this long for other processes to go quiet first (default 60, quick 0)")
-    return parser.parse_args(argv)
+    parser.add_argument("--from-json", type=Path, metavar="REPORT_JSON",
+                        help="measure nothing: redraw the report and charts from a saved report.json")
+    args = parser.parse_args(argv)
+    unknown = set(args.parts.split(",")) - set(PARTS)
+    if unknown:
+        parser.error(f"--parts: unknown {', '.join(sorted(unknown))} (known: {', '.join(PARTS)})")
+    return args
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    runtime = args.runtime or (3 if args.quick else 8)
+    runtime = args.runtime or (0.5 if args.quick else 2.0)
     reps = args.reps or (1 if args.quick else 3)
     wait = args.wait_quiet if args.wait_quiet is not None else (0.0 if args.quick else 60.0)
-    return Settings(runtime, reps, args.quick, not args.no_profile, not args.quick,
-                    15.0 if args.quick else 120.0, wait)
+    parts = tuple(k for k in PARTS if k in args.parts.split(","))
+    return Settings(runtime, reps, args.quick, not (args.no_profile or args.quick), not args.quick,
+                    0.0 if args.quick else 60.0, wait, parts)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -1261,7 +1732,7 @@ def background_cpu(seconds: float = 2.0) -> float:
 def wait_for_quiet(max_wait: float) -> tuple[float, float]:
     """(background CPU when we started measuring, seconds waited for it to drop below BUSY)."""
     t0 = time.monotonic()
-    load = background_cpu()
+    load = background_cpu(2.0 if max_wait > 0 else 0.5)
     while load > BUSY and time.monotonic() - t0 < max_wait:
         log(f"other processes use {load:.0%} of a CPU: waiting for quiet "
             f"({max_wait - (time.monotonic() - t0):.0f} s left)")
@@ -1269,29 +1740,53 @@ def wait_for_quiet(max_wait: float) -> tuple[float, float]:
     return load, time.monotonic() - t0
 
 
+def plan(settings: Settings) -> tuple[int, float]:
+    """(fio runs, rough seconds) of the main parts."""
+    runs = sum(settings.reps * len(PARTS[k].configs) * len(PARTS[k].jobs) for k in settings.parts)
+    return runs, runs * (settings.runtime + RUN_OVERHEAD_S)
+
+
 def run(args: argparse.Namespace) -> Report:
     """The whole benchmark; every mount is undone by the Mount context managers or kill_leftovers."""
     t0 = time.monotonic()
     settings = settings_from(args)
     ws = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent)
-    configs = [c for c in CONFIGS if not (c.extra and args.no_extra)]
     ws.prepare()
-    report = Report(settings, configs, Matrix(), machine_facts(ws), versions(), None,
+    report = Report(settings, machine_facts(ws), versions(),
                     datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
     start_digest = source_digest()
+    parts = [PARTS[k] for k in settings.parts]
     try:
         report.example = fetch_example(ws, report.versions["pyfuse3"])
         make_file(ws.src / FILE_NAME, FILE_SIZE)
-        report.mount_commands = {c.key: mount_command(c, ws) for c in configs}
+        make_text_file(ws.src / TEXT_NAME, FILE_SIZE)
+        report.mount_commands = {f"{p.key}/{c.key}": shlex.join(mount_argv(c, ws, p.files))
+                                 for p in PARTS.values() for c in p.configs if c.kind != "native"}
         report.background = wait_for_quiet(settings.wait_quiet_s)
-        report.matrix = run_matrix(ws, configs, settings)
-        retry_busy(ws, configs, settings, report.matrix)
-        if settings.profile:
-            subject = next(c for c in configs if c.key == SUBJECT)
-            report.profiles = [run_profile(ws, subject, job, settings) for job in jobs_to_profile(report.matrix)]
-        if settings.sensitivity:
+        runs, estimate = plan(settings)
+        log(f"plan: {runs} fio runs of {fmt_seconds(settings.runtime)} ({', '.join(settings.parts)}; "
+            f"{settings.reps} round(s)), about {estimate / 60:.1f} min, then "
+            + ("the extras (retries of busy runs, profile, --invalidate, RSS)" if not settings.quick
+               else "the RSS check"))
+        progress = Progress(runs, settings.runtime + RUN_OVERHEAD_S)
+        for part in parts:
+            log(f"{part.title}: {len(part.configs)} configurations x {len(part.jobs)} jobs x {settings.reps} "
+                "round(s)")
+            result = run_part(ws, part, settings, progress)
+            if part is MATRIX:
+                report.matrix = result
+            else:
+                report.compare = result
+        deadline = time.monotonic() + settings.retry_budget_s
+        for part in parts:
+            retry_busy(ws, part, settings, report.results(part), deadline)
+        if settings.profile and COMPARE in parts:
+            subject = COMPARE.config(SUBJECT)
+            report.profiles = [run_profile(ws, subject, job, settings) for job in jobs_to_profile(report.compare)]
+        if settings.sensitivity and COMPARE in parts:
+            log("fio's --invalidate=1 on the pass-through comparison's first job")
             keys = (BASELINE, BASELINE_1S, SUBJECT)
-            report.sensitivity = run_sensitivity(ws, [c for c in configs if c.key in keys], settings)
+            report.sensitivity = run_sensitivity(ws, [c for c in COMPARE.configs if c.key in keys], settings)
         log("resident memory check")
         report.rss = measure_rss(ws)
     finally:
@@ -1305,14 +1800,24 @@ def run(args: argparse.Namespace) -> Report:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        report = run(args)
-    except KeyboardInterrupt:
-        log("interrupted: everything is unmounted, no report written")
-        return 130
-    Path(args.out).write_text(render_report(report))
-    log(f"wrote {args.out} in {report.elapsed_s / 60:.1f} min")
+    out = Path(args.out)
+    if args.from_json:
+        report = report_from_json(json.loads(args.from_json.read_text()))
+    else:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            report = run(args)
+        except KeyboardInterrupt:
+            log("interrupted: everything is unmounted, no report written")
+            return 130
+        saved = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent).report_json(
+            report.settings.quick)
+        saved.write_text(json.dumps(report_to_json(report), indent=1))
+        log(f"numbers saved in {saved} (--from-json {saved} redraws the report)")
+    report.charts = make_charts(report, out)
+    write_report(out, render_report(report))
+    log(f"wrote {out} and {len(report.charts)} chart(s) in {CHART_SUBDIR}/ (run took "
+        f"{report.elapsed_s / 60:.1f} min)")
     for line in summary_lines(report):
         print(line)
     return 0

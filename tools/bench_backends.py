@@ -42,7 +42,7 @@ BACKENDS: tuple[str, ...] = ("none", "tmem", "zcache", "dedup", "zcache+tmem")
 POLICIES: tuple[str, ...] = ("lru", "sieve", "s3fifo", "arc")
 DATASETS: tuple[str, ...] = ("text", "binary", "random", "zero", "dup50")
 ROOT = Path("bench-results/backends")
-CHART_DIR = Path("docs/bench")
+CHART_DIR = Path("docs/bench")  # relative to the report's directory
 ZCACHE_TARGET = 2.0
 DEDUP_TOLERANCE = 0.05
 BACKING_CUT = 0.90
@@ -69,8 +69,8 @@ class Settings:
 
 def settings_for(quick: bool) -> Settings:
     if quick:
-        return Settings(True, 8 * MiB, 128 * MiB, 32 * MiB, 32 * MiB, 3, 1, 2000)
-    return Settings(False, 16 * MiB, 256 * MiB, 96 * MiB, 64 * MiB, 10, 3, 8000)
+        return Settings(True, 8 * MiB, 128 * MiB, 32 * MiB, 32 * MiB, 1, 1, 2000)
+    return Settings(False, 16 * MiB, 256 * MiB, 96 * MiB, 64 * MiB, 4, 3, 8000)
 
 
 def log(message: str) -> None:
@@ -772,11 +772,18 @@ def run(s: Settings, out: Path) -> Results:
         res.data_size[name] = tree_size(d)
         res.pages[name] = unique_pages(tree_chunks(d))
     total = s.repeats * (len(DATASETS) * len(BACKENDS) + len(BACKENDS) + len(POLICIES))
+    fio_runs = s.repeats * (len(BACKENDS) + len(POLICIES))
+    log(f"plan: {total} steps ({s.repeats} repeat(s) of {len(DATASETS) * len(BACKENDS)} read cycles, "
+        f"{fio_runs // s.repeats} fio runs of {s.runtime} s), then the CPU cost per call")
     done = [0]
+    t0 = time.monotonic()
 
     def steps(msg: str) -> None:
+        elapsed = time.monotonic() - t0
+        left = elapsed / done[0] * (total - done[0]) if done[0] else 0.0
         done[0] += 1
-        log(f"[{done[0]}/{total}] {msg}")
+        log(f"[{done[0]}/{total} {done[0] / total:.0%}, {mmss(elapsed)} elapsed"
+            + (f", ~{mmss(left)} left" if done[0] > 1 else "") + f"] {msg}")
 
     step_all(res, src.resolve(), mnt.resolve(), logs.resolve(), steps)
     log("CPU cost per put/get on the backend objects")
@@ -787,10 +794,19 @@ def run(s: Settings, out: Path) -> Results:
         for backend in BACKENDS[1:4]:
             res.cpu[(backend, kind)] = cpu_cost(backend, pages)
     res.runtime_s = time.monotonic() - start
-    save_results(res, ROOT / "results.json")
-    rel = os.path.relpath(CHART_DIR.resolve(), out.resolve().parent)
-    res.charts = make_charts(res, CHART_DIR, rel)
+    save_results(res, results_path(s))
+    res.charts = make_charts(res, out.resolve().parent / CHART_DIR, CHART_DIR.as_posix())
     return res
+
+
+def results_path(s: Settings) -> Path:
+    """A quick run never overwrites the numbers of a full one."""
+    return ROOT / ("results-quick.json" if s.quick else "results.json")
+
+
+def mmss(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def save_results(res: Results, path: Path) -> None:
@@ -822,13 +838,15 @@ def load_results(path: Path) -> Results:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="smaller sets, 3 s fio, one repeat (< 3 min)")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sets, 1 s fio runs, one repeat (with tools.bench --quick: under 3 min)")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
+                        help="report file (default BENCHMARKS.md); charts go to docs/bench/ beside it")
     parser.add_argument("--from-json", type=Path, help="redraw charts and the report from a saved results.json")
     args = parser.parse_args(argv)
     if args.from_json:
         res = load_results(args.from_json)
-        res.charts = make_charts(res, CHART_DIR, os.path.relpath(CHART_DIR.resolve(), args.out.resolve().parent))
+        res.charts = make_charts(res, args.out.resolve().parent / CHART_DIR, CHART_DIR.as_posix())
         write_report(args.out, report(res))
         return 0
     s = settings_for(args.quick)

@@ -79,6 +79,7 @@ def format_stats(stats: dict[str, object]) -> str:
         f"  ({num('pagecache.pages'):.0f}/{num('pagecache.capacity_pages'):.0f} pages)",
         f"  cleancache hit ratio   {_ratio(num('succ_gets'), gets)}",
         f"  reads served from SRC  {_ratio(num('backing.reads'), reads)} of page lookups",
+        *cluster_lines(stats),
         "",
     ]
     group = None
@@ -89,6 +90,34 @@ def format_stats(stats: dict[str, object]) -> str:
             lines.append(f"[{group}]")
         lines.append(f"  {key:<40} {value}")
     return "\n".join(lines) + "\n"
+
+
+def cluster_lines(stats: dict[str, object]) -> list[str]:
+    """The shared pool of a cluster node: uuid, store, members (Xen's tmem-list)."""
+    prefix = "backend.cluster."
+    if prefix + "pool_uuid" not in stats:
+        return []
+
+    def get(key: str) -> object:
+        return stats.get(prefix + key, "-")
+
+    gets = sum(float(str(stats.get(prefix + k, 0))) for k in ("succ_gets", "failed_gets"))
+    state = f" ({get('store.state')})" if prefix + "store.state" in stats else ""
+    lines = [
+        f"  cluster pool           {get('pool_uuid')} ({'private' if get('private') == 1 else 'shared'}), "
+        f"node {get('node')}, store {get('store.store')}{state}",
+        f"  hits from other nodes  {get('hits_from_others')} of {gets:.0f} pool gets; "
+        f"{get('members_alive')} member(s) alive",
+        f"    {'node':>4}  {'name':<32} {'alive':>5} {'heartbeat':>9} {'puts':>10} {'gets':>10} {'from others':>11}",
+    ]
+    nodes = sorted({key[len(prefix + "member."):].split(".", 1)[0] for key in stats
+                    if key.startswith(prefix + "member.")}, key=lambda n: int(n) if n.isdigit() else 0)
+    for node in nodes:
+        m = f"member.{node}."
+        lines.append(f"    {node:>4}  {get(m + 'name')!s:<32} {'yes' if get(m + 'alive') == 1 else 'NO':>5} "
+                     f"{str(get(m + 'heartbeat_age_s')) + ' s':>9} {get(m + 'puts')!s:>10} {get(m + 'gets')!s:>10} "
+                     f"{get(m + 'hits_from_others')!s:>11}")
+    return lines
 
 
 def prometheus(stats: dict[str, object]) -> str:

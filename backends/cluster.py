@@ -1,0 +1,293 @@
+"""cluster: one pool shared by every mount of the same SRC, as ocfs2 nodes shared one.
+
+Each tmemfs process mounting SRC with cleancache=cluster is a node. The
+pool is named by SRC's 16-byte pool uuid (fusefs/pooluuid.py) and kept in a
+store: `lmdb` on this host (the default: nothing else to run) or Redis for
+nodes on several hosts (backends/store.py describes both). Gets are
+non-destructive: any node's put serves every node.
+
+Coherency comes from per-file versions kept in the store (versions()):
+pages are stored under the version they were read at, so a page can only
+ever be served to a reader that checked the file has not changed since.
+The data path bumps versions around every change; docs/coherency.md has
+the protocol and the argument for it.
+
+A node that stalls (SIGSTOP, a blocked loop) or loses its store is cut off:
+its epoch changes and the data path drops every page it caches before
+serving again. No node ever waits for another: versions are bumped without
+locks and store writes that would wait longer than a few milliseconds are
+skipped (a skipped put is a miss; a skipped invalidation is reclaimed
+later, as the version already hides the pages).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import trio
+
+from backends.base import Backend, FileVersions, OptionSpec, StatValue
+from backends.store import Member, PageStore, StoreUnavailable, split_key
+
+log = logging.getLogger("tmemfs.cluster")
+
+HEARTBEAT_S = 1.0
+LOCK_WAIT_S = 0.002
+PASSWORD_ENV = "TMEMFS_REDIS_PASSWORD"
+USERNAME_ENV = "TMEMFS_REDIS_USERNAME"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def parse_store(text: str) -> str:
+    if text == "lmdb" or text.startswith(REDIS_SCHEMES):
+        return text
+    raise ValueError("must be lmdb or a redis://, rediss:// or unix:// URL")
+
+
+def parse_positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError("must be between 0 and 3600 seconds")
+    return value
+
+
+def read_secret(path: str) -> str:
+    """The first line of a credentials file."""
+    with open(path, encoding="utf-8") as f:
+        return f.readline().strip()
+
+
+def readable_file(path: str) -> str:
+    read_secret(path)  # fail at mount time, with the reason, not at the first connection
+    return path
+
+
+class StoreVersions(FileVersions):
+    """File versions of one pool's store, with the node's cut-off detection."""
+
+    def __init__(self, store: PageStore, timeout: float, node_timeout: float, awaits_io: bool) -> None:
+        self.store = store
+        self.timeout = timeout
+        self.node_timeout = node_timeout
+        self.awaits_io = awaits_io
+        self.epoch = 0
+        self.cut_offs = 0
+        self.unknown = 0  # version checks answered "cannot tell"
+        self.pending: set[bytes] = set()  # bumps owed to the store since it went away
+        self.last_tick = time.monotonic()
+        self._was_up = store.up
+
+    def tick(self) -> None:
+        """Called about once a second; a long gap means this process was stopped."""
+        now = time.monotonic()
+        if now - self.last_tick > self.node_timeout:
+            self.cut_off(f"this node did not run for {now - self.last_tick:.1f} s")
+        self.last_tick = now
+
+    def cut_off(self, why: str) -> None:
+        self.epoch += 1
+        self.cut_offs += 1
+        log.warning("cut off from the pool (%s): dropping every cached page before serving again", why)
+
+    async def _call(self, method: str, file: bytes) -> int | None:
+        if time.monotonic() - self.last_tick > self.node_timeout:
+            self.tick()
+        store = self.store
+        try:
+            if not self.awaits_io:
+                return await getattr(store, method)(file)  # type: ignore[no-any-return]
+            with trio.move_on_after(self.timeout):
+                if not self._was_up:
+                    await self._rejoin_catch_up()
+                return await getattr(store, method)(file)  # type: ignore[no-any-return]
+            raise StoreUnavailable(f"{method} took longer than {self.timeout} s")
+        except Exception as exc:
+            if self._was_up:
+                self._was_up = False
+                log.warning("pool store unreachable (%s): caching nothing until it is back", exc)
+            return None
+
+    async def _rejoin_catch_up(self) -> None:
+        """The store is back: pay the bumps we owe, then start a new epoch."""
+        for file in list(self.pending):
+            await self.store.bump(file)
+            self.pending.discard(file)
+        self._was_up = True
+        self.cut_off("the store was unreachable")
+
+    async def version(self, file: bytes) -> int | None:
+        value = await self._call("version", file)
+        if value is None:
+            self.unknown += 1
+        return value
+
+    async def bump(self, file: bytes) -> int | None:
+        value = await self._call("bump", file)
+        if value is None:
+            self.pending.add(file)
+        return value
+
+
+@dataclass
+class SharedPool:
+    uuid: bytes
+    store: PageStore
+    versions: StoreVersions
+    private: bool
+    members: list[Member] = field(default_factory=list)
+
+
+class ClusterBackend(Backend):
+    name = "cluster"
+    summary = "a pool shared by every mount of one SRC (ocfs2-style nodes), coherent across nodes"
+    options: ClassVar[dict[str, OptionSpec]] = {
+        "cc_store": OptionSpec(parse_store, "lmdb (this host, default) or redis://[user:pass@]host:port/db, "
+                                            "rediss://..., unix:///path (nodes on several hosts)"),
+        "cc_store_password_file": OptionSpec(readable_file, f"file whose first line is the Redis password "
+                                                  f"(or set {PASSWORD_ENV}; {USERNAME_ENV} for an ACL user)"),
+        "cc_dir": OptionSpec(str, "directory of the lmdb store, best a tmpfs; default /dev/shm"),
+        "node_timeout": OptionSpec(parse_positive_seconds, "a node silent this long is dead; a node "
+                                                           "stalled this long drops its caches; default 5"),
+    }
+    exclusive_gets = False
+    shared = True
+
+    def __init__(self, capacity: int, cc_store: str = "lmdb", cc_store_password_file: str | None = None,
+                 node_timeout: float = 5.0, cc_dir: str = "/dev/shm", timeout: float = 1.0) -> None:
+        super().__init__(capacity)
+        self.store_spec = cc_store
+        self.password_file = cc_store_password_file
+        self.node_timeout = node_timeout
+        self.directory = cc_dir
+        self.timeout = timeout
+        self.awaits_io = cc_store != "lmdb"  # type: ignore[misc]
+        self.pools: dict[int, SharedPool] = {}
+        self._next_pool = 0
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.puts = self.refused_puts = self.succ_gets = self.failed_gets = 0
+        self.hits_from_others = self.store_faults = 0
+
+    def _make_store(self, uuid: bytes) -> PageStore:
+        if self.store_spec == "lmdb":
+            from backends.lmdbstore import LmdbStore
+
+            return LmdbStore(uuid=uuid, capacity=self.capacity, directory=self.directory,
+                             node_timeout=self.node_timeout, lock_wait=LOCK_WAIT_S)
+        from backends.redisstore import RedisStore
+
+        # The store itself falls back to the URL's password, then to the environment.
+        password = read_secret(self.password_file) if self.password_file is not None else None
+        return RedisStore(uuid=uuid, url=self.store_spec, password=password,
+                          node_timeout=self.node_timeout, retry_interval=HEARTBEAT_S)
+
+    async def create_pool(self, uuid: bytes | None) -> int:
+        private = uuid is None
+        real_uuid = uuidlib.uuid4().bytes if uuid is None else uuid
+        store = self._make_store(real_uuid)
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        try:
+            await store.join(name)
+        except StoreUnavailable as exc:  # lmdb: the pool is full of live members
+            raise RuntimeError(f"cannot join pool {real_uuid.hex()}: {exc}") from exc
+        versions = StoreVersions(store, self.timeout, self.node_timeout, self.awaits_io)
+        pool = self._next_pool
+        self._next_pool += 1
+        self.pools[pool] = SharedPool(real_uuid, store, versions, private)
+        log.info("joined %s pool %s as node %d (store %s)", "private" if private else "shared",
+                 real_uuid.hex(), store.node, store.stats().get("store", "?"))
+        return pool
+
+    def versions(self, pool: int) -> FileVersions | None:
+        return self.pools[pool].versions
+
+    async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
+        file, tag = split_key(key)
+        if tag is None:
+            return False
+        if await self.pools[pool].store.put(file, tag, index, page):
+            self.puts += 1
+            return True
+        self.refused_puts += 1
+        return False
+
+    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        file, tag = split_key(key)
+        shared = self.pools[pool]
+        putter = None if tag is None else await shared.store.get(file, tag, index, out)
+        if putter is None:
+            self.failed_gets += 1
+            return False
+        self.succ_gets += 1
+        if putter != shared.store.node:
+            self.hits_from_others += 1
+        return True
+
+    async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
+        file, tag = split_key(key)
+        if tag is not None:
+            await self.pools[pool].store.invalidate_page(file, tag, index)
+
+    async def invalidate_inode(self, pool: int, key: bytes) -> None:
+        file, tag = split_key(key)
+        await self.pools[pool].store.invalidate_file(file, tag)
+
+    async def destroy_pool(self, pool: int) -> None:
+        shared = self.pools.pop(pool)
+        if shared.private:
+            await shared.store.clear()
+        await shared.store.leave()
+
+    async def run(self) -> None:
+        """Heartbeats: publish this node's counters, refresh the member list, spot stalls."""
+        while True:
+            for shared in list(self.pools.values()):
+                shared.versions.tick()
+                with trio.move_on_after(self.timeout):
+                    try:
+                        await shared.store.heartbeat(self.puts, self.succ_gets, self.hits_from_others)
+                        shared.members = await shared.store.members()
+                    except Exception as exc:
+                        self.store_faults += 1
+                        log.debug("heartbeat failed: %s", exc)
+            await trio.sleep(HEARTBEAT_S)
+
+    def stats(self) -> dict[str, StatValue]:
+        out: dict[str, StatValue] = {
+            "puts": self.puts,
+            "refused_puts": self.refused_puts,
+            "succ_gets": self.succ_gets,
+            "failed_gets": self.failed_gets,
+            "hits_from_others": self.hits_from_others,
+            "heartbeat_faults": self.store_faults,
+        }
+        for shared in self.pools.values():  # one pool per mount; several only in tests
+            out["pool_uuid"] = shared.uuid.hex()
+            out["private"] = int(shared.private)
+            out["node"] = shared.store.node
+            out["cut_offs"] = shared.versions.cut_offs
+            out["versions_unknown"] = shared.versions.unknown
+            out["pending_bumps"] = len(shared.versions.pending)
+            out["members_alive"] = sum(1 for m in shared.members if m.alive)
+            out.update({f"store.{k}": v for k, v in shared.store.stats().items()})
+            now = time.time()
+            for m in shared.members:
+                prefix = f"member.{m.node}"
+                out[f"{prefix}.name"] = m.name
+                out[f"{prefix}.alive"] = int(m.alive)
+                out[f"{prefix}.heartbeat_age_s"] = round(max(0.0, now - m.heartbeat), 1)
+                out[f"{prefix}.puts"] = m.puts
+                out[f"{prefix}.gets"] = m.gets
+                out[f"{prefix}.hits_from_others"] = m.hits_from_others
+        return out
+
+    async def close(self) -> None:
+        for pool in list(self.pools):
+            await self.destroy_pool(pool)

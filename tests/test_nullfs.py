@@ -1,0 +1,96 @@
+"""tools/nullfs.py through a real mount: zeros on read, writes swallowed, always unmounted."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tools import bench, nullfs
+from tools.mounting import is_mounted, pid_alive, stop_foreground
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+SIZE = 1 << 20
+
+
+@contextmanager
+def null_mount(mnt: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """python -m tools.nullfs MNT ARGS in the foreground; unmounted and reaped in a finally."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    log = mnt.parent / "nullfs.log"
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "tools.nullfs", str(mnt), *args], stdout=logf,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        bench.wait_mounted(mnt, lambda: proc.poll() is None)
+        yield proc
+    finally:
+        stop_foreground(mnt, proc)
+    assert not is_mounted(mnt)
+    assert proc.returncode == 0, log.read_text()
+
+
+def test_parse_size() -> None:
+    assert nullfs.parse_size("64M") == 64 << 20
+    assert nullfs.parse_size("4k") == 4096
+    assert nullfs.parse_size("1G") == 1 << 30
+    assert nullfs.parse_size("100") == 100
+
+
+def test_reads_zeros_and_swallows_writes(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with null_mount(mnt, "--size", "1M", "--file", "a.dat", "--file", "b.dat"):
+        assert sorted(os.listdir(mnt)) == ["a.dat", "b.dat"]
+        st = os.stat(mnt / "a.dat")
+        assert st.st_size == SIZE and st.st_mode & 0o777 == 0o644
+        data = (mnt / "a.dat").read_bytes()
+        assert len(data) == SIZE and data == bytes(SIZE)
+        with open(mnt / "b.dat", "r+b", buffering=0) as f:
+            assert f.write(b"x" * 10000) == 10000
+            f.seek(SIZE - 100)
+            assert f.read(4096) == bytes(100)  # short read at the end of the file
+            assert f.read(4096) == b""
+        assert (mnt / "b.dat").read_bytes() == bytes(SIZE)  # the write was discarded
+        with pytest.raises(FileNotFoundError):
+            os.stat(mnt / "nope")
+
+
+def test_o_direct_reads_and_writes(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    with null_mount(mnt, "--size", "1M"):
+        fd = os.open(mnt / nullfs.DEFAULT_FILE, os.O_RDWR | os.O_DIRECT)
+        try:
+            buf = mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+            buf.write(b"\xff" * 4096)
+            assert os.preadv(fd, [buf], 8192) == 4096
+            assert bytes(buf) == bytes(4096)
+            assert os.pwritev(fd, [buf], 0) == 4096
+        finally:
+            os.close(fd)
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="needs fio")
+def test_bench_mounts_it_and_fio_counts_both_directions(tmp_path: Path) -> None:
+    """The bench's own Mount for the null configuration, and a short 70/30 randrw through it."""
+    ws = bench.Workspace(tmp_path / "results", Path(sys.executable).parent)
+    ws.prepare()
+    config = bench.MATRIX.config(bench.NULL)
+    with bench.Mount(config, ws, bench.MATRIX.files) as mount:
+        assert mount.alive()
+        pid = mount.pid
+        assert pid is not None
+        job = bench.ALL_JOBS["4k-randrw-libaio-qd16-d1"]
+        result = bench.run_fio(bench.fio_command(job, mount.path / bench.RW_NAME, 0.3), None, 0.3, pid)
+        assert result.error is None
+        assert result.iops > result.write_iops > 0
+        assert sorted(os.listdir(mount.path)) == sorted(bench.MATRIX.files)
+    assert not is_mounted(ws.mnt)
+    assert not pid_alive(pid)
