@@ -103,6 +103,8 @@ class FileVersions(abc.ABC):
     #: changes whenever this node was cut off (stalled, or lost its store):
     #: every page it caches must be dropped before it serves again
     epoch: int = 0
+    #: True when a bump also drops the file's pages from the pool
+    bump_flushes: bool = False
 
     @abc.abstractmethod
     async def version(self, file: bytes) -> int | None:

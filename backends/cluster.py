@@ -77,6 +77,7 @@ class StoreVersions(FileVersions):
         self.node_timeout = node_timeout
         self.awaits_io = awaits_io
         self.epoch = 0
+        self.bump_flushes = store.bump_flushes
         self.cut_offs = 0
         self.unknown = 0  # version checks answered "cannot tell"
         self.pending: set[bytes] = set()  # bumps owed to the store since it went away

@@ -247,6 +247,8 @@ class _Conn:
 class RedisStore(PageStore):
     """A pool in Redis (one server, or Redis Cluster detected at connect time)."""
 
+    bump_flushes = True  # the bump script deletes the file's page hash in the same round trip
+
     def __init__(self, uuid: bytes, url: str, password: str | None = None, username: str | None = None,
                  node_timeout: float = 5.0, retry_interval: float = 1.0, connect_timeout: float = 0.5,
                  op_timeout: float = 2.0) -> None:

@@ -82,6 +82,9 @@ class PageStore(abc.ABC):
 
     #: this node's id within the pool, set by join()
     node: int = -1
+    #: True when bump() also drops every stored page of the file (then the
+    #: data path need not flush the file in the pool around a change)
+    bump_flushes: bool = False
 
     @abc.abstractmethod
     async def join(self, name: str) -> int:

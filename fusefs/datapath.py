@@ -106,7 +106,8 @@ class DataPath:
         """One side of a change on a cluster node: a new version, and the file flushed from the pool."""
         assert self.versions is not None
         version = await self.versions.bump(file)
-        await self.cc.invalidate_inode(self.pool, file_prefix(file))
+        if not self.versions.bump_flushes:
+            await self.cc.invalidate_inode(self.pool, file_prefix(file))
         return version
 
     # -- files -----------------------------------------------------------------
@@ -364,16 +365,14 @@ class DataPath:
             return await self._write_through(cached, fd, offset, data, True)
         # A cluster node: the version moves before and after the data lands, so no
         # node trusts a page read before this write once it returns.
-        file = cached.file
-        before = await versions.version(file)
-        valid = before is not None and before == cached.tag
+        file, tag = cached.file, cached.tag
         started = await self._bump(file)
         try:
             done = await self._write_through(cached, fd, offset, data, False)
         finally:
             ended = await self._bump(file)
-        if valid and before is not None and started == before + 1 and ended == before + 2:
-            cached.tag = ended  # nobody else changed it meanwhile: our updated pages stay valid
+        if tag is not None and started == tag + 1 and ended == tag + 2:
+            cached.tag = ended  # nobody else changed it since our pages' version: they stay valid
             cached.key = versioned_key(file, ended)
         else:
             self.pc.drop_file(cached)

@@ -7,6 +7,7 @@ directory (cc_dir=) so nothing is left in /dev/shm.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -35,11 +36,17 @@ def node_options(tmp_path: Path, extra: str = "") -> str:
 
 
 @contextmanager
-def nodes(mount_factory: Callable[..., object], tmp_path: Path, count: int, extra: str = "",
-          env: dict[str, str] | None = None) -> Iterator[list[Mount]]:
+def mount_nodes(mount_factory: Callable[..., object], options: str, count: int,
+                env: dict[str, str] | None = None) -> Iterator[list[Mount]]:
+    """`count` mounts of the test's SRC with the same options, all unmounted at the end."""
     with ExitStack() as stack:
-        yield [stack.enter_context(mount_factory(node_options(tmp_path, extra), env=env))  # type: ignore[call-overload]
+        yield [stack.enter_context(mount_factory(options, env=env))  # type: ignore[call-overload]
                for _ in range(count)]
+
+
+def nodes(mount_factory: Callable[..., object], tmp_path: Path, count: int, extra: str = "",
+          env: dict[str, str] | None = None) -> contextlib.AbstractContextManager[list[Mount]]:
+    return mount_nodes(mount_factory, node_options(tmp_path, extra), count, env)
 
 
 def backend(m: Mount, name: str) -> object:
@@ -331,3 +338,21 @@ def test_randomized_checker_finds_no_stale_read_across_three_nodes(tmp_path, src
     summary = run_checker(src, node_options(tmp_path), nodes=3, ops=4000)
     assert summary["violations"] == 0 and summary["reads_checked"] > 1000  # type: ignore[operator]
     assert summary["ops"] >= 4000  # type: ignore[operator]
+
+
+def test_tmemctl_shows_the_pool_and_its_members(mount_factory, tmp_path, src):
+    (src / "f").write_bytes(pattern(19, 64))
+    with nodes(mount_factory, tmp_path, 2) as (a, b):
+        read_all(a.mnt / "f")
+        a.control("drop_caches")
+        read_all(b.mnt / "f")
+        uuid = backend(b, "pool_uuid")
+        deadline = time.monotonic() + 5
+        while backend(b, "members_alive") != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        shown = subprocess.run([sys.executable, "-m", "tools.tmemctl", "stats", str(b.mnt)],
+                               capture_output=True, text=True, check=True).stdout
+        assert f"cluster pool           {uuid} (shared)" in shown
+        assert "hits from other nodes  64 of 64 pool gets; 2 member(s) alive" in shown
+        member_rows = [line for line in shown.splitlines() if line.strip().endswith(("0", "64")) and " yes " in line]
+        assert len(member_rows) == 2

@@ -3,15 +3,15 @@ a store that is down or dies, credentials, Redis Cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Mount
 from tests.redisservers import RedisServer, redis_cluster, redis_server
-from tests.test_cluster import PAGE, pattern, read_all, run_checker
+from tests.test_cluster import PAGE, mount_nodes, pattern, read_all, run_checker
 
 SECRET = "s3cret-pa55word"
 
@@ -21,12 +21,9 @@ def redis_options(url: str, extra: str = "") -> str:
     return f"{options},{extra}" if extra else options
 
 
-@contextmanager
 def redis_nodes(mount_factory: Callable[..., object], url: str, count: int, extra: str = "",
-                env: dict[str, str] | None = None) -> Iterator[list[Mount]]:
-    with ExitStack() as stack:
-        yield [stack.enter_context(mount_factory(redis_options(url, extra), env=env))  # type: ignore[call-overload]
-               for _ in range(count)]
+                env: dict[str, str] | None = None) -> contextlib.AbstractContextManager[list[Mount]]:
+    return mount_nodes(mount_factory, redis_options(url, extra), count, env)
 
 
 def wait_for(check: Callable[[], bool], seconds: float = 10.0) -> bool:

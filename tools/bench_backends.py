@@ -619,19 +619,20 @@ def report(res: Results) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def replace_between(text: str, body: str) -> str:
+def replace_between(text: str, body: str, begin: str = BEGIN, end: str = END) -> str:
     """Replace only what is between the markers; append the markers if absent."""
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        return f"{head}{BEGIN}\n{body}{END}{tail}"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        return f"{head}{begin}\n{body}{end}{tail}"
     sep = "" if not text or text.endswith("\n") else "\n"
-    return f"{text}{sep}\n{BEGIN}\n{body}{END}\n"
+    return f"{text}{sep}\n{begin}\n{body}{end}\n"
 
 
-def write_report(out: Path, body: str) -> None:
+def write_report(out: Path, body: str, begin: str = BEGIN, end: str = END) -> None:
+    """Write `body` between the markers of `out`, keeping the rest of the file."""
     text = out.read_text() if out.exists() else ""
-    out.write_text(replace_between(text, body))
+    out.write_text(replace_between(text, body, begin, end))
 
 
 # -- charts ---------------------------------------------------------------------------

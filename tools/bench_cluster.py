@@ -78,7 +78,8 @@ from tools.bench import (
     versions,
     with_cpu,
 )
-from tools.bench_backends import control, mounted, num, read_stats, spread
+from tools.bench_backends import control, mounted, num, read_stats, replace_between, spread
+from tools.bench_backends import write_report as write_section
 from tools.mounting import is_mounted, mount_points, signals_deferred, stop_daemon, unmount
 
 PAGE = 4096
@@ -399,17 +400,11 @@ def parse_checker(store: str, command: str, asked_ops: int, stdout: str, returnc
 
 def replace_section(text: str, body: str) -> str:
     """Replace only what is between the cluster markers; append them (and body) at the end if absent."""
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        return f"{head}{BEGIN}\n{body}{END}{tail}"
-    sep = "" if not text or text.endswith("\n") else "\n"
-    return f"{text}{sep}\n{BEGIN}\n{body}{END}\n"
+    return replace_between(text, body, BEGIN, END)
 
 
 def write_report(out: Path, body: str) -> None:
-    text = out.read_text() if out.exists() else ""
-    out.write_text(replace_section(text, body))
+    write_section(out, body, BEGIN, END)
 
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+\[\d+\] (ERROR|WARNING|CRITICAL) (.*)$")
