@@ -60,6 +60,10 @@ class Backend(abc.ABC):
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         """Copy the page into `out` and return True, or return False on a miss."""
 
+    async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        """get_page for pages first, first+1, ... (a store may answer them in one go)."""
+        return [await self.get_page(pool, key, first + n, out) for n, out in enumerate(outs)]
+
     @abc.abstractmethod
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None: ...
 

@@ -231,6 +231,20 @@ class ClusterBackend(Backend):
             self.hits_from_others += 1
         return True
 
+    async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        file, tag = split_key(key)
+        shared = self.pools[pool]
+        if tag is None:
+            putters: list[int | None] = [None] * len(outs)
+        else:
+            putters = await shared.store.get_many(file, tag, first, outs)
+        hits = [p is not None for p in putters]
+        found = sum(hits)
+        self.succ_gets += found
+        self.failed_gets += len(outs) - found
+        self.hits_from_others += sum(1 for p in putters if p is not None and p != shared.store.node)
+        return hits
+
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
         file, tag = split_key(key)
         if tag is not None:

@@ -352,16 +352,33 @@ class LmdbStore(PageStore):
     # -- pages --------------------------------------------------------------------
 
     async def get(self, file: bytes, tag: int, index: int, out: memoryview) -> int | None:
+        return (await self.get_many(file, tag, index, [out]))[0]
+
+    async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview]) -> list[int | None]:
+        """Pages first, first+1, ... in one read transaction."""
         env = self._env
         if env is None:
             raise StoreUnavailable("not a member of the pool")
-        key = _INDEX + file_prefix(file) + tag.to_bytes(8, "big") + index.to_bytes(8, "big")
-        self.gets += 1
+        prefix = _INDEX + file_prefix(file) + tag.to_bytes(8, "big")
+        found: list[int | None] = []
+        hit_keys = []
+        self.gets += len(outs)
         with env.begin(buffers=True) as txn:
-            value = txn.get(key)
-            if value is None:
-                return None
-            frame, gen, putter, _seq, digest = _VALUE.unpack(value)
+            for n, out in enumerate(outs):
+                key = prefix + (first + n).to_bytes(8, "big")
+                value = txn.get(key)
+                putter = None if value is None else self._copy_out(value, out)
+                found.append(putter)
+                if putter is not None:
+                    hit_keys.append(key)
+        for key in hit_keys:  # after the read transaction: remembering may write
+            self._remember_hit(key)
+        return found
+
+    def _copy_out(self, value: bytes | memoryview, out: memoryview) -> int | None:
+        """Copy the page an index value names into `out`; its putter, or None if it
+        changed under us (seqlock) or does not verify."""
+        frame, gen, putter, _seq, digest = _VALUE.unpack(value)
         gens, data = self._gens, self._data
         assert gens is not None and data is not None
         if frame >= self.frames or gen & 1 or gens[frame] != gen:
@@ -378,7 +395,6 @@ class LmdbStore(PageStore):
         self.hits += 1
         if putter != self.node:
             self.hits_from_others += 1
-        self._remember_hit(key)
         return putter
 
     def _remember_hit(self, key: bytes) -> None:

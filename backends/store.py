@@ -114,6 +114,10 @@ class PageStore(abc.ABC):
         """Copy the page stored for (file, tag, index) into `out`; the node that put it,
         or None on a miss. Non-destructive."""
 
+    async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview]) -> list[int | None]:
+        """get() for pages first, first+1, ... (one transaction or round trip where the store can)."""
+        return [await self.get(file, tag, first + n, out) for n, out in enumerate(outs)]
+
     @abc.abstractmethod
     async def put(self, file: bytes, tag: int, index: int, page: memoryview) -> bool:
         """Store a copy under (file, tag, index), evicting to make room; False if refused.

@@ -272,6 +272,26 @@ class Cleancache:
             self.tracer.event("get+" if hit else "get-", key, index)
         return hit
 
+    async def get_pages(self, pool_id: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        """get_page for pages first, first+1, ...: one backend call where the pool is shared
+        (private pools go page by page through the ledger)."""
+        pool = self.pools.get(pool_id)
+        backend = self.backend
+        if backend is None or pool is None or pool.backend_pool is None or pool.ledger is not None or len(outs) == 1:
+            return [await self.get_page(pool_id, key, first + n, out) for n, out in enumerate(outs)]
+        try:
+            hits = await self._call(backend, backend.get_pages, pool.backend_pool, key, first, outs)
+        except Exception:
+            self._fault("get_pages")
+            hits = [False] * len(outs)
+        found = sum(hits)
+        self.succ_gets += found
+        self.failed_gets += len(outs) - found
+        if self.tracer is not None:
+            for n, hit in enumerate(hits):
+                self.tracer.event("get+" if hit else "get-", key, first + n)
+        return hits
+
     async def _get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
         pool = self.pools.get(pool_id)
         backend = self.backend

@@ -286,27 +286,39 @@ class DataPath:
         slot = pc.lookup(cached, index)
         if slot is not None:
             return slot, index
-        slot = await self._take_slot()
-        if await self.cc.get_page(self.pool, cached.key, index, pc.slot_view(slot)):
-            pc.install(cached, index, slot)
-            if self.versions is not None:
-                self._from_shared_pool[slot] = 1
-            return slot, index
-        # Read this page and the following misses (not cached, not in the pool) at once;
-        # each counts as one miss.
-        slots = [slot]
-        index_end = index + 1
-        while index_end <= last and len(slots) < self.batch and pc.peek(cached, index_end) is None:
-            pc.miss(cached, index_end)
-            extra = await self._take_slot()
-            if await self.cc.get_page(self.pool, cached.key, index_end, pc.slot_view(extra)):
-                pc.install(cached, index_end, extra)
-                if self.versions is not None:
-                    self._from_shared_pool[extra] = 1
-                return self._read_backing(cached, fd, index, slots), index_end
-            slots.append(extra)
-            index_end += 1
-        return self._read_backing(cached, fd, index, slots), index + len(slots) - 1
+        # This page and the following misses (each counts as one): one cleancache
+        # call for all of them, then one preadv per run the pool did not have.
+        slots = [await self._take_slot()]
+        while (index + len(slots) <= last and len(slots) < self.batch
+               and pc.peek(cached, index + len(slots)) is None):
+            pc.miss(cached, index + len(slots))
+            slots.append(await self._take_slot())
+        hits = await self.cc.get_pages(self.pool, cached.key, index, [pc.slot_view(s) for s in slots])
+        shared = self.versions is not None
+        n = 0
+        while n < len(slots):
+            if hits[n]:
+                pc.install(cached, index + n, slots[n])
+                if shared:
+                    self._from_shared_pool[slots[n]] = 1
+                n += 1
+                continue
+            end = n + 1
+            while end < len(slots) and not hits[end]:
+                end += 1
+            try:
+                used = self._read_backing(cached, fd, index + n, slots[n:end])
+            except BaseException:
+                for s in slots[end:]:
+                    pc.release_slot(s)
+                raise
+            if used < end - n:  # end of file: what follows is past it
+                for s in slots[end:]:
+                    pc.release_slot(s)
+                n += used
+                break
+            n = end
+        return (slots[0] if n else -1), index + n - 1
 
     def _read_uncached(self, fd: int, offset: int, size: int) -> bytes:
         """Read SRC around every cache (a cluster node that cannot check versions now)."""
@@ -320,6 +332,8 @@ class DataPath:
             return bytes(buf[offset - start : max(offset - start, min(got, offset - start + size))])
 
     def _read_backing(self, cached: CachedFile, fd: int, index: int, slots: list[int]) -> int:
+        """preadv pages index.. into `slots` and install them; how many were there
+        (fewer at end of file: the other slots are given back)."""
         pc = self.pc
         start = index << PAGE_SHIFT
         try:
@@ -342,7 +356,7 @@ class DataPath:
                 pc.install(cached, index + n, s)
             else:
                 pc.release_slot(s)
-        return slots[0] if used else -1
+        return used
 
     async def _take_slot(self) -> int:
         slot, evicted = self.pc.take_slot()

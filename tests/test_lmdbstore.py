@@ -557,3 +557,14 @@ async def test_last_node_out_removes_the_pool(make_store: Factory, tmp_path: Pat
     assert not os.path.exists(path)
     third = await make_store("c")  # joining again makes a fresh pool, versions still larger
     assert os.path.isdir(path) and page_of(third, b"f", await third.version(b"f"), 0) == b""
+
+
+async def test_get_many_answers_a_run_in_one_transaction(make_store: Factory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    tag = await a.version(b"f")
+    for i in (0, 1, 3):
+        assert await a.put(b"f", tag, i, pattern(b"f", tag, i))
+    outs = [memoryview(bytearray(PAGE)) for _ in range(5)]
+    assert await b.get_many(b"f", tag, 0, outs) == [a.node, a.node, None, a.node, None]
+    assert [bytes(outs[i]) for i in (0, 1, 3)] == [bytes(pattern(b"f", tag, i)) for i in (0, 1, 3)]
+    assert await b.get_many(b"f", tag + 1, 0, outs[:2]) == [None, None]  # another version: nothing
