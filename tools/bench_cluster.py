@@ -167,7 +167,7 @@ class Settings:
 
 def settings_for(quick: bool) -> Settings:
     if quick:
-        return Settings(True, 1, 1.5, 1.5, 64 * MiB, 16 * MiB, 16 * MiB, 128 * MiB, 10_000, 3_000, 2_000, 0.5)
+        return Settings(True, 1, 1.0, 1.0, 32 * MiB, 8 * MiB, 8 * MiB, 64 * MiB, 5_000, 1_000, 2_000, 0.3)
     return Settings(False, 3, 3.0, 3.0, 128 * MiB, 32 * MiB, 16 * MiB, 256 * MiB, 100_000, 10_000, 8_000, 1.0)
 
 
