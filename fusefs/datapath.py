@@ -388,6 +388,8 @@ class DataPath:
         if tag is not None and started == tag + 1 and ended == tag + 2:
             cached.tag = ended  # nobody else changed it since our pages' version: they stay valid
             cached.key = versioned_key(file, ended)
+            for slot in cached.pages.values():  # the flush took the pool's copies of the old version
+                self._from_shared_pool[slot] = 0
         else:
             self.pc.drop_file(cached)
             cached.tag = None

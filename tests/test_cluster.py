@@ -356,3 +356,19 @@ def test_tmemctl_shows_the_pool_and_its_members(mount_factory, tmp_path, src):
         assert "hits from other nodes  64 of 64 pool gets; 2 member(s) alive" in shown
         member_rows = [line for line in shown.splitlines() if line.strip().endswith(("0", "64")) and " yes " in line]
         assert len(member_rows) == 2
+
+
+def test_a_writers_pages_go_back_to_the_pool_under_the_new_version(mount_factory, tmp_path, src):
+    """The writer's cached pages survive its write (retagged); the pool's copies of the old
+    version went with the flush, so evicting them must put them again."""
+    (src / "f").write_bytes(pattern(20, 64))
+    with nodes(mount_factory, tmp_path, 3) as (a, b, c):
+        read_all(b.mnt / "f")
+        b.control("drop_caches")
+        assert read_all(a.mnt / "f") == pattern(20, 64)  # A's pages all came from the pool
+        with open(a.mnt / "f", "r+b") as f:
+            os.pwrite(f.fileno(), b"w" * PAGE, 0)
+        a.control("drop_caches")
+        expected = b"w" * PAGE + pattern(20, 64)[PAGE:]
+        assert read_all(c.mnt / "f") == expected
+        assert backend(c, "hits_from_others") >= 63
