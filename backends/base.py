@@ -28,6 +28,10 @@ class OptionSpec:
     help: str
 
 
+class BackendUnavailable(Exception):
+    """The backend's store cannot be reached now: an expected miss, not a fault to trace."""
+
+
 class Backend(abc.ABC):
     """One backend instance serves one mount; pools are created on it by the frontend."""
 

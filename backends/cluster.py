@@ -27,6 +27,7 @@ import os
 import socket
 import time
 import uuid as uuidlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -96,18 +97,16 @@ class StoreVersions(FileVersions):
         self.cut_offs += 1
         log.warning("cut off from the pool (%s): dropping every cached page before serving again", why)
 
-    async def _call(self, method: str, file: bytes) -> int | None:
-        if time.monotonic() - self.last_tick > self.node_timeout:
-            self.tick()
-        store = self.store
+    async def _call(self, method: Callable[[bytes], Awaitable[int]], file: bytes) -> int | None:
+        self.tick()  # a read or a bump after a long silence also means this process was stopped
         try:
             if not self.awaits_io:
-                return await getattr(store, method)(file)  # type: ignore[no-any-return]
+                return await method(file)
             with trio.move_on_after(self.timeout):
                 if not self._was_up:
                     await self._rejoin_catch_up()
-                return await getattr(store, method)(file)  # type: ignore[no-any-return]
-            raise StoreUnavailable(f"{method} took longer than {self.timeout} s")
+                return await method(file)
+            raise StoreUnavailable(f"{method.__name__} took longer than {self.timeout} s")
         except Exception as exc:
             if self._was_up:
                 self._was_up = False
@@ -123,13 +122,13 @@ class StoreVersions(FileVersions):
         self.cut_off("the store was unreachable")
 
     async def version(self, file: bytes) -> int | None:
-        value = await self._call("version", file)
+        value = await self._call(self.store.version, file)
         if value is None:
             self.unknown += 1
         return value
 
     async def bump(self, file: bytes) -> int | None:
-        value = await self._call("bump", file)
+        value = await self._call(self.store.bump, file)
         if value is None:
             self.pending.add(file)
         return value
@@ -220,16 +219,7 @@ class ClusterBackend(Backend):
         return False
 
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
-        file, tag = split_key(key)
-        shared = self.pools[pool]
-        putter = None if tag is None else await shared.store.get(file, tag, index, out)
-        if putter is None:
-            self.failed_gets += 1
-            return False
-        self.succ_gets += 1
-        if putter != shared.store.node:
-            self.hits_from_others += 1
-        return True
+        return (await self.get_pages(pool, key, index, [out]))[0]
 
     async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
         file, tag = split_key(key)

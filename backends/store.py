@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from backends.base import StatValue
+from backends.base import BackendUnavailable, StatValue
 
 TAG_BYTES = 8
 
@@ -56,7 +56,7 @@ def split_key(key: bytes) -> tuple[bytes, int | None]:
     raise ValueError("not a cluster key")
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(BackendUnavailable):
     """The store cannot be reached now; the caller treats it as a miss."""
 
 

@@ -41,8 +41,7 @@ from typing import TypeVar
 import trio
 import xxhash
 
-from backends.base import Backend, FileVersions, StatValue
-from backends.store import StoreUnavailable
+from backends.base import Backend, BackendUnavailable, FileVersions, StatValue
 from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs.cleancache")
@@ -407,7 +406,7 @@ class Cleancache:
         name = culprit.name if culprit is not None else "?"
         if self.backend_errors <= 10 or self.backend_errors % 1000 == 0:
             exc = sys.exc_info()[1]
-            if isinstance(exc, StoreUnavailable):  # expected while a store is down: no traceback
+            if isinstance(exc, BackendUnavailable):  # expected while a store is down: no traceback
                 log.warning("backend %s: %s in %s (fault %d); treated as a miss",
                             name, exc, operation, self.backend_errors)
             else:

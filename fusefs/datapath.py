@@ -79,10 +79,6 @@ class DataPath:
             cached.tag = None
             cached.key = cached.file
 
-    def _pool_file(self, file: bytes) -> bytes:
-        """The key that reaches every page of `file` in the pool (all versions on a cluster)."""
-        return file if self.versions is None else file_prefix(file)
-
     async def _current(self, versions: FileVersions, cached: CachedFile, fd: int) -> bool:
         """Make a file's cached pages valid at its version now; False if it cannot be known."""
         version = await versions.version(cached.file)
@@ -426,7 +422,6 @@ class DataPath:
                 hi = min(end, page_start + PAGE_SIZE)
                 base = slot << PAGE_SHIFT
                 pc.view[base + lo - page_start : base + hi - page_start] = view[lo - offset : hi - offset]
-                self._from_shared_pool[slot] = 0
             if invalidate_pages:
                 await self.cc.invalidate_page(self.pool, cached.key, index)
         return done
