@@ -262,27 +262,28 @@ class Cleancache:
 
     async def get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
         """Fill `out` from the pool and return True, or return False (a miss)."""
-        hit = await self._get_page(pool_id, key, index, out)
-        if hit:
-            self.succ_gets += 1
-        else:
-            self.failed_gets += 1
-        if self.tracer is not None:
-            self.tracer.event("get+" if hit else "get-", key, index)
-        return hit
+        return (await self.get_pages(pool_id, key, index, [out]))[0]
 
     async def get_pages(self, pool_id: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
-        """get_page for pages first, first+1, ...: one backend call where the pool is shared
-        (private pools go page by page through the ledger)."""
+        """get_page for pages first, first+1, ...: one backend call where the pool is
+        shared; a private pool asks only for the pages its ledger holds."""
         pool = self.pools.get(pool_id)
         backend = self.backend
-        if backend is None or pool is None or pool.backend_pool is None or pool.ledger is not None or len(outs) == 1:
-            return [await self.get_page(pool_id, key, first + n, out) for n, out in enumerate(outs)]
-        try:
-            hits = await self._call(backend, backend.get_pages, pool.backend_pool, key, first, outs)
-        except Exception:
-            self._fault("get_pages")
+        if backend is None or pool is None or pool.backend_pool is None:
             hits = [False] * len(outs)
+        elif pool.ledger is None:
+            try:
+                hits = await self._call(backend, backend.get_pages, pool.backend_pool, key, first, outs)
+            except Exception:
+                self._fault("get_pages")
+                hits = [False] * len(outs)
+        else:
+            held = pool.ledger.files.get(key)
+            if held is None:  # the common miss: nothing of this file was put
+                hits = [False] * len(outs)
+            else:
+                hits = [index in held and await self._get_private(backend, pool, key, index, out)
+                        for index, out in enumerate(outs, first)]
         found = sum(hits)
         self.succ_gets += found
         self.failed_gets += len(outs) - found
@@ -291,35 +292,30 @@ class Cleancache:
                 self.tracer.event("get+" if hit else "get-", key, first + n)
         return hits
 
-    async def _get_page(self, pool_id: int, key: bytes, index: int, out: memoryview) -> bool:
-        pool = self.pools.get(pool_id)
-        backend = self.backend
-        if backend is None or pool is None or pool.backend_pool is None:
+    async def _get_private(self, backend: Backend, pool: Pool, key: bytes, index: int, out: memoryview) -> bool:
+        """A get from a private pool of a page its ledger holds: exclusive, verified."""
+        ledger, backend_pool = pool.ledger, pool.backend_pool
+        assert ledger is not None and backend_pool is not None
+        digest = ledger.get(key, index)
+        if digest is None:  # the ledger was replaced while an earlier page was fetched
             return False
-        ledger = pool.ledger
-        digest = None
-        if ledger is not None:  # private pool: only what the ledger holds can hit, once
-            digest = ledger.get(key, index)
-            if digest is None:
-                return False
-            ledger.forget(key, index)
+        ledger.forget(key, index)  # exclusive: whatever happens, the handle is used up
         try:
-            hit = await self._call(backend, backend.get_page, pool.backend_pool, key, index, out)
+            hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
         except Exception:
             self._fault("get_page")
-            if ledger is not None:
-                await self._drop(backend, pool.backend_pool, key, index)
+            await self._drop(backend, backend_pool, key, index)
             return False
-        if not hit or ledger is None:
-            return hit
+        if not hit:
+            return False
         if _digest(out) != digest:
             self.verify_failures += 1
             log.warning("backend %s returned a page that does not match what was put; "
                         "dropped it (a miss, not an error)", backend.name)
-            await self._drop(backend, pool.backend_pool, key, index)
+            await self._drop(backend, backend_pool, key, index)
             return False
         if not backend.exclusive_gets:
-            await self._drop(backend, pool.backend_pool, key, index)
+            await self._drop(backend, backend_pool, key, index)
         return True
 
     async def put_page(self, pool_id: int, key: bytes, index: int, page: memoryview) -> None:
@@ -342,7 +338,8 @@ class Cleancache:
             return
         if stored:
             ledger.record(key, index, _digest(page))
-            await self._trim(backend, pool.backend_pool, ledger)
+            if ledger.entries > ledger.limit:
+                await self._trim(backend, pool.backend_pool, ledger)
         else:
             ledger.forget(key, index)
 
