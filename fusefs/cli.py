@@ -26,6 +26,7 @@ from fusefs.datapath import DataPath
 from fusefs.operations import TmemOperations
 from fusefs.options import CORE_HELP, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
+from fusefs.polling import RequestPoller
 from fusefs.pooluuid import PoolUuidError, effective_uuid, src_pool_uuid
 from fusefs.tracing import Tracer
 
@@ -217,6 +218,9 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
     # Signals are caught from before the mount exists, so none can kill us half-mounted.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         pyfuse3.init(ops, mnt, fuse_options(config, src))
+        poller = RequestPoller(config.poll_us)
+        if poller.install():
+            ops.poller = poller
         log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
                  "+".join(config.cleancache), config.cache_size, config.cc_size)
         try:
@@ -226,6 +230,7 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
                 await pyfuse3.main(max_tasks=1)
                 nursery.cancel_scope.cancel()
         finally:
+            poller.uninstall()
             await ops.shutdown()
             await cleancache.unregister()
             pyfuse3.close(unmount=True)

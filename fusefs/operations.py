@@ -29,6 +29,7 @@ from fusefs.datapath import DataPath
 from fusefs.inodes import Inode, InodeTable, file_key
 from fusefs.options import MountConfig
 from fusefs.pagecache import CachedFile
+from fusefs.polling import RequestPoller
 from fusefs.pooluuid import XATTR
 from fusefs.syscalls import fchown_empty, link_empty, renameat2, utimens_empty
 
@@ -107,6 +108,7 @@ class TmemOperations(pyfuse3.Operations):
         self.control = ControlFiles(self.collect_stats, Commands(data, config.cc_size, self.reset_stats).run,
                                     self.uid, config.attr_timeout)
         self.ready: Callable[[], None] | None = None
+        self.poller: RequestPoller | None = None  # set when poll_us= took over pyfuse3's wait
 
     def init(self) -> None:
         """FUSE INIT done: the mount answers requests (the daemon's parent may exit)."""
@@ -570,11 +572,14 @@ class TmemOperations(pyfuse3.Operations):
 
     def reset_stats(self) -> None:
         self.internal_errors = 0
+        if self.poller is not None:
+            self.poller.reset_stats()
 
     def collect_stats(self) -> dict[str, StatValue]:
         stats: dict[str, StatValue] = {}
         stats.update(self.data.cc.stats())
         stats.update(self.data.stats())
+        stats.update(self.poller.stats() if self.poller is not None else {"fuse.poll_us": 0})
         stats.update({
             "fs.inodes": len(self.inodes),
             "fs.open_files": sum(1 for h in self.handles.values() if isinstance(h, OpenFile)),

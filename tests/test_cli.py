@@ -31,6 +31,9 @@ BAD_OPTIONS = [
     "frobnicate",
     "max_read=4096",
     "allow_other=1",
+    "poll_us=-5",
+    "poll_us=fast",
+    "poll_us=20000",  # over the 10 ms cap
 ]
 
 

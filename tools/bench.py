@@ -50,6 +50,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
+from fusefs.options import MountConfig
 from tools.bench_backends import BEGIN, END, fill, text_corpus
 from tools.mounting import is_mounted, pid_alive, signals_deferred, stop_daemon, unmount
 
@@ -1283,7 +1284,8 @@ def matrix_method_lines(report: Report) -> list[str]:
         *[f"| {c.key} | {c.backing} |" for c in MATRIX.configs], "",
         f"* The null file system is mounted like tmemfs: `pyfuse3.main(max_tasks=1)` (its handlers never wait), "
         f"entry_timeout and attr_timeout {TMEMFS_TIMEOUT_S} s, files opened with `direct_io` (every read(2) "
-        "reaches the daemon), fuse options default_permissions, fsname=nullfs, subtype=nullfs. Reads answer "
+        "reaches the daemon), the next request polled for before sleeping (tmemfs's poll_us=, default "
+        f"{MountConfig.poll_us} us), fuse options default_permissions, fsname=nullfs, subtype=nullfs. Reads answer "
         "zeros from a preallocated buffer, writes are accepted and discarded: what is left is the FUSE round trip "
         "and pyfuse3's own work, the ceiling of one pyfuse3 process.",
     ]

@@ -7,8 +7,9 @@ The root directory holds the named files (default one, bench-64M.dat), each of
 request costs only the FUSE round trip and pyfuse3's own work: no backing file,
 no cache. It is mounted the way tmemfs mounts: pyfuse3.main(max_tasks=1),
 entry and attribute timeouts of 1 s, files opened with direct_io (every read(2)
-reaches the daemon, the kernel's page cache is never used), fuse options
-default_permissions, fsname=nullfs, subtype=nullfs. It stays in the foreground
+reaches the daemon, the kernel's page cache is never used), the next request
+polled for before sleeping (`--poll-us`, tmemfs's poll_us=, default 50), fuse
+options default_permissions, fsname=nullfs, subtype=nullfs. It stays in the foreground
 and unmounts on SIGINT, SIGTERM and SIGHUP, or when unmounted with fusermount3 -u.
 """
 
@@ -25,6 +26,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import pyfuse3
 import trio
+
+from fusefs.options import MountConfig
+from fusefs.polling import RequestPoller
 
 ROOT = pyfuse3.ROOT_INODE
 TIMEOUT_S = 1.0  # tmemfs's default entry_timeout and attr_timeout
@@ -145,15 +149,18 @@ async def _stop_on_signal(signals: AsyncIterator[int]) -> None:
         return
 
 
-async def serve(ops: NullOperations, mnt: str, options: set[str]) -> None:
+async def serve(ops: NullOperations, mnt: str, options: set[str], poll_us: int) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         pyfuse3.init(ops, mnt, options)
+        poller = RequestPoller(poll_us)
+        poller.install()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
                 await pyfuse3.main(max_tasks=MAX_TASKS)
                 nursery.cancel_scope.cancel()
         finally:
+            poller.uninstall()
             pyfuse3.close(unmount=True)
 
 
@@ -163,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", default="64M", help="size of every file (K/M/G suffixes; default 64M)")
     parser.add_argument("--file", action="append", dest="files", metavar="NAME",
                         help=f"a file in the root directory; repeatable (default {DEFAULT_FILE})")
+    parser.add_argument("--poll-us", type=int, default=MountConfig.poll_us, metavar="N",
+                        help="poll for the next request for up to N microseconds before sleeping, "
+                             f"as tmemfs's poll_us= (default {MountConfig.poll_us}; 0 = off)")
     parser.add_argument("-o", dest="options", default="", help="extra FUSE options, comma-separated")
     args = parser.parse_args(argv)
     names = args.files or [DEFAULT_FILE]
@@ -174,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--size {args.size}: not a size")
     options = {*FUSE_OPTIONS, *(o for o in args.options.split(",") if o)}
     try:
-        trio.run(serve, NullOperations(names, size), args.mnt, options)
+        trio.run(serve, NullOperations(names, size), args.mnt, options, args.poll_us)
     except RuntimeError as exc:  # pyfuse3.init could not mount
         print(f"nullfs: mounting {args.mnt} failed: {exc}", file=sys.stderr)
         return 1
