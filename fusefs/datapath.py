@@ -313,8 +313,12 @@ class DataPath:
         limit = min(last - index + 1, self.batch)
         pages = cached.pages
         while count < limit and index + count not in pages:
-            pc.miss(cached, index + count)
             count += 1
+        if pc.tracer is None:
+            pc.misses += count - 1
+        else:
+            for n in range(1, count):
+                pc.miss(cached, index + n)
         slots = await self._take_slots(count)
         slot_view = pc.slot_view
         hits = await self.cc.get_pages(self.pool, cached.key, index, [slot_view(s) for s in slots])
@@ -384,14 +388,12 @@ class DataPath:
 
     async def _take_slots(self, count: int) -> list[int]:
         """Free slots for new pages, putting the pages evicted to make room."""
-        take, from_shared_pool = self.pc.take_slot, self._from_shared_pool
-        slots = []
-        for _ in range(count):
-            slot, evicted = take()
-            if evicted is not None:
-                await self._put(evicted)
+        slots, evicted = self.pc.take_slots(count)
+        for page in evicted:
+            await self._put(page)
+        from_shared_pool = self._from_shared_pool
+        for slot in slots:
             from_shared_pool[slot] = 0
-            slots.append(slot)
         return slots
 
     async def _put(self, evicted: Eviction) -> None:

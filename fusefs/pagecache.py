@@ -111,13 +111,24 @@ class PageCache:
 
     def take_slot(self) -> tuple[int, Eviction | None]:
         """A slot for a new page; if the cache is full, the page evicted from it."""
-        if self._free:
-            return self._free.pop(), None
-        owner, index = self._policy.victim()
-        slot = owner.pages.pop(index)
-        self.slot_keys[slot] = None
-        self.evictions += 1
-        return slot, Eviction(owner, index, slot)
+        slots, evicted = self.take_slots(1)
+        return slots[0], evicted[0] if evicted else None
+
+    def take_slots(self, count: int) -> tuple[list[int], list[Eviction]]:
+        """Slots for `count` new pages: free ones first, then evicted ones, whose pages
+        (still in their slots) the caller must put before filling them."""
+        free = self._free
+        slots = [free.pop() for _ in range(min(count, len(free)))]
+        evicted = []
+        victim, slot_keys = self._policy.victim, self.slot_keys
+        while len(slots) < count:
+            owner, index = victim()
+            slot = owner.pages.pop(index)
+            slot_keys[slot] = None
+            evicted.append(Eviction(owner, index, slot))
+            slots.append(slot)
+        self.evictions += len(evicted)
+        return slots, evicted
 
     def install(self, cached: CachedFile, index: int, slot: int) -> None:
         """Make `slot` (already filled) the page `index` of `cached`."""
