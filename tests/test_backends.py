@@ -107,8 +107,9 @@ def test_dedup_keeps_one_copy_per_content(mount_factory) -> None:
         d = {k.removeprefix("backend.dedup."): v for k, v in s.items() if k.startswith("backend.dedup.")}
         assert d["stored_pages"] == N and d["unique_pages"] == N // 2
         assert d["duplicate_entry"] == N // 2 and d["hash_collisions"] == 0
-        assert d["saved_bytes"] == N // 2 * PAGE
-        assert d["pool_total_size"] == N // 2 * PAGE + N * OVERHEAD
+        assert d["saved_bytes"] == N // 2 * PAGE and d["unique_data_size"] == N // 2 * PAGE
+        # the copies plus their measured bookkeeping (tests/test_dedup.py checks it against tracemalloc)
+        assert N // 2 * PAGE < d["pool_total_size"] < 1.05 * (N // 2 * PAGE)
         assert (m.mnt / "dup").read_bytes() == data
         s = m.stats()
         assert s["backend.dedup.unique_pages"] == 0 and s["succ_gets"] == N  # refcounts reached 0

@@ -557,12 +557,12 @@ def ratio_table(res: Results) -> list[str]:
               "zcache+tmem orig/pool", "dedup pool_total_size MiB", "dedup unique_data_size MiB",
               "dedup unique_pages",
               "unique pages x 4 KiB MiB"]
-    return ["### Effective capacity after drop_caches (orig_data_size / pool_total_size, 256 B/entry overhead "
+    return ["### Effective capacity after drop_caches (orig_data_size / pool_total_size, per-entry overheads "
             "included)", "", *table(header, rows), "", *dedup_overhead_note(res)]
 
 
 def dedup_overhead_note(res: Results) -> list[str]:
-    """Explain dedup's pool_total_size: unique payload plus the per-handle overhead, from the measured numbers."""
+    """Explain dedup's pool_total_size: unique payload plus its bookkeeping, from the measured numbers."""
     runs = res.reads.get(("dedup", "dup50"), [])
     if not runs:
         return []
@@ -570,10 +570,10 @@ def dedup_overhead_note(res: Results) -> list[str]:
     handles = r.orig_bytes // PAGE
     extra = r.pool_bytes - r.unique_data
     per = extra / handles if handles else 0.0
+    share = extra / r.unique_data if r.unique_data else 0.0
     return [f"On dup50, dedup pool_total_size - unique_data_size = {extra / MiB:.2f} MiB over {handles} stored "
-            f"handles = {per:.0f} B per handle: the 256 B overhead is charged per handle (duplicates included), "
-            f"i.e. {per / PAGE:.2%} of a page per handle, so with 2 handles per unique page the pool is "
-            f"{2 * per / PAGE:.1%} above the unique content whatever dedup does.", ""]
+            f"handles = {per:.0f} B per handle, counting each handle's share of its copy's bookkeeping (bytes "
+            f"object header and malloc rounding, array slots, index): {share:.1%} above the unique content.", ""]
 
 
 def fio_tables(res: Results) -> list[str]:
