@@ -11,18 +11,8 @@ import pyfuse3
 
 from fusefs.polling import RequestPoller, fuse_device_fd
 from tests.conftest import TMEMFS
+from tests.test_hooks import PAGE, read_pages  # one read(2) per page, back to back
 from tools.mounting import is_mounted, wait_live
-
-PAGE = 4096
-
-
-def read_pages(path: Path, pages: int) -> bytes:
-    """One read(2) per page, back to back: each next request comes while the daemon polls."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return b"".join(os.pread(fd, PAGE, n * PAGE) for n in range(pages))
-    finally:
-        os.close(fd)
 
 
 def test_polling_finds_requests_and_serves_the_same_bytes(src: Path, mount_factory) -> None:
