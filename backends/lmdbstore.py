@@ -371,8 +371,8 @@ class LmdbStore(PageStore):
                 found.append(putter)
                 if putter is not None:
                     hit_keys.append(key)
-        for key in hit_keys:  # after the read transaction: remembering may write
-            self._remember_hit(key)
+        if hit_keys:
+            self._remember_hits(hit_keys)  # after the read transaction: remembering may write
         return found
 
     def _copy_out(self, value: bytes | memoryview, out: memoryview) -> int | None:
@@ -397,15 +397,15 @@ class LmdbStore(PageStore):
             self.hits_from_others += 1
         return putter
 
-    def _remember_hit(self, key: bytes) -> None:
-        """Queue an LRU refresh (gets never write); a full batch is applied at once if
-        the write lock is free, else it waits for the next write transaction."""
-        self._hit_count += 1
-        if self._hit_count % REFRESH_SAMPLE:
-            return  # a sample of the hits is enough to keep hot pages young
+    def _remember_hits(self, keys: list[bytes]) -> None:
+        """Queue LRU refreshes for a sample of these hits (gets never write); a full batch
+        is applied at once if the write lock is free, else it waits for the next write transaction."""
+        first = -(self._hit_count + 1) % REFRESH_SAMPLE  # the sample runs on across calls
+        self._hit_count += len(keys)
         hits = self._hits
-        hits[key] = None
-        if len(hits) > HITS_REMEMBERED:
+        for key in keys[first::REFRESH_SAMPLE]:  # a sample is enough to keep hot pages young
+            hits[key] = None
+        while len(hits) > HITS_REMEMBERED:
             hits.popitem(last=False)
         if len(hits) >= REFRESH_PER_TXN and self._lock(0):
             try:
@@ -429,7 +429,7 @@ class LmdbStore(PageStore):
         with env.begin(buffers=True) as txn:  # a page that came from the pool goes back often:
             old = txn.get(key)  # then it only needs refreshing, not a write transaction
             if old is not None and _VALUE.unpack(old)[4] == digest:
-                self._remember_hit(key)
+                self._remember_hits([key])
                 self.puts_unchanged += 1
                 return True
         if not self._lock(self.lock_wait):

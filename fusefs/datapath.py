@@ -389,19 +389,22 @@ class DataPath:
     async def _take_slots(self, count: int) -> list[int]:
         """Free slots for new pages, putting the pages evicted to make room."""
         slots, evicted = self.pc.take_slots(count)
-        for page in evicted:
-            await self._put(page)
+        if evicted:
+            await self._put_evicted(evicted)
         from_shared_pool = self._from_shared_pool
         for slot in slots:
             from_shared_pool[slot] = 0
         return slots
 
-    async def _put(self, evicted: Eviction) -> None:
-        if self._from_shared_pool[evicted.slot]:
-            self.puts_saved += 1
-            return
-        await self.cc.put_page(self.pool, evicted.file.key, evicted.index,
-                               self.pc.slot_view(evicted.slot))
+    async def _put_evicted(self, evicted: list[Eviction]) -> None:
+        """Put pages taken out of the page cache (still in their slots); a page the
+        shared pool still holds needs no put."""
+        from_shared_pool, slot_view = self._from_shared_pool, self.pc.slot_view
+        for page in evicted:
+            if from_shared_pool[page.slot]:
+                self.puts_saved += 1
+            else:
+                await self.cc.put_page(self.pool, page.file.key, page.index, slot_view(page.slot))
 
     async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview) -> int:
         """Write through to SRC, then bring cached pages and the pool up to date."""
@@ -466,9 +469,9 @@ class DataPath:
     async def drop_caches(self) -> int:
         """Evict every page, putting each into cleancache; returns the count."""
         evicted = self.pc.evict_all()
-        for ev in evicted:
-            await self._put(ev)
-            self.pc.release_slot(ev.slot)
+        await self._put_evicted(evicted)
+        for page in evicted:
+            self.pc.release_slot(page.slot)
         return len(evicted)
 
     async def flush_pool(self) -> None:
