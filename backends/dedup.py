@@ -43,7 +43,7 @@ import lz4.block
 import xxhash
 
 from backends.base import Backend, OptionSpec, StatValue
-from backends.ram import Spill, parse_policy
+from backends.ram import Spill, memory_stats, parse_policy
 from fusefs import PAGE_SIZE
 from fusefs.eviction import Policy, make_policy
 
@@ -309,19 +309,7 @@ class DedupBackend(Backend):
 
     def stats(self) -> dict[str, StatValue]:
         return {
-            "stored_pages": self.stored_pages,
-            "pool_total_size": self.held,
-            "orig_data_size": self.stored_pages * PAGE_SIZE,
-            "pool_limit": self.capacity,
-            "puts": self.puts,
-            "succ_gets": self.succ_gets,
-            "failed_gets": self.failed_gets,
-            "invalidates": self.invalidates,
-            "evicted_pages": self.evicted_pages,
-            "dup_puts_replaced": self.dup_puts_replaced,
-            "dup_puts_flushed": self.dup_puts_flushed,
-            "rejected_puts": self.rejected_puts,
-            "corrupt_pages": self.corrupt_pages,
+            **memory_stats(self, self.stored_pages, self.held),
             "unique_pages": self.unique_pages,
             "unique_data_size": self.unique_bytes,
             "duplicate_entry": self.duplicate_entry,

@@ -190,18 +190,20 @@ class RamBackend(Backend):
             await self.spill(pool, key, index, data)
 
     def stats(self) -> dict[str, StatValue]:
-        return {
-            "stored_pages": self.stored_pages,
-            "pool_total_size": self.held,
-            "orig_data_size": self.stored_pages * PAGE_SIZE,
-            "pool_limit": self.capacity,
-            "puts": self.puts,
-            "succ_gets": self.succ_gets,
-            "failed_gets": self.failed_gets,
-            "invalidates": self.invalidates,
-            "evicted_pages": self.evicted_pages,
-            "dup_puts_replaced": self.dup_puts_replaced,
-            "dup_puts_flushed": self.dup_puts_flushed,
-            "rejected_puts": self.rejected_puts,
-            "corrupt_pages": self.corrupt_pages,
-        }
+        return memory_stats(self, self.stored_pages, self.held)
+
+
+# Event counters every in-memory backend keeps under these attribute names.
+EVENT_COUNTERS = ("puts", "succ_gets", "failed_gets", "invalidates", "evicted_pages", "dup_puts_replaced",
+                  "dup_puts_flushed", "rejected_puts", "corrupt_pages")
+
+
+def memory_stats(backend: Backend, stored_pages: int, held: int) -> dict[str, StatValue]:
+    """What every in-memory backend shows, in the names of zcache, zswap and Xen tmem."""
+    return {
+        "stored_pages": stored_pages,
+        "pool_total_size": held,
+        "orig_data_size": stored_pages * PAGE_SIZE,
+        "pool_limit": backend.capacity,
+        **{name: getattr(backend, name) for name in EVENT_COUNTERS},
+    }

@@ -87,6 +87,18 @@ async def put_all(d: DedupBackend, pool: int, pages: list[bytes], files: int) ->
 # -- what pool_total_size counts -------------------------------------------------------
 
 
+async def traced_fill(d: DedupBackend, views: list[memoryview], per_file: int) -> int:
+    """Put every page into a new private pool, per_file pages a file; the bytes allocated meanwhile."""
+    pool = await d.create_pool(None)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for n, view in enumerate(views):
+        await d.put_page(pool, b"file-%d" % (n // per_file), n % per_file, view)
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return used
+
+
 @pytest.mark.parametrize("policy", ["lru", "sieve"])
 async def test_pool_total_size_is_the_memory_allocated_and_near_the_unique_content(policy: str) -> None:
     """A 50%-duplicate fill over several files: the charge covers what tracemalloc sees, by
@@ -94,13 +106,7 @@ async def test_pool_total_size_is_the_memory_allocated_and_near_the_unique_conte
     pages = dup50(6000)
     views = [memoryview(p) for p in pages]
     d = DedupBackend(1 << 34, cc_policy=policy)
-    pool = await d.create_pool(None)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for n, view in enumerate(views):
-        await d.put_page(pool, b"file-%d" % (n // 1000), n % 1000, view)
-    used = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+    used = await traced_fill(d, views, 1000)
     s = d.stats()
     unique = s["unique_pages"] * PAGE
     assert s["stored_pages"] == 6000 and s["unique_pages"] == 3000 and s["unique_data_size"] == unique
@@ -113,13 +119,7 @@ async def test_every_configuration_charges_at_least_what_it_allocates(policy: st
     pages = dup50(3000, text=compress == "lz4")
     views = [memoryview(p) for p in pages]
     d = DedupBackend(1 << 34, cc_policy=policy, dd_compress=compress)
-    pool = await d.create_pool(None)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for n, view in enumerate(views):
-        await d.put_page(pool, b"file-%d" % (n // 500), n % 500, view)
-    used = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
+    used = await traced_fill(d, views, 500)
     s = d.stats()
     assert used <= s["pool_total_size"] < 1.1 * used
     if compress == "lz4":
