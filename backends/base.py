@@ -68,6 +68,10 @@ class Backend(abc.ABC):
         """get_page for pages first, first+1, ... (a store may answer them in one go)."""
         return [await self.get_page(pool, key, first + n, out) for n, out in enumerate(outs)]
 
+    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+        """put_page for several (key, index, page) (a backend may store them in one go)."""
+        return [await self.put_page(pool, key, index, page) for key, index, page in pages]
+
     @abc.abstractmethod
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None: ...
 

@@ -43,7 +43,7 @@ import lz4.block
 import xxhash
 
 from backends.base import Backend, OptionSpec, StatValue
-from backends.ram import Spill, memory_stats, parse_policy
+from backends.ram import Spill, Spilled, memory_stats, parse_policy
 from fusefs import PAGE_SIZE
 from fusefs.eviction import Policy, make_policy
 
@@ -61,7 +61,6 @@ EMPTY_DICT = sys.getsizeof({})
 POLICY_NODE = 224
 POLICY_TABLES = 4096
 NATIVE_POLICIES = ("lru", "sieve")
-Spilled = tuple[int, bytes, int, bytes]
 
 
 def parse_compress(text: str) -> str:

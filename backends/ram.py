@@ -18,8 +18,8 @@ from backends.base import Backend, OptionSpec, StatValue
 from fusefs import PAGE_SIZE
 from fusefs.eviction import POLICIES, make_policy
 
-Handle = tuple[int, bytes, int]
 Spill = Callable[[int, bytes, int, bytes], Awaitable[None]]
+Spilled = tuple[int, bytes, int, bytes]  # an evicted page for the next member of a chain
 
 
 def parse_policy(text: str) -> str:
@@ -58,6 +58,15 @@ class RamBackend(Backend):
         self.held = 0  # payload bytes + ENTRY_OVERHEAD per entry: what cc_size bounds
         self.reset_stats()
 
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A subclass that customises get_page or put_page (a plugin, a fault injector) gets
+        the plain loops for runs of pages too, so that every page goes through its method."""
+        super().__init_subclass__(**kwargs)
+        if "get_page" in cls.__dict__ and "get_pages" not in cls.__dict__:
+            cls.get_pages = Backend.get_pages  # type: ignore[method-assign]
+        if "put_page" in cls.__dict__ and "put_pages" not in cls.__dict__:
+            cls.put_pages = Backend.put_pages  # type: ignore[method-assign]
+
     def reset_stats(self) -> None:
         self.puts = self.succ_gets = self.failed_gets = self.invalidates = 0
         self.evicted_pages = self.dup_puts_replaced = self.dup_puts_flushed = 0
@@ -90,52 +99,26 @@ class RamBackend(Backend):
         return pool
 
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
-        self.puts += 1
-        ram_pool = self._pools.get(pool)
-        if ram_pool is None:
-            self.rejected_puts += 1
-            return False
-        entry = self.encode(page)
-        cost = self.charge(entry) + self.ENTRY_OVERHEAD if entry is not None else 0
-        pages = ram_pool.files.get(key)
-        if pages is not None and index in pages:
-            self._drop(pool, ram_pool, key, index)  # put-put-get: the old copy never survives
-            if entry is None:
-                self.dup_puts_flushed += 1
-            else:
-                self.dup_puts_replaced += 1
-        if entry is None:
-            return False
-        if cost > self.capacity:
-            self.release(entry)
-            self.rejected_puts += 1
-            return False
-        while self.held + cost > self.capacity:
-            await self._evict_one()
-        ram_pool.files.setdefault(key, {})[index] = entry
-        self._policy.insert((pool, key, index))
-        self.held += cost
-        self.stored_pages += 1
-        return True
+        spilled: list[Spilled] = []
+        stored = self._put(pool, key, index, page, spilled)
+        if spilled:
+            await self._spill(spilled)
+        return stored
+
+    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+        spilled: list[Spilled] = []
+        put = self._put
+        stored = [put(pool, key, index, page, spilled) for key, index, page in pages]
+        if spilled:
+            await self._spill(spilled)
+        return stored
 
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
-        ram_pool = self._pools.get(pool)
-        pages = ram_pool.files.get(key) if ram_pool is not None else None
-        entry = pages.get(index) if pages is not None else None
-        if ram_pool is None or entry is None:
-            self.failed_gets += 1
-            return False
-        if not self.decode(entry, out):
-            self.corrupt_pages += 1
-            self.failed_gets += 1
-            self._drop(pool, ram_pool, key, index)
-            return False
-        if ram_pool.shared:
-            self._policy.touch((pool, key, index))
-        else:
-            self._drop(pool, ram_pool, key, index)  # exclusive: the page moves back
-        self.succ_gets += 1
-        return True
+        return self._get(pool, key, index, out)
+
+    async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        get = self._get
+        return [get(pool, key, index, out) for index, out in enumerate(outs, first)]
 
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
         ram_pool = self._pools.get(pool)
@@ -161,6 +144,56 @@ class RamBackend(Backend):
                 self._forget(ram_pool, key, index)
 
     # -- internals ---------------------------------------------------------------------
+    # put and get run without awaiting, so a run of pages costs one backend call;
+    # evicted pages bound for the next member of a chain are collected in `spilled`.
+
+    def _put(self, pool: int, key: bytes, index: int, page: memoryview, spilled: list[Spilled]) -> bool:
+        self.puts += 1
+        ram_pool = self._pools.get(pool)
+        if ram_pool is None:
+            self.rejected_puts += 1
+            return False
+        entry = self.encode(page)
+        cost = self.charge(entry) + self.ENTRY_OVERHEAD if entry is not None else 0
+        pages = ram_pool.files.get(key)
+        if pages is not None and index in pages:
+            self._drop(pool, ram_pool, key, index)  # put-put-get: the old copy never survives
+            if entry is None:
+                self.dup_puts_flushed += 1
+            else:
+                self.dup_puts_replaced += 1
+        if entry is None:
+            return False
+        if cost > self.capacity:
+            self.release(entry)
+            self.rejected_puts += 1
+            return False
+        while self.held + cost > self.capacity:
+            self._evict_one(spilled)
+        ram_pool.files.setdefault(key, {})[index] = entry
+        self._policy.insert((pool, key, index))
+        self.held += cost
+        self.stored_pages += 1
+        return True
+
+    def _get(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        ram_pool = self._pools.get(pool)
+        pages = ram_pool.files.get(key) if ram_pool is not None else None
+        entry = pages.get(index) if pages is not None else None
+        if ram_pool is None or entry is None:
+            self.failed_gets += 1
+            return False
+        if not self.decode(entry, out):
+            self.corrupt_pages += 1
+            self.failed_gets += 1
+            self._drop(pool, ram_pool, key, index)
+            return False
+        if ram_pool.shared:
+            self._policy.touch((pool, key, index))
+        else:
+            self._drop(pool, ram_pool, key, index)  # exclusive: the page moves back
+        self.succ_gets += 1
+        return True
 
     def _forget(self, ram_pool: RamPool, key: bytes, index: int) -> object:
         pages = ram_pool.files[key]
@@ -175,19 +208,22 @@ class RamBackend(Backend):
         self._policy.remove((pool, key, index))
         self._forget(ram_pool, key, index)
 
-    async def _evict_one(self) -> None:
+    def _evict_one(self, spilled: list[Spilled]) -> None:
         pool, key, index = self._policy.victim()
         ram_pool = self._pools[pool]
         entry = ram_pool.files[key][index]
-        data = None
         if self.spill is not None:
             buf = bytearray(PAGE_SIZE)
             if self.decode(entry, memoryview(buf)):
-                data = bytes(buf)
+                spilled.append((pool, key, index, bytes(buf)))
         self._forget(ram_pool, key, index)
         self.evicted_pages += 1
-        if data is not None and self.spill is not None:
-            await self.spill(pool, key, index, data)
+
+    async def _spill(self, spilled: list[Spilled]) -> None:
+        """Hand evicted pages to the next member of a chain, once the put is done."""
+        assert self.spill is not None  # nothing is collected otherwise
+        for item in spilled:
+            await self.spill(*item)
 
     def stats(self) -> dict[str, StatValue]:
         return memory_stats(self, self.stored_pages, self.held)

@@ -26,7 +26,7 @@ import lz4.block
 import xxhash
 
 from backends.base import OptionSpec, StatValue
-from backends.ram import RamBackend
+from backends.ram import RamBackend, Spilled
 from fusefs import PAGE_SIZE
 
 _FILLS = [bytes([b]) * PAGE_SIZE for b in range(256)]
@@ -85,23 +85,23 @@ class ZcacheBackend(RamBackend):
         super().reset_stats()
         self.reject_compress_poor = self.reused_compressions = 0
 
-    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+    def _get(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         ram_pool = self._pools.get(pool)
         pages = ram_pool.files.get(key) if ram_pool is not None else None
         entry = pages.get(index) if pages is not None else None
-        hit = await super().get_page(pool, key, index, out)
+        hit = super()._get(pool, key, index, out)
         if hit and isinstance(entry, Compressed) and ram_pool is not None and not ram_pool.shared:
             self._hand_out((pool, key, index), xxhash.xxh3_128_digest(out), entry)
         return hit
 
-    async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
+    def _put(self, pool: int, key: bytes, index: int, page: memoryview, spilled: list[Spilled]) -> bool:
         given = self._handed_out.pop((pool, key, index), None)
         if given is not None:
             self._handed_out_bytes -= len(given[1])
             if xxhash.xxh3_128_digest(page) == given[0]:
                 self._reuse = given[1]
         try:
-            return await super().put_page(pool, key, index, page)
+            return super()._put(pool, key, index, page, spilled)
         finally:
             self._reuse = None
 

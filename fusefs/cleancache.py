@@ -78,6 +78,15 @@ class Ledger:
             del self.files[key]
         return True
 
+    def take(self, key: bytes, first: int, end: int) -> list[int]:
+        """Digests of pages first..end-1 (all recorded), forgotten: a get uses them up."""
+        pages = self.files[key]
+        digests = [pages.pop(index) for index in range(first, end)]
+        self.entries -= len(digests)
+        if not pages:
+            del self.files[key]
+        return digests
+
     def forget_file(self, key: bytes) -> bool:
         pages = self.files.pop(key, None)
         if pages is None:
@@ -281,9 +290,10 @@ class Cleancache:
             held = pool.ledger.files.get(key)
             if held is None:  # the common miss: nothing of this file was put
                 hits = [False] * len(outs)
+            elif len(outs) == 1:
+                hits = [first in held and await self._get_private(backend, pool, key, first, outs[0])]
             else:
-                hits = [index in held and await self._get_private(backend, pool, key, index, out)
-                        for index, out in enumerate(outs, first)]
+                hits = await self._get_private_run(backend, pool, key, first, outs, held)
         found = sum(hits)
         self.succ_gets += found
         self.failed_gets += len(outs) - found
@@ -296,27 +306,61 @@ class Cleancache:
         """A get from a private pool of a page its ledger holds: exclusive, verified."""
         ledger, backend_pool = pool.ledger, pool.backend_pool
         assert ledger is not None and backend_pool is not None
-        digest = ledger.get(key, index)
-        if digest is None:  # the ledger was replaced while an earlier page was fetched
-            return False
-        ledger.forget(key, index)  # exclusive: whatever happens, the handle is used up
+        digest = ledger.take(key, index, index + 1)[0]  # exclusive: used up, whatever happens
         try:
-            hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
+            if backend.awaits_io:
+                hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
+            else:  # no timeout to arm: one call less on the hot path
+                hit = await backend.get_page(backend_pool, key, index, out)
         except Exception:
             self._fault("get_page")
             await self._drop(backend, backend_pool, key, index)
             return False
         if not hit:
             return False
-        if _digest(out) != digest:
-            self.verify_failures += 1
-            log.warning("backend %s returned a page that does not match what was put; "
-                        "dropped it (a miss, not an error)", backend.name)
-            await self._drop(backend, backend_pool, key, index)
-            return False
-        if not backend.exclusive_gets:
-            await self._drop(backend, backend_pool, key, index)
-        return True
+        good = self._verified(backend, out, digest)
+        if not good or not backend.exclusive_gets:
+            await self._drop(backend, backend_pool, key, index)  # it must not come back
+        return good
+
+    async def _get_private_run(self, backend: Backend, pool: Pool, key: bytes, first: int,
+                               outs: list[memoryview], held: dict[int, int]) -> list[bool]:
+        """_get_private for a run of pages: each run of them the ledger holds in one backend call."""
+        ledger, backend_pool = pool.ledger, pool.backend_pool
+        assert ledger is not None and backend_pool is not None
+        hits = [False] * len(outs)
+        n = 0
+        while n < len(outs):
+            if first + n not in held:
+                n += 1
+                continue
+            end = n + 1
+            while end < len(outs) and first + end in held:
+                end += 1
+            digests = ledger.take(key, first + n, first + end)
+            try:
+                got = await self._call(backend, backend.get_pages, backend_pool, key, first + n, outs[n:end])
+            except Exception:
+                self._fault("get_pages")
+                for index in range(first + n, first + end):
+                    await self._drop(backend, backend_pool, key, index)
+                got = [False] * (end - n)
+            for k, hit in enumerate(got):
+                if hit:
+                    good = hits[n + k] = self._verified(backend, outs[n + k], digests[k])
+                    if not good or not backend.exclusive_gets:
+                        await self._drop(backend, backend_pool, key, first + n + k)
+            n = end
+        return hits
+
+    def _verified(self, backend: Backend, out: memoryview, digest: int) -> bool:
+        """Whether a private pool's page is the one put (else it is counted and must be dropped)."""
+        if _digest(out) == digest:
+            return True
+        self.verify_failures += 1
+        log.warning("backend %s returned a page that does not match what was put; "
+                    "dropped it (a miss, not an error)", backend.name)
+        return False
 
     async def put_page(self, pool_id: int, key: bytes, index: int, page: memoryview) -> None:
         """Offer a clean page being evicted; the backend may keep it or not."""
@@ -328,20 +372,50 @@ class Cleancache:
         if backend is None or pool is None or pool.backend_pool is None:
             return
         try:
-            stored = await self._call(backend, backend.put_page, pool.backend_pool, key, index, page)
+            if backend.awaits_io:
+                stored = await self._call(backend, backend.put_page, pool.backend_pool, key, index, page)
+            else:  # no timeout to arm: one call less on the hot path
+                stored = await backend.put_page(pool.backend_pool, key, index, page)
         except Exception:
             self._fault("put_page")
             await self._drop(backend, pool.backend_pool, key, index)
             stored = False
-        ledger = pool.ledger
-        if ledger is None:
+        if pool.ledger is not None:
+            await self._record(backend, pool.backend_pool, pool.ledger, [(key, index, page)], [stored])
+
+    async def put_pages(self, pool_id: int, pages: list[tuple[bytes, int, memoryview]]) -> None:
+        """put_page for several (key, index, page): one backend call."""
+        if len(pages) == 1:
+            await self.put_page(pool_id, *pages[0])
             return
-        if stored:
-            ledger.record(key, index, _digest(page))
-            if ledger.entries > ledger.limit:
-                await self._trim(backend, pool.backend_pool, ledger)
-        else:
-            ledger.forget(key, index)
+        self.puts += len(pages)
+        if self.tracer is not None:
+            for key, index, _page in pages:
+                self.tracer.event("put", key, index)
+        pool = self.pools.get(pool_id)
+        backend = self.backend
+        if backend is None or pool is None or pool.backend_pool is None:
+            return
+        try:
+            stored = await self._call(backend, backend.put_pages, pool.backend_pool, pages)
+        except Exception:
+            self._fault("put_pages")
+            for key, index, _page in pages:  # some may be stored: none may be trusted
+                await self._drop(backend, pool.backend_pool, key, index)
+            stored = [False] * len(pages)
+        if pool.ledger is not None:
+            await self._record(backend, pool.backend_pool, pool.ledger, pages, stored)
+
+    async def _record(self, backend: Backend, backend_pool: int, ledger: Ledger,
+                      pages: list[tuple[bytes, int, memoryview]], stored: list[bool]) -> None:
+        """A private pool's ledger after puts: the digest of each page kept, none of the others."""
+        for (key, index, page), kept in zip(pages, stored, strict=True):
+            if kept:
+                ledger.record(key, index, _digest(page))
+            else:
+                ledger.forget(key, index)
+        if ledger.entries > ledger.limit:
+            await self._trim(backend, backend_pool, ledger)
 
     async def invalidate_page(self, pool_id: int, key: bytes, index: int) -> None:
         """The page changed or went away: the pool must not return it again."""

@@ -400,11 +400,11 @@ class DataPath:
         """Put pages taken out of the page cache (still in their slots); a page the
         shared pool still holds needs no put."""
         from_shared_pool, slot_view = self._from_shared_pool, self.pc.slot_view
-        for page in evicted:
-            if from_shared_pool[page.slot]:
-                self.puts_saved += 1
-            else:
-                await self.cc.put_page(self.pool, page.file.key, page.index, slot_view(page.slot))
+        puts = [(page.file.key, page.index, slot_view(page.slot)) for page in evicted
+                if not from_shared_pool[page.slot]]
+        self.puts_saved += len(evicted) - len(puts)
+        if puts:
+            await self.cc.put_pages(self.pool, puts)
 
     async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview) -> int:
         """Write through to SRC, then bring cached pages and the pool up to date."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from backends.base import Backend, StatValue
@@ -230,3 +232,57 @@ async def test_shared_pool_uuid_must_be_16_bytes() -> None:
     cc = Cleancache(TmemBackend(PAGE))
     with pytest.raises(ValueError):
         await cc.init_shared_fs(b"\x01" * 4)
+
+
+# -- runs of pages: one backend call, the same rules -------------------------------------
+
+
+class CountingTmem(TmemBackend):
+    """tmem that counts its calls (it keeps tmem's own run methods)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.calls: Counter[str] = Counter()
+
+    async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        self.calls["get_pages"] += 1
+        return await super().get_pages(pool, key, first, outs)
+
+    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+        self.calls["put_pages"] += 1
+        return await super().put_pages(pool, pages)
+
+
+async def test_a_run_of_pages_is_one_backend_call_and_gets_stay_exclusive() -> None:
+    backend = CountingTmem(64 * ENTRY)
+    cc = Cleancache(backend)
+    pool = await cc.init_fs()
+    await cc.put_pages(pool, [(b"f", n, page(n)) for n in range(8) if n != 5])
+    assert backend.calls == {"put_pages": 1} and cc.puts == 7
+    outs = [memoryview(bytearray(PAGE)) for _ in range(8)]
+    hits = await cc.get_pages(pool, b"f", 0, outs)
+    # Page 5 was never put: the frontend does not ask for it, so two runs, two calls.
+    assert hits == [n != 5 for n in range(8)] and backend.calls["get_pages"] == 2
+    assert all(bytes(outs[n]) == bytes(page(n)) for n in range(8) if n != 5)
+    assert (cc.succ_gets, cc.failed_gets) == (7, 1)
+    assert await cc.get_pages(pool, b"f", 0, outs) == [False] * 8  # used up: get-get
+    assert backend.calls["get_pages"] == 2 and backend.stats()["stored_pages"] == 0
+
+
+async def test_a_run_keeps_the_rules_on_a_backend_that_lies() -> None:
+    """LyingBackend customises get_page and put_page: runs go through them page by page,
+    and the frontend still refuses kept copies, old versions and corrupt pages."""
+    assert LyingBackend.get_pages is Backend.get_pages and LyingBackend.put_pages is Backend.put_pages
+    cc, backend, pool = await frontend("honest")
+    outs = [memoryview(bytearray(PAGE)) for _ in range(4)]
+    await cc.put_pages(pool, [(b"f", n, page(n + 1)) for n in range(4)])
+    assert await cc.get_pages(pool, b"f", 0, outs) == [True] * 4
+    assert await cc.get_pages(pool, b"f", 0, outs) == [False] * 4  # the backend kept them all
+    await cc.put_pages(pool, [(b"f", n, page(n + 1)) for n in range(4)])
+    backend.mode = "corrupt"
+    assert await cc.get_pages(pool, b"f", 0, outs) == [False] * 4
+    assert cc.verify_failures == 4
+    backend.mode = "raise"
+    await cc.put_pages(pool, [(b"f", n, page(10 + n)) for n in range(4)])
+    backend.mode = "honest"
+    assert await cc.get_pages(pool, b"f", 0, outs) == [False] * 4  # a failed run stored nothing
