@@ -199,9 +199,10 @@ def canned_report() -> bench.Report:
             report.matrix.note_command(bench.fio_command(job, Path("/mnt") / bench.MATRIX.file_for(job), 2),
                                        config.key)
     for job in bench.COMPARE_JOBS:
-        for key in ("native", bench.BASELINE, bench.BASELINE_1S, bench.SUBJECT):
+        for key in ("native", bench.BASELINE, bench.BASELINE_1S, bench.SUBJECT, bench.SUBJECT_KC):
             p = report.compare.point(key, job.name)
-            base = {"native": 700_000, bench.BASELINE: 15_000, bench.BASELINE_1S: 500_000}.get(key, 20_000)
+            base = {"native": 700_000, bench.BASELINE: 15_000, bench.BASELINE_1S: 500_000,
+                    bench.SUBJECT_KC: 480_000}.get(key, 20_000)
             for rnd in range(3):
                 p.add(rnd, bench.parse_fio_json(fio_json(base + 1000 * rnd)))
         report.compare.note_command(bench.fio_command(job, Path("/mnt/bench-64M.dat"), 2), bench.SUBJECT)
@@ -229,8 +230,10 @@ def test_report_sections_and_numbers() -> None:
     assert "| tmemfs-none | disk (backing_io=direct" in text
     assert "max_tasks=1" in text and "attr_timeout 1 s" in text
     # the comparison
-    assert "| 4k randread psync QD1 direct=0 | 1.31x (1.29..1.33) ok | 0.04x (0.04..0.04) **MISS** |" in text
+    assert "| 4k randread psync QD1 direct=0 | 1.31x (1.29..1.33) ok | 0.04x (0.04..0.04) **MISS** | " \
+           "0.96x (0.96..0.96) ok |" in text  # the last: with kernel_cache, against the same caching
     assert "**Target MISSED in 3 of 6 comparisons:**" in text
+    assert "* With the same caching (tmemfs-kernel_cache: no direct_io" in text
     assert "The pyfuse3 example as shipped crashes (mount dies) on: every job of the fio matrix (direct=1)." in text
     assert "16.0k (15.0k..17.0k)" in text  # example's median (min..max)
     assert "limit 137.6 MiB: ok" in text
@@ -306,7 +309,7 @@ def test_quick_settings_and_plan() -> None:
     assert (quick.reps, quick.runtime, quick.profile, quick.sensitivity) == (1, 0.5, False, False)
     assert full.reps >= 3
     runs, seconds = bench.plan(full)
-    assert runs == 3 * (8 * 10 + 4 * 3)
+    assert runs == 3 * (8 * 10 + 5 * 3)
     assert seconds < 15 * 60  # the fio runs of a full run leave room for the rest within 20 minutes
     assert bench.plan(quick)[1] < 100  # with bench_backends --quick, make bench QUICK=1 < 3 min
     assert bench.settings_from(bench.parse_args(["--parts", "matrix"])).parts == ("matrix",)
