@@ -356,46 +356,42 @@ class LmdbStore(PageStore):
 
     async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview]) -> list[int | None]:
         """Pages first, first+1, ... in one read transaction."""
-        env = self._env
-        if env is None:
+        env, gens, data = self._env, self._gens, self._data
+        if env is None or gens is None or data is None:
             raise StoreUnavailable("not a member of the pool")
         prefix = _INDEX + file_prefix(file) + tag.to_bytes(8, "big")
+        keys = [prefix + index.to_bytes(8, "big") for index in range(first, first + len(outs))]
         found: list[int | None] = []
         hit_keys = []
-        self.gets += len(outs)
+        frames, unpack = self.frames, _VALUE.unpack
         with env.begin(buffers=True) as txn:
-            for n, out in enumerate(outs):
-                key = prefix + (first + n).to_bytes(8, "big")
-                value = txn.get(key)
-                putter = None if value is None else self._copy_out(value, out)
+            # Inline, as this loop is the cost of a shared-pool hit: a page is copied out only if
+            # its frame's generation is even and unchanged across the copy (seqlock), and verified.
+            for key, value, out in zip(keys, map(txn.get, keys), outs, strict=True):
+                putter = None
+                if value is not None:
+                    frame, gen, putter, _seq, digest = unpack(value)
+                    if frame >= frames or gen & 1 or gens[frame] != gen:
+                        self.torn_reads += 1
+                        putter = None
+                    else:
+                        offset = frame * PAGE_SIZE
+                        out[:] = data[offset : offset + PAGE_SIZE]
+                        if gens[frame] != gen:
+                            self.torn_reads += 1
+                            putter = None
+                        elif _hash(out) != digest:
+                            self.verify_failures += 1
+                            putter = None
+                        else:
+                            hit_keys.append(key)
                 found.append(putter)
-                if putter is not None:
-                    hit_keys.append(key)
+        self.gets += len(outs)
+        self.hits += len(hit_keys)
+        self.hits_from_others += sum(1 for p in found if p is not None and p != self.node)
         if hit_keys:
             self._remember_hits(hit_keys)  # after the read transaction: remembering may write
         return found
-
-    def _copy_out(self, value: bytes | memoryview, out: memoryview) -> int | None:
-        """Copy the page an index value names into `out`; its putter, or None if it
-        changed under us (seqlock) or does not verify."""
-        frame, gen, putter, _seq, digest = _VALUE.unpack(value)
-        gens, data = self._gens, self._data
-        assert gens is not None and data is not None
-        if frame >= self.frames or gen & 1 or gens[frame] != gen:
-            self.torn_reads += 1
-            return None
-        offset = frame * PAGE_SIZE
-        out[:] = data[offset : offset + PAGE_SIZE]
-        if gens[frame] != gen:
-            self.torn_reads += 1
-            return None
-        if _hash(out) != digest:
-            self.verify_failures += 1
-            return None
-        self.hits += 1
-        if putter != self.node:
-            self.hits_from_others += 1
-        return putter
 
     def _remember_hits(self, keys: list[bytes]) -> None:
         """Queue LRU refreshes for a sample of these hits (gets never write); a full batch
