@@ -16,7 +16,7 @@ transaction, which join() would then have to take (and could wait for).
 
     b"i" + file_prefix(file) + tag (8, big-endian) + index (8)
             -> frame (4), generation (8), putter node (2), order seq (8), xxh3-64 of the page (8)
-    b"o" + seq (8)      -> the b"i" key     eviction order, oldest first
+    b"o" + seq (8)      -> the b"i" key     eviction order, oldest first (CLOCK, below)
     b"f" + frame (4)    -> b""              free frames
     b"m"                -> next seq, next never-used frame, stored pages, evicted pages
 
@@ -26,6 +26,12 @@ the index; a reader copies only if the generation matches before and after
 (and the page's xxh3-64 digest matches: belt and braces for CPUs that
 reorder loads), otherwise it is a miss. Freed frames get a new generation,
 so a reader holding an old index value notices.
+
+Why a referenced byte per frame (CLOCK): a hit must not write to LMDB (a
+write transaction per hit would serialize every reader on the write lock).
+A hit sets its frame's byte in the slab, a plain store any node may make;
+eviction walks the order from the oldest entry and gives a referenced one a
+second chance (byte cleared, moved to the young end) instead of evicting it.
 
 Why a write lock of our own: LMDB's writer mutex has no timeout, so a node
 SIGSTOPped inside a write transaction would freeze every other node. Writers
@@ -58,7 +64,6 @@ import shutil
 import stat
 import struct
 import time
-from collections import OrderedDict
 
 import lmdb
 import xxhash
@@ -70,11 +75,10 @@ from fusefs import PAGE_SIZE
 
 MIN_FRAMES = 16
 SLAB_MAGIC = 0x544D454D50414745  # "TMEMPAGE"
-SLAB_LAYOUT = 1
-SLAB_HEADER = 4096  # magic, layout, frames; then one uint64 generation per frame, then the frames
-REFRESH_PER_TXN = 64  # hits re-sequenced (LRU refresh) per write transaction: ~1.5 us each
-HITS_REMEMBERED = 4096  # pending refreshes kept between write transactions
-REFRESH_SAMPLE = 4  # one hit in this many refreshes its page's place in the eviction order
+SLAB_LAYOUT = 2
+# magic, layout, frames; then one uint64 generation per frame, one referenced byte per frame,
+# then the frames (each part page-aligned)
+SLAB_HEADER = 4096
 MAPFULL_EVICT = 64  # minimum extra evictions when LMDB's map is full
 INIT_WAIT = 1.0  # seconds join() may wait for another node creating the files
 CLEAR_WAIT = 0.25  # seconds clear() may wait for the write lock
@@ -136,6 +140,11 @@ def _flock_wait(fd: int, wait: float) -> bool:
     return False
 
 
+def _pages(size: int) -> int:
+    """`size` rounded up to whole pages."""
+    return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+
+
 def _next_gen(gen: int) -> int:
     """The next even generation (also after a writer died with the frame odd)."""
     return gen + (2 if gen % 2 == 0 else 1)
@@ -177,13 +186,12 @@ class LmdbStore(PageStore):
         self._shared: _Env | None = None
         self._env_key: tuple[int, int, int] | None = None
         self._nodes: NodeTable | None = None
-        self._hit_count = 0
-        self._hits: OrderedDict[bytes, None] = OrderedDict()  # index keys hit since the last refresh
         self._wfd = -1
         self._sfd = -1
         self._slab: mmap.mmap | None = None
         self._slab_mv: memoryview | None = None
         self._gens: memoryview | None = None  # cast("Q"): one generation per frame
+        self._refs: memoryview | None = None  # one referenced byte per frame (CLOCK)
         self._data: memoryview | None = None  # the frames
         self._tree_limit = 0  # bytes of LMDB records above which puts evict before inserting
         self._backoff_until = 0.0  # monotonic time until which the write lock is tried, not waited for
@@ -247,12 +255,14 @@ class LmdbStore(PageStore):
         self._slab = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._slab_mv = memoryview(self._slab)
         self._gens = self._slab_mv[SLAB_HEADER : SLAB_HEADER + frames * 8].cast("Q")
+        refs_start = SLAB_HEADER + _pages(frames * 8)
+        self._refs = self._slab_mv[refs_start : refs_start + frames]
         data_start = self._data_start(frames)
         self._data = self._slab_mv[data_start : data_start + frames * PAGE_SIZE]
 
     @staticmethod
     def _data_start(frames: int) -> int:
-        return SLAB_HEADER + (frames * 8 + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+        return SLAB_HEADER + _pages(frames * 8) + _pages(frames)
 
     @classmethod
     def _slab_bytes(cls, frames: int) -> int:
@@ -305,10 +315,10 @@ class LmdbStore(PageStore):
                 _ENVS.pop(self._env_key, None)  # type: ignore[arg-type]
             self._shared = None
         self._env = None
-        for view in (self._gens, self._data, self._slab_mv):
+        for view in (self._gens, self._refs, self._data, self._slab_mv):
             if view is not None:
                 view.release()
-        self._gens = self._data = self._slab_mv = None
+        self._gens = self._refs = self._data = self._slab_mv = None
         if self._slab is not None:
             self._slab.close()
             self._slab = None
@@ -316,7 +326,6 @@ class LmdbStore(PageStore):
             if fd >= 0:
                 os.close(fd)
         self._sfd = self._wfd = -1
-        self._hits.clear()
 
     def _lock(self, wait: float) -> bool:
         """The write lock, waiting at most `wait` s (not at all shortly after a timeout: a stopped
@@ -356,18 +365,18 @@ class LmdbStore(PageStore):
 
     async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview]) -> list[int | None]:
         """Pages first, first+1, ... in one read transaction."""
-        env, gens, data = self._env, self._gens, self._data
-        if env is None or gens is None or data is None:
+        env, gens, refs, data = self._env, self._gens, self._refs, self._data
+        if env is None or gens is None or refs is None or data is None:
             raise StoreUnavailable("not a member of the pool")
         prefix = _INDEX + file_prefix(file) + tag.to_bytes(8, "big")
         keys = [prefix + index.to_bytes(8, "big") for index in range(first, first + len(outs))]
         found: list[int | None] = []
-        hit_keys = []
+        hits = 0
         frames, unpack = self.frames, _VALUE.unpack
         with env.begin(buffers=True) as txn:
             # Inline, as this loop is the cost of a shared-pool hit: a page is copied out only if
             # its frame's generation is even and unchanged across the copy (seqlock), and verified.
-            for key, value, out in zip(keys, map(txn.get, keys), outs, strict=True):
+            for value, out in zip(map(txn.get, keys), outs, strict=True):
                 putter = None
                 if value is not None:
                     frame, gen, putter, _seq, digest = unpack(value)
@@ -384,32 +393,13 @@ class LmdbStore(PageStore):
                             self.verify_failures += 1
                             putter = None
                         else:
-                            hit_keys.append(key)
+                            refs[frame] = 1  # a second chance at eviction (CLOCK)
+                            hits += 1
                 found.append(putter)
         self.gets += len(outs)
-        self.hits += len(hit_keys)
+        self.hits += hits
         self.hits_from_others += sum(1 for p in found if p is not None and p != self.node)
-        if hit_keys:
-            self._remember_hits(hit_keys)  # after the read transaction: remembering may write
         return found
-
-    def _remember_hits(self, keys: list[bytes]) -> None:
-        """Queue LRU refreshes for a sample of these hits (gets never write); a full batch
-        is applied at once if the write lock is free, else it waits for the next write transaction."""
-        first = -(self._hit_count + 1) % REFRESH_SAMPLE  # the sample runs on across calls
-        self._hit_count += len(keys)
-        hits = self._hits
-        for key in keys[first::REFRESH_SAMPLE]:  # a sample is enough to keep hot pages young
-            hits[key] = None
-        while len(hits) > HITS_REMEMBERED:
-            hits.popitem(last=False)
-        if len(hits) >= REFRESH_PER_TXN and self._lock(0):
-            try:
-                with self._env.begin(write=True) as txn:  # type: ignore[union-attr]
-                    seq, unused, stored, evicted = _read_meta(txn)
-                    txn.put(_META_KEY, _META.pack(self._refresh(txn, seq), unused, stored, evicted))
-            finally:
-                fcntl.flock(self._wfd, fcntl.LOCK_UN)
 
     async def put(self, file: bytes, tag: int, index: int, page: memoryview) -> bool:
         nodes = self._table()
@@ -423,9 +413,11 @@ class LmdbStore(PageStore):
         env = self._env
         assert env is not None
         with env.begin(buffers=True) as txn:  # a page that came from the pool goes back often:
-            old = txn.get(key)  # then it only needs refreshing, not a write transaction
+            old = txn.get(key)  # then it only needs marking as used, not a write transaction
             if old is not None and _VALUE.unpack(old)[4] == digest:
-                self._remember_hits([key])
+                frame = _VALUE.unpack(old)[0]
+                if frame < self.frames:
+                    self._refs[frame] = 1  # type: ignore[index]
                 self.puts_unchanged += 1
                 return True
         if not self._lock(self.lock_wait):
@@ -448,11 +440,10 @@ class LmdbStore(PageStore):
 
     def _put_txn(self, key: bytes, page: memoryview, digest: int) -> int:
         """Store the page in one write transaction; how many entries it evicted."""
-        env, gens, data = self._env, self._gens, self._data
-        assert env is not None and gens is not None and data is not None
+        env, gens, refs, data = self._env, self._gens, self._refs, self._data
+        assert env is not None and gens is not None and refs is not None and data is not None
         with env.begin(write=True) as txn:
             seq, unused, stored, evicted = _read_meta(txn)
-            seq = self._refresh(txn, seq)
             freed = 0
             old = txn.get(key)
             frame = -1
@@ -465,10 +456,11 @@ class LmdbStore(PageStore):
             if frame < 0:
                 if self._tree_bytes(txn) > self._tree_limit:  # long keys: the index, not the slab, is full
                     freed = self._evict_oldest(txn, 2)
-                frame, unused, taken = self._take_frame(txn, unused)
+                frame, unused, taken, seq = self._take_frame(txn, unused, seq)
                 freed += taken
                 stored += 1 - freed
                 evicted += freed
+            refs[frame] = 0  # a new page earns its second chance by being hit
             g = gens[frame]
             g += 1 if g % 2 == 0 else 2  # odd: being written
             gens[frame] = g
@@ -480,31 +472,20 @@ class LmdbStore(PageStore):
             txn.put(_META_KEY, _META.pack(seq + 1, unused, stored, evicted))
         return freed
 
-    def _refresh(self, txn: lmdb.Transaction[bytes], seq: int) -> int:
-        """Give pages hit since the last write txn a new (newest) place in the eviction order."""
-        hits = self._hits
-        for _ in range(min(len(hits), REFRESH_PER_TXN)):
-            key, _none = hits.popitem(last=False)
-            value = txn.get(key)
-            if value is None:
-                continue
-            frame, gen, putter, old_seq, digest = _VALUE.unpack(value)
-            txn.delete(_ORDER + old_seq.to_bytes(8, "big"))
-            txn.put(_ORDER + seq.to_bytes(8, "big"), key)
-            txn.put(key, _VALUE.pack(frame, gen, putter, seq, digest))
-            seq += 1
-        return seq
-
-    def _take_frame(self, txn: lmdb.Transaction[bytes], unused: int) -> tuple[int, int, int]:
-        """A frame for a new entry: (frame, next never-used frame, entries evicted to get it)."""
+    def _take_frame(self, txn: lmdb.Transaction[bytes], unused: int, seq: int) -> tuple[int, int, int, int]:
+        """A frame for a new entry: (frame, next never-used frame, entries evicted to get it,
+        next seq). The oldest entry is evicted unless it was hit since it was last passed
+        over: then it moves to the young end with its byte cleared (CLOCK's second chance)."""
         cursor = txn.cursor()
         while cursor.set_range(_FREE) and cursor.key()[:1] == _FREE:
             frame = int.from_bytes(cursor.key()[1:], "big")
             cursor.delete()
             if frame < self.frames:
-                return frame, unused, 0
+                return frame, unused, 0, seq
         if unused < self.frames:
-            return unused, unused + 1, 0
+            return unused, unused + 1, 0, seq
+        refs = self._refs
+        assert refs is not None
         evicted = 0
         while cursor.set_range(_ORDER) and cursor.key()[:1] == _ORDER:
             order_key, key = cursor.item()
@@ -512,13 +493,19 @@ class LmdbStore(PageStore):
             value = txn.get(key)
             if value is None:
                 continue
-            frame, _gen, _putter, seq, _digest = _VALUE.unpack(value)
-            if seq != int.from_bytes(order_key[1:], "big"):
+            frame, gen, putter, old_seq, digest = _VALUE.unpack(value)
+            if old_seq != int.from_bytes(order_key[1:], "big"):
                 continue  # not this entry's current place (never happens unless damaged)
+            if frame < self.frames and refs[frame]:
+                refs[frame] = 0
+                txn.put(_ORDER + seq.to_bytes(8, "big"), key)
+                txn.put(key, _VALUE.pack(frame, gen, putter, seq, digest))
+                seq += 1
+                continue
             txn.delete(key)
             evicted += 1
             if frame < self.frames:
-                return frame, unused, evicted
+                return frame, unused, evicted, seq
         raise _NoFrame
 
     def _evict_txn(self) -> int:
@@ -625,7 +612,6 @@ class LmdbStore(PageStore):
                 self.invalidated_pages += stored
         finally:
             fcntl.flock(self._wfd, fcntl.LOCK_UN)
-        self._hits.clear()
 
     # -- state ----------------------------------------------------------------------
 
