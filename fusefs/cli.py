@@ -221,6 +221,7 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         poller = RequestPoller(config.poll_us)
         if poller.install():
             ops.poller = poller
+            poller.idle = data.reclaim
         log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
                  "+".join(config.cleancache), config.cache_size, config.cc_size)
         try:

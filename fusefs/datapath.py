@@ -27,6 +27,7 @@ from fusefs.pagecache import CachedFile, Eviction, PageCache
 
 PAGE_MASK = PAGE_SIZE - 1
 MAX_BATCH = 32  # pages read from SRC in one preadv
+RECLAIM_STEP = 4  # pages evicted (and put) at most per pause between requests
 
 
 class DataPath:
@@ -42,6 +43,9 @@ class DataPath:
         self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
         self.max_idle_files = max_idle_files
         self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
+        # Free slots that background reclaim keeps ready (none in tiny caches, whose
+        # eviction order the tests count exactly).
+        self.reserve = min(MAX_BATCH, self.pc.capacity // 512)
         # Slots holding a page got from a shared pool and unchanged since: the pool
         # still has it (gets there are non-destructive), so evicting it needs no put.
         self._from_shared_pool = bytearray(self.pc.capacity)
@@ -58,7 +62,7 @@ class DataPath:
         self.backing_writes = self.backing_write_bytes = 0
         self.external_changes = 0
         self.remote_changes = self.cut_offs = self.uncached_reads = 0
-        self.puts_saved = 0
+        self.puts_saved = self.reclaimed = 0
 
     # -- cluster versions ------------------------------------------------------
 
@@ -386,6 +390,19 @@ class DataPath:
                 pc.release_slot(s)
         return used
 
+    async def reclaim(self) -> None:
+        """Background reclaim, as kswapd did: between requests, evict (and put) a few pages
+        so that free slots are ready and a miss need not put on its critical path."""
+        pc = self.pc
+        want = min(RECLAIM_STEP, self.reserve - pc.free_slots)
+        if want <= 0:
+            return
+        evicted = pc.evict(want)
+        self.reclaimed += len(evicted)
+        await self._put_evicted(evicted)
+        for page in evicted:
+            pc.release_slot(page.slot)
+
     async def _take_slots(self, count: int) -> list[int]:
         """Free slots for new pages, putting the pages evicted to make room."""
         slots, evicted = self.pc.take_slots(count)
@@ -497,6 +514,7 @@ class DataPath:
             "pagecache.remote_changes": self.remote_changes,
             "pagecache.cut_offs": self.cut_offs,
             "pagecache.puts_saved": self.puts_saved,
+            "pagecache.reclaimed": self.reclaimed,
             "backing.uncached_reads": self.uncached_reads,
             "backing.reads": self.backing_reads,
             "backing.read_bytes": self.backing_read_bytes,

@@ -158,19 +158,28 @@ class PageCache:
         return len(slots)
 
     def evict_all(self) -> list[Eviction]:
-        """Take every page out, oldest first, for the caller to put (drop_caches).
+        """Take every page out, oldest first, for the caller to put (drop_caches)."""
+        return self.evict(len(self._policy))
+
+    def evict(self, count: int) -> list[Eviction]:
+        """Take up to `count` pages out, oldest first, for the caller to put.
 
         The slots stay reserved until the caller gives them back with
         release_slot, so their data can be read meanwhile.
         """
         out = []
-        while len(self._policy):
-            owner, index = self._policy.victim()
+        victim, slot_keys = self._policy.victim, self.slot_keys
+        for _ in range(min(count, len(self._policy))):
+            owner, index = victim()
             slot = owner.pages.pop(index)
-            self.slot_keys[slot] = None
+            slot_keys[slot] = None
             out.append(Eviction(owner, index, slot))
         self.evictions += len(out)
         return out
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
 
     def _unlink(self, slot: int) -> None:
         self._policy.remove(self.slot_keys[slot])

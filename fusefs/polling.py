@@ -60,6 +60,7 @@ class RequestPoller:
         self._fd = -1
         self._since_trio = 0
         self._original: Callable[[], Awaitable[bool]] | None = None
+        self.idle: Callable[[], Awaitable[None]] | None = None  # work for the pause between requests
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -92,6 +93,8 @@ class RequestPoller:
         self._since_trio += 1
         if self._since_trio < TRIO_EVERY:
             poll, now = self._poll.poll, time.perf_counter_ns
+            if self.idle is not None and not poll(0):  # nothing waiting: do the idle work first
+                await self.idle()
             deadline = now() + self._budget_ns
             while True:
                 if poll(0):

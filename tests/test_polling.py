@@ -120,3 +120,20 @@ def test_wait_polls_a_ready_descriptor_and_sleeps_in_trio_on_its_turn(monkeypatc
         pyfuse3._wait_fuse_readable = original  # type: ignore[attr-defined]
         os.close(read_end)
         os.close(write_end)
+
+
+def test_pauses_between_requests_reclaim_pages_ahead_of_misses(src: Path, mount_factory) -> None:
+    """kswapd's job: between requests a few pages are evicted (and put) so a miss finds a free
+    slot; what they put is served back from the pool, byte for byte."""
+    data = os.urandom(4096 * PAGE)  # 16 MiB through an 8 MiB page cache (2048 pages: 4 kept free)
+    (src / "f").write_bytes(data)
+    with mount_factory("cleancache=tmem,cache_size=8M,cc_size=64M,poll_us=5000") as m:
+        assert read_pages(m.mnt / "f", 4096) == data
+        assert read_pages(m.mnt / "f", 4096) == data  # the first half comes back from tmem
+        s = m.stats()
+        assert s["pagecache.reclaimed"] > 0, s
+        assert s["pagecache.pages"] <= s["pagecache.capacity_pages"] - 1  # slots kept free
+        assert s["succ_gets"] > 0 and s["cleancache.verify_failures"] == 0
+    with mount_factory("cleancache=tmem,cache_size=8M,cc_size=64M,poll_us=0") as m:
+        assert read_pages(m.mnt / "f", 4096) == data
+        assert m.stats()["pagecache.reclaimed"] == 0  # the pauses are only seen while polling
