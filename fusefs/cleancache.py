@@ -59,10 +59,6 @@ class Ledger:
     files: dict[bytes, dict[int, int]] = field(default_factory=dict)
     entries: int = 0
 
-    def get(self, key: bytes, index: int) -> int | None:
-        pages = self.files.get(key)
-        return None if pages is None else pages.get(index)
-
     def record(self, key: bytes, index: int, digest: int) -> None:
         pages = self.files.setdefault(key, {})
         if index not in pages:

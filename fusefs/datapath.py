@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import time
 from collections import OrderedDict, deque
 
 from backends.base import FileVersions
@@ -27,7 +28,7 @@ from fusefs.pagecache import CachedFile, Eviction, PageCache
 
 PAGE_MASK = PAGE_SIZE - 1
 MAX_BATCH = 32  # pages read from SRC in one preadv
-RECLAIM_STEP = 4  # pages evicted (and put) at most per pause between requests
+RECLAIM_NS = 20_000  # what background reclaim may spend of one pause between requests
 
 
 class DataPath:
@@ -45,7 +46,7 @@ class DataPath:
         self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
         # Free slots that background reclaim keeps ready (none in tiny caches, whose
         # eviction order the tests count exactly).
-        self.reserve = min(MAX_BATCH, self.pc.capacity // 512)
+        self.reserve = min(MAX_BATCH, self.pc.capacity // 64)
         # Slots holding a page got from a shared pool and unchanged since: the pool
         # still has it (gets there are non-destructive), so evicting it needs no put.
         self._from_shared_pool = bytearray(self.pc.capacity)
@@ -394,14 +395,19 @@ class DataPath:
         """Background reclaim, as kswapd did: between requests, evict (and put) a few pages
         so that free slots are ready and a miss need not put on its critical path."""
         pc = self.pc
-        want = min(RECLAIM_STEP, self.reserve - pc.free_slots)
-        if want <= 0:
+        if pc.free_slots >= self.reserve:
             return
-        evicted = pc.evict(want)
-        self.reclaimed += len(evicted)
+        deadline = time.perf_counter_ns() + RECLAIM_NS  # a put may be cheap (none needed) or not
+        while pc.free_slots < self.reserve and time.perf_counter_ns() < deadline:
+            self.reclaimed += await self._evict_into_free(1)
+
+    async def _evict_into_free(self, count: int) -> int:
+        """Evict up to `count` pages, oldest first, put them, and free their slots."""
+        evicted = self.pc.evict(count)
         await self._put_evicted(evicted)
         for page in evicted:
-            pc.release_slot(page.slot)
+            self.pc.release_slot(page.slot)
+        return len(evicted)
 
     async def _take_slots(self, count: int) -> list[int]:
         """Free slots for new pages, putting the pages evicted to make room."""
@@ -485,11 +491,7 @@ class DataPath:
 
     async def drop_caches(self) -> int:
         """Evict every page, putting each into cleancache; returns the count."""
-        evicted = self.pc.evict_all()
-        await self._put_evicted(evicted)
-        for page in evicted:
-            self.pc.release_slot(page.slot)
-        return len(evicted)
+        return await self._evict_into_free(self.pc.pages)
 
     async def flush_pool(self) -> None:
         await self.cc.flush(self.pool)

@@ -109,11 +109,6 @@ class PageCache:
         """Slot of a cached page without counting or reordering."""
         return cached.pages.get(index)
 
-    def take_slot(self) -> tuple[int, Eviction | None]:
-        """A slot for a new page; if the cache is full, the page evicted from it."""
-        slots, evicted = self.take_slots(1)
-        return slots[0], evicted[0] if evicted else None
-
     def take_slots(self, count: int) -> tuple[list[int], list[Eviction]]:
         """Slots for `count` new pages: free ones first, then evicted ones, whose pages
         (still in their slots) the caller must put before filling them."""
@@ -156,10 +151,6 @@ class PageCache:
         for slot in slots:
             self._unlink(slot)
         return len(slots)
-
-    def evict_all(self) -> list[Eviction]:
-        """Take every page out, oldest first, for the caller to put (drop_caches)."""
-        return self.evict(len(self._policy))
 
     def evict(self, count: int) -> list[Eviction]:
         """Take up to `count` pages out, oldest first, for the caller to put.

@@ -10,6 +10,7 @@ import pytest
 
 from fusefs.eviction import ARC, LRU, POLICIES, S3FIFO, SIEVE, Policy, make_policy
 from fusefs.pagecache import CachedFile, PageCache
+from tests.test_units import take_slot
 from tools import trace as tracetool
 
 PAGE = 4096
@@ -249,11 +250,11 @@ def test_page_cache_runs_on_every_policy(name: str) -> None:
     f = CachedFile(b"k")
     for index in range(10):
         if pc.lookup(f, index % 6) is None:
-            slot, _ = pc.take_slot()
+            slot, _ = take_slot(pc)
             pc.install(f, index % 6, slot)
     assert pc.pages == 4 == len(f.pages)
     assert pc.drop(f, next(iter(f.pages)))
-    out = pc.evict_all()
+    out = pc.evict(pc.pages)
     assert len(out) == 3 and pc.pages == 0 and not f.pages
 
 

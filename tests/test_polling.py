@@ -125,7 +125,7 @@ def test_wait_polls_a_ready_descriptor_and_sleeps_in_trio_on_its_turn(monkeypatc
 def test_pauses_between_requests_reclaim_pages_ahead_of_misses(src: Path, mount_factory) -> None:
     """kswapd's job: between requests a few pages are evicted (and put) so a miss finds a free
     slot; what they put is served back from the pool, byte for byte."""
-    data = os.urandom(4096 * PAGE)  # 16 MiB through an 8 MiB page cache (2048 pages: 4 kept free)
+    data = os.urandom(4096 * PAGE)  # 16 MiB through an 8 MiB page cache (2048 pages: 32 kept free)
     (src / "f").write_bytes(data)
     with mount_factory("cleancache=tmem,cache_size=8M,cc_size=64M,poll_us=5000") as m:
         assert read_pages(m.mnt / "f", 4096) == data

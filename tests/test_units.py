@@ -10,7 +10,7 @@ from backends.base import Backend, StatValue
 from backends.tmem import TmemBackend
 from fusefs.cleancache import Cleancache
 from fusefs.eviction import POLICIES
-from fusefs.pagecache import CachedFile, PageCache
+from fusefs.pagecache import CachedFile, Eviction, PageCache
 
 PAGE = 4096
 ENTRY = PAGE + TmemBackend.ENTRY_OVERHEAD  # what one stored page costs tmem
@@ -23,15 +23,21 @@ def page(byte: int) -> memoryview:
 # -- page cache --------------------------------------------------------------------
 
 
+def take_slot(pc: PageCache) -> tuple[int, Eviction | None]:
+    """One slot, and the page evicted to free it if the cache was full."""
+    slots, evicted = pc.take_slots(1)
+    return slots[0], evicted[0] if evicted else None
+
+
 def test_pagecache_is_bounded_and_evicts_least_recently_used() -> None:
     pc = PageCache(3 * PAGE)
     f = CachedFile(b"k")
     for index in range(3):
-        slot, evicted = pc.take_slot()
+        slot, evicted = take_slot(pc)
         assert evicted is None
         pc.install(f, index, slot)
     assert pc.lookup(f, 0) is not None  # 0 is now the most recent
-    slot, evicted = pc.take_slot()
+    slot, evicted = take_slot(pc)
     assert evicted is not None and evicted.index == 1 and evicted.file is f
     assert pc.pages == 2 and 1 not in f.pages
     pc.install(f, 3, slot)
@@ -46,7 +52,7 @@ def test_pagecache_every_policy_keeps_the_bound(policy: str) -> None:
     for step in range(200):
         f, index = files[step % 2], (step * 7) % 13
         if pc.lookup(f, index) is None:
-            slot, evicted = pc.take_slot()
+            slot, evicted = take_slot(pc)
             if evicted is not None:
                 assert evicted.file.pages.get(evicted.index) is None
             pc.install(f, index, slot)
@@ -58,7 +64,7 @@ def test_pagecache_drop_file_frees_slots() -> None:
     pc = PageCache(4 * PAGE)
     f = CachedFile(b"k")
     for index in range(4):
-        pc.install(f, index, pc.take_slot()[0])
+        pc.install(f, index, take_slot(pc)[0])
     assert pc.drop_file(f) == 4
     assert pc.pages == 0 and not f.pages
     assert pc.lookup(f, 0) is None
@@ -68,10 +74,10 @@ def test_pagecache_evict_all_returns_data_still_readable() -> None:
     pc = PageCache(2 * PAGE)
     f = CachedFile(b"k")
     for index in range(2):
-        slot = pc.take_slot()[0]
+        slot = take_slot(pc)[0]
         pc.slot_view(slot)[:] = page(index + 1)
         pc.install(f, index, slot)
-    evicted = pc.evict_all()
+    evicted = pc.evict(pc.pages)
     assert [e.index for e in evicted] == [0, 1]
     assert bytes(pc.slot_view(evicted[1].slot)) == bytes(page(2))
     for e in evicted:
