@@ -414,12 +414,13 @@ class LmdbStore(PageStore):
         assert env is not None
         with env.begin(buffers=True) as txn:  # a page that came from the pool goes back often:
             old = txn.get(key)  # then it only needs marking as used, not a write transaction
-            if old is not None and _VALUE.unpack(old)[4] == digest:
-                frame = _VALUE.unpack(old)[0]
-                if frame < self.frames:
-                    self._refs[frame] = 1  # type: ignore[index]
-                self.puts_unchanged += 1
-                return True
+            if old is not None:
+                frame, _gen, _putter, _seq, old_digest = _VALUE.unpack(old)
+                if old_digest == digest:
+                    if frame < self.frames:
+                        self._refs[frame] = 1  # type: ignore[index]
+                    self.puts_unchanged += 1
+                    return True
         if not self._lock(self.lock_wait):
             self.lock_timeouts += 1
             return False

@@ -304,10 +304,7 @@ class Cleancache:
         assert ledger is not None and backend_pool is not None
         digest = ledger.take(key, index, index + 1)[0]  # exclusive: used up, whatever happens
         try:
-            if backend.awaits_io:
-                hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
-            else:  # no timeout to arm: one call less on the hot path
-                hit = await backend.get_page(backend_pool, key, index, out)
+            hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
         except Exception:
             self._fault("get_page")
             await self._drop(backend, backend_pool, key, index)
@@ -360,30 +357,10 @@ class Cleancache:
 
     async def put_page(self, pool_id: int, key: bytes, index: int, page: memoryview) -> None:
         """Offer a clean page being evicted; the backend may keep it or not."""
-        self.puts += 1
-        if self.tracer is not None:
-            self.tracer.event("put", key, index)
-        pool = self.pools.get(pool_id)
-        backend = self.backend
-        if backend is None or pool is None or pool.backend_pool is None:
-            return
-        try:
-            if backend.awaits_io:
-                stored = await self._call(backend, backend.put_page, pool.backend_pool, key, index, page)
-            else:  # no timeout to arm: one call less on the hot path
-                stored = await backend.put_page(pool.backend_pool, key, index, page)
-        except Exception:
-            self._fault("put_page")
-            await self._drop(backend, pool.backend_pool, key, index)
-            stored = False
-        if pool.ledger is not None:
-            await self._record(backend, pool.backend_pool, pool.ledger, [(key, index, page)], [stored])
+        await self.put_pages(pool_id, [(key, index, page)])
 
     async def put_pages(self, pool_id: int, pages: list[tuple[bytes, int, memoryview]]) -> None:
         """put_page for several (key, index, page): one backend call."""
-        if len(pages) == 1:
-            await self.put_page(pool_id, *pages[0])
-            return
         self.puts += len(pages)
         if self.tracer is not None:
             for key, index, _page in pages:
@@ -393,7 +370,10 @@ class Cleancache:
         if backend is None or pool is None or pool.backend_pool is None:
             return
         try:
-            stored = await self._call(backend, backend.put_pages, pool.backend_pool, pages)
+            if len(pages) == 1:  # a single eviction (4k random reads): the backend's plain put
+                stored = [await self._call(backend, backend.put_page, pool.backend_pool, *pages[0])]
+            else:
+                stored = await self._call(backend, backend.put_pages, pool.backend_pool, pages)
         except Exception:
             self._fault("put_pages")
             for key, index, _page in pages:  # some may be stored: none may be trusted
@@ -441,10 +421,14 @@ class Cleancache:
 
     # -- internals -----------------------------------------------------------
 
-    async def _call(self, backend: Backend, method: Callable[..., Awaitable[T]], *args: object) -> T:
-        """Call a backend method; one that may wait on I/O gets at most `timeout` seconds."""
+    def _call(self, backend: Backend, method: Callable[..., Awaitable[T]], *args: object) -> Awaitable[T]:
+        """Call a backend method; one that may wait on I/O gets at most `timeout` seconds.
+        An in-memory backend's call is awaited as it is: no frame of ours on the hot path."""
         if not backend.awaits_io:
-            return await method(*args)
+            return method(*args)
+        return self._bounded(method, *args)
+
+    async def _bounded(self, method: Callable[..., Awaitable[T]], *args: object) -> T:
         with trio.move_on_after(self.timeout):
             return await method(*args)
         self.backend_timeouts += 1

@@ -80,9 +80,13 @@ class DataPath:
 
     def _drop_everything(self) -> None:
         for cached in self.files.values():
-            self.pc.drop_file(cached)
-            cached.tag = None
+            self._uncache(cached)
             cached.key = cached.file
+
+    def _uncache(self, cached: CachedFile) -> None:
+        """Drop a cluster node's pages of a file; its version is checked afresh before any is trusted."""
+        self.pc.drop_file(cached)
+        cached.tag = None
 
     async def _current(self, versions: FileVersions, cached: CachedFile, fd: int) -> bool:
         """Make a file's cached pages valid at its version now; False if it cannot be known."""
@@ -92,8 +96,7 @@ class DataPath:
             self.cut_offs += 1
             self._drop_everything()
         if version is None:
-            self.pc.drop_file(cached)
-            cached.tag = None
+            self._uncache(cached)
             return False
         if version != cached.tag:
             if cached.tag is not None and self.pc.drop_file(cached):
@@ -132,8 +135,7 @@ class DataPath:
                 if self._versions() is None:
                     await self.invalidate_file(key)
                 else:  # most likely another node's write: its versions already tell the pool
-                    self.pc.drop_file(cached)
-                    cached.tag = None
+                    self._uncache(cached)
         cached.size = st.st_size
         cached.stamp = stamp
         cached.open_count += 1
@@ -448,8 +450,7 @@ class DataPath:
             for slot in cached.pages.values():  # the flush took the pool's copies of the old version
                 self._from_shared_pool[slot] = 0
         else:
-            self.pc.drop_file(cached)
-            cached.tag = None
+            self._uncache(cached)
         return done
 
     async def _write_through(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
