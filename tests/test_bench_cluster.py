@@ -10,6 +10,7 @@ import pytest
 
 from tools import bench_cluster as bc
 from tools.bench import parse_fio_json
+from tools.bench_backends import replace_between
 
 MiB = 1 << 20
 RAND4K, SEQ128K = bc.READ_JOBS
@@ -252,11 +253,12 @@ def test_results_survive_json() -> None:
 
 def test_section_is_appended_once_then_replaced_in_place() -> None:
     original = "# tmemfs benchmarks\n\nintro\n<!-- backends:begin -->\nB\n<!-- backends:end -->\n"
-    first = bc.replace_section(original, "## Cluster nodes\n\nv1\n")
+    first = replace_between(original, "## Cluster nodes\n\nv1\n", bc.BEGIN, bc.END)
     assert first == original + "\n<!-- cluster:begin -->\n## Cluster nodes\n\nv1\n<!-- cluster:end -->\n"
-    second = bc.replace_section(first + "trailer\n", "## Cluster nodes\n\nv2\n")
+    second = replace_between(first + "trailer\n", "## Cluster nodes\n\nv2\n", bc.BEGIN, bc.END)
     assert second == original + "\n<!-- cluster:begin -->\n## Cluster nodes\n\nv2\n<!-- cluster:end -->\ntrailer\n"
-    assert bc.replace_section("no newline", "X\n") == "no newline\n\n<!-- cluster:begin -->\nX\n<!-- cluster:end -->\n"
+    assert (replace_between("no newline", "X\n", bc.BEGIN, bc.END)
+            == "no newline\n\n<!-- cluster:begin -->\nX\n<!-- cluster:end -->\n")
 
 
 def test_write_report_touches_only_the_section(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ from tools.bench import (
     versions,
     with_cpu,
 )
-from tools.bench_backends import control, mounted, num, read_stats, replace_between, spread
+from tools.bench_backends import control, mounted, num, read_stats, spread
 from tools.bench_backends import write_report as write_section
 from tools.mounting import is_mounted, mount_points, signals_deferred, stop_daemon, unmount
 
@@ -396,11 +396,6 @@ def parse_checker(store: str, command: str, asked_ops: int, stdout: str, returnc
     run.ok = bool(data.get("ok")) and returncode == 0
     run.first_violations = [str(v.get("text", v)) for v in data.get("first_violations", [])[:5]]
     return run
-
-
-def replace_section(text: str, body: str) -> str:
-    """Replace only what is between the cluster markers; append them (and body) at the end if absent."""
-    return replace_between(text, body, BEGIN, END)
 
 
 def write_report(out: Path, body: str) -> None:
