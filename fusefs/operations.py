@@ -160,8 +160,13 @@ class TmemOperations(pyfuse3.Operations):
         fchown_empty(fd, ctx.uid, gid)
 
     async def _new_entry(self, parent: Inode, name: bytes, ctx: pyfuse3.RequestContext,
-                         mode: int | None = None) -> pyfuse3.EntryAttributes:
-        inode, st = self.inodes.open_child(parent, name)
+                         mode: int | None = None, made_fd: int | None = None) -> pyfuse3.EntryAttributes:
+        """Adopt and own an object just made; `made_fd` (an open descriptor of it) pins the
+        very object, so one that SRC swapped in under the name is never chowned."""
+        if made_fd is None:
+            inode, st = self.inodes.open_child(parent, name)
+        else:
+            inode, st = self.inodes.open_made(made_fd)
         self._own(inode.fd, parent, ctx)
         if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISLNK(st.st_mode):
             os.chmod(f"/proc/self/fd/{inode.fd}", mode & 0o7777)  # chown cleared them
@@ -377,7 +382,7 @@ class TmemOperations(pyfuse3.Operations):
             # the lookup (LOOKUP_REVAL) and open the file like any existing one.
             raise FUSEError(errno.EEXIST if flags & os.O_EXCL else errno.ESTALE) from None
         try:
-            attr = await self._new_entry(parent, name, ctx, mode)
+            attr = await self._new_entry(parent, name, ctx, mode, made_fd=fd)
         except BaseException:
             os.close(fd)
             raise
