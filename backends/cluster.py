@@ -232,7 +232,7 @@ class ClusterBackend(Backend):
         found = sum(hits)
         self.succ_gets += found
         self.failed_gets += len(outs) - found
-        self.hits_from_others += sum(1 for p in putters if p is not None and p != shared.store.node)
+        self.hits_from_others += found - putters.count(shared.store.node)
         return hits
 
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:

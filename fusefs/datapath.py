@@ -19,6 +19,7 @@ import mmap
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 
 from backends.base import FileVersions
 from backends.store import file_prefix, versioned_key
@@ -29,6 +30,17 @@ from fusefs.pagecache import CachedFile, Eviction, PageCache
 PAGE_MASK = PAGE_SIZE - 1
 MAX_BATCH = 32  # pages read from SRC in one preadv
 RECLAIM_NS = 20_000  # what background reclaim may spend of one pause between requests
+RECLAIM_STEP = 4  # pages reclaim evicts between two looks for a waiting request
+
+
+def _run_end(flags: list[bool], start: int, other: bool) -> int:
+    """Where the run of equal flags from `start` ends: the first `other` after it, or the end."""
+    if start + 1 < len(flags):  # (a run of one, the random read, skips the search)
+        try:
+            return flags.index(other, start + 1)
+        except ValueError:
+            pass
+    return len(flags)
 
 
 class DataPath:
@@ -221,7 +233,8 @@ class DataPath:
         pages = cached.pages
         slots = [pages.get(first)] if first == last else list(map(pages.get, range(first, last + 1)))
         if None not in slots:
-            return self._serve_hits(slots, offset, end)  # type: ignore[arg-type]  # no None in it
+            self._count_hits(slots)  # type: ignore[arg-type]  # no None in it
+            return self._assemble(slots, offset, end)  # type: ignore[arg-type]
         view = self.pc.view
         if first == last:
             slot, _ = await self._page(cached, fd, first, last)
@@ -230,6 +243,15 @@ class DataPath:
                 return b""
             base = slot << PAGE_SHIFT
             return view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
+        loaded_through = -1  # pages installed by this very read: not hits
+        if slots.count(None) == len(slots):  # none cached (a read in order): load them in one go
+            slot, loaded_through = await self._page(cached, fd, first, last)
+            end = min(end, cached.size)
+            if slot < 0 or offset >= end:
+                return b""
+            if loaded_through >= last:
+                return self._assemble(list(map(pages.__getitem__, range(first, ((end - 1) >> PAGE_SHIFT) + 1))),
+                                      offset, end)
         # Pages in consecutive slots (a file read in order into free slots) are
         # served as one view, without a copy; other runs are joined once.
         # Loading a missing page may evict a page already collected, so the
@@ -244,7 +266,6 @@ class DataPath:
         hits = 0
         index = first
         lo = offset & PAGE_MASK
-        loaded_through = -1  # pages installed by this very read: not hits
         while index <= last:
             found = get_slot(index)
             if found is not None:
@@ -285,10 +306,8 @@ class DataPath:
             parts.append(view[run_start:run_end])
         return b"".join(parts)
 
-    def _serve_hits(self, slots: list[int], offset: int, end: int) -> memoryview | bytes:
-        """A read whose pages are all cached: counted and refreshed without a loop in
-        Python, and served as one view of the slab when they sit in consecutive slots
-        (a file read in order into free slots), else joined once."""
+    def _count_hits(self, slots: list[int]) -> None:
+        """Hits on cached pages, counted and refreshed without a loop in Python."""
         pc = self.pc
         if pc.tracer is None:
             pc.hits += len(slots)
@@ -296,7 +315,12 @@ class DataPath:
         else:
             for slot in slots:
                 pc.hit(slot)
-        view = pc.view
+
+    def _assemble(self, slots: list[int], offset: int, end: int) -> memoryview | bytes:
+        """Bytes offset..end of the cached pages in `slots`: one view of the slab when
+        they sit in consecutive slots (a file read in order into free slots), else
+        joined once."""
+        view = self.pc.view
         lo = (slots[0] << PAGE_SHIFT) + (offset & PAGE_MASK)
         hi = (slots[-1] << PAGE_SHIFT) + ((end - 1) & PAGE_MASK) + 1
         if len(slots) == 1 or slots == list(range(slots[0], slots[-1] + 1)):
@@ -327,20 +351,21 @@ class DataPath:
             for n in range(1, count):
                 pc.miss(cached, index + n)
         slots = await self._take_slots(count)
-        slot_view = pc.slot_view
-        hits = await self.cc.get_pages(self.pool, cached.key, index, [slot_view(s) for s in slots])
+        view = pc.view
+        hits = await self.cc.get_pages(self.pool, cached.key, index,
+                                       [view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots])
         shared = self.versions is not None
         n = 0
-        while n < len(slots):
-            if hits[n]:
-                pc.install(cached, index + n, slots[n])
+        while n < count:
+            if hits[n]:  # a run of pages the pool had
+                end = _run_end(hits, n, False)
+                pc.install_run(cached, index + n, slots[n:end])
                 if shared:
-                    self._from_shared_pool[slots[n]] = 1
-                n += 1
+                    for s in slots[n:end]:
+                        self._from_shared_pool[s] = 1
+                n = end
                 continue
-            end = n + 1
-            while end < len(slots) and not hits[end]:
-                end += 1
+            end = _run_end(hits, n, True)
             try:
                 used = self._read_backing(cached, fd, index + n, slots[n:end])
             except BaseException:
@@ -372,7 +397,7 @@ class DataPath:
         pc = self.pc
         start = index << PAGE_SHIFT
         try:
-            got = os.preadv(fd, [pc.slot_view(s) for s in slots], start)
+            got = os.preadv(fd, [pc.view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots], start)
         except BaseException:
             for s in slots:
                 pc.release_slot(s)
@@ -386,22 +411,21 @@ class DataPath:
         if tail:
             base = slots[full] << PAGE_SHIFT
             pc.view[base + tail : base + PAGE_SIZE] = bytes(PAGE_SIZE - tail)
-        for n, s in enumerate(slots):
-            if n < used:
-                pc.install(cached, index + n, s)
-            else:
-                pc.release_slot(s)
+        pc.install_run(cached, index, slots[:used])
+        for s in slots[used:]:
+            pc.release_slot(s)
         return used
 
-    async def reclaim(self) -> None:
+    async def reclaim(self, request_waiting: Callable[[], object]) -> None:
         """Background reclaim, as kswapd did: between requests, evict (and put) a few pages
-        so that free slots are ready and a miss need not put on its critical path."""
+        so that free slots are ready and a miss need not put on its critical path. It
+        stops as soon as a request is waiting, so it never delays one by more than a step."""
         pc = self.pc
-        if pc.free_slots >= self.reserve:
-            return
         deadline = time.perf_counter_ns() + RECLAIM_NS  # a put may be cheap (none needed) or not
-        while pc.free_slots < self.reserve and time.perf_counter_ns() < deadline:
-            self.reclaimed += await self._evict_into_free(1)
+        while (short := self.reserve - pc.free_slots) > 0 and time.perf_counter_ns() < deadline:
+            self.reclaimed += await self._evict_into_free(min(short, RECLAIM_STEP))
+            if request_waiting():
+                break
 
     async def _evict_into_free(self, count: int) -> int:
         """Evict up to `count` pages, oldest first, put them, and free their slots."""

@@ -51,6 +51,11 @@ class Policy(ABC, Generic[K]):
     @abstractmethod
     def insert(self, key: K) -> None: ...
 
+    def insert_run(self, keys: list[K]) -> None:
+        """insert() each key in order (a policy may do it in one step)."""
+        for key in keys:
+            self.insert(key)
+
     def toucher(self) -> Callable[[K], None]:
         """The fastest callable equivalent to touch (a policy may return a builtin)."""
         return self.touch
@@ -94,6 +99,9 @@ class LRU(Policy[K]):
 
     def insert(self, key: K) -> None:
         self._order[key] = None
+
+    def insert_run(self, keys: list[K]) -> None:
+        self._order.update(dict.fromkeys(keys))
 
     def touch(self, key: K) -> None:
         self._order.move_to_end(key)

@@ -13,7 +13,9 @@ evicted page so the data path can `put` it before the slot is reused.
 from __future__ import annotations
 
 import mmap
+from collections import deque
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from fusefs import PAGE_SIZE
 from fusefs.eviction import make_policy
@@ -123,6 +125,7 @@ class PageCache:
             evicted.append(Eviction(owner, index, slot))
             slots.append(slot)
         self.evictions += len(evicted)
+        slots.sort()  # consecutive slots make a run of pages one view of the slab (no copy to reply)
         return slots, evicted
 
     def install(self, cached: CachedFile, index: int, slot: int) -> None:
@@ -131,6 +134,18 @@ class PageCache:
         cached.pages[index] = slot
         key = self.slot_keys[slot] = (cached, index)
         self._policy.insert(key)
+
+    def install_run(self, cached: CachedFile, first: int, slots: list[int]) -> None:
+        """install() pages first, first+1, ... into `slots`, without a Python loop per page."""
+        if len(slots) == 1:
+            self.install(cached, first, slots[0])
+            return
+        indexes = range(first, first + len(slots))
+        assert cached.pages.keys().isdisjoint(indexes)
+        cached.pages.update(zip(indexes, slots, strict=True))
+        keys = list(zip(repeat(cached), indexes))
+        deque(map(self.slot_keys.__setitem__, slots, keys), 0)
+        self._policy.insert_run(keys)
 
     def release_slot(self, slot: int) -> None:
         """Give back a slot from take_slot that was not installed."""

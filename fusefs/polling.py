@@ -23,6 +23,7 @@ pyfuse3 version), nothing is replaced and pyfuse3 waits its own way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
@@ -57,10 +58,12 @@ class RequestPoller:
         self.poll_us = poll_us
         self._budget_ns = poll_us * 1000
         self._poll = select.poll()
+        self._request_waiting = functools.partial(self._poll.poll, 0)  # a non-empty list if one is
         self._fd = -1
         self._since_trio = 0
         self._original: Callable[[], Awaitable[bool]] | None = None
-        self.idle: Callable[[], Awaitable[None]] | None = None  # work for the pause between requests
+        # Work for the pause between requests; it gets a callable that tells whether one is waiting.
+        self.idle: Callable[[Callable[[], object]], Awaitable[None]] | None = None
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -94,7 +97,7 @@ class RequestPoller:
         if self._since_trio < TRIO_EVERY:
             poll, now = self._poll.poll, time.perf_counter_ns
             if self.idle is not None and not poll(0):  # nothing waiting: do the idle work first
-                await self.idle()
+                await self.idle(self._request_waiting)
             deadline = now() + self._budget_ns
             while True:
                 if poll(0):

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from backends.base import Backend, StatValue
 from backends.tmem import TmemBackend
+from fusefs import datapath
 from fusefs.cleancache import Cleancache
+from fusefs.datapath import DataPath
 from fusefs.eviction import POLICIES
 from fusefs.pagecache import CachedFile, Eviction, PageCache
 
@@ -83,6 +87,62 @@ def test_pagecache_evict_all_returns_data_still_readable() -> None:
     for e in evicted:
         pc.release_slot(e.slot)
     assert pc.pages == 0
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_pagecache_install_run_is_install_page_by_page(policy: str) -> None:
+    """A run installed in one call leaves the cache as installing each page would."""
+    runs, singles = PageCache(8 * PAGE, policy), PageCache(8 * PAGE, policy)
+    f, g = CachedFile(b"f"), CachedFile(b"g")
+    slots, _ = runs.take_slots(5)
+    runs.install_run(f, 10, slots)
+    for index, slot in zip(range(10, 15), singles.take_slots(5)[0], strict=True):
+        singles.install(g, index, slot)
+    assert list(f.pages) == list(g.pages) == list(range(10, 15)) and runs.pages == singles.pages == 5
+    assert [runs.slot_keys[s] for s in f.pages.values()] == [(f, n) for n in range(10, 15)]
+    assert [e.index for e in runs.evict(5)] == [e.index for e in singles.evict(5)]
+
+
+async def datapath_over(tmp_path: Path, pages: int, cache_pages: int) -> tuple[DataPath, CachedFile, int, bytes]:
+    """A DataPath without cleancache over a file of `pages` random pages."""
+    data = os.urandom(pages * PAGE)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    cc = Cleancache(None)
+    dp = DataPath(PageCache(cache_pages * PAGE), cc, await cc.init_fs())
+    return dp, await dp.open_file(b"f", os.fstat(fd)), fd, data
+
+
+async def test_reading_in_order_with_reclaim_serves_each_run_as_one_view(tmp_path: Path) -> None:
+    """Slots handed out for a run are in order, so a 128 KiB read is one view of the
+    slab, not a copy, also once reclaim has freed slots in between (it frees them
+    oldest first, and a free list hands the last freed out first)."""
+    dp, cached, fd, data = await datapath_over(tmp_path, 512, 256)
+    try:
+        assert dp.reserve == 4
+        for _ in range(2):
+            for offset in range(0, len(data), 32 * PAGE):
+                got = await dp.read(cached, fd, offset, 32 * PAGE)
+                assert isinstance(got, memoryview) and got == data[offset : offset + 32 * PAGE]
+                await dp.reclaim(lambda: False)
+        assert dp.reclaimed > 0 and dp.pc.evictions > 256
+    finally:
+        os.close(fd)
+
+
+async def test_reclaim_stops_once_a_request_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(datapath, "RECLAIM_NS", 10**9)  # only the waiting request stops it
+    dp, cached, fd, data = await datapath_over(tmp_path, 4096, 2048)
+    try:
+        for offset in range(0, len(data), 32 * PAGE):
+            await dp.read(cached, fd, offset, 32 * PAGE)
+        assert dp.pc.free_slots == 0 and dp.reserve == 32
+        await dp.reclaim(lambda: True)
+        assert dp.reclaimed == dp.pc.free_slots == datapath.RECLAIM_STEP < dp.reserve
+        await dp.reclaim(lambda: False)
+        assert dp.pc.free_slots == dp.reserve
+    finally:
+        os.close(fd)
 
 
 # -- tmem backend ------------------------------------------------------------------
