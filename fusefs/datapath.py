@@ -128,8 +128,10 @@ class DataPath:
 
     # -- files -----------------------------------------------------------------
 
-    async def open_file(self, key: bytes, st: os.stat_result) -> CachedFile:
-        """The CachedFile for a file being opened, checked against SRC (close-to-open).
+    async def open_file(self, key: bytes, st: os.stat_result) -> tuple[CachedFile, bool]:
+        """The CachedFile for a file being opened, checked against SRC (close-to-open),
+        and whether SRC is as this mount last saw it (so any copy the kernel cached
+        through this mount is still good).
 
         If SRC changed behind our back since we last saw the file (size,
         mtime or ctime differ), its cached pages are dropped locally and in
@@ -137,6 +139,7 @@ class DataPath:
         """
         cached = self.files.get(key)
         stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        unchanged = cached is not None and cached.stamp == stamp
         if cached is None:
             cached = self.files[key] = CachedFile(key)
             await self._trim_idle()
@@ -151,7 +154,7 @@ class DataPath:
         cached.size = st.st_size
         cached.stamp = stamp
         cached.open_count += 1
-        return cached
+        return cached, unchanged
 
     def close_file(self, cached: CachedFile, st: os.stat_result | None) -> None:
         """A handle closed; `st` (fstat before close) re-stamps a file we wrote."""

@@ -350,7 +350,7 @@ class TmemOperations(pyfuse3.Operations):
     async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         try:
             key = self.inodes.key(node)
-            cached = await self.data.open_file(key, os.fstat(fd))
+            cached, unchanged = await self.data.open_file(key, os.fstat(fd))
             read_fd = fd
             if self.config.backing_direct and flags & os.O_ACCMODE != os.O_WRONLY:
                 try:
@@ -362,11 +362,15 @@ class TmemOperations(pyfuse3.Operations):
             raise
         node.nopen += 1
         fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0))
-        if flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY:
+        truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+        if truncating:
             await self.data.truncate(key, fd, 0)
             if ctx.uid != 0:
                 self._kill_priv(node, fd)
-        return pyfuse3.FileInfo(fh=fh, direct_io=not self.config.kernel_cache, keep_cache=False)
+        if not self.config.kernel_cache:
+            return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+        # Close-to-open for the kernel's copy too: kept only while SRC is as we last saw it.
+        return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged and not truncating)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,

@@ -172,6 +172,28 @@ def test_external_change_is_seen_at_next_open(src: Path, mount_factory) -> None:
         assert m.stats()["pagecache.external_changes"] == 1
 
 
+def test_kernel_cache_keeps_the_kernels_copy_only_while_src_is_unchanged(src: Path, mount_factory) -> None:
+    """kernel_cache, close-to-open for the kernel's copy: reopening an unchanged file is
+    served by the kernel (no read reaches tmemfs); once SRC changed behind the mount's
+    back, even at the same size, the open drops the kernel's copy and the new bytes show."""
+    (src / "f").write_bytes(b"1" * 4 * PAGE)
+    with mount_factory("cleancache=tmem,kernel_cache") as m:
+
+        def reads_seen() -> int:
+            return sum(m.counters("pagecache.hits", "pagecache.misses").values())  # type: ignore[arg-type]
+
+        assert (m.mnt / "f").read_bytes() == b"1" * 4 * PAGE
+        seen = reads_seen()
+        assert seen > 0
+        assert (m.mnt / "f").read_bytes() == b"1" * 4 * PAGE
+        assert reads_seen() == seen  # the kernel served the reopened file
+        (src / "f").write_bytes(b"2" * 4 * PAGE)
+        st = os.stat(src / "f")
+        os.utime(src / "f", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a new mtime whatever the clock
+        assert (m.mnt / "f").read_bytes() == b"2" * 4 * PAGE
+        assert reads_seen() > seen and m.stats()["pagecache.external_changes"] == 1
+
+
 def test_trace_records_every_hook_and_replays(src: Path, mount_factory, tmp_path: Path) -> None:
     """-o trace=FILE: one line per event, matching the counters; tools/trace.py replays it."""
     from tools.trace import compare, load_trace

@@ -110,7 +110,8 @@ async def datapath_over(tmp_path: Path, pages: int, cache_pages: int) -> tuple[D
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     cc = Cleancache(None)
     dp = DataPath(PageCache(cache_pages * PAGE), cc, await cc.init_fs())
-    return dp, await dp.open_file(b"f", os.fstat(fd)), fd, data
+    cached, _ = await dp.open_file(b"f", os.fstat(fd))
+    return dp, cached, fd, data
 
 
 async def test_reading_in_order_with_reclaim_serves_each_run_as_one_view(tmp_path: Path) -> None:
