@@ -16,6 +16,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -31,7 +32,7 @@ from fusefs.options import MountConfig
 from fusefs.pagecache import CachedFile
 from fusefs.polling import RequestPoller
 from fusefs.pooluuid import XATTR
-from fusefs.syscalls import fchown_empty, link_empty, renameat2, utimens_empty
+from fusefs.syscalls import creating_as, fchown_empty, link_empty, renameat2, utimens_empty
 
 log = logging.getLogger("tmemfs")
 
@@ -152,25 +153,18 @@ class TmemOperations(pyfuse3.Operations):
         if is_control(parent):
             raise FUSEError(errno.EPERM)
 
-    def _own(self, fd: int, parent: Inode, ctx: pyfuse3.RequestContext) -> None:
-        """Give a new object the caller's uid and gid (the gid of a setgid parent wins)."""
-        if self.uid != 0:
-            return  # an unprivileged daemon creates as itself, like any user
-        gid = -1 if os.fstat(parent.fd).st_mode & stat.S_ISGID else ctx.gid
-        fchown_empty(fd, ctx.uid, gid)
+    def _as_caller(self, ctx: pyfuse3.RequestContext) -> AbstractContextManager[None]:
+        """Make objects owned by the caller, born so (no chown); an unprivileged daemon
+        cannot, and makes them as itself, like any user."""
+        return creating_as(ctx.uid, ctx.gid) if self.uid == 0 else nullcontext()
 
-    async def _new_entry(self, parent: Inode, name: bytes, ctx: pyfuse3.RequestContext,
-                         mode: int | None = None, made_fd: int | None = None) -> pyfuse3.EntryAttributes:
-        """Adopt and own an object just made; `made_fd` (an open descriptor of it) pins the
-        very object, so one that SRC swapped in under the name is never chowned."""
+    def _new_entry(self, parent: Inode, name: bytes, made_fd: int | None = None) -> pyfuse3.EntryAttributes:
+        """The entry of an object just made; `made_fd`, an open descriptor of it, names the
+        very object even if SRC swapped another in under the name meanwhile."""
         if made_fd is None:
             inode, st = self.inodes.open_child(parent, name)
         else:
             inode, st = self.inodes.open_made(made_fd)
-        self._own(inode.fd, parent, ctx)
-        if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID) and not stat.S_ISLNK(st.st_mode):
-            os.chmod(f"/proc/self/fd/{inode.fd}", mode & 0o7777)  # chown cleared them
-        st = os.fstat(inode.fd)
         inode.nlookup += 1
         return self._entry(inode, st)
 
@@ -276,24 +270,27 @@ class TmemOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_name(parent_inode, name)
         parent = self.inodes.get(parent_inode)
-        os.mknod(name, mode, rdev, dir_fd=parent.fd)
-        return await self._new_entry(parent, name, ctx, mode)
+        with self._as_caller(ctx):
+            os.mknod(name, mode, rdev, dir_fd=parent.fd)
+        return self._new_entry(parent, name)
 
     @handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_name(parent_inode, name)
         parent = self.inodes.get(parent_inode)
-        os.mkdir(name, mode, dir_fd=parent.fd)
-        return await self._new_entry(parent, name, ctx)
+        with self._as_caller(ctx):
+            os.mkdir(name, mode, dir_fd=parent.fd)
+        return self._new_entry(parent, name)
 
     @handler
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_name(parent_inode, name)
         parent = self.inodes.get(parent_inode)
-        os.symlink(target, name, dir_fd=parent.fd)
-        return await self._new_entry(parent, name, ctx)
+        with self._as_caller(ctx):
+            os.symlink(target, name, dir_fd=parent.fd)
+        return self._new_entry(parent, name)
 
     @handler
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -379,14 +376,15 @@ class TmemOperations(pyfuse3.Operations):
         parent = self.inodes.get(parent_inode)
         open_flags = (flags & ~_STRIP_OPEN) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=parent.fd)
+            with self._as_caller(ctx):
+                fd = os.open(name, open_flags, stat.S_IMODE(mode), dir_fd=parent.fd)
         except FileExistsError:
-            # The kernel saw no such name but SRC has one now: never open (and chown) it as
-            # root for the caller, skipping the permission check. ESTALE makes the VFS redo
+            # The kernel saw no such name but SRC has one now: never open it for the
+            # caller with the daemon's access, skipping the permission check. ESTALE makes the VFS redo
             # the lookup (LOOKUP_REVAL) and open the file like any existing one.
             raise FUSEError(errno.EEXIST if flags & os.O_EXCL else errno.ESTALE) from None
         try:
-            attr = await self._new_entry(parent, name, ctx, mode, made_fd=fd)
+            attr = self._new_entry(parent, name, made_fd=fd)
         except BaseException:
             os.close(fd)
             raise

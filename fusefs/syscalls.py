@@ -11,6 +11,8 @@ import ctypes
 import ctypes.util
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -39,6 +41,20 @@ _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.
 _libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
 _libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_libc.setfsuid.argtypes = [ctypes.c_uint]
+_libc.setfsgid.argtypes = [ctypes.c_uint]
+_NO_ID = 0xFFFFFFFF  # (uid_t)-1: setfsuid/setfsgid only report the current id
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
 _libc.name_to_handle_at.argtypes = [
     ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int,
 ]
@@ -52,6 +68,33 @@ def renameat2(old_dir: int, old: bytes, new_dir: int, new: bytes, flags: int) ->
 def fchown_empty(fd: int, uid: int, gid: int) -> None:
     """chown the object an O_PATH fd names, symlinks included (-1 leaves a field)."""
     _check(_libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+
+
+@contextmanager
+def creating_as(uid: int, gid: int) -> Iterator[None]:
+    """Objects made inside are born owned by uid:gid, as the kernel makes them for that
+    caller (a setgid parent's group wins), so no chown afterwards can hit an object that
+    SRC swapped in under the name meanwhile.
+
+    This thread's filesystem ids are switched (setfsuid/setfsgid: per thread, so nothing
+    else in the process is affected) and the capabilities the switch drops from the
+    effective set are raised again, so permission checks in SRC stay the daemon's: the
+    kernel checked the caller already (default_permissions). Switching back to 0 gives
+    the capabilities back by itself."""
+    old_gid = _libc.setfsgid(gid)
+    old_uid = _libc.setfsuid(uid)
+    try:
+        if _libc.setfsuid(_NO_ID) != uid or _libc.setfsgid(_NO_ID) != gid:
+            raise PermissionError(1, "cannot switch filesystem ids (not root?)")
+        header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+        _check(_libc.capget(ctypes.byref(header), data))
+        for word in data:
+            word.effective = word.permitted
+        _check(_libc.capset(ctypes.byref(header), data))
+        yield
+    finally:
+        _libc.setfsuid(old_uid)
+        _libc.setfsgid(old_gid)
 
 
 def utimens_empty(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:

@@ -10,6 +10,7 @@ be opened up.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from fusefs.syscalls import creating_as
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -721,63 +724,130 @@ while time.monotonic() < deadline:
 """
 
 
+RACE_MKDIR_USER = """
+import time
+out = {"made": 0, "errors": {}}
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    got = err(os.mkdir, "v", 0o755)
+    if got == "ok":
+        out["made"] += 1
+    else:
+        out["errors"][got] = out["errors"].get(got, 0) + 1
+    err(os.rmdir, "v")
+print(json.dumps(out))
+"""
+
+
+def race_in_src(m: Mount, user_code: str, make: Callable[[Path], int],
+                remove: Callable[[Path], None], seconds: float = 1.5) -> tuple[dict[str, Any], int, int]:
+    """Run `user_code` as USER in MNT/race while root makes `v` in SRC/race directly with
+    make(path) (an open descriptor of what it made, or -1) and removes it. Two stat floods
+    keep the single-task daemon busy so that the window between the kernel's lookup and
+    tmemfs's creating call is wide. Returns the user's JSON, how many objects root made,
+    and how many of those were found owned by someone else one round later (tmemfs may
+    chown late)."""
+    (m.mnt / "race").mkdir()
+    os.chmod(m.mnt / "race", 0o777)
+    (m.mnt / "other").touch()
+    dfd = os.open(m.mnt / "race", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        user = subprocess.Popen(
+            ["setpriv", f"--reuid={USER}", f"--regid={GROUP}", "--clear-groups", "/usr/bin/python3",
+             "-c", USER_PRELUDE + user_code, str(dfd), str(seconds)],
+            pass_fds=(dfd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(dfd)
+    floods = [subprocess.Popen(["/usr/bin/python3", "-c", FLOOD, str(m.mnt / "other"), str(seconds)])
+              for _ in range(2)]
+    path = m.src / "race" / "v"
+    made = stolen = 0
+    previous = -1
+    try:
+        while user.poll() is None:
+            fd = make(path)
+            made += fd >= 0
+            if previous >= 0:
+                stolen += os.fstat(previous).st_uid != 0
+                os.close(previous)
+            previous = fd
+            with contextlib.suppress(FileNotFoundError):
+                remove(path)
+    finally:
+        if previous >= 0:
+            os.close(previous)
+        out, errs = user.communicate(timeout=30)
+        for flood in floods:
+            flood.wait(timeout=30)
+    assert user.returncode == 0, errs
+    return json.loads(out), made, stolen
+
+
+def root_file(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return -1
+    os.write(fd, b"root secret")
+    return fd
+
+
+def root_directory(path: Path) -> int:
+    """Root's 0700 directory, opened; -1 if the name held the user's (0755) by then."""
+    try:
+        os.mkdir(path, 0o700)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError):
+        return -1
+    if stat.S_IMODE(os.fstat(fd).st_mode) != 0o700:  # the user removed ours and made theirs meanwhile
+        os.close(fd)
+        return -1
+    return fd
+
+
 def test_create_never_takes_over_a_file_that_appeared(mount_factory: MountFactory) -> None:
     """The kernel sends CREATE after a lookup found nothing; if SRC got the name in
-    between, tmemfs (creating as root) must not open that file for the caller -- which
-    skips the permission check -- nor chown it to the caller.
-
-    A root loop makes and removes a 0600 root file directly in SRC while a user opens the
-    name with O_CREAT through the mount; two stat floods keep the single-task daemon
-    busy so that the lookup/create window is wide. Before the fix the user read the
-    root file hundreds of times a second."""
-    seconds = 1.5
+    between, tmemfs must not open that file for the caller -- which skips the permission
+    check -- nor give it to the caller. Root makes and removes a 0600 file directly in
+    SRC while a user opens the name with O_CREAT through the mount. Before the fix the
+    user read the root file hundreds of times a second."""
     with mount_factory("cleancache=tmem,allow_other,attr_timeout=0,entry_timeout=0") as m:
-        (m.mnt / "race").mkdir()
-        os.chmod(m.mnt / "race", 0o777)
-        (m.mnt / "other").touch()
-        dfd = os.open(m.mnt / "race", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            user = subprocess.Popen(
-                ["setpriv", f"--reuid={USER}", f"--regid={GROUP}", "--clear-groups", "/usr/bin/python3",
-                 "-c", USER_PRELUDE + RACE_USER, str(dfd), str(seconds)],
-                pass_fds=(dfd,), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        finally:
-            os.close(dfd)
-        floods = [subprocess.Popen(["/usr/bin/python3", "-c", FLOOD, str(m.mnt / "other"), str(seconds)])
-                  for _ in range(2)]
-        path = m.src / "race" / "v"
-        creates = stolen = 0
-        previous = -1  # root's last file, checked one round later (tmemfs may chown late)
-        try:
-            while user.poll() is None:
-                try:
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                except FileExistsError:
-                    fd = -1
-                else:
-                    creates += 1
-                    os.write(fd, b"root secret")
-                if previous >= 0:
-                    stolen += os.fstat(previous).st_uid != 0
-                    os.close(previous)
-                previous = fd
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-        finally:
-            if previous >= 0:
-                os.close(previous)
-            out, errs = user.communicate(timeout=30)
-            for flood in floods:
-                flood.wait(timeout=30)
-        assert user.returncode == 0, errs
-        got = json.loads(out)
-        assert creates > 100 and got["opened"] > 10, got  # both sides really ran
+        got, made, stolen = race_in_src(m, RACE_USER, root_file, os.unlink)
+        assert made > 100 and got["opened"] > 10, got  # both sides really ran
         assert got["errors"].keys() <= {"EACCES", "ESTALE", "ENOENT"}, got
         assert got["leaks"] == 0, got
         assert stolen == 0
         answers(m)
+
+
+def test_mkdir_never_gives_away_a_directory_that_appeared(mount_factory: MountFactory) -> None:
+    """A directory is born owned by its caller (tmemfs makes it with the caller's
+    filesystem ids), so there is no chown that could hit a root directory SRC swapped in
+    under the name between tmemfs's mkdir and its lookup of the result."""
+    with mount_factory("cleancache=tmem,allow_other,attr_timeout=0,entry_timeout=0") as m:
+        got, made, stolen = race_in_src(m, RACE_MKDIR_USER, root_directory, os.rmdir)
+        assert made > 100 and got["made"] > 10, got
+        assert got["errors"].keys() <= {"EEXIST", "ENOENT", "ESTALE", "ENOTEMPTY", "EACCES", "EPERM"}, got
+        assert stolen == 0
+        answers(m)
+
+
+def test_creating_as_gives_the_owner_and_keeps_the_daemons_access(tmp_path: Path) -> None:
+    """syscalls.creating_as: objects are born uid:gid while the daemon's permission checks
+    still apply (a root-only directory is writable inside), and the thread is root again
+    afterwards."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with creating_as(USER, GROUP):
+        os.mkdir(private / "d")
+        os.close(os.open(private / "f", os.O_CREAT | os.O_WRONLY, 0o640))
+        os.symlink("x", private / "l")
+        os.mknod(private / "c", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    for name in "dflc":
+        st = os.lstat(private / name)
+        assert (st.st_uid, st.st_gid) == (USER, GROUP), name
+    os.mkdir(private / "after")
+    assert os.stat(private / "after").st_uid == 0 and os.getresuid() == (0, 0, 0)
 
 
 # -- special files and links ----------------------------------------------------------------
