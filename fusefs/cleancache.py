@@ -239,6 +239,13 @@ class Cleancache:
             return None
         return self.backend.versions(pool.backend_pool)
 
+    def gets_keep_pages(self, pool_id: int) -> bool:
+        """Whether a get leaves the page in the pool (a shared pool's gets are
+        non-destructive), so a reader may use it without keeping a copy."""
+        pool = self.pools.get(pool_id)
+        return self.backend is not None and pool is not None and pool.backend_pool is not None \
+            and pool.ledger is None
+
     async def invalidate_fs(self, pool_id: int) -> None:
         """Surrender the pool: every page in it is dropped."""
         self.fs_invalidates += 1

@@ -62,6 +62,16 @@ class DataPath:
         # Slots holding a page got from a shared pool and unchanged since: the pool
         # still has it (gets there are non-destructive), so evicting it needs no put.
         self._from_shared_pool = bytearray(self.pc.capacity)
+        # Sequential bypass (bcache's sequential_cutoff): once a read in order has gone
+        # on for more than half the page cache it is a scan that would only evict
+        # everything; runs a shared pool holds in full are then served from the pool
+        # through a scratch buffer, not installed. (Gets there are non-destructive, so
+        # the pages stay in the pool; a private pool's would be lost.) The buffer is
+        # reused: one request at a time (max_tasks=1), replied to before the next.
+        self._stream: tuple[CachedFile, int] | None = None  # where a read in order would start
+        self._stream_pages = 0
+        self._scan_pages = self.pc.capacity // 2
+        self._scratch = memoryview(mmap.mmap(-1, MAX_BATCH * PAGE_SIZE))  # grows to the largest read
         # A cluster node without versions (its pool could not be made, or the backend
         # was unregistered) caches nothing: other nodes' changes would go unseen.
         self.shared = shared
@@ -75,7 +85,7 @@ class DataPath:
         self.backing_writes = self.backing_write_bytes = 0
         self.external_changes = 0
         self.remote_changes = self.cut_offs = self.uncached_reads = 0
-        self.puts_saved = self.reclaimed = 0
+        self.puts_saved = self.reclaimed = self.bypassed = 0
 
     # -- cluster versions ------------------------------------------------------
 
@@ -248,6 +258,10 @@ class DataPath:
             return view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
         loaded_through = -1  # pages installed by this very read: not hits
         if slots.count(None) == len(slots):  # none cached (a read in order): load them in one go
+            if self._scanning(cached, first, last):
+                served = await self._from_pool_around_cache(cached, first, last, offset, end)
+                if served is not None:
+                    return served
             slot, loaded_through = await self._page(cached, fd, first, last)
             end = min(end, cached.size)
             if slot < 0 or offset >= end:
@@ -308,6 +322,32 @@ class DataPath:
                 return view[run_start:run_end]
             parts.append(view[run_start:run_end])
         return b"".join(parts)
+
+    def _scanning(self, cached: CachedFile, first: int, last: int) -> bool:
+        """Count a read of pages first..last that no page cache holds into the current
+        read in order; True once it is a scan (see _scratch) on a shared pool."""
+        if self._stream == (cached, first):
+            self._stream_pages += last - first + 1
+        else:
+            self._stream_pages = last - first + 1
+        self._stream = (cached, last + 1)
+        return self._stream_pages > self._scan_pages and self.pc.tracer is None and self.cc.gets_keep_pages(self.pool)
+
+    async def _from_pool_around_cache(self, cached: CachedFile, first: int, last: int,
+                                      offset: int, end: int) -> memoryview | None:
+        """Bytes offset..end from the shared pool through the scratch buffer, if it holds
+        every page (else None: the caller reads the usual way, pages got again)."""
+        count = last - first + 1
+        if len(self._scratch) < count << PAGE_SHIFT:
+            self._scratch = memoryview(mmap.mmap(-1, count << PAGE_SHIFT))
+        scratch = self._scratch
+        hits = await self.cc.get_pages(self.pool, cached.key, first,
+                                       [scratch[n << PAGE_SHIFT : (n + 1) << PAGE_SHIFT] for n in range(count)])
+        if False in hits:
+            return None
+        self.pc.misses += count
+        self.bypassed += count
+        return scratch[offset & PAGE_MASK : (count - 1 << PAGE_SHIFT) + ((end - 1) & PAGE_MASK) + 1]
 
     def _count_hits(self, slots: list[int]) -> None:
         """Hits on cached pages, counted and refreshed without a loop in Python."""
@@ -545,6 +585,7 @@ class DataPath:
             "pagecache.cut_offs": self.cut_offs,
             "pagecache.puts_saved": self.puts_saved,
             "pagecache.reclaimed": self.reclaimed,
+            "pagecache.bypassed": self.bypassed,
             "backing.uncached_reads": self.uncached_reads,
             "backing.reads": self.backing_reads,
             "backing.read_bytes": self.backing_read_bytes,

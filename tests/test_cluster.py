@@ -78,6 +78,28 @@ def test_second_node_reads_from_the_pool(mount_factory, tmp_path, src):
         assert a.stats()["backend.cluster.succ_gets"] == 0  # A's own reads came from SRC
 
 
+def test_a_scan_is_served_around_the_page_cache_and_stays_coherent(mount_factory, tmp_path, src):
+    """Sequential bypass: once a read in order has gone past half the page cache, runs
+    the pool holds are served from it without being installed (the page cache keeps
+    what it had, the pool keeps the pages), and another node's write is still seen by
+    the next read."""
+    data = pattern(2)
+    (src / "f").write_bytes(data)
+    with nodes(mount_factory, tmp_path, 2) as (a, b):
+        assert read_all(a.mnt / "f") == data
+        a.control("drop_caches")
+        assert read_all(b.mnt / "f") == data
+        s = b.stats()
+        assert s["pagecache.bypassed"] >= FILE_PAGES // 2, s  # the cache holds 256 pages
+        assert s["pagecache.pages"] <= 256 and s["backing.read_bytes"] <= 8 * PAGE
+        assert read_all(b.mnt / "f") == data  # the pool still has every page
+        assert b.stats()["backing.read_bytes"] <= 8 * PAGE
+        with open(a.mnt / "f", "r+b") as f:
+            f.seek(900 * PAGE)
+            f.write(b"X" * PAGE)
+        assert read_all(b.mnt / "f") == data[: 900 * PAGE] + b"X" * PAGE + data[901 * PAGE :]
+
+
 def test_three_nodes_share_and_list_members(mount_factory, tmp_path, src):
     data = pattern(2)
     (src / "f").write_bytes(data)

@@ -146,6 +146,29 @@ async def test_reclaim_stops_once_a_request_waits(tmp_path: Path, monkeypatch: p
         os.close(fd)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_scan_bypasses_the_page_cache_only_where_gets_keep_pages(tmp_path: Path, shared: bool) -> None:
+    """Served around the page cache, a page must still be in the pool afterwards: so a
+    scan bypasses only a shared pool (non-destructive gets), never a private one, whose
+    gets take the page out."""
+    data = os.urandom(512 * PAGE)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        cc = Cleancache(TmemBackend(1024 * ENTRY))
+        pool = await (cc.init_shared_fs(bytes(range(16))) if shared else cc.init_fs())
+        dp = DataPath(PageCache(64 * PAGE), cc, pool)
+        cached, _ = await dp.open_file(b"f", os.fstat(fd))
+        for _ in range(3):  # first from SRC (evictions fill the pool), then from the pool
+            for offset in range(0, len(data), 32 * PAGE):
+                assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
+        assert cc.succ_gets > 0
+        assert (dp.bypassed > 0) == shared
+        assert dp.backing_reads == 32  # the first pass only (16 pages a read): the pool kept every page
+    finally:
+        os.close(fd)
+
+
 # -- tmem backend ------------------------------------------------------------------
 
 
