@@ -1,7 +1,9 @@
 """Reads and writes of file data: page cache, then cleancache, then SRC.
 
 read:  page-cache hit -> copy out; else cleancache get into a fresh slot;
-       else pread SRC (consecutive misses in one preadv) and install.
+       else pread SRC (consecutive misses in one preadv) and install. A scan
+       that a shared pool holds is served from it without installing
+       (sequential bypass).
 write: pwrite SRC first (write-through, so every cached page stays clean),
        then update the cached pages it covers and invalidate them in the pool.
 Evicting a page to make room puts it into cleancache, as the kernel did.
