@@ -398,7 +398,7 @@ class LmdbStore(PageStore):
                 found.append(putter)
         self.gets += len(outs)
         self.hits += hits
-        self.hits_from_others += sum(1 for p in found if p is not None and p != self.node)
+        self.hits_from_others += hits - found.count(self.node)
         return found
 
     async def put(self, file: bytes, tag: int, index: int, page: memoryview) -> bool:

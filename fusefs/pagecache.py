@@ -116,15 +116,9 @@ class PageCache:
         (still in their slots) the caller must put before filling them."""
         free = self._free
         slots = [free.pop() for _ in range(min(count, len(free)))]
-        evicted = []
-        victim, slot_keys = self._policy.victim, self.slot_keys
-        while len(slots) < count:
-            owner, index = victim()
-            slot = owner.pages.pop(index)
-            slot_keys[slot] = None
-            evicted.append(Eviction(owner, index, slot))
-            slots.append(slot)
-        self.evictions += len(evicted)
+        evicted = self.evict(count - len(slots)) if len(slots) < count else []
+        slots += [page.slot for page in evicted]
+        assert len(slots) == count, "fewer pages cached than slots asked for"
         slots.sort()  # consecutive slots make a run of pages one view of the slab (no copy to reply)
         return slots, evicted
 
