@@ -69,6 +69,13 @@ def readable_file(path: str) -> str:
     return path
 
 
+def existing_directory(path: str) -> str:
+    """cc_dir: a typo fails the mount with a reason instead of leaving every node uncached."""
+    if not os.path.isdir(path):
+        raise ValueError("not an existing directory")
+    return path
+
+
 class StoreVersions(FileVersions):
     """File versions of one pool's store, with the node's cut-off detection."""
 
@@ -151,7 +158,7 @@ class ClusterBackend(Backend):
                                             "rediss://..., unix:///path (nodes on several hosts)"),
         "cc_store_password_file": OptionSpec(readable_file, f"file whose first line is the Redis password "
                                                   f"(or set {PASSWORD_ENV}; {USERNAME_ENV} for an ACL user)"),
-        "cc_dir": OptionSpec(str, "directory of the lmdb store, best a tmpfs; default /dev/shm"),
+        "cc_dir": OptionSpec(existing_directory, "directory of the lmdb store, best a tmpfs; default /dev/shm"),
         "node_timeout": OptionSpec(parse_positive_seconds, "a node silent this long is dead; a node "
                                                            "stalled this long drops its caches; default 5"),
     }

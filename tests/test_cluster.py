@@ -329,8 +329,9 @@ def test_a_node_without_its_pool_caches_nothing(mount_factory, tmp_path, src):
     it would never hear of the other nodes' writes."""
     (src / "f").write_bytes(pattern(18, 16))
     with ExitStack() as stack:
+        # /proc: a directory no pool can be made in
         lost = stack.enter_context(mount_factory(  # type: ignore[operator]
-            node_options(tmp_path).replace(f"cc_dir={tmp_path / 'pools'}", "cc_dir=/proc/no-such-dir")))
+            node_options(tmp_path).replace(f"cc_dir={tmp_path / 'pools'}", "cc_dir=/proc")))
         lost.faults_expected = True  # the failed pool is logged with its traceback
         (other,) = (stack.enter_context(mount_factory(node_options(tmp_path))),)  # type: ignore[operator]
         assert lost.stats()["cleancache.placeholder_pools"] == 1
