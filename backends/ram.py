@@ -41,7 +41,7 @@ class RamBackend(Backend):
         "cc_policy": OptionSpec(parse_policy, f"pool eviction policy: {', '.join(POLICIES)}; default lru"),
     }
     # Bytes each stored entry costs besides its payload: the handle tuple,
-    # the dict slots and the policy's node (tests/test_ram_backends.py
+    # the dict slots and the policy's node (tests/test_backends.py
     # measures it with tracemalloc).
     ENTRY_OVERHEAD: ClassVar[int] = 256
     awaits_io: ClassVar[bool] = False

@@ -1,6 +1,7 @@
 """zcache, dedup and chains: every counter checked on scripted sequences through real
-mounts; the rules that cannot be reached through a mount (duplicate puts, corrupt
-entries, collisions) checked on the backends directly."""
+mounts. Duplicate puts and corrupt entries cannot be made through a mount (the frontend
+never puts a page its pool holds, and nothing outside writes to the pool), so those
+rules are checked on the backends directly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import random
 from pathlib import Path
 
+import lz4.block
 import pytest
 
 from backends.chain import ChainBackend
@@ -51,6 +53,68 @@ def test_zcache_same_filled_pages_cost_no_payload(mount_factory) -> None:
         s = m.stats()
         assert s["backend.zcache.succ_gets"] == 2 * N and s["backend.zcache.stored_pages"] == 0
         assert s["backing.reads"] == reads  # all served by zcache
+
+
+def zcache_stats(m) -> dict:  # type: ignore[no-untyped-def]
+    return {k.removeprefix("backend.zcache."): v for k, v in m.stats().items() if k.startswith("backend.zcache.")}
+
+
+def test_zcache_counters_exact_on_a_scripted_sequence(mount_factory) -> None:
+    """Every zcache counter after each step of: fill four files' pages into the pool, overwrite
+    a whole page, write one byte, delete a file, read a file back."""
+    text, noise = text_pages(N), os.urandom(N * PAGE)
+    packed = [len(lz4.block.compress(text[i * PAGE : (i + 1) * PAGE], store_size=False)) for i in range(N)]
+    assert max(packed) <= 3 * PAGE // 4  # all text pages are kept (zc_max default)
+    with mount_factory("cleancache=zcache") as m:
+        for name, data in (("zero", bytes(N * PAGE)), ("fill", b"\xab" * (N * PAGE)), ("text", text),
+                           ("random", noise)):
+            (m.src / name).write_bytes(data)
+            assert (m.mnt / name).read_bytes() == data
+        m.control("drop_caches")  # 4N puts: 2N same-filled, N compressed, N rejected
+        expected = {"puts": 4 * N, "stored_pages": 3 * N, "same_filled_pages": 2 * N, "raw_pages": 0,
+                    "compr_data_size": sum(packed), "reject_compress_poor": N, "succ_gets": 0,
+                    "failed_gets": 0,  # the frontend knew the pool was empty and asked nothing
+                    "invalidates": 0, "evicted_pages": 0, "dup_puts_replaced": 0, "dup_puts_flushed": 0,
+                    "rejected_puts": 0, "corrupt_pages": 0}
+
+        def check() -> None:
+            z = zcache_stats(m)
+            stored = expected["stored_pages"]
+            expected.update(orig_data_size=stored * PAGE,
+                            pool_total_size=expected["compr_data_size"] + stored * OVERHEAD)
+            assert {k: z[k] for k in expected} == expected
+            assert z["compr_ratio"] == round(z["stored_pages"] * PAGE / z["pool_total_size"], 3)
+
+        check()
+        with open(m.mnt / "text", "r+b", buffering=0) as f:
+            f.write(b"x" * PAGE)  # page 0: its pool copy is invalidated
+            f.seek(PAGE + 5)
+            f.write(b"y")  # page 1 too
+        expected.update(invalidates=2, stored_pages=3 * N - 2, compr_data_size=sum(packed[2:]))
+        check()
+        os.unlink(m.mnt / "zero")  # invalidate_inode: N more
+        expected.update(invalidates=2 + N, stored_pages=2 * N - 2, same_filled_pages=N)
+        check()
+        assert (m.mnt / "fill").read_bytes() == b"\xab" * (N * PAGE)  # N exclusive gets
+        expected.update(succ_gets=N, stored_pages=N - 2, same_filled_pages=0)
+        check()
+        assert (m.mnt / "random").read_bytes() == noise  # never stored: the frontend asks nothing
+        check()
+
+
+def test_zcache_evicts_exactly_what_cc_size_needs(mount_factory) -> None:
+    """Same-filled pages cost ENTRY_OVERHEAD each: cc_size for 10 of them keeps the last 10."""
+    with mount_factory(f"cleancache=zcache,cc_size={10 * OVERHEAD}") as m:
+        data = b"".join(bytes([n]) * PAGE for n in range(16))
+        (m.src / "f").write_bytes(data)
+        assert (m.mnt / "f").read_bytes() == data
+        m.control("drop_caches")
+        z = zcache_stats(m)
+        assert z["puts"] == 16 and z["evicted_pages"] == 6 and z["stored_pages"] == 10
+        assert z["pool_total_size"] == z["pool_limit"] == 10 * OVERHEAD
+        assert (m.mnt / "f").read_bytes() == data
+        z = zcache_stats(m)
+        assert z["succ_gets"] == 10 and z["stored_pages"] == 0 and z["pool_total_size"] == 0
 
 
 @pytest.mark.parametrize("policy", ["reject", "raw"])
@@ -105,14 +169,22 @@ def test_dedup_keeps_one_copy_per_content(mount_factory) -> None:
     with mount_factory("cleancache=dedup") as m:
         s = put_all_pages(m, "dup", data)
         d = {k.removeprefix("backend.dedup."): v for k, v in s.items() if k.startswith("backend.dedup.")}
-        assert d["stored_pages"] == N and d["unique_pages"] == N // 2
+        assert d["stored_pages"] == N and d["unique_pages"] == N // 2 and d["orig_data_size"] == N * PAGE
         assert d["duplicate_entry"] == N // 2 and d["hash_collisions"] == 0
         assert d["saved_bytes"] == N // 2 * PAGE and d["unique_data_size"] == N // 2 * PAGE
+        assert d["puts"] == N and d["failed_gets"] == d["succ_gets"] == d["invalidates"] == 0
+        assert d["evicted_pages"] == d["dup_puts_replaced"] == d["dup_puts_flushed"] == d["rejected_puts"] == 0
         # the copies plus their measured bookkeeping (tests/test_dedup.py checks it against tracemalloc)
         assert N // 2 * PAGE < d["pool_total_size"] < 1.05 * (N // 2 * PAGE)
-        assert (m.mnt / "dup").read_bytes() == data
+        with open(m.mnt / "dup", "r+b", buffering=0) as f:
+            f.write(b"x" * PAGE)  # page 0's handle goes; its copy stays for page N/2
         s = m.stats()
-        assert s["backend.dedup.unique_pages"] == 0 and s["succ_gets"] == N  # refcounts reached 0
+        assert s["backend.dedup.invalidates"] == 1 and s["backend.dedup.stored_pages"] == N - 1
+        assert s["backend.dedup.unique_pages"] == N // 2 and s["backend.dedup.saved_bytes"] == (N // 2 - 1) * PAGE
+        assert (m.mnt / "dup").read_bytes() == b"x" * PAGE + data[PAGE:]
+        s = m.stats()
+        assert s["backend.dedup.succ_gets"] == N - 1 and s["backend.dedup.failed_gets"] == 0
+        assert s["backend.dedup.unique_pages"] == 0 and s["backend.dedup.pool_total_size"] == 0  # refcounts reached 0
 
 
 def test_dedup_forced_collisions_never_return_another_page(mount_factory) -> None:
@@ -164,11 +236,18 @@ def test_misbehaving_backend_never_breaks_reads_or_writes(mount_factory, fault: 
 
 
 @pytest.mark.parametrize("options", ["cleancache=zcache,cache_size=12K,cc_size=40K",
+                                     "cleancache=dedup,cache_size=8K,cc_size=64K",
                                      "cleancache=dedup,cache_size=8K,cc_size=64K,dd_compress=lz4",
                                      "cleancache=zcache+tmem,cache_size=8K,cc_size=24K",
-                                     "cleancache=zcache,zc_poor=raw,cache_size=4K"])
-def test_model_check_with_every_backend(mount_factory, options: str) -> None:
+                                     "cleancache=zcache,zc_poor=raw,cache_size=4K",
+                                     "cleancache=cluster,cache_size=8K,cc_size=64K",
+                                     "cleancache=zcache+cluster,cache_size=8K,cc_size=24K"])
+def test_model_check_with_every_backend(mount_factory, tmp_path: Path, options: str) -> None:
+    """tmem's runs are in tests/test_modelcheck.py; a cluster node here is a single node."""
     seed = random.randrange(1 << 32)
+    if "cluster" in options:
+        (tmp_path / "store").mkdir()
+        options += f",cc_dir={tmp_path / 'store'}"
     with mount_factory(options) as m:
         try:
             ModelCheck(m.mnt, seed).run(20000)
