@@ -44,6 +44,9 @@ class Backend(abc.ABC):
     # True when calls may wait on I/O (a store, a network): the frontend then
     # bounds each call with a timeout. In-memory backends never wait.
     awaits_io: ClassVar[bool] = True
+    # True when peek_pages works: a private pool's page copied out and left in place,
+    # for a reader that keeps no copy (the sequential bypass, fusefs/datapath.py).
+    peeks: ClassVar[bool] = False
     # True when pools with a uuid are shared by every mount of the same SRC
     # (the cluster backend): such mounts are nodes and keep files coherent
     # through versions() (docs/coherency.md).
@@ -67,6 +70,10 @@ class Backend(abc.ABC):
     async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
         """get_page for pages first, first+1, ... (a store may answer them in one go)."""
         return [await self.get_page(pool, key, first + n, out) for n, out in enumerate(outs)]
+
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        """get_pages that leaves each page in the pool, even a private one (only if `peeks`)."""
+        raise NotImplementedError(f"{self.name} cannot peek")
 
     async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
         """put_page for several (key, index, page) (a backend may store them in one go)."""

@@ -34,6 +34,7 @@ class ChainBackend(Backend):
         self.exclusive_gets = all(m.exclusive_gets for m in members)  # type: ignore[misc]
         self.awaits_io = any(m.awaits_io for m in members)  # type: ignore[misc]
         self.shared = any(m.shared for m in members)  # type: ignore[misc]
+        self.peeks = all(m.peeks for m in members)  # type: ignore[misc]
         self._pools: dict[int, list[int]] = {}
         self._owner: list[dict[int, int]] = [{} for _ in members]  # member pool -> chain pool
         self._next_pool = 0
@@ -80,6 +81,16 @@ class ChainBackend(Backend):
             if await member.get_page(ids[position], key, index, out):
                 return True
         return False
+
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        """Each member in turn for the pages the ones before it did not have."""
+        ids = self._pools[pool]
+        hits = await self.members[0].peek_pages(ids[0], key, first, outs)
+        for position in range(1, len(self.members)):
+            for n, hit in enumerate(hits):
+                if not hit:
+                    hits[n] = (await self.members[position].peek_pages(ids[position], key, first + n, [outs[n]]))[0]
+        return hits
 
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
         for member_pool, member in zip(self._pools[pool], self.members, strict=True):

@@ -113,6 +113,7 @@ class DedupBackend(Backend):
         "dd_compress": OptionSpec(parse_compress, "compress unique copies: none (default) or lz4"),
     }
     awaits_io: ClassVar[bool] = False
+    peeks: ClassVar[bool] = True
 
     @staticmethod
     def digest(page: memoryview) -> bytes:
@@ -255,6 +256,14 @@ class DedupBackend(Backend):
         return handle != NO
 
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        return self._get(pool, key, index, out, False)
+
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        get = self._get
+        return [get(pool, key, index, out, True) for index, out in enumerate(outs, first)]
+
+    def _get(self, pool: int, key: bytes, index: int, out: memoryview, keep: bool) -> bool:
+        """A get; exclusive on a private pool unless `keep` (a peek)."""
         dpool = self._pools.get(pool)
         handle = self._handle(dpool, key, index) if dpool is not None else NO
         if dpool is None or handle == NO:
@@ -271,7 +280,7 @@ class DedupBackend(Backend):
             self._tidy()
             return False
         out[:] = data
-        if dpool.shared:
+        if dpool.shared or keep:
             self._touch(slot)
         else:
             self._drop(handle)  # exclusive: the page moves back

@@ -45,6 +45,7 @@ class RamBackend(Backend):
     # measures it with tracemalloc).
     ENTRY_OVERHEAD: ClassVar[int] = 256
     awaits_io: ClassVar[bool] = False
+    peeks: ClassVar[bool] = True
     # For policies that size themselves in keys.
     expected_entry_bytes: ClassVar[int] = PAGE_SIZE
 
@@ -64,6 +65,8 @@ class RamBackend(Backend):
         super().__init_subclass__(**kwargs)
         if "get_page" in cls.__dict__ and "get_pages" not in cls.__dict__:
             cls.get_pages = Backend.get_pages  # type: ignore[method-assign]
+            if "peek_pages" not in cls.__dict__:
+                cls.peeks = False  # a peek would go around its get_page
         if "put_page" in cls.__dict__ and "put_pages" not in cls.__dict__:
             cls.put_pages = Backend.put_pages  # type: ignore[method-assign]
 
@@ -119,6 +122,10 @@ class RamBackend(Backend):
     async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
         get = self._get
         return [get(pool, key, index, out) for index, out in enumerate(outs, first)]
+
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        get = self._get
+        return [get(pool, key, index, out, True) for index, out in enumerate(outs, first)]
 
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
         ram_pool = self._pools.get(pool)
@@ -176,7 +183,8 @@ class RamBackend(Backend):
         self.stored_pages += 1
         return True
 
-    def _get(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+    def _get(self, pool: int, key: bytes, index: int, out: memoryview, keep: bool = False) -> bool:
+        """A get; exclusive on a private pool unless `keep` (a peek)."""
         ram_pool = self._pools.get(pool)
         pages = ram_pool.files.get(key) if ram_pool is not None else None
         entry = pages.get(index) if pages is not None else None
@@ -188,7 +196,7 @@ class RamBackend(Backend):
             self.failed_gets += 1
             self._drop(pool, ram_pool, key, index)
             return False
-        if ram_pool.shared:
+        if ram_pool.shared or keep:
             self._policy.touch((pool, key, index))
         else:
             self._drop(pool, ram_pool, key, index)  # exclusive: the page moves back

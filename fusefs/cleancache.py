@@ -239,12 +239,13 @@ class Cleancache:
             return None
         return self.backend.versions(pool.backend_pool)
 
-    def gets_keep_pages(self, pool_id: int) -> bool:
-        """Whether a get leaves the page in the pool (a shared pool's gets are
-        non-destructive), so a reader may use it without keeping a copy."""
+    def can_copy(self, pool_id: int) -> bool:
+        """Whether copy_pages may serve this pool: its gets are non-destructive (shared)
+        or its backend can peek."""
         pool = self.pools.get(pool_id)
-        return self.backend is not None and pool is not None and pool.backend_pool is not None \
-            and pool.ledger is None
+        backend = self.backend
+        return backend is not None and pool is not None and pool.backend_pool is not None \
+            and (pool.ledger is None or backend.peeks)
 
     async def invalidate_fs(self, pool_id: int) -> None:
         """Surrender the pool: every page in it is dropped."""
@@ -303,6 +304,55 @@ class Cleancache:
         if self.tracer is not None:
             for n, hit in enumerate(hits):
                 self.tracer.event("get+" if hit else "get-", key, first + n)
+        return hits
+
+    async def copy_pages(self, pool_id: int, key: bytes, first: int, outs: list[memoryview],
+                         enough: int) -> list[bool] | None:
+        """Pages first.. into `outs`, left in the pool, for a reader that keeps no copy (the
+        sequential bypass; only where can_copy): which ones the pool had. None, with nothing
+        counted, if it had fewer than `enough`: the reader then reads the usual way. A
+        private pool is asked only for the runs its ledger holds, and each page is verified."""
+        pool = self.pools[pool_id]
+        backend, ledger = self.backend, pool.ledger
+        assert backend is not None and pool.backend_pool is not None
+        if ledger is None:
+            try:
+                hits = await self._call(backend, backend.get_pages, pool.backend_pool, key, first, outs)
+            except Exception:
+                self._fault("get_pages")
+                return None
+        else:
+            held = ledger.files.get(key)
+            if held is None:
+                return None
+            hits = [first + n in held for n in range(len(outs))]  # first what to ask for
+            if hits.count(True) < enough:
+                return None
+            n = 0
+            while n < len(hits):
+                if not hits[n]:
+                    n += 1
+                    continue
+                end = n + 1
+                while end < len(hits) and hits[end]:
+                    end += 1
+                try:
+                    got = await self._call(backend, backend.peek_pages, pool.backend_pool, key, first + n, outs[n:end])
+                except Exception:
+                    self._fault("peek_pages")
+                    return None  # the pool is as it was: the usual gets verify each page
+                for k, hit in enumerate(got, n):
+                    if hit and not self._verified(backend, outs[k], held[first + k]):
+                        ledger.forget(key, first + k)
+                        await self._drop(backend, pool.backend_pool, key, first + k)
+                        hit = False
+                    hits[k] = hit
+                n = end
+        found = hits.count(True)
+        if found < enough:
+            return None
+        self.succ_gets += found
+        self.failed_gets += len(outs) - found
         return hits
 
     async def _get_private(self, backend: Backend, pool: Pool, key: bytes, index: int, out: memoryview) -> bool:

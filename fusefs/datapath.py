@@ -2,8 +2,8 @@
 
 read:  page-cache hit -> copy out; else cleancache get into a fresh slot;
        else pread SRC (consecutive misses in one preadv) and install. A scan
-       that a shared pool holds is served from it without installing
-       (sequential bypass).
+       that the pool holds is served from it without installing, and the
+       pages stay there (sequential bypass).
 write: pwrite SRC first (write-through, so every cached page stays clean),
        then update the cached pages it covers and invalidate them in the pool.
 Evicting a page to make room puts it into cleancache, as the kernel did.
@@ -66,10 +66,12 @@ class DataPath:
         self._from_shared_pool = bytearray(self.pc.capacity)
         # Sequential bypass (bcache's sequential_cutoff): once a read in order has gone
         # on for more than half the page cache it is a scan that would only evict
-        # everything; runs a shared pool holds in full are then served from the pool
-        # through a scratch buffer, not installed. (Gets there are non-destructive, so
-        # the pages stay in the pool; a private pool's would be lost.) The buffer is
-        # reused: one request at a time (max_tasks=1), replied to before the next.
+        # everything; runs the pool holds at least half of are then served through a
+        # scratch buffer, not installed: from the pool, which keeps the pages (a shared
+        # pool's gets are non-destructive; a private pool's backend peeks instead of its
+        # exclusive get), and from SRC for the pages it lacks (a page zcache refused would
+        # only be refused again). The buffer is reused: one request at a time
+        # (max_tasks=1), replied to before the next.
         self._stream: tuple[CachedFile, int] | None = None  # where a read in order would start
         self._stream_pages = 0
         self._scan_pages = self.pc.capacity // 2
@@ -261,7 +263,7 @@ class DataPath:
         loaded_through = -1  # pages installed by this very read: not hits
         if slots.count(None) == len(slots):  # none cached (a read in order): load them in one go
             if self._scanning(cached, first, last):
-                served = await self._from_pool_around_cache(cached, first, last, offset, end)
+                served = await self._read_around_cache(cached, fd, first, last, offset, end)
                 if served is not None:
                     return served
             slot, loaded_through = await self._page(cached, fd, first, last)
@@ -327,26 +329,42 @@ class DataPath:
 
     def _scanning(self, cached: CachedFile, first: int, last: int) -> bool:
         """Count a read of pages first..last that no page cache holds into the current
-        read in order; True once it is a scan (see _scratch) on a shared pool."""
+        read in order; True once it is a scan (see _scratch) on a pool that can serve it."""
         if self._stream == (cached, first):
             self._stream_pages += last - first + 1
         else:
             self._stream_pages = last - first + 1
         self._stream = (cached, last + 1)
-        return self._stream_pages > self._scan_pages and self.pc.tracer is None and self.cc.gets_keep_pages(self.pool)
+        return self._stream_pages > self._scan_pages and self.pc.tracer is None and self.cc.can_copy(self.pool)
 
-    async def _from_pool_around_cache(self, cached: CachedFile, first: int, last: int,
-                                      offset: int, end: int) -> memoryview | None:
-        """Bytes offset..end from the shared pool through the scratch buffer, if it holds
-        every page (else None: the caller reads the usual way, pages got again)."""
+    async def _read_around_cache(self, cached: CachedFile, fd: int, first: int, last: int,
+                                 offset: int, end: int) -> memoryview | None:
+        """Bytes offset..end through the scratch buffer, without installing: the pages the
+        pool holds from it (left there), the others from SRC. None unless the pool holds
+        at least half of them (the caller then reads the usual way, so that a scan the
+        pool does not hold yet still fills it)."""
         count = last - first + 1
         if len(self._scratch) < count << PAGE_SHIFT:
             self._scratch = memoryview(mmap.mmap(-1, count << PAGE_SHIFT))
         scratch = self._scratch
-        hits = await self.cc.get_pages(self.pool, cached.key, first,
-                                       [scratch[n << PAGE_SHIFT : (n + 1) << PAGE_SHIFT] for n in range(count)])
-        if False in hits:
+        hits = await self.cc.copy_pages(self.pool, cached.key, first,
+                                        [scratch[n << PAGE_SHIFT : (n + 1) << PAGE_SHIFT] for n in range(count)],
+                                        (count + 1) // 2)
+        if hits is None:
             return None
+        n = 0
+        while n < count:  # each run the pool did not have, in one preadv
+            if hits[n]:
+                n = _run_end(hits, n, False)
+                continue
+            run_end = _run_end(hits, n, True)
+            start = (first + n) << PAGE_SHIFT
+            got = os.preadv(fd, [scratch[n << PAGE_SHIFT : run_end << PAGE_SHIFT]], start)
+            self.backing_reads += 1
+            self.backing_read_bytes += got
+            if got < min(run_end << PAGE_SHIFT, end - (first << PAGE_SHIFT)) - (n << PAGE_SHIFT):
+                return None  # SRC shrank behind our back: the usual path finds out how much
+            n = run_end
         self.pc.misses += count
         self.bypassed += count
         return scratch[offset & PAGE_MASK : (count - 1 << PAGE_SHIFT) + ((end - 1) & PAGE_MASK) + 1]

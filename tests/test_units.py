@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from backends.base import Backend, StatValue
+from backends.chain import ChainBackend
+from backends.dedup import DedupBackend
 from backends.tmem import TmemBackend
+from backends.zcache import ZcacheBackend
 from fusefs import datapath
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
@@ -146,25 +149,68 @@ async def test_reclaim_stops_once_a_request_waits(tmp_path: Path, monkeypatch: p
         os.close(fd)
 
 
-@pytest.mark.parametrize("shared", [False, True])
-async def test_a_scan_bypasses_the_page_cache_only_where_gets_keep_pages(tmp_path: Path, shared: bool) -> None:
-    """Served around the page cache, a page must still be in the pool afterwards: so a
-    scan bypasses only a shared pool (non-destructive gets), never a private one, whose
-    gets take the page out."""
-    data = os.urandom(512 * PAGE)
+class NoPeekTmem(TmemBackend):
+    """tmem whose get_page is its own (a plugin's): it cannot peek, so no bypass."""
+
+    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
+        return await super().get_page(pool, key, index, out)
+
+
+class LyingPeekTmem(TmemBackend):
+    """tmem whose peeks return a wrong page: the frontend must catch it."""
+
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        hits = await super().peek_pages(pool, key, first, outs)
+        outs[0][:8] = b"WRONG!!!"
+        return hits
+
+
+def scan_backend(kind: str) -> Backend:
+    capacity = 1024 * ENTRY
+    if kind == "zcache+tmem":  # random pages: zcache refuses them, tmem keeps them
+        return ChainBackend([ZcacheBackend(capacity), TmemBackend(capacity)])
+    classes = {"zcache": ZcacheBackend, "zcache refusing": ZcacheBackend, "dedup": DedupBackend,
+               "nopeek": NoPeekTmem, "lying": LyingPeekTmem}
+    return classes.get(kind, TmemBackend)(capacity)
+
+
+@pytest.mark.parametrize("kind", ["tmem", "shared tmem", "zcache", "dedup", "zcache+tmem", "nopeek", "lying",
+                                  "zcache refusing"])
+async def test_a_scan_is_served_around_the_page_cache_and_the_pool_keeps_its_pages(tmp_path: Path,
+                                                                                    kind: str) -> None:
+    """Sequential bypass: a scan the pool holds is served from it without installing; the
+    pages stay in the pool, so every pass after the first reads nothing from SRC. A private
+    pool is served by peeking (an exclusive get would lose the pages); a backend that cannot
+    peek is read the usual way; a peeked page that is not what was put is read from SRC;
+    pages zcache refused come from SRC without churning the page cache."""
+    if kind == "zcache":  # distinct pages that all compress (zcache refuses none)
+        data = b"".join(((b"page %08d " % n) * 300)[:PAGE] for n in range(512))
+    elif kind == "zcache refusing":  # one page in 8 does not compress
+        data = b"".join(os.urandom(PAGE) if n % 8 == 0 else ((b"page %08d " % n) * 300)[:PAGE] for n in range(512))
+    else:
+        data = os.urandom(512 * PAGE)
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     try:
-        cc = Cleancache(TmemBackend(1024 * ENTRY))
-        pool = await (cc.init_shared_fs(bytes(range(16))) if shared else cc.init_fs())
+        cc = Cleancache(scan_backend(kind))
+        pool = await (cc.init_shared_fs(bytes(range(16))) if kind == "shared tmem" else cc.init_fs())
         dp = DataPath(PageCache(64 * PAGE), cc, pool)
         cached, _ = await dp.open_file(b"f", os.fstat(fd))
-        for _ in range(3):  # first from SRC (evictions fill the pool), then from the pool
+        for scan in range(3):  # first from SRC (evictions fill the pool), then from the pool
+            if scan == 1:
+                puts, backing = cc.puts, dp.backing_read_bytes
             for offset in range(0, len(data), 32 * PAGE):
                 assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
-        assert cc.succ_gets > 0
-        assert (dp.bypassed > 0) == shared
-        assert dp.backing_reads == 32  # the first pass only (16 pages a read): the pool kept every page
+        assert cc.succ_gets > 0 and dp.pc.pages <= 64
+        assert (dp.bypassed > 0) == (kind != "nopeek")
+        if kind != "nopeek":  # in each later pass only the stream's first 32 pages are installed
+            assert cc.puts - puts == 2 * 32
+        if kind in ("lying", "zcache refusing"):
+            assert (cc.verify_failures > 0) == (kind == "lying")
+            assert dp.backing_read_bytes > backing  # the lies, the refused pages: from SRC
+        else:
+            assert dp.backing_reads == 32  # the first pass only (16 pages a read): the pool kept every page
+            assert cc.verify_failures == 0
     finally:
         os.close(fd)
 
