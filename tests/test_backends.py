@@ -248,6 +248,8 @@ def test_misbehaving_backend_never_breaks_reads_or_writes(mount_factory, fault: 
         ModelCheck(m.mnt, seed, files=2, max_size=16 * PAGE).run(1500 if fault != "stall" else 300)
         s = m.stats()
     assert s["fs.internal_errors"] == 0
+    if fault == "block":  # the faulty backend peeks too: scans went through its peek_pages
+        assert s["pagecache.bypassed"] > 0
     if fault in ("raise", "flaky"):
         assert s["cleancache.backend_errors"] > 0
     if fault in ("corrupt", "stale"):

@@ -25,7 +25,8 @@ def parse_fault(text: str) -> str:
 
 
 class FaultyBackend(TmemBackend):
-    """tmem that raises, corrupts, stalls, blocks or returns stale pages (`fault=`)."""
+    """tmem that raises, corrupts, stalls, blocks or returns stale pages (`fault=`), on
+    gets and peeks alike."""
 
     name = "faulty"
     summary = "test only: tmem with injected faults"
@@ -50,6 +51,13 @@ class FaultyBackend(TmemBackend):
         return await super().put_page(pool, key, index, page)
 
     async def get_page(self, pool, key, index, out):  # type: ignore[no-untyped-def]
+        return await self._get_with_faults(pool, key, index, out, False)
+
+    async def peek_pages(self, pool, key, first, outs):  # type: ignore[no-untyped-def]
+        """Peeks (the sequential bypass) fail the same ways as gets."""
+        return [await self._get_with_faults(pool, key, first + n, out, True) for n, out in enumerate(outs)]
+
+    async def _get_with_faults(self, pool, key, index, out, peek):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.fault == "raise" or (self.fault == "flaky" and self.calls % 3 == 0):
             raise RuntimeError("injected get fault")
@@ -58,7 +66,10 @@ class FaultyBackend(TmemBackend):
         if self.fault == "block":
             time.sleep(0.002)  # a slow but working store
         old = self.first.get((pool, key, index))
-        hit = await super().get_page(pool, key, index, out)
+        if peek:
+            hit = (await super().peek_pages(pool, key, index, [out]))[0]
+        else:
+            hit = await super().get_page(pool, key, index, out)
         if hit and self.fault == "corrupt":
             out[:16] = b"\xde\xad\xbe\xef" * 4
         if self.fault == "stale" and old is not None:
