@@ -8,9 +8,10 @@ member ids can never collide (the reason Linux 4.1 forbade a second
 backend).
 
 Coherency: a page lives in at most one member. A put that lands in one
-member first invalidates the handle in all the others, so two members
-never hold different contents for one handle; with private pools a get
-that hits member B removes the page from B (its gets are exclusive).
+member also invalidates the handle in all the others, within the same
+request, so no get ever sees two members with different contents for one
+handle; with private pools a get that hits member B removes the page from
+B (its gets are exclusive).
 With a shared member (zcache+cluster, RAMster-like) every key carries the
 file's version, so a private member can never serve a page another node
 has changed either.

@@ -267,7 +267,7 @@ def test_misbehaving_backend_never_breaks_reads_or_writes(mount_factory, fault: 
                                      "cleancache=zcache+cluster,cache_size=8K,cc_size=24K"])
 def test_model_check_with_every_backend(mount_factory, tmp_path: Path, options: str) -> None:
     """tmem's runs are in tests/test_modelcheck.py; a cluster node here is a single node."""
-    seed = random.randrange(1 << 32)
+    seed = int(os.environ.get("TMEMFS_SEED", random.randrange(1 << 32)))
     if "cluster" in options:
         (tmp_path / "store").mkdir()
         options += f",cc_dir={tmp_path / 'store'}"
@@ -275,7 +275,7 @@ def test_model_check_with_every_backend(mount_factory, tmp_path: Path, options: 
         try:
             ModelCheck(m.mnt, seed).run(20000)
         except AssertionError as exc:
-            raise AssertionError(f"{options}: {exc}") from None
+            raise AssertionError(f"{options}: {exc} (replay with TMEMFS_SEED={seed})") from None
         assert m.stats()["cleancache.verify_failures"] == 0
 
 
