@@ -5,6 +5,7 @@ rules are checked on the backends directly."""
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 from pathlib import Path
@@ -349,6 +350,23 @@ async def test_chain_keeps_one_version_per_handle() -> None:
     assert await chain.get_page(pool, b"f", 0, out) and bytes(out) == bytes(page(7))
     await chain.destroy_pool(pool)
     assert chain.named_stats()["zcache.stored_pages"] == 0
+
+
+@pytest.mark.parametrize("cls", [TmemBackend, ZcacheBackend, DedupBackend])
+async def test_stored_pages_cost_the_garbage_collector_nothing(cls: type) -> None:
+    """A full collection walks every object the collector tracks, so pool entries must not
+    be tracked: zcache's blocks once were (a bytes subclass), and a full collection then
+    paused the daemon for 25 ms at 16k entries, 60 ms at 66k."""
+    backend = cls(1 << 26)
+    pool = await backend.create_pool(None)
+    pages = [memoryview(((b"page %08d " % n) * 300)[:PAGE]) for n in range(2000)]  # distinct, compressible
+    gc.collect()
+    before = len(gc.get_objects())
+    for n, page in enumerate(pages):
+        assert await backend.put_page(pool, b"f%d" % (n // 64), n % 64, page)
+    gc.collect()
+    assert backend.stats()["stored_pages"] == 2000
+    assert len(gc.get_objects()) - before < 100
 
 
 def test_entry_overhead_is_measured() -> None:
