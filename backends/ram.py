@@ -93,6 +93,9 @@ class RamBackend(Backend):
     def release(self, entry: object) -> int:
         """Forget an entry; payload bytes freed by doing so."""
 
+    def moved_out(self, pool: int, key: bytes, index: int, entry: object, page: memoryview) -> None:
+        """An exclusive get moved this entry's page back to the page cache (zcache keeps its block)."""
+
     # -- the Backend interface --------------------------------------------------------
 
     async def create_pool(self, uuid: bytes | None) -> int:
@@ -200,6 +203,7 @@ class RamBackend(Backend):
             self._policy.touch((pool, key, index))
         else:
             self._drop(pool, ram_pool, key, index)  # exclusive: the page moves back
+            self.moved_out(pool, key, index, entry, out)
         self.succ_gets += 1
         return True
 

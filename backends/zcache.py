@@ -89,14 +89,9 @@ class ZcacheBackend(RamBackend):
         super().reset_stats()
         self.reject_compress_poor = self.reused_compressions = 0
 
-    def _get(self, pool: int, key: bytes, index: int, out: memoryview, keep: bool = False) -> bool:
-        ram_pool = self._pools.get(pool)
-        pages = ram_pool.files.get(key) if ram_pool is not None else None
-        entry = pages.get(index) if pages is not None else None
-        hit = super()._get(pool, key, index, out, keep)
-        if hit and not keep and is_block(entry) and ram_pool is not None and not ram_pool.shared:
-            self._hand_out((pool, key, index), xxhash.xxh3_128_digest(out), entry)
-        return hit
+    def moved_out(self, pool: int, key: bytes, index: int, entry: object, page: memoryview) -> None:
+        if is_block(entry):
+            self._hand_out((pool, key, index), xxhash.xxh3_128_digest(page), entry)
 
     def _put(self, pool: int, key: bytes, index: int, page: memoryview, spilled: list[Spilled]) -> bool:
         given = self._handed_out.pop((pool, key, index), None)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -49,6 +49,21 @@ log = logging.getLogger("tmemfs.cleancache")
 PRIVATE_UUID = b"\xff" * 16  # Xen: an all-ones uuid asks for a private pool
 _digest = xxhash.xxh3_64_intdigest
 T = TypeVar("T")
+
+
+def _held_runs(held: dict[int, int], first: int, count: int) -> Iterator[tuple[int, int]]:
+    """Each run of pages first..first+count-1 that a ledger holds, as (start, end) offsets;
+    entries before the next run may be taken meanwhile."""
+    n = 0
+    while n < count:
+        if first + n not in held:
+            n += 1
+            continue
+        end = n + 1
+        while end < count and first + end in held:
+            end += 1
+        yield n, end
+        n = end
 
 
 @dataclass
@@ -323,19 +338,10 @@ class Cleancache:
                 return None
         else:
             held = ledger.files.get(key)
-            if held is None:
+            if held is None or sum(map(held.__contains__, range(first, first + len(outs)))) < enough:
                 return None
-            hits = [first + n in held for n in range(len(outs))]  # first what to ask for
-            if hits.count(True) < enough:
-                return None
-            n = 0
-            while n < len(hits):
-                if not hits[n]:
-                    n += 1
-                    continue
-                end = n + 1
-                while end < len(hits) and hits[end]:
-                    end += 1
+            hits = [False] * len(outs)
+            for n, end in _held_runs(held, first, len(outs)):
                 try:
                     got = await self._call(backend, backend.peek_pages, pool.backend_pool, key, first + n, outs[n:end])
                 except Exception:
@@ -347,7 +353,6 @@ class Cleancache:
                         await self._drop(backend, pool.backend_pool, key, first + k)
                         hit = False
                     hits[k] = hit
-                n = end
         found = hits.count(True)
         if found < enough:
             return None
@@ -379,14 +384,7 @@ class Cleancache:
         ledger, backend_pool = pool.ledger, pool.backend_pool
         assert ledger is not None and backend_pool is not None
         hits = [False] * len(outs)
-        n = 0
-        while n < len(outs):
-            if first + n not in held:
-                n += 1
-                continue
-            end = n + 1
-            while end < len(outs) and first + end in held:
-                end += 1
+        for n, end in _held_runs(held, first, len(outs)):
             digests = ledger.take(key, first + n, first + end)
             try:
                 got = await self._call(backend, backend.get_pages, backend_pool, key, first + n, outs[n:end])
@@ -400,7 +398,6 @@ class Cleancache:
                     good = hits[n + k] = self._verified(backend, outs[n + k], digests[k])
                     if not good or not backend.exclusive_gets:
                         await self._drop(backend, backend_pool, key, first + n + k)
-            n = end
         return hits
 
     def _verified(self, backend: Backend, out: memoryview, digest: int) -> bool:

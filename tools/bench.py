@@ -1135,6 +1135,13 @@ def ratio_rows(points: dict[tuple[str, str], Point]) -> list[tuple[Job, str, str
     return rows
 
 
+def informative_ratios(points: dict[tuple[str, str], Point]) -> list[tuple[Job, Ratio | None]]:
+    """(job, ratio) of the INFORMATIVE comparison for every comparison job, in table order."""
+    subject, base = INFORMATIVE
+    return [(job, ratio(sp, bp) if (sp := points.get((subject, job.name))) and (bp := points.get((base, job.name)))
+             else None) for job in COMPARE_JOBS]
+
+
 def ratio_table(report: Report) -> list[str]:
     """The judged comparisons, and (informative) default tmemfs against the kernel-cached example."""
     points = report.compare.points
@@ -1142,12 +1149,10 @@ def ratio_table(report: Report) -> list[str]:
     lines = [f"| job | {SUBJECT} / {BASELINE} | {SUBJECT_KC} / {BASELINE_1S} (same caching) | "
              f"{subject} / {base} (informative: direct_io against the kernel's page cache) |", "|---|---|---|---|"]
     rows = ratio_rows(points)
-    for i in range(0, len(rows), len(JUDGED)):
-        job = rows[i][0]
-        sp, bp = points.get((subject, job.name)), points.get((base, job.name))
-        plain = ratio(sp, bp) if sp and bp else None
+    for i, (job, plain) in enumerate(informative_ratios(points)):
+        judged = rows[i * len(JUDGED) : (i + 1) * len(JUDGED)]
         shown = f"{plain.median:.2f}x ({plain.lo:.2f}..{plain.hi:.2f})" if plain else "n/a"
-        lines.append(f"| {job.label} | {fmt_ratio(rows[i][3])} | {fmt_ratio(rows[i + 1][3])} | {shown} |")
+        lines.append(f"| {job.label} | " + " | ".join(fmt_ratio(r) for *_, r in judged) + f" | {shown} |")
     return lines
 
 
@@ -1246,8 +1251,7 @@ def compare_summary(report: Report) -> list[str]:
     else:
         lines.append(f"* Target met in all {len(judged)} comparisons.")
     subject, base = INFORMATIVE
-    plain = [(j, r) for j in COMPARE_JOBS if (sp := report.compare.points.get((subject, j.name)))
-             and (bp := report.compare.points.get((base, j.name))) and (r := ratio(sp, bp))]
+    plain = [(j, r) for j, r in informative_ratios(report.compare.points) if r is not None]
     if plain:
         lines.append(f"* Informative, {subject} (direct_io: every read(2) reaches tmemfs) against {base} (served by "
                      "the kernel's page cache): " + "; ".join(f"{j.label} {r.median:.2f}x" for j, r in plain)
