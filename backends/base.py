@@ -125,6 +125,11 @@ class FileVersions(abc.ABC):
     #: True when a bump also drops the file's pages from the pool
     bump_flushes: bool = False
 
+    @property
+    def joined(self) -> bool:
+        """Whether this node is a member of the pool (it may change files only then)."""
+        return True
+
     @abc.abstractmethod
     async def version(self, file: bytes) -> int | None:
         """The file's version now; None when it cannot be known (cache nothing then)."""

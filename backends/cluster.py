@@ -40,6 +40,8 @@ log = logging.getLogger("tmemfs.cluster")
 
 HEARTBEAT_S = 1.0
 LOCK_WAIT_S = 0.002
+NODE_TIMEOUT_S = 5.0
+ABANDON_WAIT_S = 1.0  # what undoing a failed join may take (it must not hold the mount up)
 PASSWORD_ENV = "TMEMFS_REDIS_PASSWORD"
 USERNAME_ENV = "TMEMFS_REDIS_USERNAME"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -91,6 +93,10 @@ class StoreVersions(FileVersions):
         self.pending: set[bytes] = set()  # bumps owed to the store since it went away
         self.last_tick = time.monotonic()
         self._was_up = store.up
+
+    @property
+    def joined(self) -> bool:
+        return self.store.node >= 0
 
     def tick(self) -> None:
         """Called about once a second; a long gap means this process was stopped."""
@@ -160,13 +166,15 @@ class ClusterBackend(Backend):
                                                   f"(or set {PASSWORD_ENV}; {USERNAME_ENV} for an ACL user)"),
         "cc_dir": OptionSpec(existing_directory, "directory of the lmdb store, best a tmpfs; default /dev/shm"),
         "node_timeout": OptionSpec(parse_positive_seconds, "a node silent this long is dead; a node "
-                                                           "stalled this long drops its caches; default 5"),
+                                                           "stalled this long drops its caches; a change "
+                                                           "waits this long for its node to join the pool, "
+                                                           "then fails with EIO; default 5"),
     }
     exclusive_gets = False
     shared = True
 
     def __init__(self, capacity: int, cc_store: str = "lmdb", cc_store_password_file: str | None = None,
-                 node_timeout: float = 5.0, cc_dir: str = "/dev/shm", timeout: float = 1.0) -> None:
+                 node_timeout: float = NODE_TIMEOUT_S, cc_dir: str = "/dev/shm", timeout: float = 1.0) -> None:
         super().__init__(capacity)
         self.store_spec = cc_store
         self.password_file = cc_store_password_file
@@ -202,8 +210,12 @@ class ClusterBackend(Backend):
         name = f"{socket.gethostname()}:{os.getpid()}"
         try:
             await store.join(name)
-        except StoreUnavailable as exc:  # lmdb: the pool is full of live members
-            raise RuntimeError(f"cannot join pool {real_uuid.hex()}: {exc}") from exc
+        except BaseException as exc:
+            with trio.CancelScope(shield=True), trio.move_on_after(ABANDON_WAIT_S):
+                await store.abandon()  # a join cut short must not stay listed as a dead member
+            if isinstance(exc, StoreUnavailable):  # lmdb: the pool is full, or being made too long
+                raise StoreUnavailable(f"cannot join pool {real_uuid.hex()}: {exc}") from exc
+            raise
         versions = StoreVersions(store, self.timeout, self.node_timeout, self.awaits_io)
         pool = self._next_pool
         self._next_pool += 1
@@ -216,10 +228,10 @@ class ClusterBackend(Backend):
         return self.pools[pool].versions
 
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
-        file, tag = split_key(key)
+        file, tag, stamp = split_key(key)
         if tag is None:
             return False
-        if await self.pools[pool].store.put(file, tag, index, page):
+        if await self.pools[pool].store.put(file, tag, index, page, stamp):
             self.puts += 1
             return True
         self.refused_puts += 1
@@ -229,12 +241,12 @@ class ClusterBackend(Backend):
         return (await self.get_pages(pool, key, index, [out]))[0]
 
     async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
-        file, tag = split_key(key)
+        file, tag, stamp = split_key(key)
         shared = self.pools[pool]
         if tag is None:
             putters: list[int | None] = [None] * len(outs)
         else:
-            putters = await shared.store.get_many(file, tag, first, outs)
+            putters = await shared.store.get_many(file, tag, first, outs, stamp)
         hits = [p is not None for p in putters]
         found = sum(hits)
         self.succ_gets += found
@@ -243,12 +255,12 @@ class ClusterBackend(Backend):
         return hits
 
     async def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
-        file, tag = split_key(key)
+        file, tag, stamp = split_key(key)
         if tag is not None:
-            await self.pools[pool].store.invalidate_page(file, tag, index)
+            await self.pools[pool].store.invalidate_page(file, tag, index, stamp)
 
     async def invalidate_inode(self, pool: int, key: bytes) -> None:
-        file, tag = split_key(key)
+        file, tag, _stamp = split_key(key)
         await self.pools[pool].store.invalidate_file(file, tag)
 
     async def destroy_pool(self, pool: int) -> None:

@@ -14,7 +14,7 @@ LMDB's main database under one-byte prefixes rather than four named
 databases: py-lmdb only keeps a named-database handle opened by a write
 transaction, which join() would then have to take (and could wait for).
 
-    b"i" + file_prefix(file) + tag (8, big-endian) + index (8)
+    b"i" + file_prefix(file) + tag (8, big-endian) + stamp (8) + index (8)
             -> frame (4), generation (8), putter node (2), order seq (8), xxh3-64 of the page (8)
     b"o" + seq (8)      -> the b"i" key     eviction order, oldest first (CLOCK, below)
     b"f" + frame (4)    -> b""              free frames
@@ -66,6 +66,7 @@ import struct
 import time
 
 import lmdb
+import trio
 import xxhash
 
 from backends.base import StatValue
@@ -140,6 +141,20 @@ def _flock_wait(fd: int, wait: float) -> bool:
     return False
 
 
+async def _flock_wait_async(fd: int, wait: float) -> bool:
+    """_flock_wait that lets the other tasks run meanwhile (a join may wait for another
+    node creating the pool, and is retried in the background until it succeeds)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        await trio.sleep(0.001)
+
+
 def _pages(size: int) -> int:
     """`size` rounded up to whole pages."""
     return (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
@@ -148,6 +163,11 @@ def _pages(size: int) -> int:
 def _next_gen(gen: int) -> int:
     """The next even generation (also after a writer died with the frame odd)."""
     return gen + (2 if gen % 2 == 0 else 1)
+
+
+def _page_prefix(file: bytes, tag: int, stamp: int) -> bytes:
+    """The index keys of a file's pages at one version and SRC stamp (the page number follows)."""
+    return _INDEX + file_prefix(file) + tag.to_bytes(8, "big") + stamp.to_bytes(8, "big")
 
 
 def _read_meta(txn: lmdb.Transaction[bytes]) -> tuple[int, int, int, int]:
@@ -207,7 +227,7 @@ class LmdbStore(PageStore):
         for _attempt in range(3):
             _make_pool_dir(self.path)
             init_fd = _open_file(os.path.join(self.path, "init.lock"))
-            if not _flock_wait(init_fd, INIT_WAIT):
+            if not await _flock_wait_async(init_fd, INIT_WAIT):
                 os.close(init_fd)
                 raise StoreUnavailable(f"{self.path}: another node has been creating the pool for {INIT_WAIT} s")
             if os.fstat(init_fd).st_nlink:
@@ -221,16 +241,14 @@ class LmdbStore(PageStore):
                 self._open_slab()
                 self._wfd = _open_file(os.path.join(self.path, "write.lock"))
                 self._open_env()
+                # The slot too under the init lock: else the last node leaving in between
+                # would find no member and remove the files this node has just opened.
+                self.node = self._nodes.join(name)
             except BaseException:
                 self._close()
                 raise
         finally:
             os.close(init_fd)  # releases the flock
-        try:
-            self.node = self._nodes.join(name)
-        except BaseException:
-            self._close()
-            raise
         assert self._env is not None
         self._env.reader_check()
         return self.node
@@ -290,6 +308,10 @@ class LmdbStore(PageStore):
         self._main = shared.env.open_db()  # the main (unnamed) database: every record
         # the other half of the map: copy-on-write churn and old pages that readers may still see
         self._tree_limit = (MAP_BASE + MAP_PER_FRAME * self.frames) // 2
+
+    async def abandon(self) -> None:
+        """A failed join undid itself (join closes what it opened); a pool is only removed by leave."""
+        self._close()
 
     async def leave(self) -> None:
         """Leave the pool; the last node out removes it (nobody can ask for its pages any more)."""
@@ -360,15 +382,16 @@ class LmdbStore(PageStore):
 
     # -- pages --------------------------------------------------------------------
 
-    async def get(self, file: bytes, tag: int, index: int, out: memoryview) -> int | None:
-        return (await self.get_many(file, tag, index, [out]))[0]
+    async def get(self, file: bytes, tag: int, index: int, out: memoryview, stamp: int = 0) -> int | None:
+        return (await self.get_many(file, tag, index, [out], stamp))[0]
 
-    async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview]) -> list[int | None]:
+    async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview],
+                       stamp: int = 0) -> list[int | None]:
         """Pages first, first+1, ... in one read transaction."""
         env, gens, refs, data = self._env, self._gens, self._refs, self._data
         if env is None or gens is None or refs is None or data is None:
             raise StoreUnavailable("not a member of the pool")
-        prefix = _INDEX + file_prefix(file) + tag.to_bytes(8, "big")
+        prefix = _page_prefix(file, tag, stamp)
         keys = [prefix + index.to_bytes(8, "big") for index in range(first, first + len(outs))]
         found: list[int | None] = []
         hits = 0
@@ -401,14 +424,14 @@ class LmdbStore(PageStore):
         self.hits_from_others += hits - found.count(self.node)
         return found
 
-    async def put(self, file: bytes, tag: int, index: int, page: memoryview) -> bool:
+    async def put(self, file: bytes, tag: int, index: int, page: memoryview, stamp: int = 0) -> bool:
         nodes = self._table()
         if len(page) != PAGE_SIZE:
             raise ValueError(f"pages are {PAGE_SIZE} bytes")
         if tag != nodes.version(file):
             self.stale_puts_refused += 1
             return False
-        key = _INDEX + file_prefix(file) + tag.to_bytes(8, "big") + index.to_bytes(8, "big")
+        key = _page_prefix(file, tag, stamp) + index.to_bytes(8, "big")
         digest = _hash(page)
         env = self._env
         assert env is not None
@@ -550,8 +573,8 @@ class LmdbStore(PageStore):
 
     # -- invalidation --------------------------------------------------------------
 
-    async def invalidate_page(self, file: bytes, tag: int, index: int) -> None:
-        self._invalidate(_INDEX + file_prefix(file) + tag.to_bytes(8, "big") + index.to_bytes(8, "big"), exact=True)
+    async def invalidate_page(self, file: bytes, tag: int, index: int, stamp: int = 0) -> None:
+        self._invalidate(_page_prefix(file, tag, stamp) + index.to_bytes(8, "big"), exact=True)
 
     async def invalidate_file(self, file: bytes, tag: int | None) -> None:
         prefix = _INDEX + file_prefix(file)

@@ -5,8 +5,8 @@ U the 32 hex digits of the uuid and F the hex of the file key:
 
     tmemfs:v:{U:F}   the file's version (a string holding an integer)
     tmemfs:p:{U:F}   the file's pages: a hash, field = page index in decimal,
-                     value = tag (8 bytes, big-endian) + putter node (4 bytes,
-                     big-endian) + the page
+                     value = tag (8 bytes, big-endian) + SRC stamp (8 bytes) +
+                     putter node (4 bytes, big-endian) + the page
     tmemfs:m:{U}     members: a hash, node id -> JSON {name, heartbeat, puts,
                      gets, hits_from_others}
     tmemfs:n:{U}     the node id counter
@@ -83,9 +83,23 @@ from coredis.exceptions import (
 from coredis.retry import NoRetryPolicy
 
 from backends.base import StatValue
-from backends.store import TAG_BYTES, Member, PageStore, StoreUnavailable
+from backends.store import STAMP_BYTES, TAG_BYTES, Member, PageStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class _FailedAttemptsOnce(logging.Filter):
+    """coredis logs every failed connection attempt at ERROR with its traceback (a store that
+    is hung or stalled: once a second). The store says so itself, in one line; the traceback
+    only with tmemfs -d."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Connection attempt failed"):
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("coredis").addFilter(_FailedAttemptsOnce())
 
 T = TypeVar("T")
 
@@ -93,7 +107,7 @@ PASSWORD_ENV = "TMEMFS_REDIS_PASSWORD"
 USERNAME_ENV = "TMEMFS_REDIS_USERNAME"
 SCHEMES = ("redis", "rediss", "unix")
 NODE_BYTES = 4
-HEADER = TAG_BYTES + NODE_BYTES
+HEADER = TAG_BYTES + STAMP_BYTES + NODE_BYTES
 CANCELS_BEFORE_RESET = 3  # calls in a row cut short by the caller's timeout: the store hangs
 SCAN_COUNT = 1000
 _SECRET_PARAMS = ("password", "username", "user", "pass")
@@ -144,6 +158,14 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('HLEN', KEYS[2]) == 0 then redis.call('DEL', KEYS[1]) end
 return 1
 """
+
+
+_NODE_AT = TAG_BYTES + STAMP_BYTES  # where a page value's putter node starts
+
+
+def _tag_bytes(tag: int, stamp: int) -> bytes:
+    """A page value's first bytes: the version and the SRC stamp it was read at."""
+    return tag.to_bytes(TAG_BYTES, "big") + stamp.to_bytes(STAMP_BYTES, "big")
 
 
 def redacted_url(url: str) -> str:
@@ -365,22 +387,22 @@ class RedisStore(PageStore):
         value = await self._call(conn, self._script(conn, "bump", self._file_keys(file), ()))
         return int(value)
 
-    async def get(self, file: bytes, tag: int, index: int, out: memoryview) -> int | None:
+    async def get(self, file: bytes, tag: int, index: int, out: memoryview, stamp: int = 0) -> int | None:
         self.gets += 1
         conn = self._live()
         value = await self._call(conn, conn.client.hget(self._pprefix + file.hex().encode() + b"}", b"%d" % index))
-        if value is None or len(value) != HEADER + len(out) or int.from_bytes(value[:TAG_BYTES], "big") != tag:
+        if value is None or len(value) != HEADER + len(out) or value[:_NODE_AT] != _tag_bytes(tag, stamp):
             return None
         out[:] = memoryview(value)[HEADER:]
-        putter = int.from_bytes(value[TAG_BYTES:HEADER], "big")
+        putter = int.from_bytes(value[_NODE_AT:HEADER], "big")
         self.hits += 1
         if putter != self.node:
             self.hits_from_others += 1
         return putter
 
-    async def put(self, file: bytes, tag: int, index: int, page: memoryview) -> bool:
+    async def put(self, file: bytes, tag: int, index: int, page: memoryview, stamp: int = 0) -> bool:
         conn = self._live()
-        value = b"".join((tag.to_bytes(TAG_BYTES, "big"), max(self.node, 0).to_bytes(NODE_BYTES, "big"), page))
+        value = b"".join((_tag_bytes(tag, stamp), max(self.node, 0).to_bytes(NODE_BYTES, "big"), page))
         try:
             stored = await self._call(conn, self._script(conn, "put", self._file_keys(file),
                                                          (b"%d" % tag, b"%d" % index, value)))
@@ -392,7 +414,7 @@ class RedisStore(PageStore):
         self.stale_puts_refused += 1
         return False
 
-    async def invalidate_page(self, file: bytes, tag: int, index: int) -> None:
+    async def invalidate_page(self, file: bytes, tag: int, index: int, stamp: int = 0) -> None:
         conn = self._live()
         await self._call(conn, self._script(conn, "inv_page", self._file_keys(file), (b"%d" % tag, b"%d" % index)))
 

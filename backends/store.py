@@ -12,9 +12,12 @@ a stale put, a put racing an invalidation, or a page read before another
 node's write can exist in the store but can never be served.
 
 Addresses: `file` is the file key (a name_to_handle_at handle, the same on
-every node); `tag` is the file's version when the page was read; `index` is
-the page number. The frontend sees one opaque key per (file, tag), made by
-`versioned_key`; `split_key` takes it apart again.
+every node); `tag` is the file's version when the page was read; `stamp` is
+a digest of what SRC looked like then (size, mtime, ctime: see
+fusefs/datapath.py), so a page read before somebody wrote to SRC directly,
+behind every node's back, never matches a reader who opened the file after;
+`index` is the page number. The frontend sees one opaque key per (file,
+tag, stamp), made by `versioned_key`; `split_key` takes it apart again.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from backends.base import BackendUnavailable, StatValue
 
 TAG_BYTES = 8
+STAMP_BYTES = 8
 
 
 def file_prefix(file: bytes) -> bytes:
@@ -35,13 +39,13 @@ def file_prefix(file: bytes) -> bytes:
     return bytes((len(file),)) + file
 
 
-def versioned_key(file: bytes, tag: int) -> bytes:
-    """The cleancache key of `file` at version `tag`."""
-    return file_prefix(file) + tag.to_bytes(TAG_BYTES, "big")
+def versioned_key(file: bytes, tag: int, stamp: int) -> bytes:
+    """The cleancache key of `file` at version `tag`, read while SRC's stamp digest was `stamp`."""
+    return file_prefix(file) + tag.to_bytes(TAG_BYTES, "big") + stamp.to_bytes(STAMP_BYTES, "big")
 
 
-def split_key(key: bytes) -> tuple[bytes, int | None]:
-    """(file, tag) from versioned_key, or (file, None) from file_prefix.
+def split_key(key: bytes) -> tuple[bytes, int | None, int]:
+    """(file, tag, stamp) from versioned_key, or (file, None, 0) from file_prefix.
 
     Raises ValueError for anything else (a key made without versions).
     """
@@ -50,9 +54,10 @@ def split_key(key: bytes) -> tuple[bytes, int | None]:
     n = key[0]
     rest = len(key) - 1 - n
     if rest == 0:
-        return key[1:], None
-    if rest == TAG_BYTES:
-        return key[1 : 1 + n], int.from_bytes(key[1 + n :], "big")
+        return key[1:], None, 0
+    if rest == TAG_BYTES + STAMP_BYTES:
+        end = 1 + n + TAG_BYTES
+        return key[1 : 1 + n], int.from_bytes(key[1 + n : end], "big"), int.from_bytes(key[end:], "big")
     raise ValueError("not a cluster key")
 
 
@@ -110,27 +115,28 @@ class PageStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def get(self, file: bytes, tag: int, index: int, out: memoryview) -> int | None:
-        """Copy the page stored for (file, tag, index) into `out`; the node that put it,
+    async def get(self, file: bytes, tag: int, index: int, out: memoryview, stamp: int = 0) -> int | None:
+        """Copy the page stored for (file, tag, stamp, index) into `out`; the node that put it,
         or None on a miss. Non-destructive."""
 
-    async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview]) -> list[int | None]:
+    async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview],
+                       stamp: int = 0) -> list[int | None]:
         """get() for pages first, first+1, ... (one transaction or round trip where the store can)."""
-        return [await self.get(file, tag, first + n, out) for n, out in enumerate(outs)]
+        return [await self.get(file, tag, first + n, out, stamp) for n, out in enumerate(outs)]
 
     @abc.abstractmethod
-    async def put(self, file: bytes, tag: int, index: int, page: memoryview) -> bool:
-        """Store a copy under (file, tag, index), evicting to make room; False if refused.
+    async def put(self, file: bytes, tag: int, index: int, page: memoryview, stamp: int = 0) -> bool:
+        """Store a copy under (file, tag, stamp, index), evicting to make room; False if refused.
 
         A store may refuse a put whose tag is not the file's current version.
         """
 
     @abc.abstractmethod
-    async def invalidate_page(self, file: bytes, tag: int, index: int) -> None: ...
+    async def invalidate_page(self, file: bytes, tag: int, index: int, stamp: int = 0) -> None: ...
 
     @abc.abstractmethod
     async def invalidate_file(self, file: bytes, tag: int | None) -> None:
-        """Drop the file's pages stored under `tag`, or under every version (None)."""
+        """Drop the file's pages stored under `tag` (any stamp), or under every version (None)."""
 
     @abc.abstractmethod
     async def clear(self) -> None:
@@ -139,6 +145,10 @@ class PageStore(abc.ABC):
     @abc.abstractmethod
     async def leave(self) -> None:
         """Stop being a member; pages stay for the other nodes."""
+
+    async def abandon(self) -> None:
+        """Undo a join that failed or was cut short: no member of ours may stay listed."""
+        await self.leave()
 
     @abc.abstractmethod
     def stats(self) -> dict[str, StatValue]:

@@ -22,7 +22,11 @@ ephemeral, so a fault may cost a disk read but never an I/O error.
 Lazy init and registration (the Linux 3.10 fix, plus what Linux never had):
 pools made while no backend is registered (cleancache=none, or a backend
 that could not create its pool) are placeholders: every get misses. A
-backend registered at run time gets a real pool for each placeholder.
+backend registered at run time gets a real pool for each placeholder, and
+a live backend that could not make one (a store slow or busy when the
+mount joined it) is asked again every POOL_RETRY_S until it can. Making a
+pool gets JOIN_TIMEOUT_S, not cc_timeout: joining a shared pool takes
+several round trips, more than any one page should wait.
 `unregister` first switches the frontend to no backend (one assignment,
 before any await, so no later request can reach the old backend; requests
 are served one at a time, max_tasks=1, so none is in flight), then flushes
@@ -47,6 +51,8 @@ from fusefs.tracing import Tracer
 log = logging.getLogger("tmemfs.cleancache")
 
 PRIVATE_UUID = b"\xff" * 16  # Xen: an all-ones uuid asks for a private pool
+POOL_RETRY_S = 1.0
+JOIN_TIMEOUT_S = 10.0
 _digest = xxhash.xxh3_64_intdigest
 T = TypeVar("T")
 
@@ -166,13 +172,45 @@ class Cleancache:
         scope = self._run_scope = trio.CancelScope()
 
         async def run() -> None:
-            with scope:
-                try:
-                    await backend.run()
-                except Exception:
-                    self._fault("run", backend)
+            try:
+                await backend.run()
+            except Exception:
+                self._fault("run", backend)
 
-        self._nursery.start_soon(run)
+        async def run_and_retry() -> None:
+            with scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run)
+                    nursery.start_soon(self._retry_placeholders, backend)
+
+        self._nursery.start_soon(run_and_retry)
+
+    async def _retry_placeholders(self, backend: Backend) -> None:
+        """Ask the live backend again for the pools it could not make (lazy init)."""
+        while True:
+            await trio.sleep(POOL_RETRY_S)
+            for pool_id, pool in list(self.pools.items()):
+                if pool.backend_pool is not None or self.backend is not backend:
+                    continue
+                try:
+                    made = await self._make_pool(backend, pool.uuid)
+                except Exception as exc:
+                    self.pool_retries += 1
+                    if self.pool_retries == 1 or self.pool_retries % 60 == 0:
+                        log.warning("backend %s still cannot make pool %d (%s: %s; attempt %d), "
+                                    "retrying every %.0f s", backend.name, pool_id, type(exc).__name__,
+                                    exc, self.pool_retries, POOL_RETRY_S)
+                    continue
+                if self.backend is not backend or self.pools.get(pool_id) is not pool:
+                    try:  # unregistered or unmounted meanwhile
+                        await self._call(backend, backend.destroy_pool, made)
+                    except Exception:
+                        self._fault("destroy_pool", backend)
+                    return
+                pool.backend_pool = made
+                self.generation += 1  # the data path re-reads versions()
+                log.info("backend %s made pool %d after %d failed attempt(s)", backend.name, pool_id,
+                         self.pool_retries)
 
     async def register(self, backend: Backend, replace: bool = False) -> None:
         """Make a backend live; placeholder pools get real pools on it."""
@@ -217,7 +255,7 @@ class Cleancache:
     def reset_stats(self) -> None:
         self.succ_gets = self.failed_gets = self.puts = self.invalidates = 0
         self.inode_invalidates = self.fs_invalidates = 0
-        self.backend_errors = self.verify_failures = self.backend_timeouts = 0
+        self.backend_errors = self.verify_failures = self.backend_timeouts = self.pool_retries = 0
 
     # -- pools ---------------------------------------------------------------
 
@@ -242,10 +280,18 @@ class Cleancache:
         if self.backend is None:
             return None
         try:
-            return await self._call(self.backend, self.backend.create_pool, uuid)
+            return await self._make_pool(self.backend, uuid)
         except Exception:
             self._fault("create_pool")
             return None
+
+    async def _make_pool(self, backend: Backend, uuid: bytes | None) -> int:
+        if not backend.awaits_io:
+            return await backend.create_pool(uuid)
+        with trio.move_on_after(max(self.timeout, JOIN_TIMEOUT_S)):
+            return await backend.create_pool(uuid)
+        self.backend_timeouts += 1
+        raise BackendTimeout(f"create_pool took longer than {max(self.timeout, JOIN_TIMEOUT_S)} s")
 
     def versions(self, pool_id: int) -> FileVersions | None:
         """The shared pool's file versions (cluster backends), or None."""
@@ -540,6 +586,7 @@ class Cleancache:
             "cleancache.registrations": self.registrations,
             "cleancache.pools": len(self.pools),
             "cleancache.placeholder_pools": placeholders,
+            "cleancache.pool_retries": self.pool_retries,
             "cleancache.inode_invalidates": self.inode_invalidates,
             "cleancache.fs_invalidates": self.fs_invalidates,
             "cleancache.backend_errors": self.backend_errors,

@@ -19,7 +19,7 @@ import trio
 
 from backends import registry
 from backends.base import Backend
-from backends.cluster import PASSWORD_ENV
+from backends.cluster import NODE_TIMEOUT_S, PASSWORD_ENV
 from fusefs import __version__
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
@@ -51,8 +51,15 @@ DESCRIPTION
     tmemfs's own page cache (the kernel's is bypassed with direct_io); a
     page evicted from it is offered to the cleancache backend (put), and a
     miss asks the backend (get) before reading SRC, as Linux cleancache did.
-    Writes go through to SRC before they return. Counters are in
+    Writes go through to SRC before they return; an O_APPEND write lands at
+    SRC's end as it is then. Changes made to SRC behind tmemfs's back are
+    seen at the next open (close-to-open, as NFS). Counters are in
     MNT/.tmemfs/stats (and stats.json); commands go to MNT/.tmemfs/control.
+
+    Mounts of one SRC with cleancache=cluster are the nodes of a cluster and
+    stay coherent (docs/coherency.md). A node that has not joined its pool
+    yet reads SRC uncached and holds its changes until it has joined; after
+    node_timeout they fail with EIO, SRC untouched.
 
     Without -f, tmemfs returns once the mount answers requests, so MNT is
     usable as soon as the command exits.
@@ -208,7 +215,8 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         pool = await cleancache.init_shared_fs(effective_uuid(config.pool_uuid))
     else:
         pool = await cleancache.init_fs()
-    data = DataPath(pagecache, cleancache, pool, shared=config.shared)
+    join_wait = float(config.backend_options.get("node_timeout", NODE_TIMEOUT_S))  # type: ignore[arg-type]
+    data = DataPath(pagecache, cleancache, pool, shared=config.shared, join_wait=join_wait)
     if config.shared and data.versions is None:
         log.warning("no shared pool (see above): this cluster node caches nothing until one is registered")
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -228,6 +236,7 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
                 cleancache.start(nursery)
+                ops.nursery = nursery
                 await pyfuse3.main(max_tasks=1)
                 nursery.cancel_scope.cancel()
         finally:

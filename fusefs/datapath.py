@@ -11,17 +11,27 @@ Evicting a page to make room puts it into cleancache, as the kernel did.
 On a cluster node (a backend with shared pools) every file has a version
 shared by all nodes (docs/coherency.md): a read first checks the version and
 drops the file's pages if another node changed it; pages go to the pool
-under the version they were read at; a change bumps the version before and
-after it lands in SRC, and flushes the file in the pool at start and end.
+under the version they were read at and a digest of SRC's size, mtime and
+ctime then; a change bumps the version before and after it lands in SRC,
+and flushes the file in the pool at start and end. An open that finds SRC
+changed at the version it last saw bumps the version for everyone (the
+change was made behind the cluster's back). A node that is not a member of
+its pool makes no change (fencing): it waits to join, at most join_wait.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import mmap
 import os
+import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+
+import trio
+import xxhash
 
 from backends.base import FileVersions
 from backends.store import file_prefix, versioned_key
@@ -29,10 +39,26 @@ from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.pagecache import CachedFile, Eviction, PageCache
 
+log = logging.getLogger("tmemfs")
+
 PAGE_MASK = PAGE_SIZE - 1
 MAX_BATCH = 32  # pages read from SRC in one preadv
 RECLAIM_NS = 20_000  # what background reclaim may spend of one pause between requests
 RECLAIM_STEP = 4  # pages reclaim evicts between two looks for a waiting request
+
+
+JOIN_POLL_S = 0.02  # how often a fenced change looks whether its node has joined
+_STAMP = struct.Struct("<qqq")
+Stamp = tuple[int, int, int]  # (size, mtime_ns, ctime_ns) of a file in SRC
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def stamp_digest(stamp: Stamp) -> int:
+    """64 bits naming what SRC looked like (the same on every node, whatever its Python)."""
+    return xxhash.xxh3_64_intdigest(_STAMP.pack(*stamp))
 
 
 def _run_end(flags: list[bool], start: int, other: bool) -> int:
@@ -49,7 +75,7 @@ class DataPath:
     """The page cache and cleancache of one mount, and the counters of SRC I/O."""
 
     def __init__(self, pagecache: PageCache, cleancache: Cleancache, pool: int,
-                 max_idle_files: int = 65536, shared: bool = False) -> None:
+                 max_idle_files: int = 65536, shared: bool = False, join_wait: float = 5.0) -> None:
         self.pc = pagecache
         self.cc = cleancache
         self.pool = pool
@@ -77,8 +103,10 @@ class DataPath:
         self._scan_pages = self.pc.capacity // 2
         self._scratch = memoryview(mmap.mmap(-1, MAX_BATCH * PAGE_SIZE))  # grows to the largest read
         # A cluster node without versions (its pool could not be made, or the backend
-        # was unregistered) caches nothing: other nodes' changes would go unseen.
+        # was unregistered) caches nothing: other nodes' changes would go unseen; and
+        # until it is a member of its pool its own changes wait for that, at most join_wait.
         self.shared = shared
+        self.join_wait = join_wait
         self.versions: FileVersions | None = cleancache.versions(pool)
         self._generation = cleancache.generation
         self._epoch = self.versions.epoch if self.versions is not None else 0
@@ -88,7 +116,7 @@ class DataPath:
         self.backing_reads = self.backing_read_bytes = 0
         self.backing_writes = self.backing_write_bytes = 0
         self.external_changes = 0
-        self.remote_changes = self.cut_offs = self.uncached_reads = 0
+        self.remote_changes = self.cut_offs = self.uncached_reads = self.fenced_changes = 0
         self.puts_saved = self.reclaimed = self.bypassed = 0
 
     # -- cluster versions ------------------------------------------------------
@@ -127,10 +155,25 @@ class DataPath:
         if version != cached.tag:
             if cached.tag is not None and self.pc.drop_file(cached):
                 self.remote_changes += 1
-            cached.tag = version
-            cached.key = versioned_key(cached.file, version)
-            cached.size = os.fstat(fd).st_size
+            if cached.stamp_moved and cached.seen is not None and cached.seen[0] == version:
+                # SRC changed although no version moved since this node saw it: a change made
+                # behind the cluster's back. Its bump, so that no node trusts the old pages.
+                self.external_changes += 1
+                version = await self._bump(cached.file)
+                if version is None:
+                    return False
+            cached.stamp_moved = False
+            st = os.fstat(fd)  # after the version: pages read from here on are at least this new
+            self._trust(cached, version, stamp_of(st))
+            cached.size = st.st_size
         return True
+
+    def _trust(self, cached: CachedFile, version: int, stamp: Stamp) -> None:
+        """A cluster node's pages of the file are valid at `version`, with SRC as `stamp` says."""
+        digest = stamp_digest(stamp)
+        cached.tag = version
+        cached.seen = (version, digest)
+        cached.key = versioned_key(cached.file, version, digest)
 
     async def _bump(self, file: bytes) -> int | None:
         """One side of a change on a cluster node: a new version, and the file flushed from the pool."""
@@ -149,32 +192,40 @@ class DataPath:
 
         If SRC changed behind our back since we last saw the file (size,
         mtime or ctime differ), its cached pages are dropped locally and in
-        the pool, as NFS does on open.
+        the pool, as NFS does on every open. What this mount changes itself
+        keeps the stamp current (see write), so only others' changes differ.
         """
         cached = self.files.get(key)
-        stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        stamp = stamp_of(st)
         unchanged = cached is not None and cached.stamp == stamp
         if cached is None:
             cached = self.files[key] = CachedFile(key)
             await self._trim_idle()
         else:
             self.files.move_to_end(key)
-            if cached.stamp is not None and cached.stamp != stamp and cached.open_count == 0:
-                self.external_changes += 1
-                if self._versions() is None:
-                    await self.invalidate_file(key)
-                else:  # most likely another node's write: its versions already tell the pool
+            if self.shared or self._versions() is not None:
+                # A cluster node: another node's change or one behind the cluster's back; the
+                # next version check tells which (and bumps the version for the latter).
+                if cached.seen is not None and cached.seen[1] != stamp_digest(stamp):
+                    cached.stamp_moved = True
                     self._uncache(cached)
+            elif cached.stamp is not None and cached.stamp != stamp:
+                self.external_changes += 1
+                await self.invalidate_file(key)
         cached.size = st.st_size
         cached.stamp = stamp
         cached.open_count += 1
         return cached, unchanged
 
-    def close_file(self, cached: CachedFile, st: os.stat_result | None) -> None:
-        """A handle closed; `st` (fstat before close) re-stamps a file we wrote."""
+    def close_file(self, cached: CachedFile) -> None:
         cached.open_count -= 1
-        if st is not None and cached.stamp is None:
-            cached.stamp = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def restamp(self, key: bytes, before: os.stat_result, after: os.stat_result) -> None:
+        """This mount changed a file's metadata (mode, owner, times: its ctime moved): still
+        SRC as it last saw it, if it was just before."""
+        cached = self.files.get(key)
+        if cached is not None and cached.stamp == stamp_of(before):
+            cached.stamp = stamp_of(after)
 
     async def _trim_idle(self) -> None:
         if len(self.files) <= self.max_idle_files:
@@ -203,19 +254,41 @@ class DataPath:
         cached = self.files.get(key)
         if cached is not None:
             self.pc.drop_file(cached)
-            cached.stamp = None
         try:
             os.truncate(fd_or_path, size)
         finally:
             await self._change_ends(key)
-        if cached is not None:
-            cached.size = size
+        if cached is not None:  # nothing is cached: whatever SRC holds now is what it saw
+            st = os.stat(fd_or_path)
+            cached.size, cached.stamp = st.st_size, stamp_of(st)
 
     async def _change_starts(self, key: bytes) -> None:
-        if self._versions() is None:
+        if await self.admit_change() is None:
             await self.cc.invalidate_inode(self.pool, key)
         else:
             await self._bump(key)
+
+    async def admit_change(self) -> FileVersions | None:
+        """The pool's versions, once this mount may change a file: at once, except on a
+        cluster node that is not a member of its pool (not joined yet, or its pool could
+        not be made). That node's change would go unseen by the others, so it waits for
+        the join, as a cluster filesystem's writes wait for its lock manager; after
+        join_wait it fails with EIO, nothing of it done (fencing)."""
+        versions = self._versions()
+        if not self.shared or (versions is not None and versions.joined):
+            return versions
+        deadline = trio.current_time() + self.join_wait
+        while trio.current_time() < deadline:
+            await trio.sleep(JOIN_POLL_S)
+            versions = self._versions()
+            if versions is not None and versions.joined:
+                return versions
+        self.fenced_changes += 1
+        if self.fenced_changes == 1 or self.fenced_changes % 100 == 0:
+            log.warning("refused a change (EIO, %d so far): this cluster node has not joined its pool "
+                        "after %.1f s, and the other nodes would not see the change", self.fenced_changes,
+                        self.join_wait)
+        raise OSError(errno.EIO, "not a member of the cluster pool")
 
     async def _change_ends(self, key: bytes) -> None:
         if self.versions is None:
@@ -518,52 +591,97 @@ class DataPath:
         if puts:
             await self.cc.put_pages(self.pool, puts)
 
-    async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview) -> int:
-        """Write through to SRC, then bring cached pages and the pool up to date."""
-        versions = self._versions()
+    async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
+                    append: bool = False) -> tuple[int, int]:
+        """Write through to SRC, then bring cached pages and the pool up to date; where the
+        bytes landed and how many. An append (`fd` opened with O_APPEND) lands at SRC's
+        end as it is when the write happens, whatever offset the kernel guessed from the
+        size it had cached."""
+        versions = await self.admit_change()
         if versions is None:
-            return await self._write_through(cached, fd, offset, data, True)
+            return await self._write_private(cached, fd, offset, data, append)
         # A cluster node: the version moves before and after the data lands, so no
         # node trusts a page read before this write once it returns.
-        file, tag = cached.file, cached.tag
+        file, tag, seen, size = cached.file, cached.tag, cached.seen, cached.size
         started = await self._bump(file)
         try:
-            done = await self._write_through(cached, fd, offset, data, False)
+            before = stamp_of(os.fstat(fd))
+            landed, done = self._write_src(fd, offset, data, append)
+            if done:
+                self._update_pages(cached, landed, data, done)
+            after = stamp_of(os.fstat(fd))
         finally:
             ended = await self._bump(file)
-        if tag is not None and started == tag + 1 and ended == tag + 2:
-            cached.tag = ended  # nobody else changed it since our pages' version: they stay valid
-            cached.key = versioned_key(file, ended)
+        # The pages stay valid if nobody else changed the file since their version: no other
+        # bump, SRC as they knew it just before (nobody wrote to it directly meanwhile), and
+        # an append landing at the end they knew.
+        cached.stamp = after
+        if tag is not None and seen is not None and started == tag + 1 and ended == tag + 2 \
+                and stamp_digest(before) == seen[1] and (not append or landed == size):
+            self._trust(cached, ended, after)
             for slot in cached.pages.values():  # the flush took the pool's copies of the old version
                 self._from_shared_pool[slot] = 0
         else:
             self._uncache(cached)
-        return done
+        return landed, done
 
-    async def _write_through(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
-                             invalidate_pages: bool) -> int:
+    async def _write_private(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
+                             append: bool) -> tuple[int, int]:
+        """write() on a mount whose pool needs no versions. SRC is stat'ed around the write,
+        so the stamp stays SRC as this mount last saw it: a change behind its back before
+        the write is caught here (not absorbed into the new stamp), and at the next open."""
+        before = os.fstat(fd)
+        if cached.stamp is not None and cached.stamp != stamp_of(before):
+            self.external_changes += 1
+            await self.invalidate_file(cached.key)
+            cached.size = before.st_size
+        size = cached.size
+        landed, done = self._write_src(fd, offset, data, append)
+        if done and append and landed != size:  # SRC grew or shrank behind our back meanwhile
+            self.external_changes += 1
+            await self.invalidate_file(cached.key)
+            cached.size = landed + done
+        elif done:
+            for index in self._update_pages(cached, landed, data, done):
+                await self.cc.invalidate_page(self.pool, cached.key, index)
+        cached.stamp = stamp_of(os.fstat(fd))
+        return landed, done
+
+    def _write_src(self, fd: int, offset: int, data: bytes | memoryview, append: bool) -> tuple[int, int]:
+        """Write to SRC: (offset where it landed, bytes written). Short only when SRC took part
+        (ENOSPC, EFBIG...): then the cache must follow what landed. An append is one write(2)
+        on the O_APPEND descriptor, so it lands at the end atomically, as appends from other
+        processes (or nodes) on the same SRC do; the descriptor's offset says where."""
         view = memoryview(data)
         done = 0
-        while done < len(view):
-            try:
-                n = os.pwrite(fd, view[done:], offset + done)
-            except OSError:
-                if done == 0:
-                    raise
-                break  # SRC took part (ENOSPC, EFBIG...): a short write, and the cache must follow it
-            if n == 0:
-                break
-            done += n
+        if append:
+            done = os.write(fd, view)
+            offset = os.lseek(fd, 0, os.SEEK_CUR) - done
+        else:
+            while done < len(view):
+                try:
+                    n = os.pwrite(fd, view[done:], offset + done)
+                except OSError:
+                    if done == 0:
+                        raise
+                    break
+                if n == 0:
+                    break
+                done += n
         self.backing_writes += 1
         self.backing_write_bytes += done
-        if done == 0:
-            return 0
+        return offset, done
+
+    def _update_pages(self, cached: CachedFile, offset: int, data: bytes | memoryview, done: int) -> range:
+        """Copy the first `done` bytes written at `offset` into the pages cached there (write-through
+        keeps them clean); the page indexes the write covered."""
+        view = memoryview(data)
         end = offset + done
-        cached.stamp = None
         if end > cached.size:
             cached.size = end
         pc = self.pc
-        for index in range(offset >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1):
+        covered = range(offset >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1)
+        for index in covered:
             slot = pc.peek(cached, index)
             if slot is not None:
                 page_start = index << PAGE_SHIFT
@@ -571,9 +689,7 @@ class DataPath:
                 hi = min(end, page_start + PAGE_SIZE)
                 base = slot << PAGE_SHIFT
                 pc.view[base + lo - page_start : base + hi - page_start] = view[lo - offset : hi - offset]
-            if invalidate_pages:
-                await self.cc.invalidate_page(self.pool, cached.key, index)
-        return done
+        return covered
 
     # -- whole cache -------------------------------------------------------------
 
@@ -603,6 +719,7 @@ class DataPath:
             "pagecache.external_changes": self.external_changes,
             "pagecache.remote_changes": self.remote_changes,
             "pagecache.cut_offs": self.cut_offs,
+            "fs.fenced_changes": self.fenced_changes,
             "pagecache.puts_saved": self.puts_saved,
             "pagecache.reclaimed": self.reclaimed,
             "pagecache.bypassed": self.bypassed,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 from backends.base import StatValue
@@ -38,12 +39,14 @@ log = logging.getLogger("tmemfs")
 
 T = TypeVar("T")
 P = ParamSpec("P")
-# Flags that must not reach the backing open: tmemfs creates, truncates and
-# appends itself, a caller's O_DIRECT would make preadv into the page
-# cache fail (the stock pyfuse3 example dies on it), and O_NOFOLLOW (which
-# the kernel already applied to the caller's path) would refuse the
-# /proc/self/fd link that reopens an O_PATH descriptor (ELOOP).
-_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_DIRECT | os.O_APPEND | os.O_NOFOLLOW
+# Flags that must not reach the backing open: tmemfs creates and truncates
+# itself, a caller's O_DIRECT would make preadv into the page cache fail (the
+# stock pyfuse3 example dies on it), and O_NOFOLLOW (which the kernel already
+# applied to the caller's path) would refuse the /proc/self/fd link that
+# reopens an O_PATH descriptor (ELOOP). O_APPEND stays: an append must land at
+# SRC's end as it is when it happens, not where this kernel's cached size says
+# (another node, or a program writing to SRC directly, may have appended since).
+_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_DIRECT | os.O_NOFOLLOW
 
 
 def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -74,6 +77,7 @@ class OpenFile:
     read_fd: int  # fd, or an O_DIRECT twin with backing_io=direct
     cached: CachedFile
     kill_priv: bool = False  # opened by a caller without CAP_FSETID (not root)
+    append: bool = False  # O_APPEND: every write lands at SRC's end (fd is O_APPEND too)
 
 
 @dataclass(eq=False, slots=True)
@@ -110,6 +114,7 @@ class TmemOperations(pyfuse3.Operations):
                                     self.uid, config.attr_timeout)
         self.ready: Callable[[], None] | None = None
         self.poller: RequestPoller | None = None  # set when poll_us= took over pyfuse3's wait
+        self.nursery: trio.Nursery | None = None  # for work after a reply (set while mounted)
 
     def init(self) -> None:
         """FUSE INIT done: the mount answers requests (the daemon's parent may exit)."""
@@ -227,6 +232,7 @@ class TmemOperations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         proc_path = f"/proc/self/fd/{node.fd}"
         is_link = node.kind == stat.S_IFLNK
+        before = os.fstat(node.fd)
         if fields.update_uid or fields.update_gid:
             fchown_empty(node.fd, attr.st_uid if fields.update_uid else -1,
                          attr.st_gid if fields.update_gid else -1)
@@ -238,10 +244,14 @@ class TmemOperations(pyfuse3.Operations):
             handle = self.handles.get(fh) if fh is not None else None
             target: int | str = handle.fd if isinstance(handle, OpenFile) else proc_path
             await self.data.truncate(self.inodes.key(node), target, attr.st_size)
+            before = os.fstat(node.fd)  # what the truncate stamped
         if fields.update_atime or fields.update_mtime:
             utimens_empty(node.fd, attr.st_atime_ns if fields.update_atime else None,
                           attr.st_mtime_ns if fields.update_mtime else None)
-        return self._entry(node, os.fstat(node.fd))
+        after = os.fstat(node.fd)
+        if node.kind == stat.S_IFREG:  # our own change, not one behind our back
+            self.data.restamp(self.inodes.key(node), before, after)
+        return self._entry(node, after)
 
     @handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -308,6 +318,8 @@ class TmemOperations(pyfuse3.Operations):
         self._check_name(parent_inode, name)
         parent = self.inodes.get(parent_inode)
         key = await self._invalidate_replaced(parent, name)
+        if key is not None:
+            await self.data.admit_change()
         os.unlink(name, dir_fd=parent.fd)
         await self._deleted(key)
 
@@ -331,6 +343,8 @@ class TmemOperations(pyfuse3.Operations):
                 target = os.stat(name_new, dir_fd=new_parent.fd, follow_symlinks=False)
                 if (source.st_dev, source.st_ino) == (target.st_dev, target.st_ino):
                     replaced = None  # rename onto a hard link of itself: nothing goes
+        if replaced is not None:
+            await self.data.admit_change()
         renameat2(old_parent.fd, name_old, new_parent.fd, name_new, int(flags))
         await self._deleted(replaced)
 
@@ -345,25 +359,30 @@ class TmemOperations(pyfuse3.Operations):
         return await self._opened(node, fd, flags, ctx)
 
     async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+        read_fd = fd
+        cached = None
         try:
             key = self.inodes.key(node)
             cached, unchanged = await self.data.open_file(key, os.fstat(fd))
-            read_fd = fd
             if self.config.backing_direct and flags & os.O_ACCMODE != os.O_WRONLY:
                 try:
                     read_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
                 except OSError:
                     read_fd = fd  # the backing filesystem has no O_DIRECT (tmpfs)
+            if truncating:
+                await self.data.truncate(key, fd, 0)
+                if ctx.uid != 0:
+                    self._kill_priv(node, fd)
         except BaseException:
+            if read_fd != fd:
+                os.close(read_fd)
             os.close(fd)
+            if cached is not None:
+                self.data.close_file(cached)
             raise
         node.nopen += 1
-        fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0))
-        truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
-        if truncating:
-            await self.data.truncate(key, fd, 0)
-            if ctx.uid != 0:
-                self._kill_priv(node, fd)
+        fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND)))
         if not self.config.kernel_cache:
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         # Close-to-open for the kernel's copy too: kept only while SRC is as we last saw it.
@@ -389,8 +408,8 @@ class TmemOperations(pyfuse3.Operations):
             os.close(fd)
             raise
         node = self.inodes.get(attr.st_ino)
-        try:
-            info = await self._opened(node, fd, flags, ctx)
+        try:  # (the file is new, so O_TRUNC has nothing to do)
+            info = await self._opened(node, fd, flags & ~os.O_TRUNC, ctx)
         except BaseException:
             self.inodes.forget(node.nodeid, 1)
             raise
@@ -411,8 +430,27 @@ class TmemOperations(pyfuse3.Operations):
         if isinstance(handle, OpenFile):
             if handle.kill_priv:
                 self._kill_priv(handle.inode, handle.fd)
-            return await self.data.write(handle.cached, handle.fd, off, buf)
+            landed, done = await self.data.write(handle.cached, handle.fd, off, buf, handle.append)
+            if landed != off and self.config.kernel_cache:
+                self._after_reply(self._forget_kernel_copy, handle.inode.nodeid)
+            return done
         return await self.control.write(handle, buf)
+
+    def _after_reply(self, fn: Callable[[int], Coroutine[Any, Any, None]], nodeid: int) -> None:
+        if self.nursery is not None:
+            self.nursery.start_soon(fn, nodeid)
+
+    async def _forget_kernel_copy(self, nodeid: int) -> None:
+        """An append landed elsewhere than the kernel guessed, and the kernel copied it into its
+        page cache at the guess (kernel_cache): drop that copy. From a thread, after the reply:
+        the kernel holds those pages locked until the write is answered."""
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, nodeid, False)
+        except OSError:
+            pass  # the kernel no longer knows the inode
+        except Exception:  # a task of the mount's nursery must not raise: it would end the mount
+            self.internal_errors += 1
+            log.exception("could not drop the kernel's copy of inode %d", nodeid)
 
     def _kill_priv(self, node: Inode, fd: int) -> None:
         """Clear setuid, and setgid if group-executable, as a write by a caller without
@@ -436,14 +474,10 @@ class TmemOperations(pyfuse3.Operations):
         handle = self.handles.pop(fh)
         if not isinstance(handle, OpenFile):
             return
-        try:  # re-stamp a file we wrote, for the close-to-open check
-            st = os.fstat(handle.fd) if handle.cached.stamp is None else None
-        except OSError:
-            st = None
         if handle.read_fd != handle.fd:
             os.close(handle.read_fd)
         os.close(handle.fd)
-        self.data.close_file(handle.cached, st)
+        self.data.close_file(handle.cached)
         handle.inode.nopen -= 1
         self.inodes.drop_if_unused(handle.inode)
 

@@ -26,7 +26,7 @@ from fusefs.tracing import Tracer
 class CachedFile:
     """What the page cache knows of one backing file."""
 
-    key: bytes  # what the pool knows it by: the file key, or on cluster nodes the key at `tag`
+    key: bytes  # what the pool knows it by: the file key, or on cluster nodes the key at `seen`
     size: int = 0
     pages: dict[int, int] = field(default_factory=dict)  # page index -> slot
     # (size, mtime_ns, ctime_ns) when last seen; None after our own writes.
@@ -35,6 +35,11 @@ class CachedFile:
     file: bytes = b""  # the file key (name_to_handle_at handle); defaults to `key`
     # Cluster nodes: the file's version the cached pages are valid at (None: not checked yet).
     tag: int | None = None
+    # Cluster nodes: (version, digest of SRC's size, mtime and ctime) as last seen; pool keys
+    # carry the digest, and an open finding SRC otherwise at that same version has caught a
+    # change made behind the cluster's back (stamp_moved, until the next version check).
+    seen: tuple[int, int] | None = None
+    stamp_moved: bool = False
 
     def __post_init__(self) -> None:
         if not self.file:

@@ -208,7 +208,7 @@ def test_report_tables() -> None:
     assert "| lmdb, 2 nodes | 9.0k (9.0k..9.0k) | 103 (102..104) | 120 | 170 | +42 | +2 |" in text
     assert "| cluster, cc_store=lmdb (/dev/shm) | 400,000 | n/a (gets never wait) | 2.5 | 1,900,000 |" in text
     assert "| cluster, Redis on a unix socket | 5,000 | 8,000 | 200.0 | 4,500 |" in text
-    assert "| lmdb | 3 | 100,000 / 101,234 | 4,000 | 0 | 0 | 0 | 0 | 0 | 7 | ok |" in text
+    assert "| lmdb | 3 | 100,000 / 101,234 | 4,000 | 0 | 0 | 0 | 0 | 0 | 0 | 7 | ok |" in text
     assert "fio --name=4k-randread-psync-qd1-d1 --filename=NODE/read.dat --size=256M" in text
     assert "tmemfs SRC NODE -o cleancache=cluster,backing_io=direct" in text
     assert text.count("**MISSED**") == 1

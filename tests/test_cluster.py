@@ -345,12 +345,12 @@ def test_a_node_without_its_pool_caches_nothing(mount_factory, tmp_path, src):
         assert s["backing.uncached_reads"] >= 3 and s["pagecache.pages"] == 0
 
 
-def run_checker(src: Path, options: str, nodes: int, ops: int) -> dict[str, object]:
+def run_checker(src: Path, options: str, nodes: int, ops: int, *extra: str) -> dict[str, object]:
     """tools/coherency.py against `nodes` fresh mounts of `src` (it mounts and unmounts them)."""
     import json
 
     done = subprocess.run([sys.executable, "-m", "tools.coherency", "--mount", str(src), "--nodes", str(nodes),
-                           "--options", options, "--ops", str(ops), "--json", "--timeout", "240"],
+                           "--options", options, "--ops", str(ops), "--json", "--timeout", "240", *extra],
                           capture_output=True, text=True, timeout=300)
     summary: dict[str, object] = json.loads(done.stdout)
     assert done.returncode == 0, (summary, done.stderr[-2000:])
@@ -358,9 +358,13 @@ def run_checker(src: Path, options: str, nodes: int, ops: int) -> dict[str, obje
 
 
 def test_randomized_checker_finds_no_stale_read_across_three_nodes(tmp_path, src):
-    summary = run_checker(src, node_options(tmp_path), nodes=3, ops=4000)
+    """The default mix (appends from every node and writes behind the mounts' back among
+    them), the third node kept out of the pool for its first second."""
+    summary = run_checker(src, node_options(tmp_path), 3, 4000, "--slow-join", "1")
     assert summary["violations"] == 0 and summary["reads_checked"] > 1000  # type: ignore[operator]
     assert summary["ops"] >= 4000  # type: ignore[operator]
+    kinds = summary["ops_by_kind"]
+    assert kinds["append"] > 20 and kinds["src_write"] > 20  # type: ignore[index]
 
 
 def test_tmemctl_shows_the_pool_and_its_members(mount_factory, tmp_path, src):

@@ -162,3 +162,10 @@ def test_randomized_checker_on_redis_nodes(tmp_path, src):
     with redis_server(tmp_path) as server:
         summary = run_checker(src, redis_options(server.unix_url), nodes=2, ops=800)
     assert summary["violations"] == 0 and summary["reads_checked"] > 100  # type: ignore[operator]
+
+
+def test_randomized_checker_on_redis_nodes_with_a_slow_join(tmp_path, src):
+    """The second node reaches Redis through a proxy that answers nothing for a second."""
+    with redis_server(tmp_path) as server:
+        summary = run_checker(src, redis_options(server.url), 2, 800, "--slow-join", "1")
+    assert summary["violations"] == 0 and summary["reads_checked"] > 100  # type: ignore[operator]

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = [sys.executable, "-m", "tools.coherency"]
 # A workload aimed at stale data: names stay put, descriptors stay open, few truncates.
-DATA_MIX = ["--mix", "recreate=0,rename=0,truncate=4", "--fresh", "0.1", "--files", "2", "--file-size", "16K"]
+DATA_MIX = ["--mix", "recreate=0,rename=0,truncate=4,append=0,src_write=0", "--fresh", "0.1", "--files", "2",
+            "--file-size", "16K"]
 
 
 def kinds(report: Report) -> dict[str, int]:
@@ -259,6 +260,81 @@ def test_inode_reuse_is_ambiguous_not_a_violation() -> None:
     b.read(either, 0, 30, 31, key)
     report = check(b.history())
     assert report.ok and report.unchecked == 1, report.text()
+
+
+# -- appends and writes behind the mounts' back ------------------------------------------------
+
+
+def appending() -> tuple[HistoryBuilder, int, int]:
+    """An empty log, open with O_APPEND on node 0 and for reading on node 1."""
+    b = HistoryBuilder(["log"])
+    b.create("log", 0, 1)
+    return b, b.open("log", 2, 3, node=0, worker=0), b.open("log", 2, 3, node=1, worker=1)
+
+
+def test_appends_count_as_writes_of_the_block_they_landed_in() -> None:
+    b, w, r = appending()
+    first = b.append(w, 10, 11)
+    second = b.append(w, 12, 13, node=1, worker=2)
+    b.log_holds("log", first, second)
+    b.read(r, 1, 20, 21, second)
+    b.fstat(r, 2 * BLOCK, 22, 23)
+    assert check(b.history()).ok
+    b.read(r, 1, 30, 31, 0, n=0)  # the second append had completed: block 1 exists
+    text = only(check(b.history()), "stale size")
+    assert "append w2#1 of block 1" in text
+
+
+def test_an_append_nowhere_in_src_is_a_lost_write() -> None:
+    """The 2026 hole: the second node's kernel guessed the old end, its append went over the
+    first one's record."""
+    b, w, _ = appending()
+    b.append(w, 10, 11)
+    second = b.append(w, 12, 13, node=1, worker=2)
+    b.log_holds("log", second)
+    text = only(check(b.history()), "lost write")
+    assert "append w0#1" in text and "nowhere in log" in text
+
+
+def test_a_log_block_no_append_made_is_corrupt() -> None:
+    b, w, _ = appending()
+    key = b.append(w, 10, 11)
+    b.log_holds("log", 0, key)  # a hole before it: the append landed past the end
+    assert "block 0 of log in SRC holds zeros" in only(check(b.history()), "corrupt")
+    b.log_holds("log", key, key)
+    assert "landed twice" in only(check(b.history()), "corrupt")
+
+
+def behind_file() -> HistoryBuilder:
+    b = HistoryBuilder(["behind"])
+    b.create("behind", 0, 1)
+    b.behind("behind")
+    return b
+
+
+def test_a_write_behind_the_mounts_back_is_seen_by_the_next_open() -> None:
+    b = behind_file()
+    early = b.open("behind", 2, 3, node=1, worker=1)  # opened before the write: either content
+    key = b.src_write(b.open("behind", 10, 11, node=-1), 0, 12, 13)
+    b.read(early, 0, 20, 21, 0)
+    late = b.open("behind", 30, 31, node=1, worker=1)
+    b.read(late, 0, 40, 41, key)
+    b.fstat(late, 0, 42, 43)  # its size never changes
+    assert check(b.history()).ok
+    b.read(late, 0, 50, 51, 0)
+    text = only(check(b.history()), "stale read")
+    assert "src write w0#1" in text and "before the descriptor was opened" in text
+
+
+def test_reads_of_the_behind_file_are_checked_for_size_and_origin() -> None:
+    b = behind_file()
+    r = b.open("behind", 2, 3, node=1, worker=1)
+    b.read(r, 0, 20, 21, stamp_key(7, 1))
+    assert "no write of this block made" in only(check(b.history()), "corrupt")
+    b = behind_file()
+    r = b.open("behind", 2, 3, node=1, worker=1)
+    b.read(r, 0, 20, 21, 0, n=100)
+    assert "always exists" in only(check(b.history()), "stale size")
 
 
 # -- simulated coherent histories --------------------------------------------------------
@@ -599,7 +675,8 @@ def test_plain_directory_text_output(tmp_path: Path) -> None:
     out = subprocess.run([*TOOL, str(tmp_path), str(tmp_path), "--ops", "3000", "--seed", "4"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "violations: 0 stale reads, 0 stale sizes, 0 stale names, 0 corrupt, 0 errors" in out.stdout
+    assert "violations: 0 lost writes, 0 stale reads, 0 stale sizes, 0 stale names, 0 corrupt, 0 errors" \
+        in out.stdout
     assert re.search(r"ops: [\d,]+ in [\d.]+ s \([\d,]+ ops/s\)", out.stdout)
     assert out.stdout.rstrip().endswith("result: ok")
     assert "seed 4" in out.stderr

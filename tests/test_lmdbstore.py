@@ -185,6 +185,24 @@ async def test_put_then_get_identical_and_exact_address(make_store: Factory) -> 
     assert a.stats()["stored_pages"] == b.stats()["stored_pages"] == 1
 
 
+async def test_a_page_read_against_another_src_stamp_never_matches(make_store: Factory) -> None:
+    """Same version, SRC written behind the cluster's back in between: the page read before
+    is stored under the old stamp and never served to a reader who saw the new one."""
+    a = await make_store("a")
+    tag = await a.version(b"f")
+    old, new = pattern(b"f", tag, 0), pattern(b"g", tag, 0)
+    assert await a.put(b"f", tag, 0, old, stamp=111)
+    assert await a.put(b"f", tag, 0, new, stamp=222)
+    out = memoryview(bytearray(PAGE))
+    assert await a.get(b"f", tag, 0, out, stamp=222) == a.node and bytes(out) == bytes(new)
+    assert await a.get(b"f", tag, 0, out, stamp=111) == a.node and bytes(out) == bytes(old)
+    assert await a.get(b"f", tag, 0, out, stamp=333) is None
+    await a.invalidate_page(b"f", tag, 0, stamp=111)
+    assert await a.get(b"f", tag, 0, out, stamp=111) is None
+    await a.invalidate_file(b"f", tag)  # every stamp of the version
+    assert await a.get(b"f", tag, 0, out, stamp=222) is None
+
+
 async def test_damaged_frames_are_misses_never_wrong_data(make_store: Factory) -> None:
     a = await make_store()
     tag = await a.version(b"f")

@@ -103,6 +103,25 @@ async def test_put_get_round_trip_and_putter(srv: RedisServer) -> None:
         await b.leave()
 
 
+async def test_a_page_read_against_another_src_stamp_never_matches(srv: RedisServer) -> None:
+    """Same version, SRC written behind the cluster's back in between: a page stored under
+    the old stamp is no page for a reader who saw the new one (the newest put holds the field)."""
+    s = store(srv.url)
+    try:
+        await s.join("n")
+        f = b"f-stamps"
+        tag = await s.version(f)
+        assert await s.put(f, tag, 0, page(1), stamp=111)
+        out = buf()
+        assert await s.get(f, tag, 0, out, stamp=111) is not None and bytes(out) == bytes(page(1))
+        assert await s.get(f, tag, 0, buf(), stamp=222) is None
+        assert await s.put(f, tag, 0, page(2), stamp=222)
+        assert await s.get(f, tag, 0, buf(), stamp=111) is None
+        assert await s.get(f, tag, 0, out, stamp=222) is not None and bytes(out) == bytes(page(2))
+    finally:
+        await s.leave()
+
+
 async def test_stale_put_refused(srv: RedisServer) -> None:
     s = store(srv.url)
     await s.join("n")

@@ -4,6 +4,7 @@
                               [--workers-per-node K] [--seed S] [--json]
                               [--mix KIND=WEIGHT,...] [--fresh P] [--direct P] [--timeout S]
     python -m tools.coherency --mount SRC --nodes 3 --options cleancache=cluster --ops N ...
+                              [--slow-join SECONDS]
 
 The first form runs against mount points that already exist and mount the
 same SRC (found in MNT/.tmemfs/stats.json; a plain directory is its own
@@ -20,7 +21,10 @@ offsets, each block filled with a stamp that names exactly which write made
 it (worker + sequence number, 16-byte units repeated); reads of one block;
 ftruncate to random sizes; stat() and fstat() of the size; unlink +
 recreate of a file (new content) and rename of one file over another (the
-old name is recreated at once). Files are opened afresh for some
+old name is recreated at once); appends of whole stamped blocks, with
+O_APPEND from every node, to a file `log` nothing else writes; and writes
+of stamped blocks made straight to SRC, behind every mount's back, to a
+file `behind` that the nodes only read. Files are opened afresh for some
 operations and kept open across operations for others; a fraction of the
 opens use O_DIRECT. --mix changes the writers' weights (`--mix
 recreate=0,rename=0` checks data alone, names staying put). Every operation is logged with time.monotonic_ns()
@@ -75,12 +79,28 @@ as overlapping):
   at a boundary between two values) is allowed, never flagged: the check is
   sound, it only misses cases. Torn reads (part of a block from one write,
   part from another) are legal if every part is.
+* Appends. Once the workers are done, SRC's `log` must hold every append
+  that returned a whole block, each exactly once and in a block of its own:
+  LOST WRITE for one that is missing (its bytes went over another's), CORRUPT
+  for a block of the log that no append made. Each append then counts as a
+  write of the block it landed in, and reads and sizes of `log` are checked
+  as above.
+* Writes behind the mounts' back (close-to-open, as on NFS): a read of
+  `behind` through a descriptor opened after such a write of that block
+  completed returns it or a later one: STALE READ otherwise. A read
+  through a descriptor opened earlier may return either.
 * ERROR: an operation failed other than with ENOENT on a name.
 
 Each kind of query is a 2-D dominance maximum (over time and offset/size),
 answered offline per file with a sweep and a Fenwick tree: the check is
 O(n log n). Exit status: 0 no violation, 1 violations (or a failed run),
 2 bad arguments or mounts that do not share SRC, 130 interrupted.
+
+--slow-join S (with --mount and a cluster backend): the last node cannot
+join its pool for the first S seconds (lmdb: the pool's init lock is held;
+Redis: its connection goes through a proxy that answers nothing), so its
+changes must wait for the join; anything it lets go unseen is a stale read
+or size on the other nodes.
 """
 
 from __future__ import annotations
@@ -88,6 +108,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import errno
+import fcntl
 import itertools
 import json
 import mmap
@@ -101,18 +122,21 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_sentinels
 from pathlib import Path
 from types import FrameType
 from typing import Any, NamedTuple, NoReturn
+from urllib.parse import urlsplit, urlunsplit
 
 from tools.mounting import is_mounted, signals_deferred, stop_foreground, wait_live
+from tools.stallingproxy import StallingProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 TMEMFS = [sys.executable, "-m", "fusefs.cli"]
@@ -127,11 +151,12 @@ FRAGMENT, GARBAGE = -1, -2  # run keys: a torn or cut unit at an edge (ignored);
 LOCK_TIMEOUT = 120.0
 BARRIER_TIMEOUT = 120.0
 SHOWN = 10  # violations explained in the text output (the JSON has up to 50)
-KINDS = ("stale read", "stale size", "stale name", "corrupt", "error")
+KINDS = ("lost write", "stale read", "stale size", "stale name", "corrupt", "error")
+LOG, BEHIND = "log", "behind"  # the append-only file; the file written only behind the mounts' back
 
 # Operation mixes (weights). Writers also read and stat; readers never modify.
-WRITER_MIX = (("write", 50), ("read", 20), ("stat", 6), ("fstat", 4), ("truncate", 14),
-              ("recreate", 3), ("rename", 3))
+WRITER_MIX = (("write", 46), ("read", 20), ("stat", 6), ("fstat", 4), ("truncate", 13),
+              ("recreate", 3), ("rename", 3), ("append", 4), ("src_write", 3))
 READER_MIX = (("read", 74), ("stat", 13), ("fstat", 13))
 
 Run = tuple[int, int, int]  # (stamp key, 0 for zeros, FRAGMENT or GARBAGE; first byte; byte after)
@@ -241,15 +266,15 @@ class Open(NamedTuple):
 class Op(NamedTuple):
     """A data operation through a descriptor (`fd`: an Open id)."""
 
-    kind: str  # write, read, truncate, stat, fstat
-    node: int
+    kind: str  # write, append, src_write (behind the mounts' back), read, truncate, stat, fstat
+    node: int  # -1: SRC itself (src_write)
     worker: int
     fd: int
-    arg: int  # write, read: the block; truncate: the size
+    arg: int  # write, src_write, read: the block; append: where it landed (-1: not known yet); truncate: the size
     start: int
     end: int
-    res: int  # write, read: bytes; truncate: 0; stat, fstat: the size; or -errno
-    stamp: int  # write: its stamp key
+    res: int  # write, append, src_write, read: bytes; truncate: 0; stat, fstat: the size; or -errno
+    stamp: int  # write, append, src_write: its stamp key
     runs: tuple[Run, ...] | None  # read: what it returned, decoded
 
 
@@ -282,6 +307,11 @@ class History:
     seed: int = 0
     file_size: int = 0
     notes: list[str] = field(default_factory=list)
+    # SRC's `log` after the run, one entry a block: the stamp key it holds whole, 0 for zeros,
+    # -1 for bytes no stamp; and which names are `log` and `behind` (-1: not in the run)
+    log_blocks: list[int] = field(default_factory=list)
+    log_name: int = -1
+    behind_name: int = -1
 
 
 class HistoryBuilder:
@@ -346,6 +376,29 @@ class HistoryBuilder:
 
     def truncate(self, fd: int, size: int, start: int, end: int, node: int = 0, worker: int = 0) -> None:
         self.h.ops.append(Op("truncate", node, worker, fd, size, start, end, 0, 0, None))
+
+    def append(self, fd: int, start: int, end: int, node: int = 0, worker: int = 0, n: int = BLOCK) -> int:
+        """An O_APPEND write of a whole stamped block (where it landed: see log_holds)."""
+        self._seq[worker] += 1
+        key = stamp_key(worker, self._seq[worker])
+        self.h.ops.append(Op("append", node, worker, fd, -1, start, end, n, key, None))
+        return key
+
+    def src_write(self, fd: int, block: int, start: int, end: int, worker: int = 0) -> int:
+        """A write straight to SRC (`fd`: an open with node=-1)."""
+        self._seq[worker] += 1
+        key = stamp_key(worker, self._seq[worker])
+        self.h.ops.append(Op("src_write", -1, worker, fd, block, start, end, BLOCK, key, None))
+        return key
+
+    def log_holds(self, name: str, *keys: int) -> None:
+        """SRC's `name` after the run: these stamps, one a block (0: zeros, -1: no stamp)."""
+        self.h.log_name = self._name(name)
+        self.h.log_blocks = list(keys)
+
+    def behind(self, name: str) -> None:
+        """`name` is written only behind the mounts' back (src_write)."""
+        self.h.behind_name = self._name(name)
 
     def fstat(self, fd: int, size: int, start: int, end: int, node: int = 1, worker: int = 1) -> None:
         self.h.ops.append(Op("fstat", node, worker, fd, 0, start, end, size, 0, None))
@@ -427,6 +480,7 @@ class Report:
             "opens_checked": self.opens_checked,
             "unchecked": self.unchecked,
             "reads_through_stale_names": self.stale_name_reads,
+            "lost_writes": self.counts["lost write"],
             "stale_reads": self.counts["stale read"],
             "stale_sizes": self.counts["stale size"],
             "stale_names": self.counts["stale name"],
@@ -451,7 +505,8 @@ class Report:
             f"ops: {s['ops']:,} in {self.elapsed:.2f} s ({rate}): {kinds}",
             f"checked: {self.reads_checked:,} reads, {self.sizes_checked:,} sizes, {self.opens_checked:,} opens "
             f"({self.unchecked:,} unchecked) in {self.check_seconds:.2f} s",
-            f"violations: {s['stale_reads']} stale reads, {s['stale_sizes']} stale sizes, "
+            f"violations: {s['lost_writes']} lost writes, {s['stale_reads']} stale reads, "
+            f"{s['stale_sizes']} stale sizes, "
             f"{s['stale_names']} stale names, {s['corrupt']} corrupt, {s['errors']} errors",
         ]
         if self.stale_name_reads:
@@ -547,6 +602,8 @@ class Checker:
 
     @staticmethod
     def who(node: int, worker: int) -> str:
+        if node < 0:
+            return f"SRC/w{worker}"
         return f"node{node}/w{worker}" if worker >= 0 else f"node{node}/setup"
 
     def desc(self, idx: int, inc: int) -> str:
@@ -554,7 +611,7 @@ class Checker:
             c = self.incs[inc]
             return f"creation of {c.label} {self.span(c.start, c.end)}"
         op = self.h.ops[idx]
-        what = (f"write {key_label(op.stamp)} of block {op.arg}" if op.kind == "write"
+        what = (f"{op.kind.replace('_', ' ')} {key_label(op.stamp)} of block {op.arg}" if op.stamp
                 else f"truncate to {op.arg}")
         return f"{what} by {self.who(op.node, op.worker)} {self.span(op.start, op.end)}"
 
@@ -692,23 +749,28 @@ class Checker:
         self.report.ops_by_kind = {k: v for k, v in kinds.items() if v}
         for idx, op in enumerate(self.h.ops):
             incs = self.fd_incs.get(op.fd)
+            if op.kind == "src_write" or self.opens[op.fd].name == self.h.behind_name:
+                if op.res < 0:
+                    self.report.add("error", op.start, f"error: {self.who(op.node, op.worker)} {op.kind} of "
+                                    f"{BEHIND} {self.span(op.start, op.end)}: {errno.errorcode.get(-op.res, op.res)}")
+                continue  # judged by check_behind (close-to-open)
             if op.res < 0:
                 o = self.opens.get(op.fd)
                 if o is None or o.ino >= 0:  # (a failed open was judged as an open)
                     label = "/".join(self.inc_label(i) for i in incs) if incs else "?"
                     self.report.add("error", op.start, f"error: {self.who(op.node, op.worker)} {op.kind} of {label} "
                                     f"{self.span(op.start, op.end)}: {errno.errorcode.get(-op.res, op.res)}")
-                if op.kind not in ("write", "truncate") or not incs:
+                if op.kind not in ("write", "append", "truncate") or not incs:
                     continue
-            if op.kind == "write":
+            if op.stamp:
                 self.stamps[op.stamp] = idx
-            if not incs:
+            if not incs or op.arg < 0:  # (an append that landed nowhere: see resolve_appends)
                 continue
-            if op.kind in ("write", "truncate"):
-                definite = len(incs) == 1 and op.res == (BLOCK if op.kind == "write" else 0)
+            if op.kind in ("write", "append", "truncate"):
+                definite = len(incs) == 1 and op.res == (BLOCK if op.stamp else 0)
                 for inc in incs:
                     ev = self.events[inc]
-                    if op.kind == "write":
+                    if op.stamp:
                         if definite:
                             ev.writes[op.arg].append((op.end, op.start, idx))
                         ev.setters.append((op.start, op.end, (op.arg + 1) * BLOCK, idx, definite))
@@ -842,7 +904,7 @@ class Checker:
         if idx < 0:
             return 0
         op = self.h.ops[idx]
-        return (op.arg + 1) * BLOCK if op.kind == "write" else op.arg
+        return (op.arg + 1) * BLOCK if op.stamp else op.arg
 
     def check_stamp(self, inc: int, op: Op, where: str, part: str, key: int, trunc: tuple[int, int] | None,
                     overwrite: tuple[int, int] | None) -> tuple[str, str] | None:
@@ -866,10 +928,95 @@ class Checker:
                                   f"{self.desc(trunc[1], inc)} cut them after it and completed before the read began")
         return None
 
+    def resolve_appends(self) -> None:
+        """Where each append landed, from SRC's log after the run: an append that returned a
+        whole block but is nowhere in it lost data (its bytes went over another's)."""
+        if self.h.log_name < 0:
+            return
+        landed: dict[int, int] = {}
+        for block, key in enumerate(self.h.log_blocks):
+            if key <= 0:
+                what = "zeros" if key == 0 else "bytes no append made"
+                self.report.add("corrupt", self.t0, f"corrupt: block {block} of {LOG} in SRC holds {what}")
+            elif key in landed:
+                self.report.add("corrupt", self.t0, f"corrupt: {key_label(key)} is in blocks {landed[key]} and "
+                                f"{block} of {LOG} in SRC: one append, landed twice")
+            else:
+                landed[key] = block
+        ops = self.h.ops
+        for idx, op in enumerate(ops):
+            if op.kind != "append":
+                continue
+            block = landed.pop(op.stamp, -1)
+            if block < 0 and op.res == BLOCK:
+                self.report.add("lost write", op.start, f"lost write: append {key_label(op.stamp)} by "
+                                f"{self.who(op.node, op.worker)} {self.span(op.start, op.end)} returned {BLOCK}, "
+                                f"but its bytes are nowhere in {LOG} in SRC")
+            ops[idx] = op._replace(arg=block)
+        for key, block in landed.items():
+            self.report.add("corrupt", self.t0, f"corrupt: block {block} of {LOG} in SRC holds {key_label(key)}, "
+                            "which no append made")
+
+    def check_behind(self) -> None:
+        """Reads and sizes of `behind`, written only in SRC: close-to-open."""
+        name = self.h.behind_name
+        if name < 0:
+            return
+        ops = self.h.ops
+        writes: dict[int, list[int]] = defaultdict(list)  # block -> src_write op indexes by end
+        by_key: dict[int, int] = {}
+        for idx, op in enumerate(ops):
+            if op.kind == "src_write" and op.res == BLOCK:
+                writes[op.arg].append(idx)
+                by_key[op.stamp] = idx
+        for lst in writes.values():
+            lst.sort(key=lambda i: ops[i].end)
+        ends = {b: [ops[i].end for i in lst] for b, lst in writes.items()}
+        for op in ops:
+            if op.kind == "src_write" or op.res < 0 or self.opens[op.fd].name != name:
+                continue
+            opened = self.opens[op.fd].start
+            where = f"{self.who(op.node, op.worker)} {op.kind} of {BEHIND}"
+            self.report.sizes_checked += 1
+            if op.kind != "read":
+                if op.res != self.h.file_size:
+                    self.report.add("stale size", op.start, f"stale size: {where} {self.span(op.start, op.end)} "
+                                    f"saw size {op.res}; it is always {self.h.file_size}")
+                continue
+            self.report.reads_checked += 1
+            where += f" block {op.arg} {self.span(op.start, op.end)} (opened at {self.t(opened)} ms)"
+            if op.res != BLOCK:
+                self.report.add("stale size", op.start, f"stale size: {where} read {op.res} bytes of a block "
+                                f"that always exists")
+                continue
+            k = bisect.bisect_left(ends.get(op.arg, []), opened)  # writes of the block done before the open
+            newest = max((ops[i] for i in writes[op.arg][:k]), key=lambda w: w.start, default=None)
+            for key, lo, hi in op.runs or ():
+                if key == FRAGMENT:
+                    continue
+                if key == 0:  # what the file held before any write
+                    got_end = -INF
+                elif key == GARBAGE or key not in by_key or ops[by_key[key]].arg != op.arg \
+                        or ops[by_key[key]].start > op.end:
+                    self.report.add("corrupt", op.start, f"corrupt: {where}: bytes {lo}-{hi - 1} hold bytes no "
+                                    f"write of this block made")
+                    break
+                else:
+                    got_end = ops[by_key[key]].end
+                if newest is not None and newest.start > got_end:
+                    got = "zeros" if key == 0 else key_label(key)
+                    self.report.add("stale read", op.start, f"stale read: {where}: bytes {lo}-{hi - 1} hold "
+                                    f"{got}, but src write {key_label(newest.stamp)} "
+                                    f"{self.span(newest.start, newest.end)} came after it and completed "
+                                    "before the descriptor was opened")
+                    break
+
     def run(self) -> Report:
         started = time.monotonic()
         self.replay()
         self.resolve_opens()
+        self.resolve_appends()
+        self.check_behind()
         self.collect()
         for inc, ev in self.events.items():
             if ev.obs:
@@ -901,6 +1048,9 @@ class WorkerSpec:
     fresh: float  # fraction of operations on a descriptor opened for them alone
     out: str
     mix: tuple[tuple[str, int], ...] = WRITER_MIX  # the writers' operation weights
+    regular: int = 0  # names[:regular] take every operation; then `log` and `behind`, if in the run
+    log: int = -1
+    behind: int = -1
 
 
 class _Worker:
@@ -912,6 +1062,7 @@ class _Worker:
         self.src_paths = [os.path.join(spec.src, n) for n in spec.names]
         self.blocks = spec.file_size // BLOCK
         self.kept: dict[int, tuple[int, int, bool]] = {}  # name -> (fd, open id, O_DIRECT)
+        self.kept_append: tuple[int, int] | None = None  # (fd, open id) with O_APPEND, on the log
         self.opens: list[Open] = []
         self.ops: list[Op] = []
         self.ns: list[Ns] = []
@@ -919,8 +1070,9 @@ class _Worker:
         self.writes = itertools.count(1)
         self.buf = mmap.mmap(-1, BLOCK)  # page-aligned, for O_DIRECT
         self.direct_ok = spec.direct > 0
+        self.regular = spec.regular or len(spec.names)
         mix = [(k, w) for k, w in (spec.mix if spec.role == "writer" else READER_MIX)
-               if w > 0 and (k != "rename" or len(spec.names) > 1)]
+               if w > 0 and (k != "rename" or self.regular > 1)]
         self.kinds = [k for k, _ in mix]
         self.cum = list(itertools.accumulate(w for _, w in mix))
 
@@ -931,8 +1083,14 @@ class _Worker:
         rng = self.rng
         for _ in range(self.s.ops):
             kind = rng.choices(self.kinds, cum_weights=self.cum)[0]
-            name = rng.randrange(len(self.paths))
-            if kind in ("recreate", "rename"):
+            # changes of data and names only on the regular files; reads and stats on any
+            name = rng.randrange(self.regular if kind in ("write", "truncate", "recreate", "rename")
+                                 else len(self.paths))
+            if kind == "append":
+                self.append()
+            elif kind == "src_write":
+                self.src_write()
+            elif kind in ("recreate", "rename"):
                 self.namespace(kind, name)
             elif kind == "stat":
                 self.path_stat(name)
@@ -944,6 +1102,10 @@ class _Worker:
             with suppress(OSError):
                 os.close(fd)
         self.kept.clear()
+        if self.kept_append is not None:
+            with suppress(OSError):
+                os.close(self.kept_append[0])
+            self.kept_append = None
 
     def open(self, name: int) -> tuple[int, int, bool]:
         direct = self.direct_ok and self.rng.random() < self.s.direct
@@ -1000,6 +1162,8 @@ class _Worker:
         try:
             if kind == "write":
                 self.write(fd, oid, direct, rng.randrange(self.blocks))
+            elif kind == "read" and name == s.log:
+                self.read(fd, oid, direct, self.log_block(fd, oid))
             elif kind == "read":
                 self.read(fd, oid, direct, rng.randrange(self.blocks))
             elif kind == "truncate":
@@ -1028,6 +1192,73 @@ class _Worker:
             n = -(exc.errno or errno.EIO)
         end = now()
         self.ops.append(Op("write", self.s.node, self.s.worker, oid, block, start, end, n, key, None))
+
+    def log_block(self, fd: int, oid: int) -> int:
+        """A block of the log to read, most often its last (the append the others just made):
+        the size is asked first (and checked, as any fstat)."""
+        start = now()
+        try:
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            size = -(exc.errno or errno.EIO)
+        self.ops.append(Op("fstat", self.s.node, self.s.worker, oid, 0, start, now(), size, 0, None))
+        last = max(0, size) // BLOCK
+        return last - self.rng.randrange(2) if last and self.rng.random() < 0.6 else self.rng.randrange(last + 1)
+
+    def append(self) -> None:
+        """A whole stamped block appended with O_APPEND (through a kept or a fresh descriptor)."""
+        s, name = self.s, self.s.log
+        fresh = self.rng.random() < s.fresh
+        kept = self.kept_append if not fresh else None
+        if kept is None:
+            oid = self.next_id()
+            start = now()
+            try:
+                fd = os.open(self.paths[name], os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                ino = os.fstat(fd).st_ino
+            except OSError as exc:
+                self.opens.append(Open(oid, s.node, s.worker, name, start, now(), -(exc.errno or errno.EIO), -1))
+                return
+            self.opens.append(Open(oid, s.node, s.worker, name, start, now(), ino, -1))
+            kept = (fd, oid)
+            if not fresh:
+                self.kept_append = kept
+        fd, oid = kept
+        key = stamp_key(s.worker, next(self.writes))
+        start = now()
+        try:
+            n = os.write(fd, stamp_block(key))
+        except OSError as exc:
+            n = -(exc.errno or errno.EIO)
+        self.ops.append(Op("append", s.node, s.worker, oid, -1, start, now(), n, key, None))
+        if fresh:
+            os.close(fd)
+        elif self.rng.random() < 0.08:  # reopen now and then
+            os.close(fd)
+            self.kept_append = None
+
+    def src_write(self) -> None:
+        """A stamped block written straight to SRC, behind every mount's back."""
+        s, name = self.s, self.s.behind
+        oid = self.next_id()
+        start = now()
+        try:
+            fd = os.open(self.src_paths[name], os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.opens.append(Open(oid, -1, s.worker, name, start, now(), -(exc.errno or errno.EIO), -1))
+            return
+        try:
+            self.opens.append(Open(oid, -1, s.worker, name, start, now(), os.fstat(fd).st_ino, -1))
+            key = stamp_key(s.worker, next(self.writes))
+            block = self.rng.randrange(self.blocks)
+            start = now()
+            try:
+                n = os.pwrite(fd, stamp_block(key), block * BLOCK)
+            except OSError as exc:
+                n = -(exc.errno or errno.EIO)
+            self.ops.append(Op("src_write", -1, s.worker, oid, block, start, now(), n, key, None))
+        finally:
+            os.close(fd)
 
     def read(self, fd: int, oid: int, direct: bool, block: int) -> None:
         start = now()
@@ -1081,7 +1312,7 @@ class _Worker:
 
     def namespace(self, kind: str, a: int) -> None:
         s, rng = self.s, self.rng
-        b = -1 if kind == "recreate" else (a + 1 + rng.randrange(len(self.paths) - 1)) % len(self.paths)
+        b = -1 if kind == "recreate" else (a + 1 + rng.randrange(self.regular - 1)) % self.regular
         nid, oid = self.next_id(), self.next_id()
         fd = -1
         if not self.lock.acquire(timeout=LOCK_TIMEOUT):
@@ -1183,12 +1414,17 @@ def run_workload(mounts: Sequence[Path], src: Path, params: Params,
                  progress: Callable[[str], None] | None = None) -> History:
     """Run the workers on the mounts (node i = mounts[i]) and return their history."""
     workname = f".coherency-{os.getpid()}-{params.seed}"
+    weights = dict(params.mix)
     names = [f"f{i}" for i in range(params.files)]
+    log = len(names) if weights.get("append") else -1
+    names += [LOG] if log >= 0 else []
+    behind = len(names) if weights.get("src_write") else -1
+    names += [BEHIND] if behind >= 0 else []
     root0 = mounts[0] / workname
     nodes = len(mounts)
     nworkers = nodes * params.workers_per_node
     history = History(names, [], [], [], nodes=nodes, workers=nworkers, seed=params.seed,
-                      file_size=params.file_size)
+                      file_size=params.file_size, log_name=log, behind_name=behind)
     procs: list[multiprocessing.process.BaseProcess] = []
     logdir = Path(tempfile.mkdtemp(prefix="tmemfs-coherency-logs-"))
     made = False
@@ -1205,6 +1441,8 @@ def run_workload(mounts: Sequence[Path], src: Path, params: Params,
             fd = os.open(root0 / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             end = now()
             ino = os.fstat(fd).st_ino
+            if i == behind:  # full size from the start: only writes behind the mounts' back change it
+                os.ftruncate(fd, params.file_size)
             os.close(fd)
             truth = os.stat(src / workname / name).st_ino
             seen = {os.stat(mnt / workname / name).st_ino for mnt in mounts}
@@ -1223,7 +1461,7 @@ def run_workload(mounts: Sequence[Path], src: Path, params: Params,
             ops = params.ops // nworkers + (1 if w < params.ops % nworkers else 0)
             specs.append(WorkerSpec(w, node, role, str(mounts[node] / workname), str(src / workname), names,
                                     params.file_size, ops, params.seed, params.direct, params.fresh,
-                                    str(logdir / f"w{w}.pickle"), params.mix))
+                                    str(logdir / f"w{w}.pickle"), params.mix, params.files, log, behind))
         for spec in specs:
             procs.append(ctx.Process(target=_worker_main, args=(spec, lock, barrier), daemon=True))
             procs[-1].start()
@@ -1256,6 +1494,8 @@ def run_workload(mounts: Sequence[Path], src: Path, params: Params,
             history.ns += ns
         if failures:
             raise RunError("\n".join(failures))
+        if log >= 0:
+            history.log_blocks = log_content(src / workname / LOG)
         return history
     finally:
         for proc in procs:
@@ -1268,27 +1508,75 @@ def run_workload(mounts: Sequence[Path], src: Path, params: Params,
             shutil.rmtree(root0, ignore_errors=True)
 
 
+def log_content(path: Path) -> list[int]:
+    """Each block of the log in SRC: the stamp it holds whole, 0 for zeros, -1 otherwise."""
+    data = path.read_bytes()
+    out = []
+    for offset in range(0, len(data), BLOCK):
+        runs = decode(data[offset : offset + BLOCK])
+        whole = len(runs) == 1 and runs[0][1:] == (0, BLOCK) and runs[0][0] >= 0
+        out.append(runs[0][0] if whole else -1)
+    return out
+
+
+def hold_join(first: Path, options: str, stack: ExitStack) -> tuple[str, Callable[[], None]]:
+    """Keep the next node mounted with the returned options out of the pool that the node on
+    `first` joined, until the returned release is called: the pool's init lock (lmdb) or a
+    proxy that answers nothing (Redis, TCP)."""
+    stats = json.loads((first / ".tmemfs" / "stats.json").read_text())
+    store = stats.get("backend.cluster.store.store")
+    if store == "lmdb":
+        fd = os.open(Path(str(stats["backend.cluster.store.directory"])) / "init.lock", os.O_RDWR | os.O_CLOEXEC)
+        stack.callback(os.close, fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return options, lambda: fcntl.flock(fd, fcntl.LOCK_UN)
+    url = next((o.partition("=")[2] for o in options.split(",") if o.startswith("cc_store=")), "")
+    if store != "redis" or not url.startswith("redis://"):
+        raise SetupError("--slow-join needs nodes of cleancache=cluster on lmdb or on a redis:// (TCP) store")
+    parts = urlsplit(url)
+    proxy = stack.enter_context(StallingProxy(parts.port or 6379, parts.hostname or "127.0.0.1"))
+    netloc = parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""
+    proxied = urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{proxy.port}"))
+    return options.replace(f"cc_store={url}", f"cc_store={proxied}"), proxy.release
+
+
 @contextmanager
 def mounted_nodes(src: Path, count: int, options: str, problems: list[str],
-                  progress: Callable[[str], None] | None = None) -> Iterator[list[Path]]:
+                  progress: Callable[[str], None] | None = None, slow_join: float = 0.0) -> Iterator[list[Path]]:
     """`count` foreground tmemfs mounts of `src` in a temporary directory; every one is
-    unmounted and its daemon reaped in a finally. Daemon errors go to `problems`."""
+    unmounted and its daemon reaped in a finally. Daemon errors go to `problems`.
+    With `slow_join`, the last node cannot join its pool until that many seconds after
+    the mounts are handed out."""
     base = Path(tempfile.mkdtemp(prefix="tmemfs-coherency-"))
     started: list[tuple[Path, subprocess.Popen[bytes], Path]] = []
+    held = ExitStack()
+    release: Callable[[], None] | None = None
     try:
         for i in range(count):
             mnt, log = base / f"node{i}", base / f"node{i}.log"
             mnt.mkdir()
-            args = [*TMEMFS, str(src), str(mnt), "-f"] + (["-o", options] if options else [])
+            node_options = options
+            if slow_join and i == count - 1 and i > 0:
+                node_options, release = hold_join(started[0][0], options, held)
+            args = [*TMEMFS, str(src), str(mnt), "-f"] + (["-o", node_options] if node_options else [])
             with open(log, "wb") as out:
                 # its own session: a Ctrl-C at the terminal reaches the checker only, which unmounts
                 started.append((mnt, subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                                       start_new_session=True), log))
             wait_live(mnt, started[-1][1], log)
             if progress:
-                progress(f"node{i}: {mnt} (-o {options or 'defaults'}, pid {started[-1][1].pid})")
+                progress(f"node{i}: {mnt} (-o {node_options or 'defaults'}, pid {started[-1][1].pid})")
+        if release is not None:
+            timer = threading.Timer(slow_join, release)
+            timer.daemon = True
+            held.callback(timer.cancel)
+            timer.start()
+            if progress:
+                progress(f"node{count - 1} cannot join its pool for {slow_join:g} s")
         yield [mnt for mnt, _, _ in started]
     finally:
+        if release is not None:
+            release()  # (a proxy stays until the nodes are gone: they may still use it)
         with signals_deferred():
             for mnt, proc, log in reversed(started):
                 try:
@@ -1301,6 +1589,7 @@ def mounted_nodes(src: Path, count: int, options: str, problems: list[str],
                     text = log.read_text(errors="replace")
                     if "internal error" in text or "Traceback" in text:
                         problems.append(f"{mnt}: tmemfs logged an error:\n{text[-3000:]}")
+            held.close()
             if not any(is_mounted(mnt) for mnt, _, _ in started):
                 shutil.rmtree(base, ignore_errors=True)
 
@@ -1365,12 +1654,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              + ",".join(f"{k}={w}" for k, w in WRITER_MIX) + " (readers: "
                              + ",".join(f"{k}={w}" for k, w in READER_MIX) + ")")
     parser.add_argument("--timeout", type=float, default=1800.0, help="longest run of the workers, seconds")
+    parser.add_argument("--slow-join", type=float, default=0.0, metavar="SECONDS",
+                        help="with --mount and cluster nodes: the last node cannot join its pool for "
+                             "the first SECONDS of the run")
     parser.add_argument("--json", action="store_true", help="print a JSON summary instead of text")
     args = parser.parse_args(argv)
     if args.mount is not None and args.mounts:
         parser.error("give mount points or --mount SRC, not both")
     if args.mount is None and not args.mounts:
         parser.error("give mount points (MNT1 MNT2 ...) or --mount SRC")
+    if args.slow_join and (args.mount is None or args.nodes < 2 or args.slow_join < 0):
+        parser.error("--slow-join needs --mount SRC, at least 2 --nodes and a positive number of seconds")
     if args.mount is not None and not args.mount.is_dir():
         parser.error(f"--mount {args.mount}: not a directory")
     for mnt in args.mounts:
@@ -1404,7 +1698,8 @@ def main(argv: list[str] | None = None) -> int:
     old = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}  # clean up as for Ctrl-C
     try:
         if args.mount is not None:
-            with mounted_nodes(args.mount.resolve(), args.nodes, args.options, problems, progress) as mounts:
+            with mounted_nodes(args.mount.resolve(), args.nodes, args.options, problems, progress,
+                               args.slow_join) as mounts:
                 history = run_workload(mounts, args.mount.resolve(), params, progress)
         else:
             history = run_workload(args.mounts, find_src(args.mounts), params, progress)
