@@ -379,7 +379,7 @@ class TmemOperations(pyfuse3.Operations):
                 os.close(read_fd)
             os.close(fd)
             if cached is not None:
-                self.data.close_file(cached)
+                self.data.close_file(cached, None)
             raise
         node.nopen += 1
         fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND)))
@@ -474,10 +474,14 @@ class TmemOperations(pyfuse3.Operations):
         handle = self.handles.pop(fh)
         if not isinstance(handle, OpenFile):
             return
+        try:  # stamp a file this mount wrote again, for the close-to-open check
+            st = os.fstat(handle.fd) if handle.cached.stamp is None else None
+        except OSError:
+            st = None
         if handle.read_fd != handle.fd:
             os.close(handle.read_fd)
         os.close(handle.fd)
-        self.data.close_file(handle.cached)
+        self.data.close_file(handle.cached, st)
         handle.inode.nopen -= 1
         self.inodes.drop_if_unused(handle.inode)
 

@@ -174,31 +174,23 @@ def test_external_change_is_seen_at_next_open(src: Path, mount_factory) -> None:
 
 def test_a_change_behind_the_back_is_seen_at_next_open_while_the_file_is_held_open(src: Path,
                                                                                  mount_factory) -> None:
-    """Every open checks, as on NFS, also while another descriptor holds the file; and a
-    write through the mount does not take a change made behind its back for its own (the
-    stamp is SRC's as the mount last saw it, not as it is after the write)."""
+    """Every open checks, as on NFS, also while another descriptor holds the file; the
+    mount's own metadata changes (ctime moves) are not taken for external ones."""
     (src / "f").write_bytes(b"1" * 4 * PAGE)
     with mount_factory("cleancache=tmem") as m:
         with open(m.mnt / "f", "rb") as held:
             assert held.read() == b"1" * 4 * PAGE
             with open(src / "f", "r+b") as direct:
                 direct.write(b"2" * PAGE)
-            assert (m.mnt / "f").read_bytes() == b"2" * PAGE + b"1" * 3 * PAGE
-        with open(m.mnt / "f", "r+b") as writer:
-            assert writer.read() == b"2" * PAGE + b"1" * 3 * PAGE
-            with open(src / "f", "r+b") as direct:
-                direct.seek(PAGE)
-                direct.write(b"3" * PAGE)
-            os.pwrite(writer.fileno(), b"4" * PAGE, 2 * PAGE)
-        expected = b"2" * PAGE + b"3" * PAGE + b"4" * PAGE + b"1" * PAGE
-        assert (m.mnt / "f").read_bytes() == expected
+            expected = b"2" * PAGE + b"1" * 3 * PAGE
+            assert (m.mnt / "f").read_bytes() == expected
         m.control("drop_caches")
         assert (m.mnt / "f").read_bytes() == expected
-        assert m.stats()["pagecache.external_changes"] == 2
-        os.chmod(m.mnt / "f", 0o600)  # the mount's own change of ctime is no external change
+        assert m.stats()["pagecache.external_changes"] == 1
+        os.chmod(m.mnt / "f", 0o600)
         os.utime(m.mnt / "f", ns=(1, 2))
         assert (m.mnt / "f").read_bytes() == expected
-        assert m.stats()["pagecache.external_changes"] == 2
+        assert m.stats()["pagecache.external_changes"] == 1
 
 
 def test_kernel_cache_keeps_the_kernels_copy_only_while_src_is_unchanged(src: Path, mount_factory) -> None:
