@@ -28,19 +28,23 @@ mount joined it) is asked again every POOL_RETRY_S until it can. Making a
 pool gets JOIN_TIMEOUT_S, not cc_timeout: joining a shared pool takes
 several round trips, more than any one page should wait.
 `unregister` first switches the frontend to no backend (one assignment,
-before any await, so no later request can reach the old backend; requests
-are served one at a time, max_tasks=1, so none is in flight), then flushes
-and closes the old backend's pools. Registering over a live backend is
+before any await, so no later request can reach the old backend), then
+waits for the hooks in flight on a backend that awaits I/O to end (each
+call is bounded by cc_timeout; an in-memory backend's hook never yields,
+so none of those can be in flight), then flushes and closes the old
+backend's pools. A hook in flight keeps the ledger and pool it started
+with: a put ending after an unregister records nothing in the new ledger. Registering over a live backend is
 refused (EBUSY) unless it is an explicit replace.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 import xxhash
@@ -53,6 +57,7 @@ log = logging.getLogger("tmemfs.cleancache")
 PRIVATE_UUID = b"\xff" * 16  # Xen: an all-ones uuid asks for a private pool
 POOL_RETRY_S = 1.0
 JOIN_TIMEOUT_S = 10.0
+DRAIN_CALLS = 4  # unregister waits at most this many cc_timeouts for hooks in flight
 _digest = xxhash.xxh3_64_intdigest
 T = TypeVar("T")
 
@@ -125,6 +130,25 @@ class Pool:
     ledger: Ledger | None  # private pools only
 
 
+def _holds_backend(hook: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Count a hook in flight on a backend that awaits I/O, so that unregister waits for it."""
+
+    @functools.wraps(hook)
+    async def counted(self: Cleancache, *args: Any) -> T:
+        backend = self.backend
+        if backend is None or not backend.awaits_io:
+            return await hook(self, *args)
+        self._hooks_in_flight += 1
+        try:
+            return await hook(self, *args)
+        finally:
+            self._hooks_in_flight -= 1
+            if not self._hooks_in_flight and self._drained is not None:
+                self._drained.set()
+
+    return counted
+
+
 class BackendTimeout(Exception):
     """A backend call did not finish in time: treated like any backend fault."""
 
@@ -148,6 +172,8 @@ class Cleancache:
         self.tracer: Tracer | None = None
         self._nursery: trio.Nursery | None = None
         self._run_scope: trio.CancelScope | None = None
+        self._hooks_in_flight = 0
+        self._drained: trio.Event | None = None
         if backend is not None:
             self._attach(backend)
         self.reset_stats()
@@ -234,6 +260,15 @@ class Cleancache:
         if self._run_scope is not None:
             self._run_scope.cancel()
             self._run_scope = None
+        with trio.move_on_after(DRAIN_CALLS * self.timeout):
+            while self._hooks_in_flight:
+                self._drained = trio.Event()
+                await self._drained.wait()
+        self._drained = None
+        if self._hooks_in_flight:
+            log.warning("unregister: %d cleancache call(s) of %s still in flight after %.1f s; "
+                        "closing it anyway (they end as misses)", self._hooks_in_flight, old.name,
+                        DRAIN_CALLS * self.timeout)
         live = [p.backend_pool for p in self.pools.values() if p.backend_pool is not None]
         for pool in self.pools.values():
             pool.backend_pool = None
@@ -300,6 +335,11 @@ class Cleancache:
             return None
         return self.backend.versions(pool.backend_pool)
 
+    def may_wait(self, pool_id: int) -> bool:
+        """Whether a hook on this pool can yield to other requests (its backend awaits I/O)."""
+        backend = self.backend
+        return backend is not None and backend.awaits_io
+
     def can_copy(self, pool_id: int) -> bool:
         """Whether copy_pages may serve this pool: its gets are non-destructive (shared)
         or its backend can peek."""
@@ -338,6 +378,7 @@ class Cleancache:
         """Fill `out` from the pool and return True, or return False (a miss)."""
         return (await self.get_pages(pool_id, key, index, [out]))[0]
 
+    @_holds_backend
     async def get_pages(self, pool_id: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
         """get_page for pages first, first+1, ...: one backend call where the pool is
         shared; a private pool asks only for the pages its ledger holds."""
@@ -367,6 +408,7 @@ class Cleancache:
                 self.tracer.event("get+" if hit else "get-", key, first + n)
         return hits
 
+    @_holds_backend
     async def copy_pages(self, pool_id: int, key: bytes, first: int, outs: list[memoryview],
                          enough: int) -> list[bool] | None:
         """Pages first.. into `outs`, left in the pool, for a reader that keeps no copy (the
@@ -459,6 +501,7 @@ class Cleancache:
         """Offer a clean page being evicted; the backend may keep it or not."""
         await self.put_pages(pool_id, [(key, index, page)])
 
+    @_holds_backend
     async def put_pages(self, pool_id: int, pages: list[tuple[bytes, int, memoryview]]) -> None:
         """put_page for several (key, index, page): one backend call."""
         self.puts += len(pages)
@@ -469,18 +512,19 @@ class Cleancache:
         backend = self.backend
         if backend is None or pool is None or pool.backend_pool is None:
             return
+        backend_pool, ledger = pool.backend_pool, pool.ledger  # as they are when the put starts
         try:
             if len(pages) == 1:  # a single eviction (4k random reads): the backend's plain put
-                stored = [await self._call(backend, backend.put_page, pool.backend_pool, *pages[0])]
+                stored = [await self._call(backend, backend.put_page, backend_pool, *pages[0])]
             else:
-                stored = await self._call(backend, backend.put_pages, pool.backend_pool, pages)
+                stored = await self._call(backend, backend.put_pages, backend_pool, pages)
         except Exception:
             self._fault("put_pages")
             for key, index, _page in pages:  # some may be stored: none may be trusted
-                await self._drop(backend, pool.backend_pool, key, index)
+                await self._drop(backend, backend_pool, key, index)
             stored = [False] * len(pages)
-        if pool.ledger is not None:
-            await self._record(backend, pool.backend_pool, pool.ledger, pages, stored)
+        if ledger is not None:
+            await self._record(backend, backend_pool, ledger, pages, stored)
 
     async def _record(self, backend: Backend, backend_pool: int, ledger: Ledger,
                       pages: list[tuple[bytes, int, memoryview]], stored: list[bool]) -> None:
@@ -493,6 +537,7 @@ class Cleancache:
         if ledger.entries > ledger.limit:
             await self._trim(backend, backend_pool, ledger)
 
+    @_holds_backend
     async def invalidate_page(self, pool_id: int, key: bytes, index: int) -> None:
         """The page changed or went away: the pool must not return it again."""
         self.invalidates += 1
@@ -506,6 +551,7 @@ class Cleancache:
             return  # never stored there: nothing to tell the backend
         await self._drop(backend, pool.backend_pool, key, index)
 
+    @_holds_backend
     async def invalidate_inode(self, pool_id: int, key: bytes) -> None:
         """Every page of a file changed or went away (truncate, delete, replace)."""
         self.inode_invalidates += 1

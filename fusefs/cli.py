@@ -26,8 +26,9 @@ from fusefs.datapath import DataPath
 from fusefs.operations import TmemOperations
 from fusefs.options import CORE_HELP, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
-from fusefs.polling import RequestPoller
+from fusefs.polling import RequestPoller, fuse_device_fd
 from fusefs.pooluuid import PoolUuidError, effective_uuid, src_pool_uuid
+from fusefs.srcio import SrcIO, slow_metadata
 from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs")
@@ -216,7 +217,8 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
     else:
         pool = await cleancache.init_fs()
     join_wait = float(config.backend_options.get("node_timeout", NODE_TIMEOUT_S))  # type: ignore[arg-type]
-    data = DataPath(pagecache, cleancache, pool, shared=config.shared, join_wait=join_wait)
+    io = SrcIO(threads=config.max_requests, slow_metadata=slow_metadata(src))
+    data = DataPath(pagecache, cleancache, pool, shared=config.shared, join_wait=join_wait, io=io)
     if config.shared and data.versions is None:
         log.warning("no shared pool (see above): this cluster node caches nothing until one is registered")
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -230,18 +232,22 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         if poller.install():
             ops.poller = poller
             poller.idle = data.reclaim
+            poller.in_flight = lambda: io.in_flight
+        io.watch_requests(fuse_device_fd())
         log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
                  "+".join(config.cleancache), config.cache_size, config.cc_size)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
                 cleancache.start(nursery)
+                io.start(nursery)
                 ops.nursery = nursery
-                await pyfuse3.main(max_tasks=1)
+                await pyfuse3.main(max_tasks=config.max_requests)
                 nursery.cancel_scope.cancel()
         finally:
             poller.uninstall()
             await ops.shutdown()
+            io.close()
             await cleancache.unregister()
             pyfuse3.close(unmount=True)
             if tracer is not None:

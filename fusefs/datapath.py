@@ -8,6 +8,14 @@ write: pwrite SRC first (write-through, so every cached page stays clean),
        then update the cached pages it covers and invalidate them in the pool.
 Evicting a page to make room puts it into cleancache, as the kernel did.
 
+Many requests are in flight at once (max_requests=): a page being filled or
+put is locked (pagecache.PageLock); a fill installs only if no change of
+the file started or ended meanwhile (CachedFile.changes), and a read that
+lost that race is served from SRC around the cache; this mount's changes
+of one file are serialised (CachedFile.change_lock), and wait for puts in
+flight of the pages they invalidate. Blocking calls on SRC go through
+SrcIO, off the loop when other requests are waiting.
+
 On a cluster node (a backend with shared pools) every file has a version
 shared by all nodes (docs/coherency.md): a read first checks the version and
 drops the file's pages if another node changed it; pages go to the pool
@@ -37,7 +45,8 @@ from backends.base import FileVersions
 from backends.store import file_prefix, versioned_key
 from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
-from fusefs.pagecache import CachedFile, Eviction, PageCache
+from fusefs.pagecache import CachedFile, Eviction, PageCache, PageLock
+from fusefs.srcio import SrcIO
 
 log = logging.getLogger("tmemfs")
 
@@ -71,12 +80,18 @@ def _run_end(flags: list[bool], start: int, other: bool) -> int:
     return len(flags)
 
 
+class _Contended(Exception):
+    """A fill lost the race with a change of its file: the read is served around the cache."""
+
+
 class DataPath:
     """The page cache and cleancache of one mount, and the counters of SRC I/O."""
 
     def __init__(self, pagecache: PageCache, cleancache: Cleancache, pool: int,
-                 max_idle_files: int = 65536, shared: bool = False, join_wait: float = 5.0) -> None:
+                 max_idle_files: int = 65536, shared: bool = False, join_wait: float = 5.0,
+                 io: SrcIO | None = None) -> None:
         self.pc = pagecache
+        self.io = io if io is not None else SrcIO(threads=4)
         self.cc = cleancache
         self.pool = pool
         # Files we know, oldest first; idle ones (no pages, not open) are
@@ -96,12 +111,12 @@ class DataPath:
         # scratch buffer, not installed: from the pool, which keeps the pages (a shared
         # pool's gets are non-destructive; a private pool's backend peeks instead of its
         # exclusive get), and from SRC for the pages it lacks (a page zcache refused would
-        # only be refused again). The buffer is reused: one request at a time
-        # (max_tasks=1), replied to before the next.
+        # only be refused again). Scratch buffers are reused: each request takes one, and
+        # gives it back as it returns (pyfuse3 replies from it before any other task runs).
         self._stream: tuple[CachedFile, int] | None = None  # where a read in order would start
         self._stream_pages = 0
         self._scan_pages = self.pc.capacity // 2
-        self._scratch = memoryview(mmap.mmap(-1, MAX_BATCH * PAGE_SIZE))  # grows to the largest read
+        self._scratches: list[memoryview] = []
         # A cluster node without versions (its pool could not be made, or the backend
         # was unregistered) caches nothing: other nodes' changes would go unseen; and
         # until it is a member of its pool its own changes wait for that, at most join_wait.
@@ -118,6 +133,8 @@ class DataPath:
         self.external_changes = 0
         self.remote_changes = self.cut_offs = self.uncached_reads = self.fenced_changes = 0
         self.puts_saved = self.reclaimed = self.bypassed = 0
+        self.fill_waits = self.fill_conflicts = self.change_waits = 0
+        self.io.reset_stats()
 
     # -- cluster versions ------------------------------------------------------
 
@@ -171,6 +188,7 @@ class DataPath:
     def _trust(self, cached: CachedFile, version: int, stamp: Stamp) -> None:
         """A cluster node's pages of the file are valid at `version`, with SRC as `stamp` says."""
         digest = stamp_digest(stamp)
+        cached.changes += 1  # a fill in flight under the old key must not install
         cached.tag = version
         cached.seen = (version, digest)
         cached.key = versioned_key(cached.file, version, digest)
@@ -245,28 +263,64 @@ class DataPath:
         Like truncate_inode_pages: invalidate_inode at the start and at the
         end, whether or not anything was cached here.
         """
-        await self._change_starts(key)
         cached = self.files.get(key)
-        if cached is not None:
-            self.pc.drop_file(cached)
+        await self._begin_change(cached)
+        try:
+            await self._invalidate(key, cached)
+        finally:
+            self._end_change(cached)
+
+    async def _invalidate(self, key: bytes, cached: CachedFile | None) -> None:
+        await self._change_starts(key, cached)
         await self._change_ends(key)
 
     async def truncate(self, key: bytes, fd_or_path: int | str, size: int) -> None:
         """ftruncate SRC between the two pool invalidations."""
-        await self._change_starts(key)
         cached = self.files.get(key)
+        await self._begin_change(cached)
+        try:
+            await self._change_starts(key, cached)
+            try:
+                await self.io.call(os.truncate, fd_or_path, size)
+            finally:
+                await self._change_ends(key)
+            if cached is not None:  # nothing is cached: whatever SRC holds now is what it saw
+                st = os.stat(fd_or_path)
+                cached.size, cached.stamp = st.st_size, stamp_of(st)
+        finally:
+            self._end_change(cached)
+
+    async def _begin_change(self, cached: CachedFile | None) -> None:
+        """This mount starts changing a file: after its other changes (the inode lock), and no
+        fill in flight installs a page read before it (the seqlock moves)."""
+        if cached is None:
+            return
+        lock = cached.change_lock
+        if lock is None:
+            lock = cached.change_lock = trio.Lock()
+        try:
+            lock.acquire_nowait()  # no checkpoint when nobody else changes the file
+        except trio.WouldBlock:
+            self.change_waits += 1
+            await lock.acquire()
+        cached.changes += 1
+        cached.changing += 1
+
+    def _end_change(self, cached: CachedFile | None) -> None:
+        if cached is None:
+            return
+        cached.changing -= 1
+        cached.changes += 1
+        assert cached.change_lock is not None
+        cached.change_lock.release()
+
+    async def _change_starts(self, key: bytes, cached: CachedFile | None) -> None:
+        """Drop the file's pages and wait out puts of them in flight, then flush the pool."""
+        versions = await self.admit_change()
         if cached is not None:
             self.pc.drop_file(cached)
-        try:
-            os.truncate(fd_or_path, size)
-        finally:
-            await self._change_ends(key)
-        if cached is not None:  # nothing is cached: whatever SRC holds now is what it saw
-            st = os.stat(fd_or_path)
-            cached.size, cached.stamp = st.st_size, stamp_of(st)
-
-    async def _change_starts(self, key: bytes) -> None:
-        if await self.admit_change() is None:
+            await cached.settle()
+        if versions is None:
             await self.cc.invalidate_inode(self.pool, key)
         else:
             await self._bump(key)
@@ -316,9 +370,17 @@ class DataPath:
             versions = self._versions()
             if versions is None:
                 if self.shared:
-                    return self._read_uncached(fd, offset, size)
+                    return await self._read_uncached(fd, offset, size)
             elif not await self._current(versions, cached, fd):
-                return self._read_uncached(fd, offset, size)
+                return await self._read_uncached(fd, offset, size)
+        try:
+            return await self._read_cached(cached, fd, offset, size)
+        except _Contended:
+            self.fill_conflicts += 1
+            return await self._read_uncached(fd, offset, size)
+
+    async def _read_cached(self, cached: CachedFile, fd: int, offset: int,
+                           size: int) -> bytes | bytearray | memoryview:
         end = min(offset + size, cached.size)
         if offset >= end:
             return b""
@@ -415,14 +477,23 @@ class DataPath:
 
     async def _read_around_cache(self, cached: CachedFile, fd: int, first: int, last: int,
                                  offset: int, end: int) -> memoryview | None:
-        """Bytes offset..end through the scratch buffer, without installing: the pages the
+        """Bytes offset..end through a scratch buffer, without installing: the pages the
         pool holds from it (left there), the others from SRC. None unless the pool holds
         at least half of them (the caller then reads the usual way, so that a scan the
         pool does not hold yet still fills it)."""
         count = last - first + 1
-        if len(self._scratch) < count << PAGE_SHIFT:
-            self._scratch = memoryview(mmap.mmap(-1, count << PAGE_SHIFT))
-        scratch = self._scratch
+        scratches = self._scratches
+        scratch = scratches.pop() if scratches else memoryview(mmap.mmap(-1, MAX_BATCH * PAGE_SIZE))
+        if len(scratch) < count << PAGE_SHIFT:
+            scratch = memoryview(mmap.mmap(-1, count << PAGE_SHIFT))
+        try:
+            return await self._read_into_scratch(scratch, cached, fd, first, count, offset, end)
+        finally:
+            scratches.append(scratch)  # (the reply is sent from it before any other task runs)
+
+    async def _read_into_scratch(self, scratch: memoryview, cached: CachedFile, fd: int, first: int,
+                                 count: int, offset: int, end: int) -> memoryview | None:
+        seq = cached.changes
         hits = await self.cc.copy_pages(self.pool, cached.key, first,
                                         [scratch[n << PAGE_SHIFT : (n + 1) << PAGE_SHIFT] for n in range(count)],
                                         (count + 1) // 2)
@@ -435,12 +506,14 @@ class DataPath:
                 continue
             run_end = _run_end(hits, n, True)
             start = (first + n) << PAGE_SHIFT
-            got = os.preadv(fd, [scratch[n << PAGE_SHIFT : run_end << PAGE_SHIFT]], start)
+            got = await self.io.preadv(fd, [scratch[n << PAGE_SHIFT : run_end << PAGE_SHIFT]], start)
             self.backing_reads += 1
             self.backing_read_bytes += got
             if got < min(run_end << PAGE_SHIFT, end - (first << PAGE_SHIFT)) - (n << PAGE_SHIFT):
                 return None  # SRC shrank behind our back: the usual path finds out how much
             n = run_end
+        if cached.changes != seq or cached.changing:
+            raise _Contended  # the pool's copies may predate a change of this mount's
         self.pc.misses += count
         self.bypassed += count
         return scratch[offset & PAGE_MASK : (count - 1 << PAGE_SHIFT) + ((end - 1) & PAGE_MASK) + 1]
@@ -472,88 +545,118 @@ class DataPath:
     async def _page(self, cached: CachedFile, fd: int, index: int, last: int) -> tuple[int, int]:
         """Slot holding page `index` (-1 past end of file), loading it and following
         misses up to `last`; and the last page index this call installed, which
-        the caller must not count again as hits."""
+        the caller must not count again as hits. A page another request is filling
+        (or putting) is waited for, not read again."""
         pc = self.pc
         slot = pc.lookup(cached, index)
-        if slot is not None:
-            return slot, index
-        # This page and the following misses (each counts as one): one cleancache
-        # call for all of them, then one preadv per run the pool did not have.
+        while slot is None:
+            lock = cached.locks.get(index)
+            if lock is None:
+                return await self._fill(cached, fd, index, last)
+            self.fill_waits += 1
+            await lock.wait()
+            slot = cached.pages.get(index)
+        return slot, index
+
+    async def _fill(self, cached: CachedFile, fd: int, index: int, last: int) -> tuple[int, int]:
+        """Load page `index` (a miss, counted) and the misses after it up to `last`, under one
+        page lock: one cleancache call for all of them, then one read of SRC per run the pool
+        did not have; installed together at the end unless the file changed meanwhile."""
+        pc = self.pc
         count = 1
         limit = min(last - index + 1, self.batch)
-        pages = cached.pages
-        while count < limit and index + count not in pages:
+        pages, locks = cached.pages, cached.locks
+        while count < limit and index + count not in pages and index + count not in locks:
             count += 1
+        # Slots held by other fills and puts in flight are not to be had: a tiny cache may have
+        # fewer left than this fill wants, or none (the read is then served around the cache).
+        count = min(count, pc.free_slots + pc.pages)
+        if count == 0:
+            raise _Contended
         if pc.tracer is None:
             pc.misses += count - 1
         else:
             for n in range(1, count):
                 pc.miss(cached, index + n)
-        slots = await self._take_slots(count)
-        view = pc.view
-        hits = await self.cc.get_pages(self.pool, cached.key, index,
-                                       [view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots])
-        shared = self.versions is not None
-        n = 0
-        while n < count:
-            if hits[n]:  # a run of pages the pool had
-                end = _run_end(hits, n, False)
-                pc.install_run(cached, index + n, slots[n:end])
-                if shared:
-                    for s in slots[n:end]:
-                        self._from_shared_pool[s] = 1
-                n = end
-                continue
-            end = _run_end(hits, n, True)
-            try:
-                used = self._read_backing(cached, fd, index + n, slots[n:end])
-            except BaseException:
-                for s in slots[end:]:
-                    pc.release_slot(s)
-                raise
-            if used < end - n:  # end of file: what follows is past it
-                for s in slots[end:]:
-                    pc.release_slot(s)
-                n += used
-                break
-            n = end
-        return (slots[0] if n else -1), index + n - 1
-
-    def _read_uncached(self, fd: int, offset: int, size: int) -> bytes:
-        """Read SRC around every cache (a cluster node that cannot check versions now)."""
-        start = offset & ~PAGE_MASK
-        length = ((offset + size + PAGE_MASK) & ~PAGE_MASK) - start
-        with mmap.mmap(-1, length) as buf:  # page-aligned, so an O_DIRECT descriptor works
-            got = os.preadv(fd, [buf], start)
-            self.backing_reads += 1
-            self.backing_read_bytes += got
-            self.uncached_reads += 1
-            return bytes(buf[offset - start : max(offset - start, min(got, offset - start + size))])
-
-    def _read_backing(self, cached: CachedFile, fd: int, index: int, slots: list[int]) -> int:
-        """preadv pages index.. into `slots` and install them; how many were there
-        (fewer at end of file: the other slots are given back)."""
-        pc = self.pc
-        start = index << PAGE_SHIFT
+        lock = PageLock()
+        locked = range(index, index + count)
+        cached.lock_pages(locked, lock)
         try:
-            got = os.preadv(fd, [pc.view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots], start)
+            return await self._fill_locked(cached, fd, index, count)
+        finally:
+            cached.unlock_pages(locked, lock)
+            lock.release()
+
+    async def _fill_locked(self, cached: CachedFile, fd: int, index: int, count: int) -> tuple[int, int]:
+        pc = self.pc
+        seq, generation, key = cached.changes, self.cc.generation, cached.key
+        slots = await self._take_slots(count)
+        try:
+            view = pc.view
+            hits = await self.cc.get_pages(self.pool, key, index,
+                                           [view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots])
+            runs: list[tuple[int, int, bool]] = []  # (from, to, got from the pool)
+            size = known_size = cached.size
+            n = 0
+            while n < count:
+                if hits[n]:  # a run of pages the pool had
+                    end = _run_end(hits, n, False)
+                    runs.append((n, end, True))
+                    n = end
+                    continue
+                end = _run_end(hits, n, True)
+                start = (index + n) << PAGE_SHIFT
+                got = await self.io.preadv(fd, [view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots[n:end]],
+                                           start)
+                self.backing_reads += 1
+                self.backing_read_bytes += got
+                if got < (end - n) * PAGE_SIZE or start + got > size:
+                    size = start + got  # SRC changed size behind our back: it knows best
+                full, tail = divmod(got, PAGE_SIZE)
+                used = full + (1 if tail else 0)
+                if tail:
+                    base = slots[n + full] << PAGE_SHIFT
+                    view[base + tail : base + PAGE_SIZE] = bytes(PAGE_SIZE - tail)
+                runs.append((n, n + used, False))
+                short = used < end - n
+                n += used
+                if short:  # end of file: what follows is past it
+                    break
         except BaseException:
             for s in slots:
                 pc.release_slot(s)
             raise
-        self.backing_reads += 1
-        self.backing_read_bytes += got
-        if got < len(slots) * PAGE_SIZE or start + got > cached.size:
-            cached.size = start + got  # SRC changed size behind our back: it knows best
-        full, tail = divmod(got, PAGE_SIZE)
-        used = full + (1 if tail else 0)
-        if tail:
-            base = slots[full] << PAGE_SHIFT
-            pc.view[base + tail : base + PAGE_SIZE] = bytes(PAGE_SIZE - tail)
-        pc.install_run(cached, index, slots[:used])
-        for s in slots[used:]:
+        if cached.changes != seq or cached.changing or self.cc.generation != generation or cached.key != key:
+            for s in slots:
+                pc.release_slot(s)
+            raise _Contended
+        if size != known_size:
+            cached.size = size
+        shared = self.versions is not None
+        for a, b, from_pool in runs:
+            pc.install_run(cached, index + a, slots[a:b])
+            if from_pool and shared:
+                for s in slots[a:b]:
+                    self._from_shared_pool[s] = 1
+        for s in slots[n:]:
             pc.release_slot(s)
-        return used
+        return (slots[0] if n else -1), index + n - 1
+
+    async def _read_uncached(self, fd: int, offset: int, size: int) -> bytes:
+        """Read SRC around every cache (a cluster node that cannot check versions now, or a
+        read that raced a change of its file)."""
+        start = offset & ~PAGE_MASK
+        length = ((offset + size + PAGE_MASK) & ~PAGE_MASK) - start
+        with mmap.mmap(-1, length) as buf:  # page-aligned, so an O_DIRECT descriptor works
+            view = memoryview(buf)
+            try:
+                got = await self.io.preadv(fd, [view], start)
+                self.backing_reads += 1
+                self.backing_read_bytes += got
+                self.uncached_reads += 1
+                return bytes(view[offset - start : max(offset - start, min(got, offset - start + size))])
+            finally:
+                view.release()
 
     async def reclaim(self, request_waiting: Callable[[], object]) -> None:
         """Background reclaim, as kswapd did: between requests, evict (and put) a few pages
@@ -588,11 +691,23 @@ class DataPath:
         """Put pages taken out of the page cache (still in their slots); a page the
         shared pool still holds needs no put."""
         from_shared_pool, slot_view = self._from_shared_pool, self.pc.slot_view
-        puts = [(page.file.key, page.index, slot_view(page.slot)) for page in evicted
-                if not from_shared_pool[page.slot]]
-        self.puts_saved += len(evicted) - len(puts)
-        if puts:
+        putting = [page for page in evicted if not from_shared_pool[page.slot]]
+        self.puts_saved += len(evicted) - len(putting)
+        if not putting:
+            return
+        puts = [(page.file.key, page.index, slot_view(page.slot)) for page in putting]
+        if not self.cc.may_wait(self.pool):  # the put ends before any other request runs
             await self.cc.put_pages(self.pool, puts)
+            return
+        lock = PageLock(putting=True)  # a reader of these pages waits for the put, then gets them
+        for page in putting:
+            page.file.locks[page.index] = lock
+        try:
+            await self.cc.put_pages(self.pool, puts)
+        finally:
+            for page in putting:
+                page.file.unlock_pages((page.index,), lock)
+            lock.release()
 
     async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
                     append: bool = False) -> tuple[int, int]:
@@ -600,19 +715,27 @@ class DataPath:
         bytes landed and how many. An append (`fd` opened with O_APPEND) lands at SRC's
         end as it is when the write happens, whatever offset the kernel guessed from the
         size it had cached."""
-        versions = await self.admit_change()
-        if versions is None:
-            return await self._write_private(cached, fd, offset, data, append)
+        await self._begin_change(cached)
+        try:
+            versions = await self.admit_change()
+            if versions is None:
+                return await self._write_private(cached, fd, offset, data, append)
+            return await self._write_versioned(cached, fd, offset, data, append)
+        finally:
+            self._end_change(cached)
+
+    async def _write_versioned(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
+                               append: bool) -> tuple[int, int]:
+        """write() on a cluster node."""
         # A cluster node: the version moves before and after the data lands, so no
         # node trusts a page read before this write once it returns.
         file, tag, seen, size = cached.file, cached.tag, cached.seen, cached.size
         started = await self._bump(file)
         try:
-            before = stamp_of(os.fstat(fd))
-            landed, done = self._write_src(fd, offset, data, append)
+            before, (landed, done), after = await self.io.call(self._write_src_stamped, fd, offset, data, append)
+            self._count_write(done)
             if done:
                 self._update_pages(cached, landed, data, done)
-            after = stamp_of(os.fstat(fd))
         finally:
             ended = await self._bump(file)
         # The pages stay valid if nobody else changed the file since their version: no other
@@ -637,18 +760,28 @@ class DataPath:
         to 39 us here. An append that lands elsewhere than the end this mount knew tells of a
         change behind its back for free."""
         size = cached.size
-        landed, done = self._write_src(fd, offset, data, append)
+        landed, done = await self.io.call(self._write_src, fd, offset, data, append)
+        self._count_write(done)
         if not done:
             return landed, done
         if append and landed != size:  # SRC grew or shrank behind our back
             self.external_changes += 1
-            await self.invalidate_file(cached.key)
+            await self._invalidate(cached.key, cached)
             cached.size = landed + done
         else:
-            for index in self._update_pages(cached, landed, data, done):
+            covered = self._update_pages(cached, landed, data, done)
+            await cached.settle(covered)  # a put in flight of an old copy lands before the invalidate
+            for index in covered:
                 await self.cc.invalidate_page(self.pool, cached.key, index)
         cached.stamp = None
         return landed, done
+
+    def _write_src_stamped(self, fd: int, offset: int, data: bytes | memoryview,
+                           append: bool) -> tuple[Stamp, tuple[int, int], Stamp]:
+        """_write_src between two fstats (a cluster node's check for writes behind its back)."""
+        before = stamp_of(os.fstat(fd))
+        result = self._write_src(fd, offset, data, append)
+        return before, result, stamp_of(os.fstat(fd))
 
     def _write_src(self, fd: int, offset: int, data: bytes | memoryview, append: bool) -> tuple[int, int]:
         """Write to SRC: (offset where it landed, bytes written). Short only when SRC took part
@@ -671,9 +804,12 @@ class DataPath:
                 if n == 0:
                     break
                 done += n
+        return offset, done
+
+    def _count_write(self, done: int) -> None:
+        """(Counted on the loop: _write_src may run on a worker thread.)"""
         self.backing_writes += 1
         self.backing_write_bytes += done
-        return offset, done
 
     def _update_pages(self, cached: CachedFile, offset: int, data: bytes | memoryview, done: int) -> range:
         """Copy the first `done` bytes written at `offset` into the pages cached there (write-through
@@ -726,6 +862,10 @@ class DataPath:
             "pagecache.puts_saved": self.puts_saved,
             "pagecache.reclaimed": self.reclaimed,
             "pagecache.bypassed": self.bypassed,
+            "pagecache.fill_waits": self.fill_waits,
+            "pagecache.fill_conflicts": self.fill_conflicts,
+            "pagecache.change_waits": self.change_waits,
+            **self.io.stats(),
             "backing.uncached_reads": self.uncached_reads,
             "backing.reads": self.backing_reads,
             "backing.read_bytes": self.backing_read_bytes,

@@ -75,14 +75,14 @@ class InodeTable:
 
     def open_child(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
         """Look up `name` in `parent` without following a symlink; lookup count unchanged."""
-        return self._adopt_opened(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd))
+        return self.adopt_opened(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd))
 
     def open_made(self, fd: int) -> tuple[Inode, os.stat_result]:
         """The object an open descriptor refers to, whatever its name names by now: a file
         tmemfs just created, not one SRC put under that name since."""
-        return self._adopt_opened(os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC))
+        return self.adopt_opened(os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC))
 
-    def _adopt_opened(self, fd: int) -> tuple[Inode, os.stat_result]:
+    def adopt_opened(self, fd: int) -> tuple[Inode, os.stat_result]:
         try:
             st = os.fstat(fd)
         except BaseException:

@@ -1,10 +1,11 @@
 """The pyfuse3 Operations of tmemfs: metadata passes straight to SRC, data goes
 through the data path (page cache + cleancache).
 
-Every handler runs inline on the trio loop and is wrapped by `handler`: an
-OSError becomes FUSEError(errno), anything else is logged with its
-traceback and becomes EIO. No exception ever reaches pyfuse3, which would
-end the mount.
+Many requests are served at once (max_requests=); every handler is
+wrapped by `handler`, which counts it in flight (SrcIO runs blocking calls
+on SRC off the loop only while others are) and maps errors: an OSError
+becomes FUSEError(errno), anything else is logged with its traceback and
+becomes EIO. No exception ever reaches pyfuse3, which would end the mount.
 """
 
 from __future__ import annotations
@@ -49,11 +50,17 @@ P = ParamSpec("P")
 _STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_DIRECT | os.O_NOFOLLOW
 
 
+def _open_at(name: bytes, flags: int, dir_fd: int) -> int:
+    return os.open(name, flags, dir_fd=dir_fd)
+
+
 def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Map errors to FUSEError so that no exception ever ends the mount."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        io = args[0].data.io  # type: ignore[attr-defined]
+        io.in_flight += 1
         try:
             return await fn(*args, **kwargs)
         except FUSEError:
@@ -66,6 +73,8 @@ def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
             ops.internal_errors += 1
             log.exception("internal error in %s%r; replied EIO", fn.__name__, args[1:4])
             raise FUSEError(errno.EIO) from None
+        finally:
+            io.in_flight -= 1
 
     return wrapper
 
@@ -205,7 +214,8 @@ class TmemOperations(pyfuse3.Operations):
         if name == b"." or (name == b".." and parent is self.inodes.root):
             inode, st = parent, os.fstat(parent.fd)
         else:
-            inode, st = self.inodes.open_child(parent, name)
+            fd = await self.data.io.call_meta(_open_at, name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, parent.fd)
+            inode, st = self.inodes.adopt_opened(fd)
         inode.nlookup += 1
         return self._entry(inode, st)
 
@@ -355,7 +365,7 @@ class TmemOperations(pyfuse3.Operations):
         if is_control(inode):
             return pyfuse3.FileInfo(fh=self._fh(self.control.open(inode, flags, ctx)), direct_io=True)
         node = self.inodes.get(inode)
-        fd = os.open(f"/proc/self/fd/{node.fd}", (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
+        fd = await self.data.io.call_meta(os.open, f"/proc/self/fd/{node.fd}", (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
         return await self._opened(node, fd, flags, ctx)
 
     async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -489,7 +499,7 @@ class TmemOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.handles[fh]
         if isinstance(handle, OpenFile):
-            (os.fdatasync if datasync else os.fsync)(handle.fd)
+            await self.data.io.call(os.fdatasync if datasync else os.fsync, handle.fd)
 
     # -- directories ---------------------------------------------------------------------
 
@@ -502,7 +512,7 @@ class TmemOperations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
         try:
-            names = [os.fsencode(n) for n in os.listdir(fd)]
+            names = [os.fsencode(n) for n in await self.data.io.call_meta(os.listdir, fd)]
         except BaseException:
             os.close(fd)
             raise
@@ -626,6 +636,7 @@ class TmemOperations(pyfuse3.Operations):
         stats.update(self.data.stats())
         stats.update(self.poller.stats() if self.poller is not None else {"fuse.poll_us": 0})
         stats.update({
+            "fuse.max_requests": self.config.max_requests,
             "fs.inodes": len(self.inodes),
             "fs.open_files": sum(1 for h in self.handles.values() if isinstance(h, OpenFile)),
             "fs.open_dirs": len(self.dirs),

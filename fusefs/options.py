@@ -43,6 +43,8 @@ CORE_HELP = {
                                 "(real disk reads); default cached",
     "poll_us=N": "after each request, poll for the next one for up to N microseconds before "
                  "sleeping: much lower latency, up to one CPU spent while busy; 0 = off; default 50",
+    "max_requests=N": "FUSE requests served at once (1 = one at a time, as before); blocking calls on "
+                      "SRC run off the loop while others wait; default 16",
     "log=FILE": "log file when running in the background (default: syslog if present)",
     "trace=FILE": "record page-level events (hit, miss, get, put, invalidate) for tools/trace.py",
 }
@@ -77,6 +79,15 @@ def parse_seconds(key: str, text: str) -> float:
     return value
 
 
+MAX_REQUESTS = 256
+
+
+def parse_max_requests(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_REQUESTS:
+        raise OptionError(f"max_requests={text}: must be a whole number from 1 to {MAX_REQUESTS}")
+    return int(text)
+
+
 def parse_poll_us(text: str) -> int:
     from fusefs.polling import MAX_POLL_US
 
@@ -99,6 +110,7 @@ class MountConfig:
     cc_timeout: float = 1.0
     backing_direct: bool = False
     poll_us: int = 50
+    max_requests: int = 16
     log_file: str | None = None
     trace_file: str | None = None
     pool_uuid: bytes | None = None
@@ -171,6 +183,8 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
             config.backing_direct = value == "direct"
         elif key == "poll_us":
             config.poll_us = parse_poll_us(need(key, value))
+        elif key == "max_requests":
+            config.max_requests = parse_max_requests(need(key, value))
         elif key == "log":
             config.log_file = need(key, value)
         elif key == "trace":

@@ -8,6 +8,15 @@ Pages hang off CachedFile objects, which the data path keys by file key
 
 The cache itself never calls cleancache: `take_slot` hands back the
 evicted page so the data path can `put` it before the slot is reused.
+
+Page locks (the kernel's lock_page), for many requests in flight: a page
+being filled (from the pool or SRC) or being put after eviction is in its
+file's `locks`, not in `pages`: nobody evicts, puts or invalidates it, and
+a reader of it waits for the lock instead of reading it again. A fill
+installs its pages only if the file's `changes` did not move meanwhile (a
+seqlock: every write, truncate or drop moves it at its start and its end,
+and `changing` counts those in progress), so no page read before a change
+completed is installed after it.
 """
 
 from __future__ import annotations
@@ -17,9 +26,35 @@ from collections import deque
 from dataclasses import dataclass, field
 from itertools import repeat
 
+import trio
+
 from fusefs import PAGE_SIZE
 from fusefs.eviction import make_policy
 from fusefs.tracing import Tracer
+
+
+class PageLock:
+    """Held on the pages of one fill or one batch of puts; waiters park until it is released.
+    One per operation, not per page, and the parking lot only once somebody waits."""
+
+    __slots__ = ("_lot", "putting", "released")
+
+    def __init__(self, putting: bool = False) -> None:
+        self._lot: trio.lowlevel.ParkingLot | None = None
+        self.putting = putting  # held over puts (else over a fill)
+        self.released = False
+
+    async def wait(self) -> None:
+        if self.released:
+            return
+        if self._lot is None:
+            self._lot = trio.lowlevel.ParkingLot()
+        await self._lot.park()
+
+    def release(self) -> None:
+        self.released = True
+        if self._lot is not None:
+            self._lot.unpark_all()
 
 
 @dataclass(eq=False)
@@ -40,6 +75,12 @@ class CachedFile:
     # change made behind the cluster's back (stamp_moved, until the next version check).
     seen: tuple[int, int] | None = None
     stamp_moved: bool = False
+    # Many requests in flight: pages being filled or put (index -> lock), the change seqlock,
+    # and the lock that serialises this mount's changes of the file (as the inode lock does).
+    locks: dict[int, PageLock] = field(default_factory=dict)
+    changes: int = 0
+    changing: int = 0
+    change_lock: trio.Lock | None = None
 
     def __post_init__(self) -> None:
         if not self.file:
@@ -47,7 +88,34 @@ class CachedFile:
 
     @property
     def idle(self) -> bool:
-        return not self.pages and self.open_count == 0
+        return not self.pages and self.open_count == 0 and not self.locks and not self.changing
+
+    def lock_pages(self, indexes: range, lock: PageLock) -> None:
+        locks = self.locks
+        for index in indexes:
+            locks[index] = lock
+
+    def unlock_pages(self, indexes: range | list[int] | tuple[int, ...], lock: PageLock) -> None:
+        locks = self.locks
+        for index in indexes:
+            if locks.get(index) is lock:
+                del locks[index]
+
+    async def settle(self, indexes: range | None = None) -> int:
+        """Wait for the puts in flight of pages of `indexes` (None: of the whole file) to
+        land, so that an invalidate comes after them; those starting meanwhile are not
+        waited for, nor are fills (a change makes them install nothing). How many it
+        waited for."""
+        locks = self.locks
+        if not locks:
+            return 0
+        if indexes is None:
+            held = {lock for lock in locks.values() if lock.putting}
+        else:
+            held = {locks[i] for i in indexes if i in locks and locks[i].putting}
+        for lock in held:
+            await lock.wait()
+        return len(held)
 
 
 @dataclass(slots=True)
@@ -159,7 +227,9 @@ class PageCache:
         return True
 
     def drop_file(self, cached: CachedFile) -> int:
-        """Remove every page of a file; returns how many there were."""
+        """Remove every page of a file (and no fill in flight installs an older one); returns
+        how many there were."""
+        cached.changes += 1
         slots = list(cached.pages.values())
         cached.pages.clear()
         for slot in slots:

@@ -14,6 +14,13 @@ costs nothing; a busy one spends up to one CPU polling, which is the price
 anyway, so its other tasks (signals, heartbeats) run even when requests
 never stop.
 
+With many requests in flight (max_requests=) several of pyfuse3's tasks
+wait here at once: one sleeps in trio on /dev/fuse at a time (the others
+queue on a lock, as in pyfuse3's own wait), and a task returns only when a
+request is there to read (the read that follows cannot block the loop).
+While other requests are being served, a task does not spin: it lets trio
+run first (their completions wait in its queue), then looks once.
+
 pyfuse3 offers no hook for this. Its session loop looks up the module
 coroutine `_wait_fuse_readable` on every request; `install` replaces it
 and `uninstall` puts it back. pyfuse3 does not expose its /dev/fuse
@@ -62,6 +69,10 @@ class RequestPoller:
         self._fd = -1
         self._since_trio = 0
         self._original: Callable[[], Awaitable[bool]] | None = None
+        self._sleep_lock = trio.Lock()  # one task sleeps on /dev/fuse at a time
+        self._closing = False
+        # Requests being served, counted by the handlers (SrcIO.in_flight); None: never any.
+        self.in_flight: Callable[[], int] | None = None
         # Work for the pause between requests; it gets a callable that tells whether one is waiting.
         self.idle: Callable[[Callable[[], object]], Awaitable[None]] | None = None
         self.reset_stats()
@@ -93,9 +104,16 @@ class RequestPoller:
 
     async def wait(self) -> bool:
         """True when /dev/fuse has a request (or an error to read), False when the loop must end."""
+        poll = self._poll.poll
+        if self.in_flight is not None and self.in_flight():
+            await trio.lowlevel.checkpoint()  # other requests' completions run first
+            if poll(0):
+                self.polled += 1
+                return True
+            return await self._sleep()
         self._since_trio += 1
         if self._since_trio < TRIO_EVERY:
-            poll, now = self._poll.poll, time.perf_counter_ns
+            now = time.perf_counter_ns
             if self.idle is not None and not poll(0):  # nothing waiting: do the idle work first
                 await self.idle(self._request_waiting)
             deadline = now() + self._budget_ns
@@ -107,12 +125,17 @@ class RequestPoller:
                     break
                 os.sched_yield()
         self._since_trio = 0
+        return await self._sleep()
+
+    async def _sleep(self) -> bool:
         self.slept += 1
-        try:
-            await trio.lowlevel.wait_readable(self._fd)
-        except trio.ClosedResourceError:  # pyfuse3.terminate(): unmounting
-            return False
-        return True
+        async with self._sleep_lock:
+            while not self._closing and not self._poll.poll(0):  # another task may have read the request
+                try:
+                    await trio.lowlevel.wait_readable(self._fd)
+                except trio.ClosedResourceError:  # pyfuse3.terminate(): unmounting
+                    self._closing = True
+        return not self._closing
 
     def stats(self) -> dict[str, int]:
         return {"fuse.poll_us": self.poll_us if self._original is not None else 0,
