@@ -33,8 +33,9 @@ waits for the hooks in flight on a backend that awaits I/O to end (each
 call is bounded by cc_timeout; an in-memory backend's hook never yields,
 so none of those can be in flight), then flushes and closes the old
 backend's pools. A hook in flight keeps the ledger and pool it started
-with: a put ending after an unregister records nothing in the new ledger. Registering over a live backend is
-refused (EBUSY) unless it is an explicit replace.
+with: a put ending after an unregister records nothing in the new ledger.
+Registering over a live backend is refused (EBUSY) unless it is an
+explicit replace.
 """
 
 from __future__ import annotations
@@ -335,8 +336,8 @@ class Cleancache:
             return None
         return self.backend.versions(pool.backend_pool)
 
-    def may_wait(self, pool_id: int) -> bool:
-        """Whether a hook on this pool can yield to other requests (its backend awaits I/O)."""
+    def may_wait(self) -> bool:
+        """Whether a hook can yield to other requests (the backend awaits I/O)."""
         backend = self.backend
         return backend is not None and backend.awaits_io
 

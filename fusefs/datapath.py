@@ -512,7 +512,7 @@ class DataPath:
             if got < min(run_end << PAGE_SHIFT, end - (first << PAGE_SHIFT)) - (n << PAGE_SHIFT):
                 return None  # SRC shrank behind our back: the usual path finds out how much
             n = run_end
-        if cached.changes != seq or cached.changing:
+        if not cached.stable_since(seq):
             raise _Contended  # the pool's copies may predate a change of this mount's
         self.pc.misses += count
         self.bypassed += count
@@ -626,7 +626,7 @@ class DataPath:
             for s in slots:
                 pc.release_slot(s)
             raise
-        if cached.changes != seq or cached.changing or self.cc.generation != generation or cached.key != key:
+        if not cached.stable_since(seq) or self.cc.generation != generation or cached.key != key:
             for s in slots:
                 pc.release_slot(s)
             raise _Contended
@@ -696,7 +696,7 @@ class DataPath:
         if not putting:
             return
         puts = [(page.file.key, page.index, slot_view(page.slot)) for page in putting]
-        if not self.cc.may_wait(self.pool):  # the put ends before any other request runs
+        if not self.cc.may_wait():  # the put ends before any other request runs
             await self.cc.put_pages(self.pool, puts)
             return
         lock = PageLock(putting=True)  # a reader of these pages waits for the put, then gets them

@@ -23,6 +23,8 @@ import pyfuse3
 
 from fusefs.syscalls import file_handle
 
+CHILD_OPEN_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC  # a lookup: the object itself, never a link's target
+
 SYNTHETIC_BASE = 1 << 62  # numbers handed out for objects on other devices
 RESERVED_BASE = 1 << 63  # the .tmemfs control files
 
@@ -75,7 +77,7 @@ class InodeTable:
 
     def open_child(self, parent: Inode, name: bytes) -> tuple[Inode, os.stat_result]:
         """Look up `name` in `parent` without following a symlink; lookup count unchanged."""
-        return self.adopt_opened(os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent.fd))
+        return self.adopt_opened(os.open(name, CHILD_OPEN_FLAGS, dir_fd=parent.fd))
 
     def open_made(self, fd: int) -> tuple[Inode, os.stat_result]:
         """The object an open descriptor refers to, whatever its name names by now: a file

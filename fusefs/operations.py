@@ -29,7 +29,7 @@ from backends.base import StatValue
 from fusefs import __version__
 from fusefs.control import CONTROL_DIR_NAME, DIR_ID, Commands, ControlFiles, ControlHandle, is_control
 from fusefs.datapath import DataPath
-from fusefs.inodes import Inode, InodeTable, file_key
+from fusefs.inodes import CHILD_OPEN_FLAGS, Inode, InodeTable, file_key
 from fusefs.options import MountConfig
 from fusefs.pagecache import CachedFile
 from fusefs.polling import RequestPoller
@@ -214,7 +214,7 @@ class TmemOperations(pyfuse3.Operations):
         if name == b"." or (name == b".." and parent is self.inodes.root):
             inode, st = parent, os.fstat(parent.fd)
         else:
-            fd = await self.data.io.call_meta(_open_at, name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, parent.fd)
+            fd = await self.data.io.call_meta(_open_at, name, CHILD_OPEN_FLAGS, parent.fd)
             inode, st = self.inodes.adopt_opened(fd)
         inode.nlookup += 1
         return self._entry(inode, st)

@@ -90,6 +90,10 @@ class CachedFile:
     def idle(self) -> bool:
         return not self.pages and self.open_count == 0 and not self.locks and not self.changing
 
+    def stable_since(self, changes: int) -> bool:
+        """Whether no change of the file started or ended since `changes` was read (the seqlock)."""
+        return self.changes == changes and not self.changing
+
     def lock_pages(self, indexes: range, lock: PageLock) -> None:
         locks = self.locks
         for index in indexes:

@@ -94,7 +94,6 @@ class NativeAio:
         self._queued: list[int] = []
         self._submitter = trio.lowlevel.ParkingLot()
         self.submits = 0
-        self.started = False  # its tasks run (SrcIO.start): else nobody would submit or reap
         self._pins: list[list[ctypes.c_char]] = [[] for _ in range(depth)]  # buffers the kernel is reading into
 
     def can_take(self, count: int) -> bool:
@@ -242,16 +241,14 @@ class SrcIO:
         self.serial = threads <= 1  # max_requests=1: nothing can run meanwhile, so nothing leaves the loop
         self.in_flight = 0  # requests being served (the handlers count themselves in and out)
         self._threads = WorkerThreads(max(1, threads))
-        self._aio: NativeAio | None = None
-        try:
-            self._aio = NativeAio(max(1, threads))
-        except (OSError, AttributeError) as exc:
-            log.info("no native AIO here (%s): O_DIRECT reads under load go to threads", exc)
+        self._aio: NativeAio | None = None  # made by start(), whose tasks submit and reap for it
         self._fuse_poll: select.poll | None = None
         self.reset_stats()
 
     def reset_stats(self) -> None:
         self.inline = self.threaded = self.aio = self.nowait = 0
+        if self._aio is not None:
+            self._aio.submits = 0
 
     def watch_requests(self, fuse_fd: int | None) -> None:
         """Know of requests still queued in the kernel, not only those being served."""
@@ -260,10 +257,15 @@ class SrcIO:
             self._fuse_poll.register(fuse_fd, select.POLLIN)
 
     def start(self, nursery: trio.Nursery) -> None:
-        if self._aio is not None:
-            nursery.start_soon(self._aio.reap)
-            nursery.start_soon(self._aio.submit)
-            self._aio.started = True
+        if self.serial:
+            return  # nothing ever leaves the loop
+        try:
+            self._aio = NativeAio(self._threads.count)
+        except (OSError, AttributeError) as exc:
+            log.info("no native AIO here (%s): O_DIRECT reads under load go to threads", exc)
+            return
+        nursery.start_soon(self._aio.reap)
+        nursery.start_soon(self._aio.submit)
 
     def close(self) -> None:
         self._threads.close()
@@ -286,7 +288,7 @@ class SrcIO:
             return os.preadv(fd, buffers, offset)
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             aio = self._aio
-            if aio is not None and aio.started and aio.can_take(len(buffers)):
+            if aio is not None and aio.can_take(len(buffers)):
                 try:
                     got = await aio.preadv(fd, buffers, offset)
                 except NotSubmitted:
@@ -298,10 +300,8 @@ class SrcIO:
             want = sum(map(len, buffers))
             try:
                 got = os.preadv(fd, buffers, offset, os.RWF_NOWAIT)
-            except BlockingIOError:
+            except OSError:  # it would block (EAGAIN), or no RWF_NOWAIT here: the threads read it
                 got = -1
-            except OSError:
-                got = -1  # no RWF_NOWAIT on this filesystem: the threads read it
             if got == want:
                 self.nowait += 1
                 return got
