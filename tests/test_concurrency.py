@@ -36,7 +36,7 @@ def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_writt
     Each page read is one of the generations written to it (never a mix, never an older
     generation once a reader has seen a newer one of that page), and at the end every
     page is the last generation, through the mount and in SRC."""
-    with mount_factory(f"{options},cache_size=1M,cc_size=64M") as m:
+    with mount_factory(f"{options},cache_size=1M,cc_size=64M,max_requests=16") as m:
         path = m.mnt / "f"
         path.write_bytes(b"".join(pattern(0, n) for n in range(PAGES)))
         stop = threading.Event()
@@ -89,7 +89,7 @@ def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_writt
 def test_readers_go_on_while_another_file_is_written_and_fsynced(mount_factory) -> None:  # type: ignore[no-untyped-def]
     """A large write with fsync runs off the loop: reads of another file are answered
     meanwhile (counted: reads completed while the fsync was in flight), and are right."""
-    with mount_factory("cleancache=tmem,backing_io=direct,cache_size=4M") as m:
+    with mount_factory("cleancache=tmem,backing_io=direct,cache_size=4M,max_requests=16") as m:
         data = os.urandom(PAGES * PAGE)
         (m.mnt / "r").write_bytes(data)
         during = [0]
