@@ -203,37 +203,57 @@ class DataPath:
 
     # -- files -----------------------------------------------------------------
 
-    async def open_file(self, key: bytes, st: os.stat_result) -> tuple[CachedFile, bool]:
-        """The CachedFile for a file being opened, checked against SRC (close-to-open),
+    async def open_file(self, key: bytes, fd: int) -> tuple[CachedFile, bool]:
+        """The CachedFile for a file being opened on `fd`, checked against SRC (close-to-open),
         and whether SRC is as this mount last saw it (so any copy the kernel cached
         through this mount is still good).
 
         If SRC changed behind our back since we last saw the file (size,
         mtime or ctime differ), its cached pages are dropped locally and in
         the pool, as NFS does on every open. A file this mount writes has no
-        stamp until it is closed (see _write_private).
+        stamp until it is closed (see _write_private). SRC is stat'ed under the
+        file's change lock: a write of this mount landing between that stat and
+        the size set from it would otherwise be undone (a read after it saw the
+        old end of file).
         """
         cached = self.files.get(key)
-        stamp = stamp_of(st)
-        unchanged = cached is not None and cached.stamp == stamp
         if cached is None:
-            cached = self.files[key] = CachedFile(key)
-            await self._trim_idle()
+            await self._trim_idle()  # (before the new entry: it is idle until opened)
+            cached = self.files.get(key)
+            if cached is None:
+                cached = self.files[key] = CachedFile(key)
         else:
             self.files.move_to_end(key)
-            if self.shared or self._versions() is not None:
-                # A cluster node: another node's change or one behind the cluster's back; the
-                # next version check tells which (and bumps the version for the latter).
-                if cached.seen is not None and cached.seen[1] != stamp_digest(stamp):
-                    cached.stamp_moved = True
-                    self._uncache(cached)
-            elif cached.stamp is not None and cached.stamp != stamp:
-                self.external_changes += 1
-                await self.invalidate_file(key)
+        cached.open_count += 1  # not trimmed while waiting below
+        try:
+            await self._lock_changes(cached)
+            try:
+                return cached, await self._check_at_open(key, cached, os.fstat(fd))
+            finally:
+                cached.change_lock.release()  # type: ignore[union-attr]  # _lock_changes made it
+        except BaseException:
+            cached.open_count -= 1
+            raise
+
+    async def _check_at_open(self, key: bytes, cached: CachedFile, st: os.stat_result) -> bool:
+        stamp = stamp_of(st)
+        unchanged = cached.stamp == stamp
+        if self.shared or self._versions() is not None:
+            # A cluster node: another node's change or one behind the cluster's back; the
+            # next version check tells which (and bumps the version for the latter).
+            if cached.seen is not None and cached.seen[1] != stamp_digest(stamp):
+                cached.stamp_moved = True
+                self._uncache(cached)
+        elif cached.stamp is not None and not unchanged:
+            self.external_changes += 1
+            self._mark_change(cached)
+            try:
+                await self._invalidate(key, cached)
+            finally:
+                self._unmark_change(cached)
         cached.size = st.st_size
         cached.stamp = stamp
-        cached.open_count += 1
-        return cached, unchanged
+        return unchanged
 
     def close_file(self, cached: CachedFile, st: os.stat_result | None) -> None:
         """A handle closed; `st` (fstat before close) stamps again a file this mount wrote."""
@@ -295,6 +315,18 @@ class DataPath:
         fill in flight installs a page read before it (the seqlock moves)."""
         if cached is None:
             return
+        await self._lock_changes(cached)
+        self._mark_change(cached)
+
+    def _end_change(self, cached: CachedFile | None) -> None:
+        if cached is None:
+            return
+        self._unmark_change(cached)
+        assert cached.change_lock is not None
+        cached.change_lock.release()
+
+    async def _lock_changes(self, cached: CachedFile) -> None:
+        """The file's change lock: no other change of this mount's runs meanwhile."""
         lock = cached.change_lock
         if lock is None:
             lock = cached.change_lock = trio.Lock()
@@ -303,16 +335,16 @@ class DataPath:
         except trio.WouldBlock:
             self.change_waits += 1
             await lock.acquire()
+
+    @staticmethod
+    def _mark_change(cached: CachedFile) -> None:
         cached.changes += 1
         cached.changing += 1
 
-    def _end_change(self, cached: CachedFile | None) -> None:
-        if cached is None:
-            return
+    @staticmethod
+    def _unmark_change(cached: CachedFile) -> None:
         cached.changing -= 1
         cached.changes += 1
-        assert cached.change_lock is not None
-        cached.change_lock.release()
 
     async def _change_starts(self, key: bytes, cached: CachedFile | None) -> None:
         """Drop the file's pages and wait out puts of them in flight, then flush the pool."""

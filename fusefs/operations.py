@@ -374,7 +374,7 @@ class TmemOperations(pyfuse3.Operations):
         cached = None
         try:
             key = self.inodes.key(node)
-            cached, unchanged = await self.data.open_file(key, os.fstat(fd))
+            cached, unchanged = await self.data.open_file(key, fd)
             if self.config.backing_direct and flags & os.O_ACCMODE != os.O_WRONLY:
                 try:
                     read_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -393,7 +393,10 @@ class TmemOperations(pyfuse3.Operations):
             raise
         node.nopen += 1
         fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND)))
-        if not self.config.kernel_cache:
+        if not self.config.kernel_cache or flags & os.O_APPEND:
+            # An append lands where SRC ends, which the kernel may not know (a writer behind
+            # our back): through the kernel's cache, its copy at the guessed offset would be
+            # served to this descriptor's next read before anything could drop it.
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         # Close-to-open for the kernel's copy too: kept only while SRC is as we last saw it.
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged and not truncating)

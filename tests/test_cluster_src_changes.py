@@ -92,20 +92,27 @@ def test_appends_from_two_nodes_land_in_order(store: Store, mount_factory: Mount
                 os.close(fd)
 
 
+def page_lookups(m: Mount) -> int:
+    stats = m.stats()
+    return int(stats["pagecache.hits"] + stats["pagecache.misses"])
+
+
 @pytest.mark.parametrize("kernel_cache", [False, True])
 def test_an_append_lands_after_what_was_appended_behind_the_mounts_back(
         mount_factory: MountFactory, src: Path, kernel_cache: bool) -> None:
     """One mount, SRC appended to directly while the file is open there: the page cache holds
     the old tail page, the kernel the old size; the append goes after SRC's real end, and the
-    mount then shows what SRC holds (page cache and pool, and the kernel's copy too)."""
+    mount then shows what SRC holds (page cache and pool, and the kernel's copy too). With
+    kernel_cache the appending descriptor reads around the kernel's copy: the kernel wrote the
+    append into it at the offset it guessed, and would serve that to the next read."""
     (src / "log").write_bytes(b"x" * 5000)
-    options = "cleancache=tmem,cache_size=1M" + (",kernel_cache" if kernel_cache else "")
+    options = "cleancache=tmem,cache_size=1M,max_requests=16" + (",kernel_cache" if kernel_cache else "")
     with mount_factory(options) as m:  # type: ignore[operator]
         fd = os.open(m.mnt / "log", os.O_RDWR | os.O_APPEND)
         try:
             expected = bytearray(b"x" * 5000)
-            for n in range(6):
-                assert os.pread(fd, 10000, 0) == bytes(expected)  # the tail page is cached now
+            for n in range(40):
+                assert os.pread(fd, 100_000, 0) == bytes(expected)  # the tail page is cached now
                 behind = record(1, n, 300)
                 with open(src / "log", "ab") as direct:
                     direct.write(behind)
@@ -114,7 +121,11 @@ def test_an_append_lands_after_what_was_appended_behind_the_mounts_back(
                 expected += behind + mine
                 assert (src / "log").read_bytes() == bytes(expected)
                 assert os.fstat(fd).st_size == len(expected)
-                assert os.pread(fd, 10000, 0) == bytes(expected)
+                assert os.pread(fd, 100_000, 0) == bytes(expected)
+            served = page_lookups(m)
+            for _ in range(2):
+                assert os.pread(fd, 100, 0) == bytes(expected[:100])
+            assert page_lookups(m) == served + 2  # the descriptor reads around the kernel's copy
             m.control("drop_caches")  # the pages went to the pool: they must be SRC's bytes too
             assert read_all(m.mnt / "log") == bytes(expected)
             assert m.stats()["pagecache.external_changes"] >= 6

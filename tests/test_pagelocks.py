@@ -74,7 +74,7 @@ async def setup(tmp_path: Path, pages: int, cache_pages: int,
     backend = GatedTmem(1 << 22)
     cc = Cleancache(backend, timeout=30)
     dp = DataPath(PageCache(cache_pages * PAGE), cc, await cc.init_fs())
-    cached, _ = await dp.open_file(b"f", os.fstat(fd))
+    cached, _ = await dp.open_file(b"f", fd)
     return dp, backend, cached, fd, data
 
 
@@ -237,5 +237,34 @@ async def test_a_read_finding_every_slot_held_is_served_around_the_cache(tmp_pat
             assert dp.uncached_reads == 1 and 1 not in cached.pages
             held.set()
         assert await dp.read(cached, fd, 0, PAGE) == data[:PAGE]
+    finally:
+        os.close(fd)
+
+
+async def test_an_open_during_a_write_keeps_the_size_the_write_left(tmp_path: Path) -> None:
+    """An open of a file while this mount's write of it is on its way to SRC: the open waits
+    for the write and stats SRC after it. A stat taken before and applied after would set
+    the old size back, and the next read would end the file before the bytes just written."""
+    dp, _backend, cached, fd, data = await setup(tmp_path, 4, 8)
+    try:
+        dp.close_file(cached, os.fstat(fd))
+        gate = trio.Event()
+        call = dp.io.call
+
+        async def held_call(fn, *args):  # type: ignore[no-untyped-def]
+            await gate.wait()
+            return await call(fn, *args)
+
+        dp.io.call = held_call  # type: ignore[method-assign]
+        tail = b"T" * PAGE
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dp.write, cached, fd, 4 * PAGE, tail)  # held before it reaches SRC
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(dp.open_file, b"f", fd)
+            await trio.testing.wait_all_tasks_blocked()
+            assert dp.change_waits == 1  # the open waits for the write
+            gate.set()
+        assert cached.size == 5 * PAGE and cached.open_count == 1
+        assert await dp.read(cached, fd, 0, 5 * PAGE) == data + tail
     finally:
         os.close(fd)

@@ -113,7 +113,7 @@ async def datapath_over(tmp_path: Path, pages: int, cache_pages: int) -> tuple[D
     fd = os.open(tmp_path / "f", os.O_RDONLY)
     cc = Cleancache(None)
     dp = DataPath(PageCache(cache_pages * PAGE), cc, await cc.init_fs())
-    cached, _ = await dp.open_file(b"f", os.fstat(fd))
+    cached, _ = await dp.open_file(b"f", fd)
     return dp, cached, fd, data
 
 
@@ -195,7 +195,7 @@ async def test_a_scan_is_served_around_the_page_cache_and_the_pool_keeps_its_pag
         cc = Cleancache(scan_backend(kind))
         pool = await (cc.init_shared_fs(bytes(range(16))) if kind == "shared tmem" else cc.init_fs())
         dp = DataPath(PageCache(64 * PAGE), cc, pool)
-        cached, _ = await dp.open_file(b"f", os.fstat(fd))
+        cached, _ = await dp.open_file(b"f", fd)
         for scan in range(3):  # first from SRC (evictions fill the pool), then from the pool
             if scan == 1:
                 puts, backing = cc.puts, dp.backing_read_bytes
