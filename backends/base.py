@@ -112,11 +112,14 @@ class Backend(abc.ABC):
 
 
 class FileVersions(abc.ABC):
-    """Per-file versions of a shared pool: what the data path checks (docs/coherency.md).
+    """Per-file versions of a shared pool: what a cluster node's coherency checks
+    (fusefs/coherency.py, docs/coherency.md).
 
     Equal versions read at two moments mean the file did not change in
     between, on any node. Keys given to the pool carry the version the page
-    was read at (backends/store.py: versioned_key).
+    was read at, in the encoding of the backend that keeps the versions
+    (page_key). The frontend bounds every call with its timeout and turns a
+    fault into "cannot know".
     """
 
     #: changes whenever this node was cut off (stalled, or lost its store):
@@ -137,3 +140,11 @@ class FileVersions(abc.ABC):
     @abc.abstractmethod
     async def bump(self, file: bytes) -> int | None:
         """A change to the file starts or has landed: advance its version (None if unknown)."""
+
+    @abc.abstractmethod
+    def page_key(self, file: bytes, version: int, stamp: int) -> bytes:
+        """The pool key of the file's pages read at `version` while SRC's stamp digest was `stamp`."""
+
+    @abc.abstractmethod
+    def file_key(self, file: bytes) -> bytes:
+        """The pool key whose invalidate_inode flushes every version of the file."""

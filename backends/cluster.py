@@ -34,7 +34,7 @@ from typing import ClassVar
 import trio
 
 from backends.base import Backend, FileVersions, OptionSpec, StatValue
-from backends.store import Member, PageStore, StoreUnavailable, split_key
+from backends.store import Member, PageStore, StoreUnavailable, file_prefix, split_key, versioned_key
 
 log = logging.getLogger("tmemfs.cluster")
 
@@ -79,17 +79,19 @@ def existing_directory(path: str) -> str:
 
 
 class StoreVersions(FileVersions):
-    """File versions of one pool's store, with the node's cut-off detection."""
+    """File versions of one pool's store, with the node's cut-off detection.
 
-    def __init__(self, store: PageStore, timeout: float, node_timeout: float, awaits_io: bool) -> None:
+    The frontend bounds each call with cc_timeout and contains its faults; a call that
+    fails or is cut short marks the store unreachable here, and a bump that did not
+    complete stays owed until the store is back."""
+
+    def __init__(self, store: PageStore, node_timeout: float) -> None:
         self.store = store
-        self.timeout = timeout
         self.node_timeout = node_timeout
-        self.awaits_io = awaits_io
         self.epoch = 0
         self.bump_flushes = store.bump_flushes
         self.cut_offs = 0
-        self.unknown = 0  # version checks answered "cannot tell"
+        self.unknown = 0  # version checks that could not be answered
         self.pending: set[bytes] = set()  # bumps owed to the store since it went away
         self.last_tick = time.monotonic()
         self._was_up = store.up
@@ -110,21 +112,18 @@ class StoreVersions(FileVersions):
         self.cut_offs += 1
         log.warning("cut off from the pool (%s): dropping every cached page before serving again", why)
 
-    async def _call(self, method: Callable[[bytes], Awaitable[int]], file: bytes) -> int | None:
+    async def _call(self, method: Callable[[bytes], Awaitable[int]], file: bytes) -> int:
         self.tick()  # a read or a bump after a long silence also means this process was stopped
         try:
-            if not self.awaits_io:
-                return await method(file)
-            with trio.move_on_after(self.timeout):
-                if not self._was_up:
-                    await self._rejoin_catch_up()
-                return await method(file)
-            raise StoreUnavailable(f"{method.__name__} took longer than {self.timeout} s")
-        except Exception as exc:
+            if not self._was_up:
+                await self._rejoin_catch_up()
+            return await method(file)
+        except BaseException as exc:  # (a timeout of the frontend's too: trio.Cancelled)
             if self._was_up:
                 self._was_up = False
-                log.warning("pool store unreachable (%s): caching nothing until it is back", exc)
-            return None
+                log.warning("pool store unreachable (%s): caching nothing until it is back",
+                            exc if isinstance(exc, Exception) else "no answer in time")
+            raise
 
     async def _rejoin_catch_up(self) -> None:
         """The store is back: pay the bumps we owe, then start a new epoch."""
@@ -134,17 +133,25 @@ class StoreVersions(FileVersions):
         self._was_up = True
         self.cut_off("the store was unreachable")
 
-    async def version(self, file: bytes) -> int | None:
-        value = await self._call(self.store.version, file)
-        if value is None:
+    async def version(self, file: bytes) -> int:
+        try:
+            return await self._call(self.store.version, file)
+        except BaseException:
             self.unknown += 1
-        return value
+            raise
 
-    async def bump(self, file: bytes) -> int | None:
-        value = await self._call(self.store.bump, file)
-        if value is None:
-            self.pending.add(file)
-        return value
+    async def bump(self, file: bytes) -> int:
+        try:
+            return await self._call(self.store.bump, file)
+        except BaseException:
+            self.pending.add(file)  # owed until the store is back
+            raise
+
+    def page_key(self, file: bytes, version: int, stamp: int) -> bytes:
+        return versioned_key(file, version, stamp)
+
+    def file_key(self, file: bytes) -> bytes:
+        return file_prefix(file)
 
 
 @dataclass
@@ -216,7 +223,7 @@ class ClusterBackend(Backend):
             if isinstance(exc, StoreUnavailable):  # lmdb: the pool is full, or being made too long
                 raise StoreUnavailable(f"cannot join pool {real_uuid.hex()}: {exc}") from exc
             raise
-        versions = StoreVersions(store, self.timeout, self.node_timeout, self.awaits_io)
+        versions = StoreVersions(store, self.node_timeout)
         pool = self._next_pool
         self._next_pool += 1
         self.pools[pool] = SharedPool(real_uuid, store, versions, private)

@@ -19,6 +19,11 @@ whatever the backend does:
 A backend exception is counted, logged and becomes a miss: cleancache is
 ephemeral, so a fault may cost a disk read but never an I/O error.
 
+The frontend also hands out the coherency rules of a pool for the backend
+in force (`coherency`, fusefs/coherency.py), and their calls to a backend's
+file versions go through `ask`: the same timeout and fault containment as
+the page hooks, a fault meaning "cannot know".
+
 Lazy init and registration (the Linux 3.10 fix, plus what Linux never had):
 pools made while no backend is registered (cleancache=none, or a backend
 that could not create its pool) are placeholders: every get misses. A
@@ -50,7 +55,9 @@ from typing import Any, TypeVar
 import trio
 import xxhash
 
-from backends.base import Backend, BackendUnavailable, FileVersions, StatValue
+from backends.base import Backend, BackendUnavailable, StatValue
+from fusefs.coherency import Coherency, CoherencyStats, LocalCoherency, UnjoinedNode, VersionedCoherency
+from fusefs.pagecache import PageCache
 from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs.cleancache")
@@ -329,12 +336,37 @@ class Cleancache:
         self.backend_timeouts += 1
         raise BackendTimeout(f"create_pool took longer than {max(self.timeout, JOIN_TIMEOUT_S)} s")
 
-    def versions(self, pool_id: int) -> FileVersions | None:
-        """The shared pool's file versions (cluster backends), or None."""
+    def _live(self, pool_id: int) -> tuple[Backend, Pool, int] | None:
+        """The backend in force, the pool and its backend pool; None while the pool is a
+        placeholder (no backend, or none could make it) or gone."""
         pool = self.pools.get(pool_id)
-        if self.backend is None or pool is None or pool.backend_pool is None:
+        backend = self.backend
+        if backend is None or pool is None or pool.backend_pool is None:
             return None
-        return self.backend.versions(pool.backend_pool)
+        return backend, pool, pool.backend_pool
+
+    def coherency(self, pool_id: int, pc: PageCache, stats: CoherencyStats, node: bool) -> Coherency:
+        """The coherency rules of a pool under the backend in force (fusefs/coherency.py):
+        versioned where the backend keeps file versions for it (a cluster pool), else local;
+        a cluster node (`node`) whose pool has no versions caches and changes nothing."""
+        live = self._live(pool_id)
+        versions = live[0].versions(live[2]) if live is not None else None
+        if versions is not None:
+            return VersionedCoherency(self, pool_id, pc, stats, versions)
+        return (UnjoinedNode if node else LocalCoherency)(self, pool_id, pc, stats)
+
+    @_holds_backend
+    async def ask(self, operation: str, method: Callable[..., Awaitable[T]], *args: object) -> T | None:
+        """A call to the backend in force outside the page hooks (its file versions), with
+        their timeout and fault containment: None if it failed or no backend is in force."""
+        backend = self.backend
+        if backend is None:
+            return None
+        try:
+            return await self._call(backend, method, *args)
+        except Exception:
+            self._fault(operation, backend)
+            return None
 
     def may_wait(self) -> bool:
         """Whether a hook can yield to other requests (the backend awaits I/O)."""
@@ -344,10 +376,8 @@ class Cleancache:
     def can_copy(self, pool_id: int) -> bool:
         """Whether copy_pages may serve this pool: its gets are non-destructive (shared)
         or its backend can peek."""
-        pool = self.pools.get(pool_id)
-        backend = self.backend
-        return backend is not None and pool is not None and pool.backend_pool is not None \
-            and (pool.ledger is None or backend.peeks)
+        live = self._live(pool_id)
+        return live is not None and (live[1].ledger is None or live[0].peeks)
 
     async def invalidate_fs(self, pool_id: int) -> None:
         """Surrender the pool: every page in it is dropped."""
@@ -383,17 +413,19 @@ class Cleancache:
     async def get_pages(self, pool_id: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
         """get_page for pages first, first+1, ...: one backend call where the pool is
         shared; a private pool asks only for the pages its ledger holds."""
-        pool = self.pools.get(pool_id)
-        backend = self.backend
-        if backend is None or pool is None or pool.backend_pool is None:
+        live = self._live(pool_id)
+        if live is None:
             hits = [False] * len(outs)
-        elif pool.ledger is None:
+        elif live[1].ledger is None:
+            backend, _pool, backend_pool = live
             try:
-                hits = await self._call(backend, backend.get_pages, pool.backend_pool, key, first, outs)
+                hits = await self._call(backend, backend.get_pages, backend_pool, key, first, outs)
             except Exception:
                 self._fault("get_pages")
                 hits = [False] * len(outs)
         else:
+            backend, pool, _backend_pool = live
+            assert pool.ledger is not None
             held = pool.ledger.files.get(key)
             if held is None:  # the common miss: nothing of this file was put
                 hits = [False] * len(outs)
@@ -509,11 +541,11 @@ class Cleancache:
         if self.tracer is not None:
             for key, index, _page in pages:
                 self.tracer.event("put", key, index)
-        pool = self.pools.get(pool_id)
-        backend = self.backend
-        if backend is None or pool is None or pool.backend_pool is None:
+        live = self._live(pool_id)
+        if live is None:
             return
-        backend_pool, ledger = pool.backend_pool, pool.ledger  # as they are when the put starts
+        backend, pool, backend_pool = live
+        ledger = pool.ledger  # as it is when the put starts
         try:
             if len(pages) == 1:  # a single eviction (4k random reads): the backend's plain put
                 stored = [await self._call(backend, backend.put_page, backend_pool, *pages[0])]
@@ -544,13 +576,13 @@ class Cleancache:
         self.invalidates += 1
         if self.tracer is not None:
             self.tracer.event("invalidate", key, index)
-        pool = self.pools.get(pool_id)
-        backend = self.backend
-        if backend is None or pool is None or pool.backend_pool is None:
+        live = self._live(pool_id)
+        if live is None:
             return
+        backend, pool, backend_pool = live
         if pool.ledger is not None and not pool.ledger.forget(key, index):
             return  # never stored there: nothing to tell the backend
-        await self._drop(backend, pool.backend_pool, key, index)
+        await self._drop(backend, backend_pool, key, index)
 
     @_holds_backend
     async def invalidate_inode(self, pool_id: int, key: bytes) -> None:
@@ -558,13 +590,13 @@ class Cleancache:
         self.inode_invalidates += 1
         if self.tracer is not None:
             self.tracer.event("invalidate_inode", key, "*")
-        pool = self.pools.get(pool_id)
-        backend = self.backend
-        if backend is None or pool is None or pool.backend_pool is None:
+        live = self._live(pool_id)
+        if live is None:
             return
+        backend, pool, backend_pool = live
         if pool.ledger is not None and not pool.ledger.forget_file(key):
             return
-        await self._drop_file(backend, pool.backend_pool, key)
+        await self._drop_file(backend, backend_pool, key)
 
     # -- internals -----------------------------------------------------------
 

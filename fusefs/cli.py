@@ -218,8 +218,8 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         pool = await cleancache.init_fs()
     join_wait = float(config.backend_options.get("node_timeout", NODE_TIMEOUT_S))  # type: ignore[arg-type]
     io = SrcIO(threads=config.max_requests, slow_metadata=slow_metadata(src))
-    data = DataPath(pagecache, cleancache, pool, shared=config.shared, join_wait=join_wait, io=io)
-    if config.shared and data.versions is None:
+    data = DataPath(pagecache, cleancache, pool, node=config.shared, join_wait=join_wait, io=io)
+    if not data.coherency.caches:
         log.warning("no shared pool (see above): this cluster node caches nothing until one is registered")
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = TmemOperations(root_fd, config, data, src)

@@ -5,7 +5,8 @@ read:  page-cache hit -> copy out; else cleancache get into a fresh slot;
        that the pool holds is served from it without installing, and the
        pages stay there (sequential bypass).
 write: pwrite SRC first (write-through, so every cached page stays clean),
-       then update the cached pages it covers and invalidate them in the pool.
+       then update the cached pages it covers; the coherency rules flush them
+       in the pool.
 Evicting a page to make room puts it into cleancache, as the kernel did.
 
 Many requests are in flight at once (max_requests=): a page being filled or
@@ -16,15 +17,10 @@ of one file are serialised (CachedFile.change_lock), and wait for puts in
 flight of the pages they invalidate. Blocking calls on SRC go through
 SrcIO, off the loop when other requests are waiting.
 
-On a cluster node (a backend with shared pools) every file has a version
-shared by all nodes (docs/coherency.md): a read first checks the version and
-drops the file's pages if another node changed it; pages go to the pool
-under the version they were read at and a digest of SRC's size, mtime and
-ctime then; a change bumps the version before and after it lands in SRC,
-and flushes the file in the pool at start and end. An open that finds SRC
-changed at the version it last saw bumps the version for everyone (the
-change was made behind the cluster's back). A node that is not a member of
-its pool makes no change (fencing): it waits to join, at most join_wait.
+Whether cached pages are still valid, what a change does around SRC and the
+key pages go to the pool under are the coherency rules' (fusefs/coherency.py),
+which the cleancache frontend hands out for the backend in force: local on a
+single mount, versioned on a cluster node.
 """
 
 from __future__ import annotations
@@ -33,18 +29,15 @@ import errno
 import logging
 import mmap
 import os
-import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import trio
-import xxhash
 
-from backends.base import FileVersions
-from backends.store import file_prefix, versioned_key
 from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
+from fusefs.coherency import Coherency, CoherencyStats, Landed, stamp_of
 from fusefs.pagecache import CachedFile, Eviction, PageCache, PageLock
 from fusefs.srcio import SrcIO
 
@@ -54,20 +47,7 @@ PAGE_MASK = PAGE_SIZE - 1
 MAX_BATCH = 32  # pages read from SRC in one preadv
 RECLAIM_NS = 20_000  # what background reclaim may spend of one pause between requests
 RECLAIM_STEP = 4  # pages reclaim evicts between two looks for a waiting request
-
-
 JOIN_POLL_S = 0.02  # how often a fenced change looks whether its node has joined
-_STAMP = struct.Struct("<qqq")
-Stamp = tuple[int, int, int]  # (size, mtime_ns, ctime_ns) of a file in SRC
-
-
-def stamp_of(st: os.stat_result) -> Stamp:
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def stamp_digest(stamp: Stamp) -> int:
-    """64 bits naming what SRC looked like (the same on every node, whatever its Python)."""
-    return xxhash.xxh3_64_intdigest(_STAMP.pack(*stamp))
 
 
 def _run_end(flags: list[bool], start: int, other: bool) -> int:
@@ -88,14 +68,14 @@ class DataPath:
     """The page cache and cleancache of one mount, and the counters of SRC I/O."""
 
     def __init__(self, pagecache: PageCache, cleancache: Cleancache, pool: int,
-                 max_idle_files: int = 65536, shared: bool = False, join_wait: float = 5.0,
+                 max_idle_files: int = 65536, node: bool = False, join_wait: float = 5.0,
                  io: SrcIO | None = None) -> None:
         self.pc = pagecache
         self.io = io if io is not None else SrcIO(threads=4)
         self.cc = cleancache
         self.pool = pool
         # Files we know, oldest first; idle ones (no pages, not open) are
-        # trimmed past max_idle_files, invalidating their pool pages.
+        # trimmed past max_idle_files (the coherency rules say what the pool keeps of them).
         self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
         self.max_idle_files = max_idle_files
         self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
@@ -117,89 +97,62 @@ class DataPath:
         self._stream_pages = 0
         self._scan_pages = self.pc.capacity // 2
         self._scratches: list[memoryview] = []
-        # A cluster node without versions (its pool could not be made, or the backend
-        # was unregistered) caches nothing: other nodes' changes would go unseen; and
-        # until it is a member of its pool its own changes wait for that, at most join_wait.
-        self.shared = shared
+        # A cluster node (`node`) changes files only while it is a member of its pool: a
+        # change waits for that at most join_wait, then fails (fencing).
+        self.node = node
         self.join_wait = join_wait
-        self.versions: FileVersions | None = cleancache.versions(pool)
+        self.coherence = CoherencyStats()
+        self.coherency: Coherency = cleancache.coherency(pool, pagecache, self.coherence, node)
         self._generation = cleancache.generation
-        self._epoch = self.versions.epoch if self.versions is not None else 0
         self.reset_stats()
 
     def reset_stats(self) -> None:
         self.backing_reads = self.backing_read_bytes = 0
         self.backing_writes = self.backing_write_bytes = 0
-        self.external_changes = 0
-        self.remote_changes = self.cut_offs = self.uncached_reads = self.fenced_changes = 0
+        self.uncached_reads = self.fenced_changes = 0
         self.puts_saved = self.reclaimed = self.bypassed = 0
         self.fill_waits = self.fill_conflicts = self.change_waits = 0
+        self.coherence.reset()
         self.io.reset_stats()
 
-    # -- cluster versions ------------------------------------------------------
+    # -- coherency ---------------------------------------------------------------
 
-    def _versions(self) -> FileVersions | None:
-        """The pool's file versions, re-read after a register/unregister."""
+    def _rules(self) -> Coherency:
+        """The coherency rules in force, asked for again after a register or unregister."""
         if self.cc.generation != self._generation:
             self._generation = self.cc.generation
-            versions = self.cc.versions(self.pool)
-            if versions is not self.versions:
+            rules = self.cc.coherency(self.pool, self.pc, self.coherence, self.node)
+            if not rules.succeed(self.coherency):
                 self._drop_everything()  # pages were valid under the old rules only
-                self.versions = versions
-                self._epoch = versions.epoch if versions is not None else 0
-        return self.versions
+            self.coherency = rules
+        return self.coherency
 
     def _drop_everything(self) -> None:
         for cached in self.files.values():
-            self._uncache(cached)
+            self.pc.drop_file(cached)
             cached.key = cached.file
 
-    def _uncache(self, cached: CachedFile) -> None:
-        """Drop a cluster node's pages of a file; its version is checked afresh before any is trusted."""
-        self.pc.drop_file(cached)
-        cached.tag = None
-
-    async def _current(self, versions: FileVersions, cached: CachedFile, fd: int) -> bool:
-        """Make a file's cached pages valid at its version now; False if it cannot be known."""
-        version = await versions.version(cached.file)
-        if versions.epoch != self._epoch:  # this node was cut off: trust nothing it cached
-            self._epoch = versions.epoch
-            self.cut_offs += 1
-            self._drop_everything()
-        if version is None:
-            self._uncache(cached)
-            return False
-        if version != cached.tag:
-            if cached.tag is not None and self.pc.drop_file(cached):
-                self.remote_changes += 1
-            if cached.stamp_moved and cached.seen is not None and cached.seen[0] == version:
-                # SRC changed although no version moved since this node saw it: a change made
-                # behind the cluster's back. Its bump, so that no node trusts the old pages.
-                self.external_changes += 1
-                version = await self._bump(cached.file)
-                if version is None:
-                    return False
-            cached.stamp_moved = False
-            st = os.fstat(fd)  # after the version: pages read from here on are at least this new
-            self._trust(cached, version, stamp_of(st))
-            cached.size = st.st_size
-        return True
-
-    def _trust(self, cached: CachedFile, version: int, stamp: Stamp) -> None:
-        """A cluster node's pages of the file are valid at `version`, with SRC as `stamp` says."""
-        digest = stamp_digest(stamp)
-        cached.changes += 1  # a fill in flight under the old key must not install
-        cached.tag = version
-        cached.seen = (version, digest)
-        cached.key = versioned_key(cached.file, version, digest)
-
-    async def _bump(self, file: bytes) -> int | None:
-        """One side of a change on a cluster node: a new version, and the file flushed from the pool."""
-        assert self.versions is not None
-        version = await self.versions.bump(file)
-        if not self.versions.bump_flushes:
-            await self.cc.invalidate_inode(self.pool, file_prefix(file))
-        return version
+    async def admit_change(self) -> Coherency:
+        """The coherency rules, once this mount may change a file: at once, except on a
+        cluster node that is not a member of its pool (not joined yet, or its pool could
+        not be made). That node's change would go unseen by the others, so it waits for
+        the join, as a cluster filesystem's writes wait for its lock manager; after
+        join_wait it fails with EIO, nothing of it done (fencing)."""
+        rules = self._rules()
+        if rules.admits_changes:
+            return rules
+        deadline = trio.current_time() + self.join_wait
+        while trio.current_time() < deadline:
+            await trio.sleep(JOIN_POLL_S)
+            rules = self._rules()
+            if rules.admits_changes:
+                return rules
+        self.fenced_changes += 1
+        if self.fenced_changes == 1 or self.fenced_changes % 100 == 0:
+            log.warning("refused a change (EIO, %d so far): this cluster node has not joined its pool "
+                        "after %.1f s, and the other nodes would not see the change", self.fenced_changes,
+                        self.join_wait)
+        raise OSError(errno.EIO, "not a member of the cluster pool")
 
     # -- files -----------------------------------------------------------------
 
@@ -208,12 +161,10 @@ class DataPath:
         and whether SRC is as this mount last saw it (so any copy the kernel cached
         through this mount is still good).
 
-        If SRC changed behind our back since we last saw the file (size,
-        mtime or ctime differ), its cached pages are dropped locally and in
-        the pool, as NFS does on every open. A file this mount writes has no
-        stamp until it is closed (see _write_private). SRC is stat'ed under the
-        file's change lock: a write of this mount landing between that stat and
-        the size set from it would otherwise be undone (a read after it saw the
+        What a change behind our back does to the cached pages is the coherency rules'
+        (an NFS-like drop on a single mount; a version bump on a cluster node). SRC is
+        stat'ed under the file's change lock: a write of this mount landing between that
+        stat and the size set from it would otherwise be undone (a read after it saw the
         old end of file).
         """
         cached = self.files.get(key)
@@ -228,32 +179,16 @@ class DataPath:
         try:
             await self._lock_changes(cached)
             try:
-                return cached, await self._check_at_open(key, cached, os.fstat(fd))
+                stamp = stamp_of(os.fstat(fd))
+                unchanged = cached.stamp == stamp
+                await self._rules().opened(cached, stamp)
+                cached.size, cached.stamp = stamp[0], stamp
+                return cached, unchanged
             finally:
                 cached.change_lock.release()  # type: ignore[union-attr]  # _lock_changes made it
         except BaseException:
             cached.open_count -= 1
             raise
-
-    async def _check_at_open(self, key: bytes, cached: CachedFile, st: os.stat_result) -> bool:
-        stamp = stamp_of(st)
-        unchanged = cached.stamp == stamp
-        if self.shared or self._versions() is not None:
-            # A cluster node: another node's change or one behind the cluster's back; the
-            # next version check tells which (and bumps the version for the latter).
-            if cached.seen is not None and cached.seen[1] != stamp_digest(stamp):
-                cached.stamp_moved = True
-                self._uncache(cached)
-        elif cached.stamp is not None and not unchanged:
-            self.external_changes += 1
-            self._mark_change(cached)
-            try:
-                await self._invalidate(key, cached)
-            finally:
-                self._unmark_change(cached)
-        cached.size = st.st_size
-        cached.stamp = stamp
-        return unchanged
 
     def close_file(self, cached: CachedFile, st: os.stat_result | None) -> None:
         """A handle closed; `st` (fstat before close) stamps again a file this mount wrote."""
@@ -271,39 +206,35 @@ class DataPath:
     async def _trim_idle(self) -> None:
         if len(self.files) <= self.max_idle_files:
             return
-        shared = self._versions() is not None  # versions keep a shared pool right without us
+        rules = self._rules()
         for key in [k for k, f in self.files.items() if f.idle][: len(self.files) // 4]:
             del self.files[key]
-            if not shared:
-                await self.cc.invalidate_inode(self.pool, key)
+            await rules.forget(key, flushed=False)
 
     async def invalidate_file(self, key: bytes) -> None:
-        """Drop a file's pages here and in the pool (truncate, delete, external change).
+        """Drop a file's pages here and in the pool (delete, replace).
 
-        Like truncate_inode_pages: invalidate_inode at the start and at the
+        Like truncate_inode_pages: the coherency rules act at the start and at the
         end, whether or not anything was cached here.
         """
         cached = self.files.get(key)
         await self._begin_change(cached)
         try:
-            await self._invalidate(key, cached)
+            await (await self.admit_change()).invalidate(key, cached)
         finally:
             self._end_change(cached)
-
-    async def _invalidate(self, key: bytes, cached: CachedFile | None) -> None:
-        await self._change_starts(key, cached)
-        await self._change_ends(key)
 
     async def truncate(self, key: bytes, fd_or_path: int | str, size: int) -> None:
         """ftruncate SRC between the two pool invalidations."""
         cached = self.files.get(key)
         await self._begin_change(cached)
         try:
-            await self._change_starts(key, cached)
+            rules = await self.admit_change()
+            await rules.change_starts(key, cached)
             try:
                 await self.io.call(os.truncate, fd_or_path, size)
             finally:
-                await self._change_ends(key)
+                await rules.change_ends(key, cached)
             if cached is not None:  # nothing is cached: whatever SRC holds now is what it saw
                 st = os.stat(fd_or_path)
                 cached.size, cached.stamp = st.st_size, stamp_of(st)
@@ -316,12 +247,12 @@ class DataPath:
         if cached is None:
             return
         await self._lock_changes(cached)
-        self._mark_change(cached)
+        cached.begin_change()
 
     def _end_change(self, cached: CachedFile | None) -> None:
         if cached is None:
             return
-        self._unmark_change(cached)
+        cached.end_change()
         assert cached.change_lock is not None
         cached.change_lock.release()
 
@@ -336,75 +267,21 @@ class DataPath:
             self.change_waits += 1
             await lock.acquire()
 
-    @staticmethod
-    def _mark_change(cached: CachedFile) -> None:
-        cached.changes += 1
-        cached.changing += 1
-
-    @staticmethod
-    def _unmark_change(cached: CachedFile) -> None:
-        cached.changing -= 1
-        cached.changes += 1
-
-    async def _change_starts(self, key: bytes, cached: CachedFile | None) -> None:
-        """Drop the file's pages and wait out puts of them in flight, then flush the pool."""
-        versions = await self.admit_change()
-        if cached is not None:
-            self.pc.drop_file(cached)
-            await cached.settle()
-        if versions is None:
-            await self.cc.invalidate_inode(self.pool, key)
-        else:
-            await self._bump(key)
-
-    async def admit_change(self) -> FileVersions | None:
-        """The pool's versions, once this mount may change a file: at once, except on a
-        cluster node that is not a member of its pool (not joined yet, or its pool could
-        not be made). That node's change would go unseen by the others, so it waits for
-        the join, as a cluster filesystem's writes wait for its lock manager; after
-        join_wait it fails with EIO, nothing of it done (fencing)."""
-        versions = self._versions()
-        if not self.shared or (versions is not None and versions.joined):
-            return versions
-        deadline = trio.current_time() + self.join_wait
-        while trio.current_time() < deadline:
-            await trio.sleep(JOIN_POLL_S)
-            versions = self._versions()
-            if versions is not None and versions.joined:
-                return versions
-        self.fenced_changes += 1
-        if self.fenced_changes == 1 or self.fenced_changes % 100 == 0:
-            log.warning("refused a change (EIO, %d so far): this cluster node has not joined its pool "
-                        "after %.1f s, and the other nodes would not see the change", self.fenced_changes,
-                        self.join_wait)
-        raise OSError(errno.EIO, "not a member of the cluster pool")
-
-    async def _change_ends(self, key: bytes) -> None:
-        if self.versions is None:
-            await self.cc.invalidate_inode(self.pool, key)
-            return
-        await self._bump(key)
-        cached = self.files.get(key)
-        if cached is not None:
-            cached.tag = None  # nothing cached survived; the next read checks afresh
-
-    def forget_file(self, key: bytes) -> None:
-        """The file no longer exists under this key (its last link is gone)."""
+    async def forget_file(self, key: bytes) -> None:
+        """The file no longer exists under this key (its last link is gone, its pool pages
+        flushed)."""
         cached = self.files.get(key)
         if cached is not None and cached.idle:
             del self.files[key]
+            await self._rules().forget(key, flushed=True)
 
     # -- data ------------------------------------------------------------------
 
     async def read(self, cached: CachedFile, fd: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`, short only at end of file."""
-        if self.shared or self.cc.generation != self._generation:
-            versions = self._versions()
-            if versions is None:
-                if self.shared:
-                    return await self._read_uncached(fd, offset, size)
-            elif not await self._current(versions, cached, fd):
-                return await self._read_uncached(fd, offset, size)
+        rules = self.coherency if self.cc.generation == self._generation else self._rules()
+        if rules.checks_reads and not await rules.check_read(cached, fd):
+            return await self._read_uncached(fd, offset, size)
         try:
             return await self._read_cached(cached, fd, offset, size)
         except _Contended:
@@ -664,7 +541,7 @@ class DataPath:
             raise _Contended
         if size != known_size:
             cached.size = size
-        shared = self.versions is not None
+        shared = self.coherency.shared_pool
         for a, b, from_pool in runs:
             pc.install_run(cached, index + a, slots[a:b])
             if from_pool and shared:
@@ -749,74 +626,37 @@ class DataPath:
         size it had cached."""
         await self._begin_change(cached)
         try:
-            versions = await self.admit_change()
-            if versions is None:
-                return await self._write_private(cached, fd, offset, data, append)
-            return await self._write_versioned(cached, fd, offset, data, append)
+            rules = await self.admit_change()
+            key = cached.key
+            before = await rules.write_starts(cached)
+            landed: Landed | None = None
+            covered = range(0)
+            try:
+                if rules.stamps_writes:
+                    landed = await self.io.call(self._write_src_stamped, fd, offset, data, append)
+                else:
+                    landed = await self.io.call(self._write_src, fd, offset, data, append)
+                self._count_write(landed.done)
+                if landed.done:
+                    covered = self._update_pages(cached, landed.landed, data, landed.done)
+            finally:
+                await rules.write_ends(cached, before, landed, covered)
+            if cached.key != key:  # retagged: the pool's copies under the old key are gone
+                for slot in cached.pages.values():
+                    self._from_shared_pool[slot] = 0
+            assert landed is not None  # (else the write raised)
+            return landed.landed, landed.done
         finally:
             self._end_change(cached)
 
-    async def _write_versioned(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
-                               append: bool) -> tuple[int, int]:
-        """write() on a cluster node."""
-        # A cluster node: the version moves before and after the data lands, so no
-        # node trusts a page read before this write once it returns.
-        file, tag, seen, size = cached.file, cached.tag, cached.seen, cached.size
-        started = await self._bump(file)
-        try:
-            before, (landed, done), after = await self.io.call(self._write_src_stamped, fd, offset, data, append)
-            self._count_write(done)
-            if done:
-                self._update_pages(cached, landed, data, done)
-        finally:
-            ended = await self._bump(file)
-        # The pages stay valid if nobody else changed the file since their version: no other
-        # bump, SRC as they knew it just before (nobody wrote to it directly meanwhile), and
-        # an append landing at the end they knew.
-        cached.stamp = after
-        if tag is not None and seen is not None and started == tag + 1 and ended == tag + 2 \
-                and stamp_digest(before) == seen[1] and (not append or landed == size):
-            self._trust(cached, ended, after)
-            for slot in cached.pages.values():  # the flush took the pool's copies of the old version
-                self._from_shared_pool[slot] = 0
-        else:
-            self._uncache(cached)
-        return landed, done
-
-    async def _write_private(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
-                             append: bool) -> tuple[int, int]:
-        """write() on a mount whose pool needs no versions. The file's stamp is unknown from
-        here until it is closed (close_file stamps it again). Not stat'ed around each write:
-        a stat shows ext4 (Linux 6.13+, multigrain timestamps) that somebody looks, so the next
-        write takes a fine-grained time and dirties the inode; 4k randwrite QD1 went from 19
-        to 39 us here. An append that lands elsewhere than the end this mount knew tells of a
-        change behind its back for free."""
-        size = cached.size
-        landed, done = await self.io.call(self._write_src, fd, offset, data, append)
-        self._count_write(done)
-        if not done:
-            return landed, done
-        if append and landed != size:  # SRC grew or shrank behind our back
-            self.external_changes += 1
-            await self._invalidate(cached.key, cached)
-            cached.size = landed + done
-        else:
-            covered = self._update_pages(cached, landed, data, done)
-            await cached.settle(covered)  # a put in flight of an old copy lands before the invalidate
-            for index in covered:
-                await self.cc.invalidate_page(self.pool, cached.key, index)
-        cached.stamp = None
-        return landed, done
-
-    def _write_src_stamped(self, fd: int, offset: int, data: bytes | memoryview,
-                           append: bool) -> tuple[Stamp, tuple[int, int], Stamp]:
+    def _write_src_stamped(self, fd: int, offset: int, data: bytes | memoryview, append: bool) -> Landed:
         """_write_src between two fstats (a cluster node's check for writes behind its back)."""
         before = stamp_of(os.fstat(fd))
-        result = self._write_src(fd, offset, data, append)
-        return before, result, stamp_of(os.fstat(fd))
+        landed = self._write_src(fd, offset, data, append)
+        return Landed(landed.landed, landed.done, append, before, stamp_of(os.fstat(fd)))
 
-    def _write_src(self, fd: int, offset: int, data: bytes | memoryview, append: bool) -> tuple[int, int]:
-        """Write to SRC: (offset where it landed, bytes written). Short only when SRC took part
+    def _write_src(self, fd: int, offset: int, data: bytes | memoryview, append: bool) -> Landed:
+        """Write to SRC: where it landed and the bytes written. Short only when SRC took part
         (ENOSPC, EFBIG...): then the cache must follow what landed. An append is one write(2)
         on the O_APPEND descriptor, so it lands at the end atomically, as appends from other
         processes (or nodes) on the same SRC do; the descriptor's offset says where."""
@@ -836,7 +676,7 @@ class DataPath:
                 if n == 0:
                     break
                 done += n
-        return offset, done
+        return Landed(offset, done, append)
 
     def _count_write(self, done: int) -> None:
         """(Counted on the loop: _write_src may run on a worker thread.)"""
@@ -887,9 +727,9 @@ class DataPath:
             "pagecache.bytes": pc.pages * PAGE_SIZE,
             "pagecache.capacity_pages": pc.capacity,
             "pagecache.files": len(self.files),
-            "pagecache.external_changes": self.external_changes,
-            "pagecache.remote_changes": self.remote_changes,
-            "pagecache.cut_offs": self.cut_offs,
+            "pagecache.external_changes": self.coherence.external_changes,
+            "pagecache.remote_changes": self.coherence.remote_changes,
+            "pagecache.cut_offs": self.coherence.cut_offs,
             "fs.fenced_changes": self.fenced_changes,
             "pagecache.puts_saved": self.puts_saved,
             "pagecache.reclaimed": self.reclaimed,

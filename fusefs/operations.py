@@ -200,7 +200,7 @@ class TmemOperations(pyfuse3.Operations):
         here (the CVE-2018-16862 fix)."""
         if key is not None:
             await self.data.invalidate_file(key)
-            self.data.forget_file(key)
+            await self.data.forget_file(key)
 
     # -- lookups and attributes ----------------------------------------------------
 

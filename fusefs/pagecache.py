@@ -61,20 +61,14 @@ class PageLock:
 class CachedFile:
     """What the page cache knows of one backing file."""
 
-    key: bytes  # what the pool knows it by: the file key, or on cluster nodes the key at `seen`
+    key: bytes  # what the pool knows its pages by (fusefs/coherency.py sets it): the file key, or more
     size: int = 0
     pages: dict[int, int] = field(default_factory=dict)  # page index -> slot
-    # (size, mtime_ns, ctime_ns) when last seen; None after our own writes.
+    # Close-to-open: (size, mtime_ns, ctime_ns) of SRC when last seen (None after this mount's
+    # own writes, until the last close), and the handles open on the file.
     stamp: tuple[int, int, int] | None = None
     open_count: int = 0
     file: bytes = b""  # the file key (name_to_handle_at handle); defaults to `key`
-    # Cluster nodes: the file's version the cached pages are valid at (None: not checked yet).
-    tag: int | None = None
-    # Cluster nodes: (version, digest of SRC's size, mtime and ctime) as last seen; pool keys
-    # carry the digest, and an open finding SRC otherwise at that same version has caught a
-    # change made behind the cluster's back (stamp_moved, until the next version check).
-    seen: tuple[int, int] | None = None
-    stamp_moved: bool = False
     # Many requests in flight: pages being filled or put (index -> lock), the change seqlock,
     # and the lock that serialises this mount's changes of the file (as the inode lock does).
     locks: dict[int, PageLock] = field(default_factory=dict)
@@ -93,6 +87,15 @@ class CachedFile:
     def stable_since(self, changes: int) -> bool:
         """Whether no change of the file started or ended since `changes` was read (the seqlock)."""
         return self.changes == changes and not self.changing
+
+    def begin_change(self) -> None:
+        """A change of the file starts: no fill in flight installs a page read before it."""
+        self.changes += 1
+        self.changing += 1
+
+    def end_change(self) -> None:
+        self.changing -= 1
+        self.changes += 1
 
     def lock_pages(self, indexes: range, lock: PageLock) -> None:
         locks = self.locks
