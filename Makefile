@@ -13,7 +13,7 @@ BINDIR := /usr/local/bin
 help:
 	@echo "make demo    set up, mount a sample tree with cleancache, run fio, print stats, unmount"
 	@echo "make test    set up and run the whole test suite (with ruff and mypy)"
-	@echo "make bench   set up and run the benchmarks (under 20 min; QUICK=1 under 3 min, less precise)"
+	@echo "make bench   set up and run the benchmarks (about 30 min; QUICK=1 under 3 min a part, less precise)"
 	@echo "             writes BENCHMARKS.md and docs/bench/*.png"
 	@echo "make stress  set up and run the long stress: model check, metadata stress, faults, fio"
 	@echo "             (about 35 min; QUICK=1 about a minute); results as in RELIABILITY.md"
@@ -54,6 +54,7 @@ bench: install
 	$(PY) -m tools.bench $(if $(QUICK),--quick)
 	$(PY) -m tools.bench_backends $(if $(QUICK),--quick)
 	$(PY) -m tools.bench_cluster $(if $(QUICK),--quick)
+	$(PY) -m tools.bench_inflight $(if $(QUICK),--quick)
 
 stress: install
 	$(PY) -m tools.stress $(if $(QUICK),--quick)

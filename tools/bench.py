@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fusefs.options import MountConfig
 from tools.bench_backends import BEGIN, END, fill, text_corpus
@@ -86,7 +86,9 @@ NODIRECT_PATCH = (("fd = os.open(self._inode_to_path(inode), flags)",
                   ("fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC)",
                    "fd = os.open(path, (flags & ~os.O_DIRECT) | os.O_CREAT | os.O_TRUNC)"))
 CHART_SUBDIR = Path("docs") / "bench"
+PEER_BINARY = "passthrough_ll"  # libfuse's C pass-through, built by tools/bench_inflight.py into ws.cache
 
+R = TypeVar("R")  # a tool's report
 _started_pids: set[int] = set()  # every FUSE daemon this run started, for the last-resort cleanup
 
 
@@ -151,13 +153,15 @@ ALL_JOBS: dict[str, Job] = {j.name: j for j in (*MATRIX_JOBS, *COMPARE_JOBS)}
 
 @dataclass(frozen=True)
 class Config:
-    """A way of serving the test files: native, an example variant, the null fs, or tmemfs with options."""
+    """A way of serving the test files: native, an example variant, the null fs, libfuse's passthrough_ll
+    (peer), or tmemfs with options."""
 
     key: str
     label: str
-    kind: Literal["native", "example", "null", "tmemfs"]
-    options: str = ""  # tmemfs -o string, or the example variant ("stock" / "timeouts1" / "nodirect")
+    kind: Literal["native", "example", "null", "tmemfs", "peer"]
+    options: str = ""  # tmemfs -o string, the example variant ("stock" / "timeouts1" / "nodirect"), peer's flags
     backing: str = ""  # where its reads of SRC come from, for the report
+    warm: bool = True  # read each file through the mount once before its first job
 
 
 def matrix_options(backend: str) -> str:
@@ -199,6 +203,7 @@ class Part:
     jobs: tuple[Job, ...]
     read_file: str
     rw_file: str | None = None
+    size: int = FILE_SIZE  # of every test file: fio's --size, and the null fs's files
 
     def config(self, key: str) -> Config:
         return next(c for c in self.configs if c.key == key)
@@ -261,13 +266,19 @@ def _direction(numbers: dict[str, Any]) -> tuple[float, float]:
     return float(numbers.get("iops", 0.0)), bw
 
 
-def parse_fio_json(stdout: str, stderr: str = "", returncode: int = 0) -> FioResult:
-    """fio's JSON report; fio prefixes error lines to it when a job fails, so find the object."""
+def fio_report(stdout: str) -> dict[str, Any] | None:
+    """fio's JSON report as a dict; fio prefixes error lines to it when a job fails, so find the object."""
     start = stdout.find("{")
     try:
         report = json.loads(stdout[start:]) if start >= 0 else None
     except json.JSONDecodeError:
-        report = None
+        return None
+    return report if isinstance(report, dict) else None
+
+
+def parse_fio_json(stdout: str, stderr: str = "", returncode: int = 0) -> FioResult:
+    """IOPS and bandwidth of fio's first job, or the error fio reported."""
+    report = fio_report(stdout)
     if not report or not report.get("jobs"):
         return FioResult(error=_first_error_line(stderr + stdout) or f"fio exited {returncode}, no JSON")
     job = report["jobs"][0]
@@ -405,6 +416,10 @@ class Workspace:
     def cache(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def peer(self) -> Path:
+        return self.cache / PEER_BINARY
+
     def example_script(self, variant: str) -> Path:
         return self.cache / f"passthroughfs-{variant}.py"
 
@@ -419,12 +434,14 @@ class Workspace:
             unmount(self.mnt)
 
 
-def mount_argv(config: Config, ws: Workspace, files: Sequence[str]) -> list[str]:
+def mount_argv(config: Config, ws: Workspace, files: Sequence[str], size: int = FILE_SIZE) -> list[str]:
     """The command that mounts a configuration on ws.mnt (empty for native)."""
     if config.kind == "example":
         return [sys.executable, str(ws.example_script(config.options)), str(ws.src), str(ws.mnt)]
+    if config.kind == "peer":  # -f: a foreground child, as the example; cache=never is direct_io, as tmemfs
+        return [str(ws.peer), "-f", *config.options.split(), "-o", f"source={ws.src},cache=never", str(ws.mnt)]
     if config.kind == "null":
-        return [sys.executable, "-m", "tools.nullfs", str(ws.mnt), "--size", f"{FILE_SIZE // MiB}M",
+        return [sys.executable, "-m", "tools.nullfs", str(ws.mnt), "--size", f"{size // MiB}M",
                 *(arg for name in files for arg in ("--file", name))]
     if config.kind == "tmemfs":
         return [str(ws.venv_bin / "tmemfs"), str(ws.src), str(ws.mnt), "-o", config.options]
@@ -434,8 +451,9 @@ def mount_argv(config: Config, ws: Workspace, files: Sequence[str]) -> list[str]
 class Mount:
     """A configuration's file system at ws.mnt (or SRC itself for native), restartable after a crash."""
 
-    def __init__(self, config: Config, ws: Workspace, files: Sequence[str] = (FILE_NAME,)) -> None:
-        self.config, self.ws, self.options, self.files = config, ws, config.options, tuple(files)
+    def __init__(self, config: Config, ws: Workspace, files: Sequence[str] = (FILE_NAME,),
+                 size: int = FILE_SIZE) -> None:
+        self.config, self.ws, self.options, self.files, self.size = config, ws, config.options, tuple(files), size
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.log = ws.logs / f"{config.key}.log"
@@ -447,16 +465,16 @@ class Mount:
 
     def start(self) -> None:
         self.warmed = set()
-        if self.config.kind in ("example", "null"):
+        if self.config.kind in ("example", "null", "peer"):
             self._start_foreground()
         elif self.config.kind == "tmemfs":
             self._start_tmemfs()
 
     def _start_foreground(self) -> None:
-        """The example and the null fs stay in the foreground: a child in its own session."""
+        """The example, the null fs and the peer stay in the foreground: a child in its own session."""
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                mount_argv(self.config, self.ws, self.files), cwd=REPO,
+                mount_argv(self.config, self.ws, self.files, self.size), cwd=REPO,
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                 start_new_session=True)  # Ctrl-C reaches us, and we unmount it cleanly
         self.pid = self.proc.pid
@@ -648,8 +666,8 @@ def read_through(path: Path) -> None:
 # -- running fio -----------------------------------------------------------------------
 
 
-def fio_command(job: Job, filename: Path, runtime: float, invalidate: int = 0) -> list[str]:
-    return ["fio", f"--name={job.name}", f"--filename={filename}", f"--size={FILE_SIZE // MiB}M",
+def fio_command(job: Job, filename: Path, runtime: float, invalidate: int = 0, size: int = FILE_SIZE) -> list[str]:
+    return ["fio", f"--name={job.name}", f"--filename={filename}", f"--size={size // MiB}M",
             *job.fio_args(), f"--runtime={fio_runtime(runtime)}", "--time_based", f"--invalidate={invalidate}",
             "--output-format=json"]
 
@@ -756,13 +774,13 @@ def measure_job(mount: Mount, job: Job, part: Part, settings: Settings, matrix: 
         except RuntimeError as exc:
             return FioResult(error=f"restarting the mount failed: {exc}")
     target = mount.path / part.file_for(job)
-    if target.name not in mount.warmed:
+    if mount.config.warm and target.name not in mount.warmed:
         try:
             read_through(target)
         except OSError as exc:
             return FioResult(error=f"warm-up read failed: {exc}")
         mount.warmed.add(target.name)
-    cmd = fio_command(job, target, settings.runtime)
+    cmd = fio_command(job, target, settings.runtime, size=part.size)
     matrix.note_command(cmd, mount.config.key)
     raw = mount.ws.raw / f"{part.key}.{mount.config.key}.{job.name}.r{round_ + 1}{tag}.json"
     result = run_fio(cmd, raw, settings.runtime, mount.pid)
@@ -777,21 +795,30 @@ def run_part(ws: Workspace, part: Part, settings: Settings, progress: Progress) 
     """Rounds of every configuration and job; a job that failed once is not repeated."""
     matrix = Matrix()
     for round_ in range(settings.reps):
-        for config in part.configs:
-            if config.kind != "null":
-                restore_rw(ws, part)
-            try:
-                with Mount(config, ws, part.files) as mount:
-                    for job in part.jobs:
-                        measure_point(mount, job, part, settings, matrix, round_, progress)
-            except RuntimeError as exc:  # the mount itself failed: every job of this round fails with it
-                for job in part.jobs:
-                    point = matrix.point(config.key, job.name)
-                    if round_ not in point.by_round and not point.failed:
-                        point.add(round_, FioResult(error=f"mount failed: {exc}"))
-                        progress.step(f"{part.key} round {round_ + 1}/{settings.reps} {config.key} {job.label}: "
-                                      f"mount failed: {exc}", ran=False)
+        run_round(ws, part, settings, progress, matrix, round_)
     return matrix
+
+
+def run_round(ws: Workspace, part: Part, settings: Settings, progress: Progress, matrix: Matrix,
+              round_: int, ready: Callable[[Mount], None] | None = None) -> None:
+    """One round: every configuration mounted afresh, every job run on it once. `ready` waits for what a
+    mount needs before its first read (e.g. a cluster node's store); its RuntimeError fails the round."""
+    for config in part.configs:
+        if config.kind != "null":
+            restore_rw(ws, part)
+        try:
+            with Mount(config, ws, part.files, part.size) as mount:
+                if ready is not None:
+                    ready(mount)
+                for job in part.jobs:
+                    measure_point(mount, job, part, settings, matrix, round_, progress)
+        except RuntimeError as exc:  # the mount itself failed: every job of this round fails with it
+            for job in part.jobs:
+                point = matrix.point(config.key, job.name)
+                if round_ not in point.by_round and not point.failed:
+                    point.add(round_, FioResult(error=f"mount failed: {exc}"))
+                    progress.step(f"{part.key} round {round_ + 1}/{settings.reps} {config.key} {job.label}: "
+                                  f"mount failed: {exc}", ran=False)
 
 
 def busy_runs(matrix: Matrix, part: Part, config: str) -> list[tuple[Job, int]]:
@@ -807,7 +834,7 @@ def retry_busy(ws: Workspace, part: Part, settings: Settings, matrix: Matrix, de
             continue
         if config.kind != "null":
             restore_rw(ws, part)
-        with Mount(config, ws, part.files) as mount:
+        with Mount(config, ws, part.files, part.size) as mount:
             for job, rnd in todo:
                 if time.monotonic() + settings.runtime + 2 > deadline:
                     return
@@ -1508,15 +1535,22 @@ def interpretation_lines(report: Report) -> list[str]:
     return lines
 
 
+def grouped_commands(title: str, matrix: Matrix) -> list[str]:
+    """The command lines of one part in code blocks, one per set of configurations that ran them."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for cmd, users in matrix.commands.items():
+        groups.setdefault(tuple(users), []).append(cmd)
+    lines: list[str] = []
+    for keys, cmds in groups.items():
+        lines += [f"{title}, on {', '.join(keys)}:", "", "```", *cmds, "```", ""]
+    return lines
+
+
 def command_lines(report: Report) -> list[str]:
     """Every fio line of both parts, grouped by the configurations that ran them."""
     lines: list[str] = []
     for part in PARTS.values():
-        groups: dict[tuple[str, ...], list[str]] = {}
-        for cmd, users in report.results(part).commands.items():
-            groups.setdefault(tuple(users), []).append(cmd)
-        for keys, cmds in groups.items():
-            lines += [f"{part.title}, on {', '.join(keys)}:", "", "```", *cmds, "```", ""]
+        lines += grouped_commands(part.title, report.results(part))
     lines.append("The profiles ran the pass-through comparison's lines on tmemfs; the `--invalidate=1` lines are "
                  "listed in their own section.")
     return lines
@@ -1754,7 +1788,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     0.0 if args.quick else 60.0, wait, parts)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+def raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -1834,22 +1868,30 @@ def run(args: argparse.Namespace) -> Report:
     return report
 
 
+def measured_or_loaded(args: argparse.Namespace, measure: Callable[[argparse.Namespace], R],
+                       dump: Callable[[R], dict[str, Any]], load: Callable[[dict[str, Any]], R]) -> R | None:
+    """The report of --from-json, or of a run whose numbers are then saved beside its raw output (a quick run
+    never overwrites a full one); None when interrupted (SIGTERM too: everything is undone first)."""
+    if args.from_json:
+        return load(json.loads(args.from_json.read_text()))
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        report = measure(args)
+    except KeyboardInterrupt:
+        log("interrupted: everything is unmounted and stopped, no report written")
+        return None
+    saved = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent).report_json(args.quick)
+    saved.write_text(json.dumps(dump(report), indent=1))
+    log(f"numbers saved in {saved} (--from-json {saved} redraws the report)")
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    if args.from_json:
-        report = report_from_json(json.loads(args.from_json.read_text()))
-    else:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            report = run(args)
-        except KeyboardInterrupt:
-            log("interrupted: everything is unmounted, no report written")
-            return 130
-        saved = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent).report_json(
-            report.settings.quick)
-        saved.write_text(json.dumps(report_to_json(report), indent=1))
-        log(f"numbers saved in {saved} (--from-json {saved} redraws the report)")
+    report = measured_or_loaded(args, run, report_to_json, report_from_json)
+    if report is None:
+        return 130
     report.charts = make_charts(report, out)
     write_report(out, render_report(report))
     log(f"wrote {out} and {len(report.charts)} chart(s) in {CHART_SUBDIR}/ (run took "

@@ -53,7 +53,6 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from tools.bench import (
@@ -66,6 +65,7 @@ from tools.bench import (
     Workspace,
     command_output,
     cpu_sample,
+    fio_report,
     fio_runtime,
     fmt_point,
     machine_facts,
@@ -73,6 +73,7 @@ from tools.bench import (
     mmss,
     parse_fio_json,
     plain_ratio,
+    raise_interrupt,
     read_through,
     source_digest,
     versions,
@@ -317,14 +318,8 @@ def results_from_json(data: dict[str, Any]) -> Results:
 
 def fio_job(stdout: str) -> dict[str, Any] | None:
     """The first job of fio's JSON report (fio may print error lines before the object)."""
-    start = stdout.find("{")
-    if start < 0:
-        return None
-    try:
-        report = json.loads(stdout[start:])
-    except json.JSONDecodeError:
-        return None
-    jobs = report.get("jobs") if isinstance(report, dict) else None
+    report = fio_report(stdout)
+    jobs = report.get("jobs") if report else None
     return jobs[0] if jobs else None
 
 
@@ -753,6 +748,27 @@ def shown(cmd: Sequence[str], mnt: Path) -> list[str]:
     return [a.replace(str(mnt), "NODE") for a in cmd]
 
 
+def start_redis(stack: ExitStack, root: Path) -> tuple[Any, str | None]:
+    """A tests.redisservers.RedisServer under `root`, stopped when `stack` closes; (None, why) if it cannot run."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        return None, f"{REDIS_SERVER} is not installed"
+    try:
+        from tests.redisservers import redis_server
+
+        return stack.enter_context(redis_server(root, name="redis")), None
+    except (ImportError, OSError, RuntimeError) as exc:
+        return None, f"redis-server did not start ({exc})"
+
+
+def wait_store_up(mnt: Path, timeout: float = 10.0) -> None:
+    """A node that has not joined its pool reads SRC uncached: measure it only once its store is up."""
+    deadline = time.monotonic() + timeout
+    while read_stats(mnt).get("backend.cluster.store.state") != "up":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{mnt}: the Redis store is not up after {timeout:g} s")
+        time.sleep(0.05)
+
+
 class Bench:
     """One run: workspace, redis-server, mounts and pools, all undone by close()."""
 
@@ -778,16 +794,9 @@ class Bench:
 
     def start_redis(self) -> None:
         """One redis-server on a unix socket and TCP loopback (tests/redisservers.py), stopped in close()."""
-        if not os.access(REDIS_SERVER, os.X_OK):
-            self.res.notes.append(f"{REDIS_SERVER} is not installed: no Redis rows")
-            return
-        try:
-            from tests.redisservers import redis_server
-
-            self.redis = self.stack.enter_context(redis_server(self.root, name="redis"))
-        except (ImportError, OSError, RuntimeError) as exc:
-            self.res.notes.append(f"redis-server did not start ({exc}): no Redis rows")
-            self.redis = None
+        self.redis, why = start_redis(self.stack, self.root)
+        if why:
+            self.res.notes.append(f"{why}: no Redis rows")
 
     @property
     def stores(self) -> list[str]:
@@ -827,17 +836,10 @@ class Bench:
                 if store == LMDB and isinstance(uuid, str):
                     self.pools.add(uuid)
                 if store.startswith("redis"):
-                    self.wait_store_up(mnt)
+                    wait_store_up(mnt)
                 yield mnt
             finally:
                 self.daemons.pop(mnt, None)
-
-    def wait_store_up(self, mnt: Path, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while read_stats(mnt).get("backend.cluster.store.state") != "up":
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{mnt}: the Redis store is not up after {timeout:g} s")
-            time.sleep(0.05)
 
     def clear_pool(self, store: str) -> None:
         """Empty the store's pool (no node of it mounted): the next configuration starts from nothing."""
@@ -1193,10 +1195,6 @@ def results_path(results_dir: Path, quick: bool) -> Path:
     return results_dir / ("results-quick.json" if quick else "results.json")
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bench_cluster",
                                      description=(__doc__ or "").splitlines()[0])
@@ -1211,7 +1209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         res = results_from_json(json.loads(args.from_json.read_text()))
     else:
-        signal.signal(signal.SIGTERM, _raise_interrupt)
+        signal.signal(signal.SIGTERM, raise_interrupt)
         try:
             res = run(settings_for(args.quick), args.results_dir)
         except KeyboardInterrupt:
