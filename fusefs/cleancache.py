@@ -139,22 +139,18 @@ class Pool:
 
 
 def _holds_backend(hook: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Count a hook in flight on a backend that awaits I/O, so that unregister waits for it."""
+    """Count a hook in flight on a backend that awaits I/O, so that unregister waits for it.
+    A plain function, not a coroutine: a hook on an in-memory backend (which never yields,
+    so none can be in flight) is its own coroutine, without a frame of ours around it."""
 
     @functools.wraps(hook)
-    async def counted(self: Cleancache, *args: Any) -> T:
+    def call(self: Cleancache, *args: Any) -> Awaitable[T]:
         backend = self.backend
         if backend is None or not backend.awaits_io:
-            return await hook(self, *args)
-        self._hooks_in_flight += 1
-        try:
-            return await hook(self, *args)
-        finally:
-            self._hooks_in_flight -= 1
-            if not self._hooks_in_flight and self._drained is not None:
-                self._drained.set()
+            return hook(self, *args)
+        return self._held(hook(self, *args))
 
-    return counted
+    return call
 
 
 class BackendTimeout(Exception):
@@ -185,6 +181,15 @@ class Cleancache:
         if backend is not None:
             self._attach(backend)
         self.reset_stats()
+
+    async def _held(self, hook: Awaitable[T]) -> T:
+        self._hooks_in_flight += 1
+        try:
+            return await hook
+        finally:
+            self._hooks_in_flight -= 1
+            if not self._hooks_in_flight and self._drained is not None:
+                self._drained.set()
 
     def _attach(self, backend: Backend) -> None:
         self.backend = backend

@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import select
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -45,7 +46,7 @@ log = logging.getLogger("tmemfs.srcio")
 T = TypeVar("T")
 
 _SYS_IO_SETUP, _SYS_IO_DESTROY, _SYS_IO_GETEVENTS, _SYS_IO_SUBMIT = 206, 207, 208, 209  # x86_64
-_IOCB_CMD_PREADV = 7
+_IOCB_CMD_PREAD, _IOCB_CMD_PREADV = 0, 7
 _IOCB_FLAG_RESFD = 1
 MAX_IOVECS = 64
 
@@ -67,6 +68,12 @@ class _Iovec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
+_IOCB_SIZE = ctypes.sizeof(_Iocb)
+_IOCB_VARYING_AT = _Iocb.aio_lio_opcode.offset  # opcode, reqprio, fildes, buf, nbytes, offset follow
+_IOCB_VARYING = struct.Struct("<HhIQQq")
+_IO_EVENT = struct.Struct("<QQqq")  # data, obj, res, res2
+
+
 class NotSubmitted(OSError):
     """io_submit did not take the read (its queue is full, or no AIO here)."""
 
@@ -76,20 +83,36 @@ def _cant_abort(_: object) -> trio.lowlevel.Abort:
 
 
 class NativeAio:
-    """Linux AIO reads (io_submit) completed on the trio loop through an eventfd."""
+    """Linux AIO reads (io_submit) completed on the trio loop through an eventfd.
+
+    The iocbs, the array io_submit takes and the completion events live in ctypes arrays
+    made once; each read writes its five varying fields with one struct.pack_into and each
+    completion is read with one struct.unpack_from (a ctypes field access costs a Python
+    object per field)."""
 
     def __init__(self, depth: int) -> None:
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._syscall = self._libc.syscall
         self._ctx = ctypes.c_ulong(0)
-        if self._libc.syscall(_SYS_IO_SETUP, depth, ctypes.byref(self._ctx)) != 0:
+        if self._syscall(_SYS_IO_SETUP, depth, ctypes.byref(self._ctx)) != 0:
             raise OSError(ctypes.get_errno(), "io_setup")
         self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.depth = depth
         self._iocbs = (_Iocb * depth)()
+        self._iocb_bytes = memoryview(self._iocbs).cast("B")
         self._iovecs = [(_Iovec * MAX_IOVECS)() for _ in range(depth)]
+        self._iovec_addrs = [ctypes.addressof(v) for v in self._iovecs]
+        for slot in range(depth):  # what never changes: who it is, and the eventfd that tells
+            iocb = self._iocbs[slot]
+            iocb.aio_data = slot
+            iocb.aio_flags = _IOCB_FLAG_RESFD
+            iocb.aio_resfd = self._eventfd
+        self._iocb_addrs = [ctypes.addressof(iocb) for iocb in self._iocbs]
+        self._submitting = (ctypes.c_void_p * depth)()
         self._free = list(range(depth))
         self._waiting: dict[int, trio.lowlevel.Task] = {}
         self._events = (_IoEvent * depth)()
+        self._event_bytes = memoryview(self._events).cast("B")
         self._no_wait = (ctypes.c_long * 2)(0, 0)
         self._queued: list[int] = []
         self._submitter = trio.lowlevel.ParkingLot()
@@ -102,19 +125,17 @@ class NativeAio:
     async def preadv(self, fd: int, buffers: list[memoryview], offset: int) -> int:
         """Queue the read for the next submit; its result (or NotSubmitted) when it ends."""
         slot = self._free.pop()
-        iocb, iovecs = self._iocbs[slot], self._iovecs[slot]
         pins = self._pins[slot] = [ctypes.c_char.from_buffer(buf) for buf in buffers]
-        for n, (pin, buf) in enumerate(zip(pins, buffers, strict=True)):
-            iovecs[n].base = ctypes.addressof(pin)
-            iovecs[n].len = len(buf)
-        iocb.aio_data = slot
-        iocb.aio_lio_opcode = _IOCB_CMD_PREADV
-        iocb.aio_fildes = fd
-        iocb.aio_buf = ctypes.addressof(iovecs)
-        iocb.aio_nbytes = len(buffers)
-        iocb.aio_offset = offset
-        iocb.aio_flags = _IOCB_FLAG_RESFD
-        iocb.aio_resfd = self._eventfd
+        if len(buffers) == 1:  # one buffer (a 4 KiB random read): a plain pread, no iovec
+            opcode, address, length = _IOCB_CMD_PREAD, ctypes.addressof(pins[0]), len(buffers[0])
+        else:
+            iovecs = self._iovecs[slot]
+            for n, (pin, buf) in enumerate(zip(pins, buffers, strict=True)):
+                iovecs[n].base = ctypes.addressof(pin)
+                iovecs[n].len = len(buf)
+            opcode, address, length = _IOCB_CMD_PREADV, self._iovec_addrs[slot], len(buffers)
+        _IOCB_VARYING.pack_into(self._iocb_bytes, slot * _IOCB_SIZE + _IOCB_VARYING_AT, opcode, 0, fd,
+                                address, length, offset)
         self._waiting[slot] = trio.lowlevel.current_task()
         self._queued.append(slot)
         if len(self._queued) == 1:
@@ -126,14 +147,16 @@ class NativeAio:
 
     async def submit(self) -> None:
         """Submit what the tasks of a scheduler pass queued, in one io_submit."""
+        addrs, submitting = self._iocb_addrs, self._submitting
         while True:
             if not self._queued:
                 await self._submitter.park()
             await trio.lowlevel.cancel_shielded_checkpoint()  # the other tasks of this pass queue theirs
             queued, self._queued = self._queued, []
             self.submits += 1
-            pointers = (ctypes.POINTER(_Iocb) * len(queued))(*[ctypes.pointer(self._iocbs[n]) for n in queued])
-            done = self._libc.syscall(_SYS_IO_SUBMIT, self._ctx, len(queued), pointers)
+            for n, slot in enumerate(queued):
+                submitting[n] = addrs[slot]
+            done = self._syscall(_SYS_IO_SUBMIT, self._ctx, len(queued), submitting)
             error = ctypes.get_errno() if done < 0 else 0
             for slot in queued[max(done, 0):]:  # not taken: the caller reads another way
                 self._free.append(slot)
@@ -152,20 +175,20 @@ class NativeAio:
             self._collect()
 
     def _collect(self) -> None:
+        events, unpack = self._event_bytes, _IO_EVENT.unpack_from
         while self._waiting:
-            got = self._libc.syscall(_SYS_IO_GETEVENTS, self._ctx, 0, self.depth, self._events, self._no_wait)
+            got = self._syscall(_SYS_IO_GETEVENTS, self._ctx, 0, self.depth, self._events, self._no_wait)
             if got <= 0:
                 return
             for n in range(got):
-                event = self._events[n]
-                slot = int(event.data)
+                slot, _obj, res, _res2 = unpack(events, n * _IO_EVENT.size)
                 self._free.append(slot)
                 self._pins[slot] = []
-                trio.lowlevel.reschedule(self._waiting.pop(slot), outcome.Value(int(event.res)))
+                trio.lowlevel.reschedule(self._waiting.pop(slot), outcome.Value(res))
 
     def close(self) -> None:
         """After every read has completed (io_destroy would wait for them otherwise)."""
-        self._libc.syscall(_SYS_IO_DESTROY, self._ctx)
+        self._syscall(_SYS_IO_DESTROY, self._ctx)
         os.close(self._eventfd)
 
 
