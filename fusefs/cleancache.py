@@ -117,6 +117,15 @@ class Ledger:
             del self.files[key]
         return digests
 
+    def take_one(self, key: bytes, index: int) -> int:
+        """take() of one page (a random read's), without building a list."""
+        pages = self.files[key]
+        digest = pages.pop(index)
+        self.entries -= 1
+        if not pages:
+            del self.files[key]
+        return digest
+
     def forget_file(self, key: bytes) -> bool:
         pages = self.files.pop(key, None)
         if pages is None:
@@ -438,12 +447,7 @@ class Cleancache:
                 hits = [first in held and await self._get_private(backend, pool, key, first, outs[0])]
             else:
                 hits = await self._get_private_run(backend, pool, key, first, outs, held)
-        found = sum(hits)
-        self.succ_gets += found
-        self.failed_gets += len(outs) - found
-        if self.tracer is not None:
-            for n, hit in enumerate(hits):
-                self.tracer.event("get+" if hit else "get-", key, first + n)
+        self._count_gets(key, first, hits)
         return hits
 
     @_holds_backend
@@ -479,18 +483,24 @@ class Cleancache:
                         await self._drop(backend, pool.backend_pool, key, first + k)
                         hit = False
                     hits[k] = hit
-        found = hits.count(True)
-        if found < enough:
+        if hits.count(True) < enough:
             return None
-        self.succ_gets += found
-        self.failed_gets += len(outs) - found
+        self._count_gets(key, first, hits)
         return hits
+
+    def _count_gets(self, key: bytes, first: int, hits: list[bool]) -> None:
+        found = hits.count(True)
+        self.succ_gets += found
+        self.failed_gets += len(hits) - found
+        if self.tracer is not None:
+            for n, hit in enumerate(hits):
+                self.tracer.event("get+" if hit else "get-", key, first + n)
 
     async def _get_private(self, backend: Backend, pool: Pool, key: bytes, index: int, out: memoryview) -> bool:
         """A get from a private pool of a page its ledger holds: exclusive, verified."""
         ledger, backend_pool = pool.ledger, pool.backend_pool
         assert ledger is not None and backend_pool is not None
-        digest = ledger.take(key, index, index + 1)[0]  # exclusive: used up, whatever happens
+        digest = ledger.take_one(key, index)  # exclusive: used up, whatever happens
         try:
             hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
         except Exception:

@@ -382,7 +382,7 @@ class DataPath:
         else:
             self._stream_pages = last - first + 1
         self._stream = (cached, last + 1)
-        return self._stream_pages > self._scan_pages and self.pc.tracer is None and self.cc.can_copy(self.pool)
+        return self._stream_pages > self._scan_pages and self.cc.can_copy(self.pool)
 
     async def _read_around_cache(self, cached: CachedFile, fd: int, first: int, last: int,
                                  offset: int, end: int) -> memoryview | None:
@@ -423,7 +423,7 @@ class DataPath:
             n = run_end
         if not cached.stable_since(seq):
             raise _Contended  # the pool's copies may predate a change of this mount's
-        self.pc.misses += count
+        self.pc.miss_run(cached, first, count)
         self.bypassed += count
         return scratch[offset & PAGE_MASK : (count - 1 << PAGE_SHIFT) + ((end - 1) & PAGE_MASK) + 1]
 
@@ -477,16 +477,10 @@ class DataPath:
         pages, locks = cached.pages, cached.locks
         while count < limit and index + count not in pages and index + count not in locks:
             count += 1
-        # Slots held by other fills and puts in flight are not to be had: a tiny cache may have
-        # fewer left than this fill wants, or none (the read is then served around the cache).
-        count = min(count, pc.free_slots + pc.pages)
-        if count == 0:
+        count = pc.room(count)
+        if count == 0:  # every slot is held by other fills and puts: served around the cache
             raise _Contended
-        if pc.tracer is None:
-            pc.misses += count - 1
-        else:
-            for n in range(1, count):
-                pc.miss(cached, index + n)
+        pc.miss_run(cached, index + 1, count - 1)
         lock = PageLock()
         locked = range(index, index + count)
         cached.lock_pages(locked, lock)
@@ -502,8 +496,7 @@ class DataPath:
         slots = await self._take_slots(count)
         try:
             view = pc.view
-            hits = await self.cc.get_pages(self.pool, key, index,
-                                           [view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots])
+            hits = await self.cc.get_pages(self.pool, key, index, pc.slot_views(slots))
             runs: list[tuple[int, int, bool]] = []  # (from, to, got from the pool)
             size = known_size = cached.size
             n = 0
@@ -515,8 +508,7 @@ class DataPath:
                     continue
                 end = _run_end(hits, n, True)
                 start = (index + n) << PAGE_SHIFT
-                got = await self.io.preadv(fd, [view[s << PAGE_SHIFT : (s + 1) << PAGE_SHIFT] for s in slots[n:end]],
-                                           start)
+                got = await self.io.preadv(fd, pc.slot_views(slots[n:end]), start)
                 self.backing_reads += 1
                 self.backing_read_bytes += got
                 if got < (end - n) * PAGE_SIZE or start + got > size:

@@ -160,6 +160,20 @@ class PageCache:
         start = slot * PAGE_SIZE
         return self.view[start : start + PAGE_SIZE]
 
+    def slot_views(self, slots: list[int]) -> list[memoryview]:
+        """slot_view of each slot (a read of one page, the common case, without a loop)."""
+        view = self.view
+        if len(slots) == 1:
+            start = slots[0] * PAGE_SIZE
+            return [view[start : start + PAGE_SIZE]]
+        return [view[s * PAGE_SIZE : (s + 1) * PAGE_SIZE] for s in slots]
+
+    def room(self, count: int) -> int:
+        """How many of `count` new pages can have a slot now: slots held by fills and puts
+        in flight are not to be had (a tiny cache may have fewer left, or none)."""
+        free = len(self._free)
+        return count if count <= free else min(count, free + len(self._policy))
+
     def lookup(self, cached: CachedFile, index: int) -> int | None:
         """Slot of a cached page (counts a hit and refreshes it), else None."""
         slot = cached.pages.get(index)
@@ -187,6 +201,15 @@ class PageCache:
         if self.tracer is not None:
             self.tracer.event("miss", cached.key, index)
 
+    def miss_run(self, cached: CachedFile, first: int, count: int) -> None:
+        """Count misses of pages first.. that the caller found itself (read ahead in one fill,
+        or served around the cache)."""
+        if self.tracer is None:
+            self.misses += count
+            return
+        for index in range(first, first + count):
+            self.miss(cached, index)
+
     def peek(self, cached: CachedFile, index: int) -> int | None:
         """Slot of a cached page without counting or reordering."""
         return cached.pages.get(index)
@@ -195,6 +218,8 @@ class PageCache:
         """Slots for `count` new pages: free ones first, then evicted ones, whose pages
         (still in their slots) the caller must put before filling them."""
         free = self._free
+        if count == 1 and free:  # a random read with a free slot (reclaim keeps some)
+            return [free.pop()], []
         slots = [free.pop() for _ in range(min(count, len(free)))]
         evicted = self.evict(count - len(slots)) if len(slots) < count else []
         slots += [page.slot for page in evicted]

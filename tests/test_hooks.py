@@ -240,6 +240,48 @@ def test_trace_records_every_hook_and_replays(src: Path, mount_factory, tmp_path
     assert results[0].miss_ratio == 1.0  # 2N pages cycling through N: LRU misses every time
 
 
+def test_a_trace_of_many_requests_in_flight_matches_the_counters(src: Path, mount_factory, tmp_path: Path) -> None:
+    """Eight readers at once (scans the pool serves around the page cache, and random
+    pages) with trace= on: every byte right, the bypass taken as without a trace, and
+    one trace line per page cache lookup and cleancache get that the counters count."""
+    import random
+    import threading
+
+    data = os.urandom(256 * PAGE)
+    (src / "f").write_bytes(data)
+    trace = tmp_path / "events.trace"
+    errors: list[str] = []
+    with mount_factory(f"cleancache=tmem,cache_size={N * PAGE},max_requests=16,trace={trace}") as m:
+        path = m.mnt / "f"
+
+        def reader(seed: int) -> None:
+            rng = random.Random(seed)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for _ in range(3):
+                    for offset in range(0, len(data), 32 * PAGE):  # a scan
+                        if os.pread(fd, 32 * PAGE, offset) != data[offset : offset + 32 * PAGE]:
+                            errors.append(f"reader {seed}: wrong bytes at {offset}")
+                    for index in rng.sample(range(256), 32):
+                        if os.pread(fd, PAGE, index * PAGE) != data[index * PAGE : (index + 1) * PAGE]:
+                            errors.append(f"reader {seed}: wrong page {index}")
+            finally:
+                os.close(fd)
+
+        threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        stats = m.stats()
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert stats["pagecache.bypassed"] > 0
+    ops = [line.split()[1] for line in trace.read_text().splitlines() if not line.startswith("#")]
+    assert ops.count("miss") == stats["pagecache.misses"] and ops.count("hit") == stats["pagecache.hits"]
+    assert ops.count("get+") == stats["succ_gets"] and ops.count("get-") == stats["failed_gets"]
+    assert ops.count("put") == stats["puts"]
+
+
 def test_large_reads_count_each_page_once(src: Path, mount_factory) -> None:
     """A 128 KiB read of uncached pages: 32 misses, one cleancache get each, no hits."""
     (src / "f").write_bytes(os.urandom(64 * PAGE))

@@ -422,3 +422,37 @@ async def test_a_run_keeps_the_rules_on_a_backend_that_lies() -> None:
     await cc.put_pages(pool, [(b"f", n, page(10 + n)) for n in range(4)])
     backend.mode = "honest"
     assert await cc.get_pages(pool, b"f", 0, outs) == [False] * 4  # a failed run stored nothing
+
+
+async def test_tracing_observes_and_never_changes_a_requests_path(tmp_path: Path) -> None:
+    """The same reads with and without -o trace: every counter equal (the sequential bypass
+    included), and the trace names each page cache miss and cleancache get that happened."""
+    from fusefs.tracing import Tracer
+
+    data = os.urandom(512 * PAGE)
+    (tmp_path / "f").write_bytes(data)
+    runs = []
+    for traced in (False, True):
+        fd = os.open(tmp_path / "f", os.O_RDONLY)
+        try:
+            cc = Cleancache(TmemBackend(1024 * ENTRY))
+            dp = DataPath(PageCache(64 * PAGE), cc, await cc.init_fs())
+            trace = tmp_path / "trace"
+            if traced:
+                cc.tracer = dp.pc.tracer = Tracer(str(trace), str(tmp_path))
+            cached, _ = await dp.open_file(b"f", fd)
+            for _scan in range(3):
+                for offset in range(0, len(data), 32 * PAGE):
+                    assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
+            for index in (3, 3, 400, 7):
+                assert await dp.read(cached, fd, index * PAGE, PAGE) == data[index * PAGE : (index + 1) * PAGE]
+            runs.append({**dp.stats(), **cc.stats()})
+            if cc.tracer is not None:
+                cc.tracer.close()
+        finally:
+            os.close(fd)
+    untraced, traced_stats = runs
+    assert untraced["pagecache.bypassed"] > 0 and traced_stats == untraced
+    ops = [line.split()[1] for line in (tmp_path / "trace").read_text().splitlines() if not line.startswith("#")]
+    assert ops.count("miss") == untraced["pagecache.misses"] and ops.count("hit") == untraced["pagecache.hits"]
+    assert ops.count("get+") == untraced["succ_gets"] and ops.count("get-") == untraced["failed_gets"]
