@@ -588,16 +588,31 @@ class Cleancache:
     @_holds_backend
     async def invalidate_page(self, pool_id: int, key: bytes, index: int) -> None:
         """The page changed or went away: the pool must not return it again."""
-        self.invalidates += 1
+        await self.invalidate_pages(pool_id, key, range(index, index + 1))
+
+    @_holds_backend
+    async def invalidate_pages(self, pool_id: int, key: bytes, indexes: range) -> None:
+        """invalidate_page for each page of `indexes` (what a write covered): one call however
+        large the write, and a private pool's backend hears only of the pages its ledger holds."""
+        self.invalidates += len(indexes)
         if self.tracer is not None:
-            self.tracer.event("invalidate", key, index)
+            for index in indexes:
+                self.tracer.event("invalidate", key, index)
         live = self._live(pool_id)
         if live is None:
             return
         backend, pool, backend_pool = live
-        if pool.ledger is not None and not pool.ledger.forget(key, index):
-            return  # never stored there: nothing to tell the backend
-        await self._drop(backend, backend_pool, key, index)
+        dropping: range | list[int] = indexes
+        if pool.ledger is not None:  # never stored there: nothing to tell the backend
+            held = pool.ledger.files.get(key)
+            if held is None:
+                return
+            dropping = [i for i in held if i in indexes] if len(held) < len(indexes) else \
+                [i for i in indexes if i in held]
+            for index in dropping:
+                pool.ledger.forget(key, index)
+        for index in dropping:
+            await self._drop(backend, backend_pool, key, index)
 
     @_holds_backend
     async def invalidate_inode(self, pool_id: int, key: bytes) -> None:

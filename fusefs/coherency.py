@@ -177,8 +177,7 @@ class LocalCoherency(Coherency):
             cached.size = landed.landed + landed.done
         else:
             await cached.settle(covered)  # a put in flight of an old copy lands before the invalidate
-            for index in covered:
-                await self.cc.invalidate_page(self.pool, cached.key, index)
+            await self.cc.invalidate_pages(self.pool, cached.key, covered)
         cached.stamp = None
 
     async def forget(self, key: bytes, flushed: bool) -> None:

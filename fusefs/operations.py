@@ -84,9 +84,28 @@ class OpenFile:
     inode: Inode
     fd: int
     read_fd: int  # fd, or an O_DIRECT twin with backing_io=direct
+    direct_fd: int  # an O_DIRECT twin for the writes of a caller that opened O_DIRECT, else -1
     cached: CachedFile
     kill_priv: bool = False  # opened by a caller without CAP_FSETID (not root)
     append: bool = False  # O_APPEND: every write lands at SRC's end (fd is O_APPEND too)
+
+    def close(self) -> None:
+        _close_twins(self.fd, self.read_fd, self.direct_fd)
+        os.close(self.fd)
+
+
+def _twin(fd: int, flags: int) -> int:
+    """Another descriptor of the file open on `fd`, O_DIRECT; -1 where SRC has no O_DIRECT (tmpfs)."""
+    try:
+        return os.open(f"/proc/self/fd/{fd}", flags | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
+def _close_twins(fd: int, *twins: int) -> None:
+    for twin in twins:
+        if twin not in (fd, -1):
+            os.close(twin)
 
 
 @dataclass(eq=False, slots=True)
@@ -370,29 +389,28 @@ class TmemOperations(pyfuse3.Operations):
 
     async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
-        read_fd = fd
+        read_fd = direct_fd = -1
         cached = None
         try:
             key = self.inodes.key(node)
             cached, unchanged = await self.data.open_file(key, fd)
             if self.config.backing_direct and flags & os.O_ACCMODE != os.O_WRONLY:
-                try:
-                    read_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-                except OSError:
-                    read_fd = fd  # the backing filesystem has no O_DIRECT (tmpfs)
+                read_fd = _twin(fd, os.O_RDONLY)
+            if flags & os.O_DIRECT and flags & os.O_ACCMODE != os.O_RDONLY:
+                direct_fd = _twin(fd, os.O_WRONLY)  # the caller's O_DIRECT writes stay direct
             if truncating:
                 await self.data.truncate(key, fd, 0)
                 if ctx.uid != 0:
                     self._kill_priv(node, fd)
         except BaseException:
-            if read_fd != fd:
-                os.close(read_fd)
+            _close_twins(fd, read_fd, direct_fd)
             os.close(fd)
             if cached is not None:
                 self.data.close_file(cached, None)
             raise
         node.nopen += 1
-        fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND)))
+        fh = self._fh(OpenFile(node, fd, fd if read_fd < 0 else read_fd, direct_fd, cached,
+                               kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND)))
         if not self.config.kernel_cache or flags & os.O_APPEND:
             # An append lands where SRC ends, which the kernel may not know (a writer behind
             # our back): through the kernel's cache, its copy at the guessed offset would be
@@ -443,7 +461,8 @@ class TmemOperations(pyfuse3.Operations):
         if isinstance(handle, OpenFile):
             if handle.kill_priv:
                 self._kill_priv(handle.inode, handle.fd)
-            landed, done = await self.data.write(handle.cached, handle.fd, off, buf, handle.append)
+            landed, done = await self.data.write(handle.cached, handle.fd, off, buf, handle.append,
+                                                 handle.direct_fd)
             if landed != off and self.config.kernel_cache:
                 self._after_reply(self._forget_kernel_copy, handle.inode.nodeid)
             return done
@@ -491,9 +510,7 @@ class TmemOperations(pyfuse3.Operations):
             st = os.fstat(handle.fd) if handle.cached.stamp is None else None
         except OSError:
             st = None
-        if handle.read_fd != handle.fd:
-            os.close(handle.read_fd)
-        os.close(handle.fd)
+        handle.close()
         self.data.close_file(handle.cached, st)
         handle.inode.nopen -= 1
         self.inodes.drop_if_unused(handle.inode)
@@ -655,9 +672,7 @@ class TmemOperations(pyfuse3.Operations):
         """Unmount: close what is open and surrender the pool (invalidate_fs)."""
         for handle in self.handles.values():
             if isinstance(handle, OpenFile):
-                if handle.read_fd != handle.fd:
-                    os.close(handle.read_fd)
-                os.close(handle.fd)
+                handle.close()
         for dhandle in self.dirs.values():
             if dhandle is not None:
                 os.close(dhandle.fd)
