@@ -393,6 +393,10 @@ class Cleancache:
         live = self._live(pool_id)
         return live is not None and (live[1].ledger is None or live[0].peeks)
 
+    def holds_nothing(self, pool_id: int) -> bool:
+        """Whether the pool is a placeholder (no backend, or none could make it): every get misses."""
+        return self._live(pool_id) is None
+
     async def invalidate_fs(self, pool_id: int) -> None:
         """Surrender the pool: every page in it is dropped."""
         self.fs_invalidates += 1

@@ -48,6 +48,7 @@ MAX_BATCH = 32  # pages read from SRC in one preadv
 RECLAIM_NS = 20_000  # what background reclaim may spend of one pause between requests
 RECLAIM_STEP = 4  # pages reclaim evicts between two looks for a waiting request
 JOIN_POLL_S = 0.02  # how often a fenced change looks whether its node has joined
+MAX_PROBE_BACKOFF = 8  # runs of a cold scan read between two asks of the pool, at most
 DIRECT_ALIGN_MASK = 511  # an O_DIRECT write needs offset and length in whole 512-byte sectors
 MAX_WRITE = 1 << 20  # the largest write the kernel sends (FUSE max_pages 256): one buffer fits it
 
@@ -109,10 +110,17 @@ class DataPath:
         # scratch buffer, not installed: from the pool, which keeps the pages (a shared
         # pool's gets are non-destructive; a private pool's backend peeks instead of its
         # exclusive get), and from SRC for the pages it lacks (a page zcache refused would
-        # only be refused again). Scratch buffers are reused: each request takes one, and
+        # only be refused again). Without a pool that can hold anything (cleancache=none)
+        # a scan of a file larger than the page cache comes from SRC that way. Scratch
+        # buffers are reused: each request takes one, and
         # gives it back as it returns (pyfuse3 replies from it before any other task runs).
         self._stream: tuple[CachedFile, int] | None = None  # where a read in order would start
         self._stream_pages = 0
+        # A scan whose run the pool did not hold is read the usual way (and fills the pool);
+        # the pool is asked again only after 1, 2, 4... more runs: on a cold scan each probe
+        # would otherwise ask for every page twice (a round trip each on Redis).
+        self._probe_skip = 0
+        self._probe_backoff = 1
         self._scan_pages = self.pc.capacity // 2
         self._scratches: list[memoryview] = []
         self._direct_buffers: list[mmap.mmap] = []
@@ -331,7 +339,10 @@ class DataPath:
             if self._scanning(cached, first, last):
                 served = await self._read_around_cache(cached, fd, first, last, offset, end)
                 if served is not None:
+                    self._probe_backoff = 1
                     return served
+                self._probe_skip = self._probe_backoff
+                self._probe_backoff = min(2 * self._probe_backoff, MAX_PROBE_BACKOFF)
             slot, loaded_through = await self._page(cached, fd, first, last)
             end = min(end, cached.size)
             if slot < 0 or offset >= end:
@@ -395,20 +406,31 @@ class DataPath:
 
     def _scanning(self, cached: CachedFile, first: int, last: int) -> bool:
         """Count a read of pages first..last that no page cache holds into the current
-        read in order; True once it is a scan (see _scratch) on a pool that can serve it."""
+        read in order; True once it is a scan (see the sequential bypass in __init__) on a
+        pool that can serve it, or, where the pool holds nothing, of a file larger than the
+        page cache (one that fits is cached as it is read)."""
         if self._stream == (cached, first):
             self._stream_pages += last - first + 1
         else:
             self._stream_pages = last - first + 1
+            self._probe_skip, self._probe_backoff = 0, 1
         self._stream = (cached, last + 1)
-        return self._stream_pages > self._scan_pages and self.cc.can_copy(self.pool)
+        if self._stream_pages <= self._scan_pages:
+            return False
+        if self.cc.can_copy(self.pool):
+            if self._probe_skip:  # (a run the pool did not hold lately: see __init__)
+                self._probe_skip -= 1
+                return False
+            return True
+        return cached.size > self.pc.capacity << PAGE_SHIFT and self.cc.holds_nothing(self.pool)
 
     async def _read_around_cache(self, cached: CachedFile, fd: int, first: int, last: int,
                                  offset: int, end: int) -> memoryview | None:
         """Bytes offset..end through a scratch buffer, without installing: the pages the
         pool holds from it (left there), the others from SRC. None unless the pool holds
         at least half of them (the caller then reads the usual way, so that a scan the
-        pool does not hold yet still fills it)."""
+        pool does not hold yet still fills it), or holds nothing at all (cleancache=none:
+        then all from SRC, since installing them would only evict everything else)."""
         count = last - first + 1
         scratches = self._scratches
         scratch = scratches.pop() if scratches else memoryview(mmap.mmap(-1, MAX_BATCH * PAGE_SIZE))
@@ -422,11 +444,13 @@ class DataPath:
     async def _read_into_scratch(self, scratch: memoryview, cached: CachedFile, fd: int, first: int,
                                  count: int, offset: int, end: int) -> memoryview | None:
         seq = cached.changes
-        hits = await self.cc.copy_pages(self.pool, cached.key, first,
-                                        [scratch[n << PAGE_SHIFT : (n + 1) << PAGE_SHIFT] for n in range(count)],
-                                        (count + 1) // 2)
-        if hits is None:
-            return None
+        views = [scratch[n << PAGE_SHIFT : (n + 1) << PAGE_SHIFT] for n in range(count)]
+        if self.cc.can_copy(self.pool):
+            hits = await self.cc.copy_pages(self.pool, cached.key, first, views, (count + 1) // 2)
+            if hits is None:
+                return None
+        else:  # it holds nothing (_scanning): every get misses, and is counted as on any miss
+            hits = await self.cc.get_pages(self.pool, cached.key, first, views)
         n = 0
         while n < count:  # each run the pool did not have, in one preadv
             if hits[n]:

@@ -106,12 +106,13 @@ def test_pagecache_install_run_is_install_page_by_page(policy: str) -> None:
     assert [e.index for e in runs.evict(5)] == [e.index for e in singles.evict(5)]
 
 
-async def datapath_over(tmp_path: Path, pages: int, cache_pages: int) -> tuple[DataPath, CachedFile, int, bytes]:
-    """A DataPath without cleancache over a file of `pages` random pages."""
+async def datapath_over(tmp_path: Path, pages: int, cache_pages: int,
+                        backend: Backend | None = None) -> tuple[DataPath, CachedFile, int, bytes]:
+    """A DataPath (without cleancache unless given a backend) over a file of `pages` random pages."""
     data = os.urandom(pages * PAGE)
     (tmp_path / "f").write_bytes(data)
     fd = os.open(tmp_path / "f", os.O_RDONLY)
-    cc = Cleancache(None)
+    cc = Cleancache(backend)
     dp = DataPath(PageCache(cache_pages * PAGE), cc, await cc.init_fs())
     cached, _ = await dp.open_file(b"f", fd)
     return dp, cached, fd, data
@@ -120,8 +121,9 @@ async def datapath_over(tmp_path: Path, pages: int, cache_pages: int) -> tuple[D
 async def test_reading_in_order_with_reclaim_serves_each_run_as_one_view(tmp_path: Path) -> None:
     """Slots handed out for a run are in order, so a 128 KiB read is one view of the
     slab, not a copy, also once reclaim has freed slots in between (it frees them
-    oldest first, and a free list hands the last freed out first)."""
-    dp, cached, fd, data = await datapath_over(tmp_path, 512, 256)
+    oldest first, and a free list hands the last freed out first). (A backend that cannot
+    serve a scan: without one, a scan of a file larger than the cache is not installed.)"""
+    dp, cached, fd, data = await datapath_over(tmp_path, 512, 256, NoPeekTmem(1 << 20))
     try:
         assert dp.reserve == 4
         for _ in range(2):
@@ -136,7 +138,7 @@ async def test_reading_in_order_with_reclaim_serves_each_run_as_one_view(tmp_pat
 
 async def test_reclaim_stops_once_a_request_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datapath, "RECLAIM_NS", 10**9)  # only the waiting request stops it
-    dp, cached, fd, data = await datapath_over(tmp_path, 4096, 2048)
+    dp, cached, fd, data = await datapath_over(tmp_path, 4096, 2048, NoPeekTmem(1 << 20))
     try:
         for offset in range(0, len(data), 32 * PAGE):
             await dp.read(cached, fd, offset, 32 * PAGE)
@@ -211,6 +213,61 @@ async def test_a_scan_is_served_around_the_page_cache_and_the_pool_keeps_its_pag
         else:
             assert dp.backing_reads == 32  # the first pass only (16 pages a read): the pool kept every page
             assert cc.verify_failures == 0
+    finally:
+        os.close(fd)
+
+
+async def test_a_cold_scan_asks_a_shared_pool_for_each_page_about_once(tmp_path: Path) -> None:
+    """A scan the pool does not hold is read the usual way after the pool said so, and the
+    pool is asked again only after 1, 2, 4... runs: not each page twice (probe, then fill),
+    which costs a round trip each on Redis. A scan it holds is still served around the cache."""
+    backend = CountingTmem(2048 * ENTRY)
+    cc = Cleancache(backend)
+    data = os.urandom(1024 * PAGE)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        dp = DataPath(PageCache(64 * PAGE), cc, await cc.init_shared_fs(bytes(range(16))))
+        cached, _ = await dp.open_file(b"f", fd)
+        for offset in range(0, len(data), 32 * PAGE):
+            assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
+        assert dp.bypassed == 0 and backend.calls["pages asked"] < 1.25 * 1024
+        await dp.drop_caches()  # now the pool holds the whole file
+        for offset in range(0, len(data), 32 * PAGE):
+            assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
+        assert dp.bypassed == 1024 - 32  # all but the first read (half the cache)
+    finally:
+        os.close(fd)
+
+
+async def test_without_a_pool_a_scan_goes_around_the_page_cache_and_keeps_its_hot_pages(tmp_path: Path) -> None:
+    """cleancache=none: a read in order longer than half the page cache comes from SRC
+    without being installed (installing it would only evict everything, for nobody to put
+    anywhere), so the pages of another file read before it are still cached after it; its
+    gets are counted as misses, as on any miss."""
+    dp, cached, fd, data = await datapath_over(tmp_path, 512, 64)
+    hot_data = os.urandom(8 * PAGE)
+    (tmp_path / "hot").write_bytes(hot_data)
+    hot_fd = os.open(tmp_path / "hot", os.O_RDONLY)
+    try:
+        hot, _ = await dp.open_file(b"hot", hot_fd)
+        assert await dp.read(hot, hot_fd, 0, 8 * PAGE) == hot_data
+        for offset in range(0, len(data), 32 * PAGE):
+            assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
+        assert dp.bypassed == 512 - 32  # all but the first read: half the cache is a scan's start
+        assert sorted(hot.pages) == list(range(8)) and len(cached.pages) == 32
+        assert dp.cc.failed_gets == dp.pc.misses == 8 + 512 and dp.cc.succ_gets == 0
+    finally:
+        os.close(fd)
+        os.close(hot_fd)
+
+
+async def test_without_a_pool_a_file_the_page_cache_can_hold_is_cached_as_it_is_read(tmp_path: Path) -> None:
+    dp, cached, fd, data = await datapath_over(tmp_path, 48, 64)
+    try:
+        for offset in range(0, len(data), 16 * PAGE):  # in order, past half the cache
+            assert await dp.read(cached, fd, offset, 16 * PAGE) == data[offset : offset + 16 * PAGE]
+        assert dp.bypassed == 0 and len(cached.pages) == 48
     finally:
         os.close(fd)
 
@@ -382,6 +439,7 @@ class CountingTmem(TmemBackend):
 
     async def get_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
         self.calls["get_pages"] += 1
+        self.calls["pages asked"] += len(outs)
         return await super().get_pages(pool, key, first, outs)
 
     async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
