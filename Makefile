@@ -15,8 +15,9 @@ help:
 	@echo "make test    set up and run the whole test suite (with ruff and mypy)"
 	@echo "make bench   set up and run the benchmarks (about 30 min; QUICK=1 under 3 min a part, less precise)"
 	@echo "             writes BENCHMARKS.md and docs/bench/*.png"
-	@echo "make stress  set up and run the long stress: model check, metadata stress, faults, fio"
-	@echo "             (about 35 min; QUICK=1 about a minute); results as in RELIABILITY.md"
+	@echo "make stress  set up and run the long stress: model checks (1 and 4 clients a file), metadata"
+	@echo "             stress, faults, fio (about 40 min; QUICK=1 about a minute and a half); results as in"
+	@echo "             RELIABILITY.md"
 	@echo "make install Debian packages, $(VENV), the package, links in $(BINDIR)"
 
 install: $(STAMP)

@@ -460,13 +460,15 @@ class Cleancache:
         """Pages first.. into `outs`, left in the pool, for a reader that keeps no copy (the
         sequential bypass; only where can_copy): which ones the pool had. None, with nothing
         counted, if it had fewer than `enough`: the reader then reads the usual way. A
-        private pool is asked only for the runs its ledger holds, and each page is verified."""
+        private pool is asked only for the runs its ledger holds, and each page is verified
+        against the digest the ledger had when it was asked for (a get or invalidate of
+        another request may take the entry while a backend that awaits I/O answers)."""
         pool = self.pools[pool_id]
-        backend, ledger = self.backend, pool.ledger
-        assert backend is not None and pool.backend_pool is not None
+        backend, ledger, backend_pool = self.backend, pool.ledger, pool.backend_pool
+        assert backend is not None and backend_pool is not None
         if ledger is None:
             try:
-                hits = await self._call(backend, backend.get_pages, pool.backend_pool, key, first, outs)
+                hits = await self._call(backend, backend.get_pages, backend_pool, key, first, outs)
             except Exception:
                 self._fault("get_pages")
                 return None
@@ -476,15 +478,16 @@ class Cleancache:
                 return None
             hits = [False] * len(outs)
             for n, end in _held_runs(held, first, len(outs)):
+                digests = [held[index] for index in range(first + n, first + end)]
                 try:
-                    got = await self._call(backend, backend.peek_pages, pool.backend_pool, key, first + n, outs[n:end])
+                    got = await self._call(backend, backend.peek_pages, backend_pool, key, first + n, outs[n:end])
                 except Exception:
                     self._fault("peek_pages")
                     return None  # the pool is as it was: the usual gets verify each page
                 for k, hit in enumerate(got, n):
-                    if hit and not self._verified(backend, outs[k], held[first + k]):
+                    if hit and not self._verified(backend, outs[k], digests[k - n]):
                         ledger.forget(key, first + k)
-                        await self._drop(backend, pool.backend_pool, key, first + k)
+                        await self._drop(backend, backend_pool, key, first + k)
                         hit = False
                     hits[k] = hit
         if hits.count(True) < enough:

@@ -1,13 +1,28 @@
-"""The randomized model check through real mounts, cache sizes from one page up."""
+"""The randomized model check through real mounts, cache sizes from one page up: one client,
+then several clients on the same files at once (and the oracle of that mode on made-up histories)."""
 
 from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from tools import concurrentmodel
+from tools.concurrentmodel import APPEND, INF, TRUNCATE, WRITE, Change, ConcurrentReport, FileModel, size_seen
 from tools.modelcheck import ModelCheck
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from tests.conftest import Mount
+
+    MountFactory = Callable[..., AbstractContextManager[Mount]]
 
 OPS = 20000
 CONFIGS = [
@@ -29,3 +44,151 @@ def test_random_io_matches_model(mount_factory, options: str) -> None:
         stats = m.stats()
     assert stats["cleancache.verify_failures"] == 0
     assert stats["fs.internal_errors"] == 0
+
+
+# -- several clients on the same files at once (tools/concurrentmodel.py) ----------------
+
+CLIENTS, CLIENT_OPS = 4, 800
+CONCURRENT = [
+    "cleancache=none,cache_size=8K",
+    "cleancache=tmem,cache_size=16K,cc_size=128K",
+    "cleancache=zcache,cache_size=64K,cc_size=256K,pc_policy=s3fifo",
+    "cleancache=dedup,cache_size=4K,cc_size=128K",
+    "cleancache=cluster,cache_size=32K,cc_size=1M,cc_dir={pools}",
+]
+
+
+def _seed() -> int:
+    return int(os.environ.get("TMEMFS_SEED", random.randrange(1 << 32)))
+
+
+def _concurrent_check(m: Mount, seed: int, ops: int = CLIENT_OPS) -> ConcurrentReport:
+    (m.mnt / "conc").mkdir()
+    return concurrentmodel.run(m.mnt / "conc", m.src / "conc", seed, CLIENTS, ops, checkpoint=200, timeout=120)
+
+
+@pytest.mark.parametrize("options", CONCURRENT)
+def test_concurrent_clients_match_the_oracle(mount_factory: MountFactory, tmp_path: Path, options: str) -> None:
+    """Four processes write, append, truncate and read the same two files at once; every
+    read and size fits what the changes that completed before it allow, and at each
+    checkpoint the mount equals SRC."""
+    seed = _seed()
+    options = options.format(pools=tmp_path / "pools")
+    (tmp_path / "pools").mkdir()
+    with mount_factory(options) as m:
+        report = _concurrent_check(m, seed)
+        stats = m.stats()
+    assert report.ok, f"{options}: {report.failure()} (replay with TMEMFS_SEED={seed})"
+    assert report.total_ops == CLIENTS * CLIENT_OPS and report.checkpoints == CLIENT_OPS // 200
+    assert report.reads > CLIENTS * CLIENT_OPS // 3
+    assert stats["fs.internal_errors"] == 0 and stats["cleancache.verify_failures"] == 0
+
+
+def test_concurrent_check_catches_pages_installed_after_a_change(mount_factory: MountFactory, tmp_path: Path) -> None:
+    """A tmemfs whose fills install whatever changed while they read (the change seqlock
+    patched out at start-up, no file edited): the check names stale reads."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(
+        "from fusefs.pagecache import CachedFile\n"
+        "assert hasattr(CachedFile, 'stable_since')\n"
+        "CachedFile.stable_since = lambda self, changes: True\n")
+    seed = _seed()
+    with mount_factory("cleancache=tmem,cache_size=16K,cc_size=256K", env={"PYTHONPATH": str(broken)}) as m:
+        reports = []
+        for round_ in range(6):  # a race: a few rounds make missing it unlikely beyond reason
+            (m.mnt / "conc").mkdir()
+            reports.append(concurrentmodel.run(m.mnt / "conc", m.src / "conc", seed + round_, CLIENTS, 1000,
+                                               checkpoint=200, timeout=120))
+            if not reports[-1].ok:
+                break
+            subprocess.run(["rm", "-rf", str(m.mnt / "conc")], check=True)
+    found = reports[-1]
+    assert not found.ok, f"no stale read in {len(reports)} rounds (seed {seed})"
+    assert any("STALE" in message for message in found.messages), found.failure()
+
+
+def test_concurrent_mode_command_line(mnt: Mount) -> None:
+    """`python -m tools.modelcheck DIR --clients N` finds SRC by itself and prints its seed."""
+    out = subprocess.run([sys.executable, "-m", "tools.modelcheck", str(mnt.mnt), "--clients", "2", "--ops", "200",
+                          "--seed", "7", "--mix", "append=0"], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert "seed 7" in out.stdout and "400 operations" in out.stdout and "0 mismatches" in out.stdout
+
+
+# -- the oracle itself, on made-up histories -----------------------------------------------
+
+
+def _write(lo: int, hi: int, start: int, end: int, index: int = 0) -> Change:
+    return Change(WRITE, 0, index, lo, hi, start, end, data=random.Random(index).randbytes(hi - lo))
+
+
+def _truncate(size: int, start: int, end: int, index: int = 0) -> Change:
+    return Change(TRUNCATE, 1, index, size, INF, start, end)
+
+
+def _model(*changes: Change) -> FileModel:
+    model = FileModel(0)
+    for change in changes:
+        model.add(change)
+    return model
+
+
+def test_oracle_flags_bytes_a_completed_write_replaced() -> None:
+    old, new = _write(0, 100, 10, 20, 1), _write(50, 150, 30, 40, 2)
+    model = _model(old, new)
+    model.settle(50)
+    assert model.check_bytes(0, old.data[:50] + new.data[:100], 50, 60) == []
+    [problem] = model.check_bytes(0, old.data, 50, 60)
+    assert problem.startswith("STALE READ at offset 50") and "replaced by write [50, 150)" in problem
+
+
+def test_oracle_allows_old_new_and_torn_bytes_during_a_write() -> None:
+    old, new = _write(0, 100, 10, 20, 1), _write(0, 100, 30, 40, 2)
+    model = _model(old, new)
+    model.settle(35)  # a read from 35 to 45: the second write is in flight
+    for got in (old.data, new.data, old.data[:37] + new.data[37:], new.data[:10] + old.data[10:]):
+        assert model.check_bytes(0, got, 35, 45) == []
+    [problem] = model.check_bytes(0, bytes(100), 35, 45)  # what the file held before both
+    assert problem.startswith("STALE READ at offset 0") and "from checkpoint content" in problem
+
+
+def test_oracle_flags_bytes_past_a_truncate_and_old_bytes_once_regrown() -> None:
+    write, cut, regrow = _write(0, 8192, 10, 20, 1), _truncate(100, 30, 40, 2), _truncate(8192, 50, 60, 3)
+    model = _model(write, cut, regrow)
+    model.settle(70)
+    assert model.check_bytes(0, write.data[:100] + bytes(8092), 70, 80) == []
+    [problem] = model.check_bytes(0, write.data, 70, 80)
+    assert problem.startswith("STALE READ at offset 100") and "replaced by truncate to size 100" in problem
+    assert model.check_size(*size_seen(0, 9000, 8192), 70, 80) is None
+    assert "STALE SIZE: size 100" in str(model.check_size(*size_seen(0, 9000, 100), 70, 80))
+    assert model.check_size(*size_seen(0, 9000, 100), 55, 80) is None  # the regrowth was in flight
+
+
+def test_oracle_flags_sizes_a_completed_write_left_behind() -> None:
+    model = _model(_write(0, 4096, 10, 20, 1), _write(8000, 9000, 30, 40, 2))
+    model.settle(50)
+    assert "left it at 9000" in str(model.check_size(4096, 4096, 50, 60))
+    assert model.check_size(9000, 9000, 50, 60) is None
+    assert model.check_size(*size_seen(8500, 100, 100), 50, 60) is None  # at least 8600: fine
+    assert "STALE SIZE" in str(model.check_size(*size_seen(9000, 100, 50), 50, 60))  # 9050: nothing reached it
+
+
+def test_oracle_names_bytes_of_a_write_found_at_another_offset() -> None:
+    write = _write(4096, 8192, 10, 20, 1)
+    model = _model(write)
+    model.settle(30)
+    [problem] = model.check_bytes(0, write.data, 30, 40)
+    assert "GARBAGE at offset 0" in problem and "they belong at offset 4096" in problem
+
+
+def test_oracle_takes_an_append_of_unknown_offset_only_while_it_ran() -> None:
+    lost = Change(APPEND, 2, 5, 0, 0, 30, 40, data=b"appended bytes, gone since", floating=True)
+    model = _model(_write(0, 100, 10, 20, 1), lost)
+    model.settle(35)
+    assert model.check_bytes(10, lost.data[3:20], 35, 45) == []
+    assert model.check_bytes(100, lost.data[-30:] + bytes(10), 35, 45) == []  # its end, then a hole
+    model.settle(50)
+    [problem] = model.check_bytes(10, lost.data[3:20], 50, 60)
+    assert problem.startswith("GARBAGE at offset 10") and "landed who knows where" in problem

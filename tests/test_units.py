@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import trio
 
 from backends.base import Backend, StatValue
 from backends.chain import ChainBackend
@@ -270,6 +271,47 @@ async def test_without_a_pool_a_file_the_page_cache_can_hold_is_cached_as_it_is_
         assert dp.bypassed == 0 and len(cached.pages) == 48
     finally:
         os.close(fd)
+
+
+class SlowPeekTmem(TmemBackend):
+    """tmem that answers a peek only once `answer` is set (a backend awaiting I/O)."""
+
+    awaits_io = True  # type: ignore[misc]
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.answer = trio.Event()
+        self.peeked = trio.Event()
+
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        hits = await super().peek_pages(pool, key, first, outs)
+        self.peeked.set()
+        await self.answer.wait()
+        return hits
+
+
+async def test_a_copy_survives_a_get_of_its_pages_while_the_backend_answers() -> None:
+    """A peek of a backend that awaits I/O lets other requests run: one of them may take a
+    page of the run (an exclusive get) before the peek answers. The copy is verified against
+    the digest the ledger had when it asked, not looked up again (a KeyError, EIO, before)."""
+    backend = SlowPeekTmem(64 * ENTRY)
+    cc = Cleancache(backend, timeout=30)
+    pool = await cc.init_fs()
+    await cc.put_pages(pool, [(b"f", n, page(n)) for n in range(4)])
+    outs = [memoryview(bytearray(PAGE)) for _ in range(4)]
+    got: list[list[bool] | None] = []
+
+    async def copy() -> None:
+        got.append(await cc.copy_pages(pool, b"f", 0, outs, 2))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(copy)
+        await backend.peeked.wait()
+        taken = memoryview(bytearray(PAGE))
+        assert await cc.get_pages(pool, b"f", 1, [taken]) == [True]  # exclusive: out of the ledger
+        backend.answer.set()
+    assert got == [[True] * 4] and [bytes(o) for o in outs] == [bytes(page(n)) for n in range(4)]
+    assert cc.backend_errors == cc.verify_failures == 0
 
 
 # -- tmem backend ------------------------------------------------------------------

@@ -8,6 +8,11 @@ the end. A failure names the seed and the step, and the same seed replays
 the same run:
 
     python -m tools.modelcheck MNT --ops 100000 --seed 42
+
+With --clients N, N processes work on the same files at once instead
+(tools/concurrentmodel.py: per-byte oracle, checkpoints against SRC):
+
+    python -m tools.modelcheck MNT --clients 4 --ops 5000 --seed 42 [--src SRC]
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tools import concurrentmodel
+from tools.metastress import find_src
 
 PAGE = 4096
 
@@ -155,9 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dir", type=Path, help="a directory on the mount under test")
     parser.add_argument("--ops", type=int, default=20000)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--files", type=int, default=4)
+    parser.add_argument("--files", type=int, default=None, help="4, or 2 with --clients")
+    parser.add_argument("--clients", type=int, default=1, help="processes on the same files at once "
+                        "(--ops is then per client)")
+    parser.add_argument("--src", type=Path, default=None, help="with --clients: the directory in SRC behind DIR "
+                        "(default: found from the mount's .tmemfs/stats.json)")
+    parser.add_argument("--max-size", type=int, default=32 * PAGE, help="with --clients: where writes and "
+                        "truncates go (bytes)")
+    parser.add_argument("--checkpoint", type=int, default=250, help="with --clients: operations per client "
+                        "between two checkpoints")
+    parser.add_argument("--mix", type=concurrentmodel.parse_mix, default=concurrentmodel.MIX, metavar="OP=WEIGHT,...",
+                        help="with --clients: the operations' weights, changed from "
+                             + ",".join(f"{k}={w}" for k, w in concurrentmodel.MIX))
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    if args.clients > 1:
+        return concurrent_main(args, seed)
+    args.files = args.files or 4
     print(f"model check: seed {seed}, {args.ops} operations on {args.files} files in {args.dir}")
     try:
         ModelCheck(args.dir, seed, args.files).run(args.ops)
@@ -166,6 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("ok: no mismatch")
     return 0
+
+
+def concurrent_main(args: argparse.Namespace, seed: int) -> int:
+    """--clients N: the concurrent model check."""
+    src = args.src if args.src is not None else find_src(args.dir)
+    files = args.files or 2
+    print(f"concurrent model check: seed {seed}, {args.clients} clients x {args.ops} operations on {files} files "
+          f"in {args.dir} (SRC {src})", flush=True)
+    report = concurrentmodel.run(args.dir, src, seed, args.clients, args.ops, files, args.max_size, args.checkpoint,
+                                 mix=args.mix)
+    print(report.summary())
+    for message in report.messages:
+        print(f"MISMATCH: {message}", file=sys.stderr)
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Each run mounts a fresh SRC with the real command line (`python -m
 fusefs.cli SRC MNT -f -o ...`), runs the randomized data model check
-(tools.modelcheck) and the concurrent metadata stress (tools.metastress) at
-the same time on that mount, optionally under a concurrent fio load or with
-an injected backend fault, and then checks that nothing leaked:
+(tools.modelcheck), the same check with 4 client processes on the same
+files at once (tools.concurrentmodel) and the concurrent metadata stress
+(tools.metastress) at the same time on that mount, optionally under a
+concurrent fio load or with an injected backend fault, and then checks that
+nothing leaked:
 
 * `drop_caches` + `flush` bring the counters back to idle: fs.open_files,
   fs.open_dirs, pagecache.pages, backend.*.stored_pages and
@@ -18,10 +20,11 @@ an injected backend fault, and then checks that nothing leaked:
 
     .venv/bin/python -m tools.stress [--quick] [--seed S] [--only TEXT] [--markdown FILE]
 
-Full mode runs 3.8 million data operations and 1.5 million metadata
-operations (about 30 minutes); --quick runs the same matrix with 40-60 times
-fewer (about a minute). Every run prints
-its seeds; `--seed S --only NAME` replays one run.
+Full mode runs 4.1 million data operations, 1.5 million concurrent data
+operations and 1.6 million metadata operations (about 40 minutes); --quick
+runs the same matrix with 40-60 times fewer (about a minute and a half). Every run
+prints its seeds; `--seed S --only NAME` replays one run (the concurrent
+check replays its clients' operation sequences, not their interleaving).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools import metastress
+from tools import concurrentmodel, metastress
 from tools.modelcheck import Mismatch, ModelCheck
 from tools.mounting import is_mounted, stop_foreground, wait_live
 
@@ -56,6 +59,7 @@ BACKENDS = ["none", "tmem", "zcache", "dedup", "zcache+tmem"]
 SIZES = [("4K", "128K"), ("256K", "1M"), ("8M", "64M")]
 POLICIES = ["lru", "sieve", "s3fifo", "arc"]
 PROCS = 4
+CLIENTS = 4  # the concurrent model check's processes, on the same files
 IDLE_ZERO = ("fs.open_files", "fs.open_dirs", "pagecache.pages", "cleancache.ledger_entries",
              "fs.internal_errors")
 FAULT_COUNTERS = ("cleancache.backend_errors", "cleancache.verify_failures", "cleancache.backend_timeouts")
@@ -71,8 +75,14 @@ class Run:
     options: str
     data_ops: int
     meta_ops: int  # per process
+    client_ops: int  # per client of the concurrent model check
     fio: str | None = None  # fio's file size: a randrw load on its own file of the mount
     fault: str | None = None  # a FaultyBackend fault: the run uses tests/plugins
+
+    @property
+    def faults_expected(self) -> bool:
+        """`yield` injects no fault: the backend only lets other requests run in its calls."""
+        return self.fault not in (None, "yield")
 
     @property
     def limit(self) -> int:
@@ -89,7 +99,10 @@ class Result:
     seconds: float = 0.0
     data_seconds: float = 0.0
     meta_seconds: float = 0.0
+    conc_seconds: float = 0.0
     data_ops: int = 0
+    conc_ops: int = 0  # the concurrent model check's, all clients
+    conc_reads: int = 0  # reads and sizes it checked
     meta_ops: int = 0
     meta_ok: int = 0
     meta_expected: int = 0
@@ -111,14 +124,18 @@ def size(text: str) -> int:
 
 
 def plan(quick: bool) -> list[Run]:
-    """Every backend at every cache size, kernel_cache, zero timeouts, two runs under fio
-    load (one filling the caches to their limits), three with backend faults.
+    """Every backend at every cache size, two cluster nodes (lmdb), kernel_cache, zero
+    timeouts, two runs under fio load (one filling the caches to their limits), three
+    with backend faults and one whose backend lets other requests run inside its calls.
 
-    Full: 18 x 200,000 + 100,000 + 3 x 60,000 = 3,880,000 data operations and
-    (18 x 20,000 + 10,000 + 3 x 3,000) x 4 = 1,516,000 metadata operations (about
-    30 min); quick: 5,000 data and 4 x 300 metadata operations a run (about a minute).
+    Full: 18 x 200,000 + 100,000 + 6 x 60,000 = 4,060,000 data operations,
+    (18 x 20,000 + 10,000 + 6 x 3,000) x 4 = 1,552,000 metadata operations and
+    25 x 4 x 15,000 - 30,000 = 1,470,000 concurrent data operations (about 40 min);
+    quick: 5,000 data, 4 x 300 metadata and 4 x 400 concurrent operations a run (about
+    a minute and a half).
     """
-    data, meta = (5000, 300) if quick else (200_000, 20_000)
+    data, meta, conc = (5000, 300, 400) if quick else (200_000, 20_000, 15_000)
+    few_data, few_meta = (data, meta) if quick else (60_000, 3_000)  # slow runs: the concurrent check is the point
     runs = []
     n = 0
     for backend in BACKENDS:
@@ -128,18 +145,26 @@ def plan(quick: bool) -> list[Run]:
                 opts += f",cc_policy={POLICIES[(n + 1) % 4]}"
             if backend == "dedup" and cache == "256K":
                 opts += ",backing_io=direct"
-            runs.append(Run(f"{backend}/{cache}", opts, data, meta))
+            runs.append(Run(f"{backend}/{cache}", opts, data, meta, conc))
             n += 1
-    runs.append(Run("kernel_cache/tmem/256K", "cleancache=tmem,cache_size=256K,cc_size=1M,kernel_cache", data, meta))
+    for cache, cc in SIZES[:2]:  # a cluster node alone: versioned pool keys, a shared pool
+        runs.append(Run(f"cluster/{cache}", f"cleancache=cluster,cache_size={cache},cc_size={cc},cc_dir={{work}}/pools",
+                        few_data, few_meta, conc))
+    runs.append(Run("kernel_cache/tmem/256K", "cleancache=tmem,cache_size=256K,cc_size=1M,kernel_cache",
+                    data, meta, conc))
     runs.append(Run("timeouts=0/zcache/4K", "cleancache=zcache,cache_size=4K,cc_size=128K,attr_timeout=0,"
-                    "entry_timeout=0", data, meta))
-    runs.append(Run("fio-load/zcache/256K", "cleancache=zcache,cache_size=256K,cc_size=1M", data, meta, fio="8M"))
+                    "entry_timeout=0", data, meta, conc))
+    runs.append(Run("fio-load/zcache/256K", "cleancache=zcache,cache_size=256K,cc_size=1M", data, meta, conc,
+                    fio="8M"))
     # caches filled to their limits by incompressible data: what peak RSS really costs
     runs.append(Run("fio-fill/zcache+tmem/16M", "cleancache=zcache+tmem,cache_size=16M,cc_size=32M",
-                    data // 2, meta // 2, fio="256M" if not quick else "32M"))
+                    data // 2, meta // 2, conc // 2, fio="256M" if not quick else "32M"))
     for fault in ("flaky",) if quick else ("flaky", "corrupt", "stale"):
         runs.append(Run(f"fault={fault}/16K", f"cleancache=faulty,fault={fault},cache_size=16K,cc_size=1M,"
-                        "cc_timeout=0.05", data if quick else 60_000, meta if quick else 3_000, fault=fault))
+                        "cc_timeout=0.05", few_data, few_meta, conc, fault=fault))
+    # a private pool whose puts, gets and peeks yield to other requests, as a remote store's do
+    runs.append(Run("yield/16K", "cleancache=faulty,fault=yield,cache_size=16K,cc_size=1M", few_data, few_meta,
+                    conc, fault="yield"))
     return runs
 
 
@@ -182,6 +207,10 @@ def mounted(work: Path, options: str, plugins: bool) -> Iterator[Daemon]:
     src, mnt, log = work / "src", work / "mnt", work / "tmemfs.log"
     src.mkdir()
     mnt.mkdir()
+    options = options.replace("{work}", str(work))  # a cluster node's store lives with the run
+    for option in options.split(","):
+        if option.startswith("cc_dir="):
+            Path(option.removeprefix("cc_dir=")).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if plugins:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
@@ -212,6 +241,11 @@ def _model(root: str, seed: int, ops: int) -> tuple[str | None, float]:
     except Mismatch as exc:
         return str(exc), time.monotonic() - started
     return None, time.monotonic() - started
+
+
+def _concurrent(root: str, src: str, seed: int, ops: int) -> concurrentmodel.ConcurrentReport:
+    """The concurrent model check (its clients are this child's children)."""
+    return concurrentmodel.run(Path(root), Path(src), seed, CLIENTS, ops)
 
 
 def start_fio(mnt: Path, out: Path, size: str = "8M") -> subprocess.Popen[bytes]:
@@ -275,13 +309,15 @@ def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
             result.fds_mounted = daemon.fds()
             result.rss_mounted = daemon.status("VmRSS")
             inodes_mounted = int(daemon.stats()["fs.inodes"])  # type: ignore[call-overload]
-            (daemon.mnt / "data").mkdir()
-            (daemon.mnt / "meta").mkdir()
+            for name in ("data", "conc", "meta"):
+                (daemon.mnt / name).mkdir()
             fio = start_fio(daemon.mnt, work / "fio.json", run.fio) if run.fio else None
             try:
-                pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+                pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
                 try:
                     model = pool.submit(_model, str(daemon.mnt / "data"), seed, run.data_ops)
+                    conc = pool.submit(_concurrent, str(daemon.mnt / "conc"), str(daemon.src / "conc"), seed,
+                                       run.client_ops)
                     try:
                         report = metastress.run(daemon.mnt / "meta", daemon.src / "meta", PROCS, run.meta_ops,
                                                 seed, timeout=1800)
@@ -290,8 +326,11 @@ def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
                     mismatch, result.data_seconds = model.result(timeout=3600)
                     if mismatch is not None:
                         raise StressError(f"model check: {mismatch}")
+                    concurrent = conc.result(timeout=3600)
+                    if not concurrent.ok:
+                        raise StressError(f"concurrent model check: {concurrent.failure()}")
                 finally:
-                    if not model.done():  # a failure or a hang: do not wait for it, so the mount can go
+                    if not (model.done() and conc.done()):  # a failure or a hang: do not wait, so the mount can go
                         for proc in list(getattr(pool, "_processes", {}).values()):
                             proc.kill()
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -299,6 +338,8 @@ def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
                 if fio is not None:
                     result.fio_ios = stop_fio(fio, work / "fio.json")
             result.data_ops = run.data_ops
+            result.conc_ops, result.conc_reads = concurrent.total_ops, concurrent.reads
+            result.conc_seconds = concurrent.seconds
             result.meta_ops = report.ops
             result.meta_seconds = report.seconds
             result.meta_ok = sum(report.succeeded.values())
@@ -312,15 +353,15 @@ def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
                 raise StressError(f"{leaked} descriptors more than after mounting "
                                   f"({result.fds_mounted} -> {result.fds_after}, fs.inodes {result.inodes_after})")
             result.faults = sum(int(stats.get(k, 0)) for k in FAULT_COUNTERS)  # type: ignore[call-overload]
-            if run.fault is None and result.faults:
+            if not run.faults_expected and result.faults:
                 raise StressError(f"backend faults without injection: {[(k, stats.get(k)) for k in FAULT_COUNTERS]}")
-            if run.fault is not None and not result.faults:
+            if run.faults_expected and not result.faults:
                 raise StressError(f"fault={run.fault} was injected but no fault was counted")
             result.hwm = daemon.status("VmHWM")
         if daemon.proc.returncode != 0:
             raise StressError(f"tmemfs exited with {daemon.proc.returncode}")
         log = daemon.log.read_text()
-        if "internal error" in log or ("Traceback" in log and run.fault is None):
+        if "internal error" in log or ("Traceback" in log and not run.faults_expected):
             raise StressError(f"tmemfs logged an error:\n{log[-3000:]}")
         result.ok = True
     except Exception as exc:
@@ -342,18 +383,20 @@ def mib(n: int) -> str:
 def line(r: Result) -> str:
     status = "ok" if r.ok else "FAILED"
     return (f"{r.run.name:<22} {status:<6} {r.seconds:6.1f}s data {r.data_ops:>6} ({r.data_seconds:.0f}s) "
-            f"meta {r.meta_ops:>6} ({r.meta_seconds:.0f}s) "
+            f"concurrent {r.conc_ops:>6} ({r.conc_seconds:.0f}s) meta {r.meta_ops:>6} ({r.meta_seconds:.0f}s) "
             f"faults {r.faults:>5} fio {r.fio_ios:>6}  RSS {mib(r.rss_mounted)} -> peak {mib(r.hwm)} MiB "
             f"(caches may hold {mib(r.run.limit)})  fds {r.fds_mounted}->{r.fds_after}")
 
 
 def markdown(results: list[Result], command: str, seconds: float, base_seed: int) -> str:
-    rows = ["| run | options | seed | data ops | metadata ops (ok / expected errors) | objects compared | "
+    rows = ["| run | options | seed | data ops | concurrent data ops (reads checked) | "
+            "metadata ops (ok / expected errors) | objects compared | "
             "faults contained | fio I/Os | RSS after mount | peak RSS (VmHWM) | growth | cache_size + cc_size | "
             "fds after mount -> after | time | result |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r.run.name} | `{r.run.options}` | {r.seed} | {r.data_ops:,} | {r.meta_ops:,} "
+        rows.append(f"| {r.run.name} | `{r.run.options}` | {r.seed} | {r.data_ops:,} | "
+                    f"{r.conc_ops:,} ({r.conc_reads:,}) | {r.meta_ops:,} "
                     f"({r.meta_ok:,} / {r.meta_expected:,}) | {r.objects:,} | {r.faults:,} | {r.fio_ios:,} | "
                     f"{mib(r.rss_mounted)} MiB | {mib(r.hwm)} MiB | {mib(r.hwm - r.rss_mounted)} MiB | "
                     f"{mib(r.run.limit)} MiB | "
@@ -362,7 +405,9 @@ def markdown(results: list[Result], command: str, seconds: float, base_seed: int
     total_meta = sum(r.meta_ops for r in results)
     failed = [r for r in results if not r.ok]
     head = [f"Command: `{command}` (base seed {base_seed})", "",
-            f"{len(results)} runs, {total_data:,} data operations, {total_meta:,} metadata operations, "
+            f"{len(results)} runs, {total_data:,} data operations, "
+            f"{sum(r.conc_ops for r in results):,} concurrent data operations ({CLIENTS} clients a file), "
+            f"{total_meta:,} metadata operations, "
             f"{sum(r.faults for r in results):,} backend faults injected and contained, "
             f"{sum(r.fio_ios for r in results):,} fio I/Os, {len(failed)} failed runs, "
             f"{seconds / 60:.1f} minutes.", ""]
@@ -372,7 +417,7 @@ def markdown(results: list[Result], command: str, seconds: float, base_seed: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about a minute instead of half an hour")
+    parser.add_argument("--quick", action="store_true", help="about a minute and a half instead of 40 minutes")
     parser.add_argument("--seed", type=int, default=None, help="base seed; run N uses seed + N")
     parser.add_argument("--only", default=None, help="only the runs whose name contains this text")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()),
@@ -402,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {error}", flush=True)
     seconds = time.monotonic() - started
     failed = [r for r in results if not r.ok]
-    print(f"stress: {len(results)} runs, {sum(r.data_ops for r in results):,} data and "
+    print(f"stress: {len(results)} runs, {sum(r.data_ops for r in results):,} data, "
+          f"{sum(r.conc_ops for r in results):,} concurrent data and "
           f"{sum(r.meta_ops for r in results):,} metadata operations, "
           f"{sum(r.faults for r in results):,} backend faults contained, {len(failed)} failed, "
           f"{seconds / 60:.1f} min")

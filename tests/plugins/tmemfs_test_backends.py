@@ -15,7 +15,7 @@ from backends.base import OptionSpec
 from backends.dedup import DedupBackend
 from backends.tmem import TmemBackend
 
-FAULTS = ("raise", "corrupt", "stall", "block", "flaky", "stale")
+FAULTS = ("raise", "corrupt", "stall", "block", "flaky", "stale", "yield")
 
 
 def parse_fault(text: str) -> str:
@@ -26,12 +26,14 @@ def parse_fault(text: str) -> str:
 
 class FaultyBackend(TmemBackend):
     """tmem that raises, corrupts, stalls, blocks or returns stale pages (`fault=`), on
-    gets and peeks alike."""
+    gets and peeks alike; or (`yield`) that lets other requests run in the middle of every
+    put and get, as a remote store does, with no fault: a private pool on which puts,
+    gets and invalidates of other requests interleave."""
 
     name = "faulty"
     summary = "test only: tmem with injected faults"
     options: ClassVar[dict[str, OptionSpec]] = {
-        **TmemBackend.options, "fault": OptionSpec(parse_fault, "raise|corrupt|stall|block|flaky|stale"),
+        **TmemBackend.options, "fault": OptionSpec(parse_fault, "|".join(FAULTS)),
     }
     awaits_io = True  # pretend to be a remote store, so the frontend bounds its calls
     exclusive_gets = False  # and keep pages after a get, which the frontend must handle
@@ -48,6 +50,8 @@ class FaultyBackend(TmemBackend):
             raise RuntimeError("injected put fault")
         if self.fault == "stale":  # keeps the first version ever put under a handle
             self.first.setdefault((pool, key, index), bytes(page))
+        if self.fault == "yield":
+            await trio.sleep(0)
         return await super().put_page(pool, key, index, page)
 
     async def get_page(self, pool, key, index, out):  # type: ignore[no-untyped-def]
@@ -65,6 +69,8 @@ class FaultyBackend(TmemBackend):
             await trio.sleep(30)  # a hung store: the frontend's timeout must cut it
         if self.fault == "block":
             time.sleep(0.002)  # a slow but working store
+        if self.fault == "yield":
+            await trio.sleep(0)
         old = self.first.get((pool, key, index))
         if peek:
             hit = (await super().peek_pages(pool, key, index, [out]))[0]
