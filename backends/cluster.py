@@ -235,14 +235,27 @@ class ClusterBackend(Backend):
         return self.pools[pool].versions
 
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
-        file, tag, stamp = split_key(key)
-        if tag is None:
-            return False
-        if await self.pools[pool].store.put(file, tag, index, page, stamp):
-            self.puts += 1
-            return True
-        self.refused_puts += 1
-        return False
+        return (await self.put_pages(pool, [(key, index, page)]))[0]
+
+    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+        """The pages of each key (a file at one version and stamp: what one eviction mostly
+        holds) in one store call, not one round trip per page."""
+        runs: dict[bytes, list[int]] = {}
+        for n, (key, _index, _page) in enumerate(pages):
+            runs.setdefault(key, []).append(n)
+        stored = [False] * len(pages)
+        store = self.pools[pool].store
+        for key, positions in runs.items():
+            file, tag, stamp = split_key(key)
+            if tag is None:  # a key without a version is never stored
+                continue
+            kept = await store.put_many(file, tag, [(pages[n][1], pages[n][2]) for n in positions], stamp)
+            for n, ok in zip(positions, kept, strict=True):
+                stored[n] = ok
+            done = sum(kept)
+            self.puts += done
+            self.refused_puts += len(kept) - done
+        return stored
 
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         return (await self.get_pages(pool, key, index, [out]))[0]

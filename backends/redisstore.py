@@ -40,13 +40,26 @@ a full server refuses puts (counted `oom_refused`) and also bumps, which the
 cluster backend must treat as the store being unreachable; `volatile-*`
 policies evict nothing here (no key has a TTL).
 
-Connections: coredis 6 (anyio, so it runs on trio). A coredis client must be
-held open by an `async with` for as long as it is used, but a PageStore has
-no lifetime scope of its own, so each client is held by a trio system task
-(`_Conn`); commands are issued from the caller's task. A call cancelled by
-the caller's timeout leaves the connection consistent (coredis keeps the
-request queued and its reply is read and discarded); three cancelled calls
-in a row count as the store hanging and reset the connection.
+Connections: coredis 6 (anyio, so it runs on trio) opens the store, detects
+a Redis Cluster, serves one (it routes each key to its slot's node), and
+makes the membership calls. A coredis client must be held open by an
+`async with` for as long as it is used, but a PageStore has no lifetime
+scope of its own, so each client is held by a trio system task (`_Conn`).
+On a plain server (not a cluster) the page calls, the ones every read makes
+(version, get, put, invalidations, bumps), go through a second, lean
+connection instead (backends/resp.py): coredis spends 150-270 us of CPU on
+a command here, six times a bare RESP exchange, which made a node CPU-bound
+with one request in flight. Both pipeline: the calls of concurrent requests
+share the connection and never wait for each other's replies. A call
+cancelled by the caller's timeout leaves the connection consistent (its
+reply is read and discarded); three cancelled calls in a row count as the
+store hanging and reset the connection.
+
+Round trips: every store call is one command: a version check (concurrent
+checks of one file queued together share one, RespConnection.call_shared),
+one HMGET for a whole run of pages, one put script for the pages evicted
+together from one file at one version (up to PUT_PAGES). A 4 KiB read that
+misses the page cache makes two: the version check and the get.
 
 When Redis cannot be reached, calls raise StoreUnavailable at once (`up`
 is False) while a background task tries to reconnect every
@@ -64,7 +77,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
@@ -83,6 +96,7 @@ from coredis.exceptions import (
 from coredis.retry import NoRetryPolicy
 
 from backends.base import StatValue
+from backends.resp import RespConnection, RespCounters, RespError
 from backends.store import STAMP_BYTES, TAG_BYTES, Member, PageStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -109,6 +123,12 @@ SCHEMES = ("redis", "rediss", "unix")
 NODE_BYTES = 4
 HEADER = TAG_BYTES + STAMP_BYTES + NODE_BYTES
 CANCELS_BEFORE_RESET = 3  # calls in a row cut short by the caller's timeout: the store hangs
+PUT_PAGES = 256  # pages a put script takes at most (Lua's unpack() stops at about 8000 values)
+# Error replies on the lean connection that mean "this server cannot serve the pool now"
+# (coredis raises them as AuthenticationError, ClusterDownError, TryAgainError, ReadOnlyError,
+# AskError...): the store goes down and reconnects. MOVED and ASK also say it is a cluster node.
+_DOWN_REPLIES = frozenset(("NOAUTH", "WRONGPASS", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "LOADING",
+                           "MASTERDOWN", "MOVED", "ASK"))
 SCAN_COUNT = 1000
 _SECRET_PARAMS = ("password", "username", "user", "pass")
 
@@ -129,10 +149,10 @@ BUMP_LUA = _INIT + """
 redis.call('UNLINK', KEYS[2])
 return redis.call('INCR', KEYS[1])
 """
-# ARGV: tag (decimal), field, value
+# ARGV: tag (decimal), then field, value for each page (one version check for all of them)
 PUT_LUA = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 return 1
 """
 # ARGV: tag (decimal)
@@ -232,6 +252,7 @@ class _Conn:
     def __init__(self, client: Any, cluster: bool) -> None:
         self.client = client
         self.cluster = cluster
+        self.fast: RespConnection | None = None  # the page calls' connection (a plain server only)
         self.ready = trio.Event()
         self.done = trio.Event()
         self._scope = trio.CancelScope()
@@ -259,11 +280,20 @@ class _Conn:
 
     @property
     def dead(self) -> bool:
-        return self.done.is_set()
+        return self.done.is_set() or (self.fast is not None and self.fast.dead)
+
+    @property
+    def failure(self) -> BaseException:
+        """Why it died."""
+        if self.fast is not None and self.fast.error is not None:
+            return self.fast.error
+        return self.error or RuntimeError("the redis client task ended")
 
     def close(self) -> None:
         """Close the client and its connections (requests in flight fail)."""
         self._scope.cancel()
+        if self.fast is not None:
+            self.fast.close()
 
 
 class RedisStore(PageStore):
@@ -292,7 +322,7 @@ class RedisStore(PageStore):
         self._members_key = b"tmemfs:m:{" + u + b"}"
         self._counter_key = b"tmemfs:n:{" + u + b"}"
         self._scan_pattern = b"tmemfs:[vp]:{" + u + b":*"
-        self._scripts = {name: Script(None, src) for name, src in (
+        self._scripts: dict[str, Script[bytes]] = {name: Script(None, src) for name, src in (
             ("version", VERSION_LUA), ("bump", BUMP_LUA), ("put", PUT_LUA), ("inv_file", INVALIDATE_FILE_LUA),
             ("inv_page", INVALIDATE_PAGE_LUA), ("join", JOIN_LUA), ("leave", LEAVE_LUA))}
         self.node = -1
@@ -305,6 +335,7 @@ class RedisStore(PageStore):
         self._next_attempt = -math.inf
         self._cancel_streak = 0
         self._failed_attempts = 0
+        self._resp = RespCounters()  # the page calls' connections
         self.reset_stats()
 
     # -- public API ------------------------------------------------------------
@@ -312,7 +343,8 @@ class RedisStore(PageStore):
     def reset_stats(self) -> None:
         self.store_errors = self.reconnects = self.stale_puts_refused = self.oom_refused = 0
         self.puts = self.gets = self.hits = self.hits_from_others = 0
-        self.timeouts = self.unavailable = 0
+        self.timeouts = self.unavailable = self.calls = 0
+        self._resp.reset()
 
     @property
     def up(self) -> bool:
@@ -357,8 +389,10 @@ class RedisStore(PageStore):
         if self.node < 0:  # joined while the store was down, or a failed re-join
             self.node = await self._call(conn, self._register(conn.client, self._name))
             return
-        await self._call(conn, conn.client.hset(self._members_key, {
-            str(self.node): self._member_json(self._name, puts, gets, hits_from_others)}))
+        # (on the page calls' connection where there is one: no server `timeout` closes it idle)
+        node, member = str(self.node), self._member_json(self._name, puts, gets, hits_from_others)
+        await self._call(conn, self._command(conn, (b"HSET", self._members_key, node, member),
+                                             lambda client: client.hset(self._members_key, {node: member})))
 
     async def members(self) -> list[Member]:
         conn = self._live()
@@ -390,8 +424,30 @@ class RedisStore(PageStore):
     async def get(self, file: bytes, tag: int, index: int, out: memoryview, stamp: int = 0) -> int | None:
         self.gets += 1
         conn = self._live()
-        value = await self._call(conn, conn.client.hget(self._pprefix + file.hex().encode() + b"}", b"%d" % index))
-        if value is None or len(value) != HEADER + len(out) or value[:_NODE_AT] != _tag_bytes(tag, stamp):
+        key = self._pprefix + file.hex().encode() + b"}"
+        field = b"%d" % index
+        value = await self._call(conn, self._command(conn, (b"HGET", key, field),
+                                                     lambda client: client.hget(key, field)))
+        return self._page_out(value, out, _tag_bytes(tag, stamp))
+
+    async def get_many(self, file: bytes, tag: int, first: int, outs: list[memoryview],
+                       stamp: int = 0) -> list[int | None]:
+        """The run in one round trip (HMGET), not one per page."""
+        if len(outs) == 1:
+            return [await self.get(file, tag, first, outs[0], stamp)]
+        self.gets += len(outs)
+        conn = self._live()
+        key = self._pprefix + file.hex().encode() + b"}"
+        fields = [b"%d" % (first + n) for n in range(len(outs))]
+        values = await self._call(conn, self._command(conn, (b"HMGET", key, *fields),
+                                                      lambda client: client.hmget(key, fields)))
+        header = _tag_bytes(tag, stamp)
+        return [self._page_out(value, out, header) for value, out in zip(values, outs, strict=True)]
+
+    def _page_out(self, value: bytes | None, out: memoryview, header: bytes) -> int | None:
+        """A stored page value into `out` if it is the one asked for (`header`: its version and
+        stamp); the node that put it, or None."""
+        if value is None or len(value) != HEADER + len(out) or value[:_NODE_AT] != header:
             return None
         out[:] = memoryview(value)[HEADER:]
         putter = int.from_bytes(value[_NODE_AT:HEADER], "big")
@@ -401,17 +457,32 @@ class RedisStore(PageStore):
         return putter
 
     async def put(self, file: bytes, tag: int, index: int, page: memoryview, stamp: int = 0) -> bool:
+        return (await self.put_many(file, tag, [(index, page)], stamp))[0]
+
+    async def put_many(self, file: bytes, tag: int, pages: list[tuple[int, memoryview]],
+                       stamp: int = 0) -> list[bool]:
+        """Up to PUT_PAGES pages in one script (one round trip), each script's all stored or
+        all refused (the version moved, or the server is full under noeviction)."""
+        stored: list[bool] = []
+        for at in range(0, len(pages), PUT_PAGES):
+            some = pages[at : at + PUT_PAGES]
+            stored += [await self._put_script(file, tag, some, stamp)] * len(some)
+        return stored
+
+    async def _put_script(self, file: bytes, tag: int, pages: list[tuple[int, memoryview]], stamp: int) -> bool:
         conn = self._live()
-        value = b"".join((_tag_bytes(tag, stamp), max(self.node, 0).to_bytes(NODE_BYTES, "big"), page))
+        header = _tag_bytes(tag, stamp) + max(self.node, 0).to_bytes(NODE_BYTES, "big")
+        args = [b"%d" % tag]
+        for index, page in pages:
+            args += (b"%d" % index, b"".join((header, page)))
         try:
-            stored = await self._call(conn, self._script(conn, "put", self._file_keys(file),
-                                                         (b"%d" % tag, b"%d" % index, value)))
+            stored = await self._call(conn, self._script(conn, "put", self._file_keys(file), tuple(args)))
         except RedisOutOfMemory:
             return False
         if stored:
-            self.puts += 1
+            self.puts += len(pages)
             return True
-        self.stale_puts_refused += 1
+        self.stale_puts_refused += len(pages)
         return False
 
     async def invalidate_page(self, file: bytes, tag: int, index: int, stamp: int = 0) -> None:
@@ -429,7 +500,7 @@ class RedisStore(PageStore):
         conn = self._live()
         keys = self._file_keys(file)
         if tag is None:
-            await self._call(conn, conn.client.unlink([keys[1]]))
+            await self._call(conn, self._command(conn, (b"UNLINK", keys[1]), lambda client: client.unlink([keys[1]])))
         else:
             await self._call(conn, self._script(conn, "inv_file", keys, (b"%d" % tag,)))
 
@@ -480,6 +551,8 @@ class RedisStore(PageStore):
             "unavailable": self.unavailable,
             "stale_puts_refused": self.stale_puts_refused,
             "oom_refused": self.oom_refused,
+            "calls": self.calls,
+            "shared_calls": self._resp.shared,
             "puts": self.puts,
             "gets": self.gets,
             "hits": self.hits,
@@ -492,8 +565,34 @@ class RedisStore(PageStore):
         f = file.hex().encode() + b"}"
         return self._vprefix + f, self._pprefix + f
 
+    @staticmethod
+    def _command(conn: _Conn, command: tuple[bytes | str, ...], coredis_call: Callable[[Any], Awaitable[Any]]
+                 ) -> Awaitable[Any]:
+        """`command` on the page calls' connection if `conn` has one, else the same through coredis."""
+        if conn.fast is not None:
+            return conn.fast.call(*command)
+        return coredis_call(conn.client)
+
     def _script(self, conn: _Conn, name: str, keys: tuple[bytes, ...], args: tuple[bytes, ...]) -> Awaitable[Any]:
+        if conn.fast is not None:
+            return self._evalsha(conn.fast, self._scripts[name], keys, args, name == "version")
         return self._scripts[name](keys=keys, args=args, client=conn.client)
+
+    @staticmethod
+    async def _evalsha(fast: RespConnection, script: Script[bytes], keys: tuple[bytes, ...],
+                       args: tuple[bytes, ...], shared: bool = False) -> Any:
+        """A script by its digest (loaded at connect), by its text if the server lost it.
+
+        `shared`: concurrent version checks of one file share one command not sent yet
+        (RespConnection.call_shared): it runs after each of them started, so each reads
+        the version as it is after its read began, as the protocol asks."""
+        call = fast.call_shared if shared else fast.call
+        try:
+            return await call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+        except RespError as exc:
+            if exc.code != "NOSCRIPT":  # (SCRIPT FLUSH, or a failover to a replica)
+                raise
+        return await call(b"EVAL", script.script, len(keys), *keys, *args)
 
     def _member_json(self, name: str, puts: int = 0, gets: int = 0, hits_from_others: int = 0) -> str:
         return json.dumps({"name": name, "heartbeat": time.time(), "puts": puts, "gets": gets,
@@ -533,7 +632,7 @@ class RedisStore(PageStore):
         if conn is not None and not conn.dead:
             return conn
         if conn is not None:
-            self._down(conn, conn.error or RuntimeError("the redis client task ended"))
+            self._down(conn, conn.failure)
         self.unavailable += 1
         self._ensure_reconnector()
         raise StoreUnavailable(f"redis store {self.url} is down")
@@ -541,6 +640,7 @@ class RedisStore(PageStore):
     async def _call(self, conn: _Conn, request: Awaitable[T]) -> T:
         """Await one request on `conn`; failures become StoreUnavailable (the store goes down)
         or RedisCommandError (Redis refused the command; the store stays up)."""
+        self.calls += 1
         try:
             result = await request
         except trio.Cancelled:
@@ -552,12 +652,11 @@ class RedisStore(PageStore):
             raise
         except Exception as exc:
             self._cancel_streak = 0
-            moved = isinstance(exc, AskError) and not conn.cluster
+            moved = self._moved(exc) and not conn.cluster
             if moved:
                 self._cluster_hint = True  # MOVED on a plain connection: the server is a cluster node
                 log.info("redis store %s is a cluster node (MOVED): connecting as a cluster client", self.url)
-            elif isinstance(exc, ResponseError) and not isinstance(
-                    exc, (AuthenticationError, ClusterDownError, TryAgainError, ReadOnlyError, AskError)):
+            elif self._refused(exc):
                 message = f"redis {self.url}: {self._scrub(str(exc))}"
                 if str(exc).startswith("OOM"):  # maxmemory reached under noeviction
                     self.oom_refused += 1
@@ -569,6 +668,19 @@ class RedisStore(PageStore):
             raise StoreUnavailable(f"redis store {self.url} unreachable: {self._describe(exc)}") from None
         self._cancel_streak = 0
         return result
+
+    @staticmethod
+    def _moved(exc: Exception) -> bool:
+        """A MOVED or ASK reply: the key lives on another node of a Redis Cluster."""
+        return isinstance(exc, AskError) or (isinstance(exc, RespError) and exc.code in ("MOVED", "ASK"))
+
+    @staticmethod
+    def _refused(exc: Exception) -> bool:
+        """Redis answered, and refused this command only (the store stays up)."""
+        if isinstance(exc, RespError):
+            return exc.code not in _DOWN_REPLIES
+        return isinstance(exc, ResponseError) and not isinstance(
+            exc, (AuthenticationError, ClusterDownError, TryAgainError, ReadOnlyError, AskError))
 
     def _down(self, conn: _Conn, exc: BaseException, retry_now: bool = False) -> None:
         """`conn` failed: close it and reconnect after retry_interval (at once after a MOVED)."""
@@ -661,6 +773,8 @@ class RedisStore(PageStore):
             with trio.fail_after(self.connect_timeout):
                 for script in self._scripts.values():  # spares each script a NOSCRIPT round trip later
                     await conn.client.script_load(script.script)
+            if not conn.cluster:
+                conn.fast = await self._open_fast(conn.client.connection_pool)
             node = -1
             if self._name is not None:
                 with trio.fail_after(self.connect_timeout):
@@ -676,6 +790,17 @@ class RedisStore(PageStore):
             conn.close()
             raise
         return conn, node
+
+    async def _open_fast(self, pool: Any) -> RespConnection:
+        """The page calls' connection, to exactly where coredis connected (its parse of the
+        URL: host and port or socket path, database, TLS context, credentials)."""
+        kwargs = pool.connection_kwargs
+        location = pool.location
+        path = getattr(location, "path", None)
+        return await RespConnection.connect(
+            None if path is not None else location.host, getattr(location, "port", 0), path,
+            kwargs.get("ssl_context"), kwargs.get("username"), kwargs.get("password"), kwargs.get("db"),
+            self.connect_timeout, self._resp)
 
     async def _open(self, cluster: bool) -> _Conn:
         kwargs: dict[str, Any] = {

@@ -131,6 +131,12 @@ class PageStore(abc.ABC):
         A store may refuse a put whose tag is not the file's current version.
         """
 
+    async def put_many(self, file: bytes, tag: int, pages: list[tuple[int, memoryview]],
+                       stamp: int = 0) -> list[bool]:
+        """put() for several (index, page) of one file at one version and stamp (one round trip
+        where the store can)."""
+        return [await self.put(file, tag, index, page, stamp) for index, page in pages]
+
     @abc.abstractmethod
     async def invalidate_page(self, file: bytes, tag: int, index: int, stamp: int = 0) -> None: ...
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.conftest import Mount
 from tests.redisservers import RedisServer, redis_cluster, redis_server
 from tests.test_cluster import PAGE, mount_nodes, pattern, read_all, run_checker
+from tests.test_redisstore import commands_run
 
 SECRET = "s3cret-pa55word"
 
@@ -59,6 +60,23 @@ def test_second_node_reads_from_redis_and_sees_writes(mount_factory, tmp_path, s
         expected = bytearray(data)
         expected[3 * PAGE : 4 * PAGE] = (4).to_bytes(4, "little") * (PAGE // 4)
         assert read_all(a.mnt / "f") == bytes(expected)
+
+
+def test_a_node_asks_redis_once_per_run_of_pages(mount_factory, tmp_path, src):
+    """A node fills a run of missing pages with one HMGET and puts what one eviction takes of a
+    file back in one script: Redis sees a few commands per read of 128 KiB, not a get and a
+    put per page."""
+    pages = 512  # twice the page cache
+    data = pattern(40, pages)
+    (src / "f").write_bytes(data)
+    with redis_server(tmp_path) as server, redis_nodes(mount_factory, server.url, 1) as (a,):
+        server.cli("config", "resetstat")
+        assert read_all(a.mnt / "f") == data  # cold: from SRC; what it evicts goes to the pool
+        a.control("drop_caches")  # and the rest
+        assert a.stats()["backend.cluster.puts"] >= pages - 16
+        assert commands_run(server, "hget", "hmget", "evalsha", "eval") <= pages // 4
+        a.control("drop_caches")
+        assert read_all(a.mnt / "f") == data  # warm: from the pool
 
 
 def test_store_down_at_mount_then_up(mount_factory, tmp_path, src):

@@ -6,18 +6,23 @@ import logging
 import re
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
-from backends.redisstore import RedisStore, redacted_url
-from backends.store import StoreUnavailable
+from backends.cluster import ClusterBackend
+from backends.redisstore import PUT_PAGES, RedisStore, redacted_url
+from backends.resp import RespError, encode, parse
+from backends.store import StoreUnavailable, versioned_key
 from tests.redisservers import RedisServer, redis_cluster, redis_server
+from tools.stallingproxy import StallingProxy
 
 UUID = bytes(range(16))
 PASSWORD = "s3cret-Pa55-word-7f"
 PAGE = 4096
+DELAY = 0.2  # what the slow link of the tests below adds to every reply
 
 
 def page(fill: int) -> memoryview:
@@ -39,6 +44,25 @@ def pkey(file: bytes, uuid: bytes = UUID) -> str:
 def store(url: str, **kwargs: object) -> RedisStore:
     options: dict[str, object] = {"node_timeout": 5.0, "retry_interval": 0.2, **kwargs}
     return RedisStore(uuid=options.pop("uuid", UUID), url=url, **options)  # type: ignore[arg-type]
+
+
+def commands_run(srv: RedisServer, *names: str) -> int:
+    """How many times the server ran these commands since its last CONFIG RESETSTAT: the
+    round trips as the server saw them (INFO commandstats), whatever the client counted."""
+    calls = {}
+    for line in srv.cli("info", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, _, fields = line.removeprefix("cmdstat_").partition(":")
+            calls[name] = int(fields.split(",")[0].removeprefix("calls="))
+    return sum(calls.get(name, 0) for name in names)
+
+
+@contextmanager
+def slow_link(srv: RedisServer) -> Iterator[str]:
+    """A URL of `srv` behind a link that delays every reply by DELAY (requests go at once)."""
+    with StallingProxy(srv.port, delay=DELAY) as proxy:
+        proxy.release()
+        yield proxy.url
 
 
 async def wait_up(s: RedisStore, seconds: float) -> float:
@@ -599,3 +623,174 @@ async def test_concurrent_callers_through_a_restart(srv: RedisServer) -> None:
     assert served[0] > 0 and int(s.stats()["reconnects"]) >= 1
     assert [m.node for m in await s.members()] == [s.node]  # no second registration, no ghost
     await s.leave()
+
+
+def test_resp_replies_parse_whole_or_not_at_all() -> None:
+    """Replies split anywhere wait for the rest (None); nils, integers, errors and nested arrays."""
+    replies = b"$5\r\nhello\r\n$-1\r\n:42\r\n-OOM no room\r\n*2\r\n*1\r\n$1\r\na\r\n:7\r\n+OK\r\n"
+    for cut in range(len(replies)):
+        got, pos = [], 0
+        while (reply := parse(replies[:cut], pos)) is not None:
+            got.append(reply[0])
+            pos = reply[1]
+        assert len(got) <= 6 and pos <= cut
+    got, pos = [], 0
+    while (reply := parse(replies, pos)) is not None:
+        got.append(reply[0])
+        pos = reply[1]
+    assert pos == len(replies)
+    assert got[:3] == [b"hello", None, 42] and got[4:] == [[[b"a"], 7], b"OK"]
+    assert isinstance(got[3], RespError) and got[3].code == "OOM"
+    assert encode((b"HGET", "k", 12)) == b"*3\r\n$4\r\nHGET\r\n$1\r\nk\r\n$2\r\n12\r\n"
+
+
+async def test_a_run_of_pages_is_one_command(srv: RedisServer) -> None:
+    """A fill of N missing pages asks Redis once (HMGET), and N pages of one file at one version
+    go back in one script: not a round trip per page."""
+    s = store(srv.url)
+    try:
+        await s.join("n")
+        f = b"run"
+        v = await s.version(f)
+        srv.cli("config", "resetstat")
+        assert await s.put_many(f, v, [(i, page(i)) for i in range(16)]) == [True] * 16
+        outs = [buf() for _ in range(20)]
+        assert await s.get_many(f, v, 0, outs) == [s.node] * 16 + [None] * 4
+        assert [bytes(o) for o in outs[:16]] == [bytes(page(i)) for i in range(16)]
+        assert commands_run(srv, "hget", "hmget", "evalsha", "eval") == 2
+        await s.bump(f)  # a stale run is refused whole, still in one command
+        assert await s.put_many(f, v, [(i, page(i)) for i in range(8)]) == [False] * 8
+        assert commands_run(srv, "hget", "hmget", "evalsha", "eval") == 4  # (+ the bump)
+        assert s.stats()["stale_puts_refused"] == 8 and s.stats()["puts"] == 16
+        v = await s.version(f)  # a whole page cache dropped at once: a script per PUT_PAGES pages
+        assert await s.put_many(f, v, [(i, page(i)) for i in range(2 * PUT_PAGES + 1)]) == [True] * (2 * PUT_PAGES + 1)
+        assert commands_run(srv, "hget", "hmget", "evalsha", "eval") == 5 + 3
+        assert await s.get(f, v, 2 * PUT_PAGES, buf()) == s.node
+    finally:
+        await s.leave()
+
+
+async def test_cluster_backend_puts_an_eviction_in_one_command_per_file(srv: RedisServer) -> None:
+    """put_pages: the evicted pages of each file (one key) in one script; get_pages: one HMGET."""
+    backend = ClusterBackend(1 << 24, cc_store=srv.url)
+    pool = await backend.create_pool(UUID)
+    try:
+        versions = backend.versions(pool)
+        assert versions is not None
+        keys = {f: versioned_key(f, await versions.version(f), 7) for f in (b"one", b"two")}
+        srv.cli("config", "resetstat")
+        evicted = [(keys[b"one"], i, page(i)) for i in range(12)] + [(keys[b"two"], i, page(i)) for i in range(4)]
+        assert await backend.put_pages(pool, evicted) == [True] * 16
+        assert commands_run(srv, "evalsha", "eval") == 2
+        outs = [buf() for _ in range(12)]
+        assert await backend.get_pages(pool, keys[b"one"], 0, outs) == [True] * 12
+        assert commands_run(srv, "hget", "hmget") == 1
+        assert backend.stats()["puts"] == 16 and backend.stats()["succ_gets"] == 12
+    finally:
+        await backend.close()
+
+
+async def test_concurrent_calls_overlap_on_a_slow_link(srv: RedisServer) -> None:
+    """16 requests in flight over a link that delays every reply: each one's store call is on
+    its way before any reply is back, so they take about one delay, not sixteen."""
+    with slow_link(srv) as url:
+        s = store(url, connect_timeout=30 * DELAY)  # a join is several round trips
+        try:
+            assert await s.join("slow") >= 1
+            f = b"slow"
+            v = await s.version(f)
+            assert await s.put_many(f, v, [(i, page(i)) for i in range(16)]) == [True] * 16
+            events: list[str] = []
+
+            async def read(i: int) -> None:
+                events.append("asked")
+                out = buf()
+                assert await s.get(f, v, i, out) == s.node and bytes(out) == bytes(page(i))
+                events.append("answered")
+
+            start = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                for i in range(16):
+                    nursery.start_soon(read, i)
+            assert events == ["asked"] * 16 + ["answered"] * 16
+            assert trio.current_time() - start < 16 * DELAY / 2  # (one at a time: 16 delays)
+            start = trio.current_time()
+            assert await s.get_many(f, v, 0, [buf() for _ in range(16)]) == [s.node] * 16
+            assert trio.current_time() - start < 16 * DELAY / 2  # (a round trip per page: 16 delays)
+        finally:
+            await s.leave()
+
+
+async def test_concurrent_version_checks_share_one_command(srv: RedisServer) -> None:
+    """Reads in flight on one file all check its version: those whose checks are queued
+    together share one command (it reaches Redis after each of them started)."""
+    s = store(srv.url)
+    try:
+        await s.join("n")
+        f = b"hot"
+        v = await s.version(f)
+        srv.cli("config", "resetstat")
+        seen: list[int] = []
+
+        async def check() -> None:
+            seen.append(await s.version(f))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(16):
+                    nursery.start_soon(check)
+        assert seen == [v] * 16
+        assert commands_run(srv, "evalsha", "eval") <= 4
+        assert s.stats()["shared_calls"] >= 12
+    finally:
+        await s.leave()
+
+
+async def test_a_version_check_never_takes_a_reply_to_one_sent_before_it(srv: RedisServer) -> None:
+    """The coherency guarantee under sharing: a check that starts after a change completed
+    reads the new version, even while an older check of the file is still on its way."""
+    with slow_link(srv) as url:
+        slow, other = store(url, connect_timeout=30 * DELAY), store(srv.url)
+        try:
+            await slow.join("slow")
+            await other.join("other")
+            f = b"changing"
+            v = await other.version(f)
+            srv.cli("config", "resetstat")
+            first: list[int] = []
+
+            async def early_check() -> None:
+                first.append(await slow.version(f))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(early_check)
+                with trio.fail_after(10):
+                    while commands_run(srv, "evalsha") < 1:  # it ran in Redis; its reply is on its way
+                        await trio.sleep(0.01)
+                bumped = await other.bump(f)  # a change completes
+                with trio.fail_after(10):
+                    assert await slow.version(f) == bumped  # a read that starts afterwards
+            assert first == [v] and bumped > v
+            assert slow.stats()["shared_calls"] == 0
+        finally:
+            await slow.leave()
+            await other.leave()
+
+
+async def test_an_idle_node_keeps_its_connections_where_the_server_closes_idle_clients(srv: RedisServer) -> None:
+    """A server may close clients idle for `timeout` seconds; a node that only heartbeats (what
+    ClusterBackend.run does each second) keeps both of its connections, and is never cut off."""
+    srv.cli("config", "set", "timeout", "1")
+    s = store(srv.url)
+    try:
+        await s.join("idle")
+        f = b"idle"
+        v = await s.version(f)
+        for _ in range(8):
+            await s.heartbeat(0, 0, 0)
+            await s.members()
+            await trio.sleep(0.5)
+        assert await s.version(f) == v
+        assert s.up and s.stats()["reconnects"] == 0 and s.stats()["store_errors"] == 0
+    finally:
+        await s.leave()
