@@ -88,6 +88,9 @@ class OpenFile:
     cached: CachedFile
     kill_priv: bool = False  # opened by a caller without CAP_FSETID (not root)
     append: bool = False  # O_APPEND: every write lands at SRC's end (fd is O_APPEND too)
+    # Served through the kernel's page cache (kernel_cache): the kernel keeps what a read
+    # returns, so a read must not return bytes older than a write already in flight.
+    kernel_cached: bool = False
 
     def close(self) -> None:
         _close_twins(self.fd, self.read_fd, self.direct_fd)
@@ -409,9 +412,15 @@ class TmemOperations(pyfuse3.Operations):
                 self.data.close_file(cached, None)
             raise
         node.nopen += 1
+        kernel_cached = self.config.kernel_cache and not flags & os.O_APPEND
         fh = self._fh(OpenFile(node, fd, fd if read_fd < 0 else read_fd, direct_fd, cached,
-                               kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND)))
-        if not self.config.kernel_cache or flags & os.O_APPEND:
+                               kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND),
+                               kernel_cached=kernel_cached))
+        if truncating and self.config.kernel_cache:
+            # The kernel truncates its copy at an O_TRUNC open without its inode lock: an append
+            # racing the open leaves it a size guessed from before. Set right after the reply.
+            self._after_reply(self._forget_kernel_copy, node.nodeid)
+        if not kernel_cached:
             # An append lands where SRC ends, which the kernel may not know (a writer behind
             # our back): through the kernel's cache, its copy at the guessed offset would be
             # served to this descriptor's next read before anything could drop it.
@@ -452,6 +461,10 @@ class TmemOperations(pyfuse3.Operations):
     ) -> bytes | bytearray | memoryview:
         handle = self.handles[fh]
         if handle.__class__ is OpenFile:
+            if handle.kernel_cached and handle.cached.changing:  # type: ignore[union-attr]
+                # The write's page may have been dropped by the kernel (a revalidation) and read
+                # again while the write is on its way: our reply would outlive the write there.
+                await handle.cached.changes_landed()  # type: ignore[union-attr]
             return await self.data.read(handle.cached, handle.read_fd, off, size)  # type: ignore[union-attr]
         return handle.read(off, size)  # type: ignore[union-attr]
 

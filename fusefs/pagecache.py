@@ -75,6 +75,7 @@ class CachedFile:
     changes: int = 0
     changing: int = 0
     change_lock: trio.Lock | None = None
+    quiet: trio.Event | None = None  # set when no change is in progress any more (if awaited)
 
     def __post_init__(self) -> None:
         if not self.file:
@@ -96,6 +97,17 @@ class CachedFile:
     def end_change(self) -> None:
         self.changing -= 1
         self.changes += 1
+        if not self.changing and self.quiet is not None:
+            self.quiet.set()
+            self.quiet = None
+
+    async def changes_landed(self) -> None:
+        """Wait until the changes in progress now have ended (not those starting later)."""
+        if not self.changing:
+            return
+        if self.quiet is None:
+            self.quiet = trio.Event()
+        await self.quiet.wait()
 
     def lock_pages(self, indexes: range, lock: PageLock) -> None:
         locks = self.locks

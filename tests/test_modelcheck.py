@@ -84,6 +84,22 @@ def test_concurrent_clients_match_the_oracle(mount_factory: MountFactory, tmp_pa
     assert stats["fs.internal_errors"] == 0 and stats["cleancache.verify_failures"] == 0
 
 
+def test_with_kernel_cache_a_read_never_outlives_a_write_in_flight(mount_factory: MountFactory, tmp_path: Path) -> None:
+    """kernel_cache: the kernel keeps what a read returns. A page it dropped while a write of
+    it was on its way (a revalidation) and read again must not come back older than that
+    write: the read waits for the file's writes in flight. Writes and reads only: appends
+    racing O_TRUNC opens are the documented kernel_cache limit (README)."""
+    seed = _seed()
+    mix = tuple((name, weight) for name, weight in concurrentmodel.MIX
+                if name not in ("append", "reopen_trunc", "truncate", "direct_read", "reopen"))
+    with mount_factory("cleancache=tmem,cache_size=256K,cc_size=1M,kernel_cache,max_requests=16") as m:
+        (m.mnt / "conc").mkdir()
+        report = concurrentmodel.run(m.mnt / "conc", m.src / "conc", seed, CLIENTS, 6 * CLIENT_OPS,
+                                     checkpoint=1200, timeout=120, mix=mix)
+    assert report.ok, f"{report.failure()} (replay with TMEMFS_SEED={seed})"
+    assert report.reads > CLIENTS * CLIENT_OPS // 3
+
+
 def test_concurrent_check_catches_pages_installed_after_a_change(mount_factory: MountFactory, tmp_path: Path) -> None:
     """A tmemfs whose fills install whatever changed while they read (the change seqlock
     patched out at start-up, no file edited): the check names stale reads."""
