@@ -19,7 +19,7 @@ from backends.tmem import TmemBackend
 from fusefs.cleancache import Cleancache
 from fusefs.coherency import CoherencyStats, LocalCoherency, UnjoinedNode, VersionedCoherency
 from fusefs.datapath import DataPath
-from fusefs.pagecache import PageCache
+from fusefs.pagecache import CachedFile, PageCache
 
 PAGE = 4096
 REPO = Path(__file__).resolve().parent.parent
@@ -86,15 +86,21 @@ async def test_a_local_change_flushes_the_pool_at_start_and_end_even_with_nothin
         os.close(fd)
 
 
-async def test_a_local_open_drops_what_src_changed_behind_the_mount_here_and_in_the_pool(tmp_path: Path) -> None:
+async def pooled(tmp_path: Path) -> tuple[Cleancache, DataPath, CachedFile, int, bytes]:
+    """A single mount's data path over a file of 4 pages, every page in the pool (tmem)."""
     cc = Cleancache(TmemBackend(1 << 20))
     dp = DataPath(PageCache(16 * PAGE), cc, await cc.init_fs())
     fd, data = src_file(tmp_path)
+    cached, _ = await dp.open_file(b"f", fd)
+    assert await dp.read(cached, fd, 0, 4 * PAGE) == data
+    await dp.drop_caches()
+    assert cc.stats()["cleancache.ledger_entries"] == 4
+    return cc, dp, cached, fd, data
+
+
+async def test_a_local_open_drops_what_src_changed_behind_the_mount_here_and_in_the_pool(tmp_path: Path) -> None:
+    cc, dp, cached, fd, _ = await pooled(tmp_path)
     try:
-        cached, _ = await dp.open_file(b"f", fd)
-        assert await dp.read(cached, fd, 0, 4 * PAGE) == data
-        await dp.drop_caches()  # every page is in the pool now
-        assert cc.stats()["cleancache.ledger_entries"] == 4
         os.pwrite(fd, b"x" * 10, PAGE)  # behind the mount's back
         os.utime(fd, ns=(1, 1))
         dp.close_file(cached, None)
@@ -107,13 +113,8 @@ async def test_a_local_open_drops_what_src_changed_behind_the_mount_here_and_in_
 
 
 async def test_a_local_write_flushes_only_the_pages_it_covered(tmp_path: Path) -> None:
-    cc = Cleancache(TmemBackend(1 << 20))
-    dp = DataPath(PageCache(16 * PAGE), cc, await cc.init_fs())
-    fd, data = src_file(tmp_path)
+    cc, dp, cached, fd, data = await pooled(tmp_path)
     try:
-        cached, _ = await dp.open_file(b"f", fd)
-        assert await dp.read(cached, fd, 0, 4 * PAGE) == data
-        await dp.drop_caches()
         assert await dp.write(cached, fd, PAGE + 5, b"new") == (PAGE + 5, 3)
         assert cc.stats()["cleancache.ledger_entries"] == 3 and cc.inode_invalidates == 0
         assert cached.stamp is None  # unknown until the last close stamps it again

@@ -54,37 +54,32 @@ async def read_all_ways(io: SrcIO, fd: int, data: bytes) -> None:
     assert await io.preadv(fd, aligned(1), 80 * PAGE) == 0
 
 
-async def test_reads_under_load_go_out_as_batched_native_aio(src: tuple[Path, bytes]) -> None:
-    path, data = src
+async def reads_every_way(path: Path, data: bytes, threads: int, others_in_flight: bool) -> dict[str, int]:
+    """read_all_ways through a SrcIO of `threads` (AIO slots too); its counters."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    io = SrcIO(threads=32)  # as many AIO slots as readers at once (max_requests=32)
+    io = SrcIO(threads=threads)
     try:
         async with trio.open_nursery() as nursery:
             io.start(nursery)
-            io.in_flight = 2  # another request is in flight: nothing may block the loop
+            if others_in_flight:
+                io.in_flight = 2  # another request is in flight: nothing may block the loop
             await read_all_ways(io, fd, data)
             nursery.cancel_scope.cancel()
-        stats = io.stats()
-        assert stats["backing.aio_reads"] == 36 and stats["backing.inline_calls"] == 0
-        assert stats["backing.aio_submits"] < 36  # the 32 readers of one pass share submits
+        return io.stats()
     finally:
         io.close()
         os.close(fd)
+
+
+async def test_reads_under_load_go_out_as_batched_native_aio(src: tuple[Path, bytes]) -> None:
+    stats = await reads_every_way(*src, threads=32, others_in_flight=True)  # an AIO slot for each reader
+    assert stats["backing.aio_reads"] == 36 and stats["backing.inline_calls"] == 0
+    assert stats["backing.aio_submits"] < 36  # the 32 readers of one pass share submits
 
 
 async def test_reads_with_nothing_else_in_flight_stay_inline(src: tuple[Path, bytes]) -> None:
-    path, data = src
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    io = SrcIO(threads=16)
-    try:
-        async with trio.open_nursery() as nursery:
-            io.start(nursery)
-            await read_all_ways(io, fd, data)
-            nursery.cancel_scope.cancel()
-        assert io.stats()["backing.aio_reads"] == 0 and io.stats()["backing.inline_calls"] == 36
-    finally:
-        io.close()
-        os.close(fd)
+    stats = await reads_every_way(*src, threads=16, others_in_flight=False)
+    assert stats["backing.aio_reads"] == 0 and stats["backing.inline_calls"] == 36
 
 
 async def test_an_aio_read_fails_as_preadv_would(src: tuple[Path, bytes]) -> None:
