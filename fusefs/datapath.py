@@ -39,7 +39,7 @@ from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.coherency import Coherency, CoherencyStats, Landed, stamp_of
 from fusefs.pagecache import CachedFile, Eviction, PageCache, PageLock
-from fusefs.srcio import SrcIO
+from fusefs.srcio import SrcIO, pwrite_all
 
 log = logging.getLogger("tmemfs")
 
@@ -49,8 +49,6 @@ RECLAIM_NS = 20_000  # what background reclaim may spend of one pause between re
 RECLAIM_STEP = 4  # pages reclaim evicts between two looks for a waiting request
 JOIN_POLL_S = 0.02  # how often a fenced change looks whether its node has joined
 MAX_PROBE_BACKOFF = 8  # runs of a cold scan read between two asks of the pool, at most
-DIRECT_ALIGN_MASK = 511  # an O_DIRECT write needs offset and length in whole 512-byte sectors
-MAX_WRITE = 1 << 20  # the largest write the kernel sends (FUSE max_pages 256): one buffer fits it
 
 
 def _run_end(flags: list[bool], start: int, other: bool) -> int:
@@ -61,22 +59,6 @@ def _run_end(flags: list[bool], start: int, other: bool) -> int:
         except ValueError:
             pass
     return len(flags)
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> int:
-    """pwrite until done; short only where SRC took part (ENOSPC, EFBIG... after some bytes)."""
-    done = 0
-    while done < len(view):
-        try:
-            n = os.pwrite(fd, view[done:], offset + done)
-        except OSError:
-            if done == 0:
-                raise
-            break
-        if n == 0:
-            break
-        done += n
-    return done
 
 
 class _Contended(Exception):
@@ -123,7 +105,6 @@ class DataPath:
         self._probe_backoff = 1
         self._scan_pages = self.pc.capacity // 2
         self._scratches: list[memoryview] = []
-        self._direct_buffers: list[mmap.mmap] = []
         # A cluster node (`node`) changes files only while it is a member of its pool: a
         # change waits for that at most join_wait, then fails (fencing).
         self.node = node
@@ -654,11 +635,11 @@ class DataPath:
             lock.release()
 
     async def write(self, cached: CachedFile, fd: int, offset: int, data: bytes | memoryview,
-                    append: bool = False, direct_fd: int = -1) -> tuple[int, int]:
+                    append: bool = False) -> tuple[int, int]:
         """Write through to SRC, then bring cached pages and the pool up to date; where the
         bytes landed and how many. An append (`fd` opened with O_APPEND) lands at SRC's
         end as it is when the write happens, whatever offset the kernel guessed from the
-        size it had cached. `direct_fd`: see _write_src."""
+        size it had cached."""
         await self._begin_change(cached)
         try:
             rules = await self.admit_change()
@@ -667,8 +648,11 @@ class DataPath:
             landed: Landed | None = None
             covered = range(0)
             try:
-                write = self._write_src_stamped if rules.stamps_writes else self._write_src
-                landed = await self.io.call(write, fd, offset, data, append, direct_fd)
+                if append or rules.stamps_writes:
+                    write = self._write_src_stamped if rules.stamps_writes else self._write_src
+                    landed = await self.io.call(write, fd, offset, data, append)
+                else:  # (the common write: tried inline first, see SrcIO.pwrite)
+                    landed = Landed(offset, await self.io.pwrite(fd, memoryview(data), offset), False)
                 self._count_write(landed.done)
                 if landed.done:
                     covered = self._update_pages(cached, landed.landed, data, landed.done)
@@ -682,46 +666,22 @@ class DataPath:
         finally:
             self._end_change(cached)
 
-    def _write_src_stamped(self, fd: int, offset: int, data: bytes | memoryview, append: bool,
-                           direct_fd: int = -1) -> Landed:
+    def _write_src_stamped(self, fd: int, offset: int, data: bytes | memoryview, append: bool) -> Landed:
         """_write_src between two fstats (a cluster node's check for writes behind its back)."""
         before = stamp_of(os.fstat(fd))
-        landed = self._write_src(fd, offset, data, append, direct_fd)
+        landed = self._write_src(fd, offset, data, append)
         return Landed(landed.landed, landed.done, append, before, stamp_of(os.fstat(fd)))
 
-    def _write_src(self, fd: int, offset: int, data: bytes | memoryview, append: bool,
-                   direct_fd: int = -1) -> Landed:
+    def _write_src(self, fd: int, offset: int, data: bytes | memoryview, append: bool) -> Landed:
         """Write to SRC: where it landed and the bytes written. Short only when SRC took part
         (ENOSPC, EFBIG...): then the cache must follow what landed. An append is one write(2)
         on the O_APPEND descriptor, so it lands at the end atomically, as appends from other
-        processes (or nodes) on the same SRC do; the descriptor's offset says where. A caller
-        that opened the file O_DIRECT (`direct_fd`, SRC's O_DIRECT twin) has its aligned writes
-        go around the host page cache too, as they would on SRC itself: buffered, 512 MiB of
-        them would flush at the caller's fsync and starve every read of the disk meanwhile."""
+        processes (or nodes) on the same SRC do; the descriptor's offset says where."""
         view = memoryview(data)
         if append:
             done = os.write(fd, view)
             return Landed(os.lseek(fd, 0, os.SEEK_CUR) - done, done, append)
-        if direct_fd >= 0 and not (offset | len(view)) & DIRECT_ALIGN_MASK:
-            buffer = self._direct_buffer(len(view))
-            try:
-                buffer[: len(view)] = view
-                return Landed(offset, _pwrite_all(direct_fd, memoryview(buffer)[: len(view)], offset), append)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # (EINVAL: SRC wants other alignment; buffered then)
-                    raise
-            finally:
-                self._direct_buffers.append(buffer)
-        return Landed(offset, _pwrite_all(fd, view, offset), append)
-
-    def _direct_buffer(self, size: int) -> mmap.mmap:
-        """A page-aligned buffer of at least `size` bytes for an O_DIRECT write (reused; any
-        worker thread may take one)."""
-        buffers = self._direct_buffers
-        for n, buffer in enumerate(buffers):
-            if len(buffer) >= size:
-                return buffers.pop(n)
-        return mmap.mmap(-1, max(size, MAX_WRITE))
+        return Landed(offset, pwrite_all(fd, view, offset), append)
 
     def _count_write(self, done: int) -> None:
         """(Counted on the loop: _write_src may run on a worker thread.)"""

@@ -84,7 +84,6 @@ class OpenFile:
     inode: Inode
     fd: int
     read_fd: int  # fd, or an O_DIRECT twin with backing_io=direct
-    direct_fd: int  # an O_DIRECT twin for the writes of a caller that opened O_DIRECT, else -1
     cached: CachedFile
     kill_priv: bool = False  # opened by a caller without CAP_FSETID (not root)
     append: bool = False  # O_APPEND: every write lands at SRC's end (fd is O_APPEND too)
@@ -93,22 +92,18 @@ class OpenFile:
     kernel_cached: bool = False
 
     def close(self) -> None:
-        _close_twins(self.fd, self.read_fd, self.direct_fd)
+        if self.read_fd != self.fd:
+            os.close(self.read_fd)
         os.close(self.fd)
 
 
-def _twin(fd: int, flags: int) -> int:
-    """Another descriptor of the file open on `fd`, O_DIRECT; -1 where SRC has no O_DIRECT (tmpfs)."""
+def _direct_twin(fd: int) -> int:
+    """A read-only O_DIRECT descriptor of the file open on `fd`; `fd` itself where SRC has
+    no O_DIRECT (tmpfs)."""
     try:
-        return os.open(f"/proc/self/fd/{fd}", flags | os.O_DIRECT | os.O_CLOEXEC)
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
     except OSError:
-        return -1
-
-
-def _close_twins(fd: int, *twins: int) -> None:
-    for twin in twins:
-        if twin not in (fd, -1):
-            os.close(twin)
+        return fd
 
 
 @dataclass(eq=False, slots=True)
@@ -392,30 +387,28 @@ class TmemOperations(pyfuse3.Operations):
 
     async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
-        read_fd = direct_fd = -1
+        read_fd = fd
         cached = None
         try:
             key = self.inodes.key(node)
             cached, unchanged = await self.data.open_file(key, fd)
             if self.config.backing_direct and flags & os.O_ACCMODE != os.O_WRONLY:
-                read_fd = _twin(fd, os.O_RDONLY)
-            if flags & os.O_DIRECT and flags & os.O_ACCMODE != os.O_RDONLY:
-                direct_fd = _twin(fd, os.O_WRONLY)  # the caller's O_DIRECT writes stay direct
+                read_fd = _direct_twin(fd)
             if truncating:
                 await self.data.truncate(key, fd, 0)
                 if ctx.uid != 0:
                     self._kill_priv(node, fd)
         except BaseException:
-            _close_twins(fd, read_fd, direct_fd)
+            if read_fd != fd:
+                os.close(read_fd)
             os.close(fd)
             if cached is not None:
                 self.data.close_file(cached, None)
             raise
         node.nopen += 1
         kernel_cached = self.config.kernel_cache and not flags & os.O_APPEND
-        fh = self._fh(OpenFile(node, fd, fd if read_fd < 0 else read_fd, direct_fd, cached,
-                               kill_priv=ctx.uid != 0, append=bool(flags & os.O_APPEND),
-                               kernel_cached=kernel_cached))
+        fh = self._fh(OpenFile(node, fd, read_fd, cached, kill_priv=ctx.uid != 0,
+                               append=bool(flags & os.O_APPEND), kernel_cached=kernel_cached))
         if truncating and self.config.kernel_cache:
             # The kernel truncates its copy at an O_TRUNC open without its inode lock: an append
             # racing the open leaves it a size guessed from before. Set right after the reply.
@@ -474,8 +467,7 @@ class TmemOperations(pyfuse3.Operations):
         if isinstance(handle, OpenFile):
             if handle.kill_priv:
                 self._kill_priv(handle.inode, handle.fd)
-            landed, done = await self.data.write(handle.cached, handle.fd, off, buf, handle.append,
-                                                 handle.direct_fd)
+            landed, done = await self.data.write(handle.cached, handle.fd, off, buf, handle.append)
             if landed != off and self.config.kernel_cache:
                 self._after_reply(self._forget_kernel_copy, handle.inode.nodeid)
             return done

@@ -82,8 +82,10 @@ def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_writt
         stats = m.stats()
         assert stats["fuse.max_requests"] == 16
         assert stats["fs.internal_errors"] == 0
-        # Requests were served side by side: some SRC calls left the loop.
-        assert int(stats["backing.thread_calls"]) + int(stats["backing.aio_reads"]) > 0  # type: ignore[call-overload]
+        # Requests were served side by side: some SRC reads took the routes for a busy loop
+        # (off it, or RWF_NOWAIT inline; 4 KiB writes run inline whatever is in flight).
+        routed = ("backing.thread_calls", "backing.aio_reads", "backing.nowait_reads")
+        assert sum(int(stats[key]) for key in routed) > 0  # type: ignore[call-overload]
 
 
 def test_readers_go_on_while_another_file_is_written_and_fsynced(mount_factory) -> None:  # type: ignore[no-untyped-def]

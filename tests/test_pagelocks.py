@@ -249,13 +249,13 @@ async def test_an_open_during_a_write_keeps_the_size_the_write_left(tmp_path: Pa
     try:
         dp.close_file(cached, os.fstat(fd))
         gate = trio.Event()
-        call = dp.io.call
+        pwrite = dp.io.pwrite
 
-        async def held_call(fn, *args):  # type: ignore[no-untyped-def]
+        async def held_pwrite(fd: int, view: memoryview, offset: int) -> int:
             await gate.wait()
-            return await call(fn, *args)
+            return await pwrite(fd, view, offset)
 
-        dp.io.call = held_call  # type: ignore[method-assign]
+        dp.io.pwrite = held_pwrite  # type: ignore[method-assign]
         tail = b"T" * PAGE
         async with trio.open_nursery() as nursery:
             nursery.start_soon(dp.write, cached, fd, 4 * PAGE, tail)  # held before it reaches SRC
