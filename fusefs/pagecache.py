@@ -61,7 +61,9 @@ class PageLock:
 class CachedFile:
     """What the page cache knows of one backing file."""
 
-    key: bytes  # what the pool knows its pages by (fusefs/coherency.py sets it): the file key, or more
+    # What the pool knows its pages by (the coherency rules set it): the file key, or on a
+    # cluster node the key of the version the pages were read at.
+    key: bytes
     size: int = 0
     pages: dict[int, int] = field(default_factory=dict)  # page index -> slot
     # Close-to-open: (size, mtime_ns, ctime_ns) of SRC when last seen (None after this mount's

@@ -17,9 +17,12 @@ itself. So:
   filesystem (the dentry cache has them): they stay inline unless SRC is a
   network or FUSE filesystem (slow_metadata), where they go to threads too.
 * A read of a cached descriptor is first tried inline with RWF_NOWAIT (the
-  host page cache has it: no hop); only a read that would block, and other
-  blocking calls (writes, fsync, truncate, open, directory listings), go to
-  worker threads.
+  host page cache has it: no hop). A write of at most INLINE_WRITE bytes runs
+  inline too: the host page cache takes it in microseconds, and this mount's
+  writes of one file go one at a time, so a hop for each would be paid in
+  turn (ext4 has no RWF_NOWAIT for buffered writes). Only a read that would
+  block, and other blocking calls (larger writes, fsync, truncate, open,
+  directory listings), go to worker threads.
 
 Tasks waiting here cannot be cancelled (the buffer belongs to the kernel
 until the call completes); every call ends by itself, so unmount waits.
@@ -349,11 +352,9 @@ class SrcIO:
         return await self._threads.run(os.preadv, fd, buffers, offset)
 
     async def pwrite(self, fd: int, view: memoryview, offset: int) -> int:
-        """pwrite_all, without holding up other requests: a write of a few pages runs inline
-        (the host page cache takes it in microseconds, where a hop to a thread costs 110 us,
-        and this mount's writes of one file go one at a time, so at QD16 every write paid the
-        hop: 4k randwrite fell from 77k to 4-6k IOPS; ext4 has no RWF_NOWAIT for buffered
-        writes to tell one that would block); a larger one, under load, on a worker thread."""
+        """pwrite_all, without holding up other requests: inline up to INLINE_WRITE bytes (see
+        the module docstring; with a hop each, 4k randwrite QD16 fell from 77k to 4k IOPS), a
+        larger write under load on a worker thread."""
         if len(view) <= INLINE_WRITE or not self.busy():
             self.inline += 1
             return pwrite_all(fd, view, offset)
