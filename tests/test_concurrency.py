@@ -32,16 +32,18 @@ def run_threads(targets: list[threading.Thread]) -> None:
                                      "cleancache=none,backing_io=direct"])
 def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_written(
         mount_factory, options: str) -> None:  # type: ignore[no-untyped-def]
-    """Eight readers read random pages while a writer rewrites every page in turn, twice.
-    Each page read is one of the generations written to it (never a mix, never an older
-    generation once a reader has seen a newer one of that page), and at the end every
-    page is the last generation, through the mount and in SRC."""
+    """Eight readers read random pages while a writer rewrites every page in turn, at least
+    twice and until the readers have read 1000 pages (so they raced it however slow the
+    machine). Each page read is one of the generations written to it (never a mix, never
+    an older generation once a reader has seen a newer one of that page), and at the end
+    every page is the last generation, through the mount and in SRC."""
     with mount_factory(f"{options},cache_size=1M,cc_size=64M,max_requests=16") as m:
         path = m.mnt / "f"
         path.write_bytes(b"".join(pattern(0, n) for n in range(PAGES)))
         stop = threading.Event()
         errors: list[str] = []
         reads = [0]
+        last = [0]
 
         def reader(seed: int) -> None:
             rng = random.Random(seed)
@@ -66,9 +68,12 @@ def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_writt
         def writer() -> None:
             fd = os.open(path, os.O_WRONLY)
             try:
-                for generation in (1, 2):
+                generation = 0
+                while generation < 2 or (reads[0] <= 1000 and generation < 500):
+                    generation += 1
                     for index in range(PAGES):
                         os.pwrite(fd, pattern(generation, index), index * PAGE)
+                last[0] = generation
             finally:
                 os.close(fd)
                 stop.set()
@@ -76,7 +81,7 @@ def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_writt
         run_threads([threading.Thread(target=reader, args=(n,)) for n in range(8)] + [threading.Thread(target=writer)])
         assert not errors, errors[:5]
         assert reads[0] > 1000
-        final = b"".join(pattern(2, n) for n in range(PAGES))
+        final = b"".join(pattern(last[0], n) for n in range(PAGES))
         assert path.read_bytes() == final
         assert (m.src / "f").read_bytes() == final
         stats = m.stats()
