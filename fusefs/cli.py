@@ -223,6 +223,7 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         log.warning("no shared pool (see above): this cluster node caches nothing until one is registered")
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = TmemOperations(root_fd, config, data, src)
+    ops.mountpoint = mnt
     if notify_fd is not None:
         ops.ready = lambda: _notify(notify_fd, b"ok")
     # Signals are caught from before the mount exists, so none can kill us half-mounted.

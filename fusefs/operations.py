@@ -130,6 +130,7 @@ class TmemOperations(pyfuse3.Operations):
         self.inodes = InodeTable(root_fd)
         self.data = data
         self.src = src
+        self.mountpoint = ""  # MNT, set by the command line once mounted (names the mount in metrics)
         self.uid = os.geteuid()
         self.handles: dict[int, OpenFile | ControlHandle] = {}
         self.dirs: dict[int, OpenDir | None] = {}
@@ -670,6 +671,7 @@ class TmemOperations(pyfuse3.Operations):
             "fs.version": __version__,
             "fs.pid": os.getpid(),
             "fs.src": self.src,
+            "fs.mountpoint": self.mountpoint,
         })
         return stats
 
