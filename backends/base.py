@@ -13,6 +13,7 @@ I/O; in-memory backends simply never suspend.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -26,6 +27,17 @@ class OptionSpec:
 
     parse: Callable[[str], object]
     help: str
+
+
+def physical_memory() -> int:
+    """Bytes of RAM on this machine: no in-memory size may be set beyond it."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory_size(what: str, nbytes: int) -> None:
+    """ValueError unless this machine's memory could hold `nbytes` of `what`."""
+    if nbytes > physical_memory():
+        raise ValueError(f"{what} {nbytes} is more than this machine's memory ({physical_memory()} bytes)")
 
 
 class BackendUnavailable(Exception):
@@ -103,6 +115,15 @@ class Backend(abc.ABC):
     def versions(self, pool: int) -> FileVersions | None:
         """The per-file versions of a shared pool, or None (private pools need none)."""
         return None
+
+    def check_capacity(self, nbytes: int) -> None:
+        """ValueError (one line: why) unless set_capacity(nbytes) would change the capacity."""
+        raise ValueError(f"backend {self.name} cannot change its capacity on a live mount")
+
+    async def set_capacity(self, nbytes: int) -> None:
+        """cc_size changed on a live mount (at least a page): evict at once, by the backend's
+        own policy, down to it, or grow at once; never flush. Refused as check_capacity says."""
+        self.check_capacity(nbytes)
 
     async def run(self) -> None:
         """Background work while mounted (heartbeats); cancelled at unmount."""

@@ -115,6 +115,19 @@ class ChainBackend(Backend):
                 return found
         return None
 
+    def check_capacity(self, nbytes: int) -> None:
+        """cc_size is per member, as at mount: every member must take the new one."""
+        for member in self.members:
+            member.check_capacity(nbytes)
+
+    async def set_capacity(self, nbytes: int) -> None:
+        """Each member in order: what the first evicts spills to the next, which then makes
+        room by its own policy, as on any eviction."""
+        self.check_capacity(nbytes)
+        for member in self.members:
+            await member.set_capacity(nbytes)
+        self.capacity = sum(m.capacity for m in self.members)
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             for member in self.members:

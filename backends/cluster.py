@@ -289,6 +289,16 @@ class ClusterBackend(Backend):
             await shared.store.clear()
         await shared.store.leave()
 
+    def check_capacity(self, nbytes: int) -> None:
+        """Refused: the pool is the nodes' together, sized in the store, not by one node."""
+        if self.store_spec == "lmdb":
+            frames = [shared.store.stats().get("capacity_pages") for shared in self.pools.values()]
+            sized = f" ({frames[0]} pages)" if frames else ""
+            raise ValueError(f"the cluster pool's page slab is shared by every node and was sized by the first "
+                             f"node to join{sized}: it cannot change on a live mount")
+        raise ValueError("the cluster pool lives in Redis and is bounded by the server's maxmemory "
+                         "(CONFIG SET maxmemory there), not by cc_size")
+
     async def run(self) -> None:
         """Heartbeats: publish this node's counters, refresh the member list, spot stalls."""
         while True:

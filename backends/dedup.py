@@ -42,7 +42,7 @@ from typing import ClassVar
 import lz4.block
 import xxhash
 
-from backends.base import Backend, OptionSpec, StatValue
+from backends.base import Backend, OptionSpec, StatValue, check_memory_size
 from backends.ram import Spill, Spilled, memory_stats, parse_policy
 from fusefs import PAGE_SIZE
 from fusefs.eviction import Policy, make_policy
@@ -135,6 +135,8 @@ class DedupBackend(Backend):
         self.puts = self.succ_gets = self.failed_gets = self.invalidates = 0
         self.evicted_pages = self.dup_puts_replaced = self.dup_puts_flushed = 0
         self.rejected_puts = self.corrupt_pages = self.duplicate_entry = self.hash_collisions = 0
+        self.pool_limit_hit = 0
+        self.held_max = self.held
 
     def _reset(self) -> None:
         """Empty arrays and a fresh policy: at start, and whenever the last handle goes."""
@@ -226,6 +228,8 @@ class DedupBackend(Backend):
             chunk = handle >> SHIFT
             self._used[chunk] += 1  # pins the chunk: evictions must not free it
             cost = 0 if slot else self._room_for(blob)
+            if self.held + cost > self.capacity:  # the pool is full (see memory_stats)
+                self.pool_limit_hit += 1
             while self.held + cost > self.capacity and self.unique_pages:
                 self.evicted_pages += self._drop_copy(self._victim(), spilled if self.spill is not None else None)
                 if slot and not self._refs[slot]:  # the copy found was evicted: store the page anew
@@ -250,6 +254,7 @@ class DedupBackend(Backend):
             else:
                 slot = self._store(hashed, blob)
             self._link(handle, slot)
+            self.held_max = max(self.held_max, self.held)
         for item in spilled:
             if self.spill is not None:
                 await self.spill(*item)
@@ -317,13 +322,31 @@ class DedupBackend(Backend):
 
     def stats(self) -> dict[str, StatValue]:
         return {
-            **memory_stats(self, self.stored_pages, self.held),
+            **memory_stats(self, self.stored_pages, self.held, self.held_max),
             "unique_pages": self.unique_pages,
             "unique_data_size": self.unique_bytes,
             "duplicate_entry": self.duplicate_entry,
             "hash_collisions": self.hash_collisions,
             "saved_bytes": self.stored_pages * PAGE_SIZE - self.unique_bytes,
         }
+
+    def check_capacity(self, nbytes: int) -> None:
+        check_memory_size("cc_size", nbytes)
+
+    async def set_capacity(self, nbytes: int) -> None:
+        """Evict copies by the policy (each with every handle sharing it, spilled down a chain)
+        until what is held fits; an s3fifo or arc policy's size follows."""
+        self.check_capacity(nbytes)
+        self.capacity = nbytes
+        if self._policy is not None:
+            self._policy.resize(max(1, nbytes // PAGE_SIZE))
+        spilled: list[Spilled] = []
+        while self.held > nbytes and self.unique_pages:
+            self.evicted_pages += self._drop_copy(self._victim(), spilled if self.spill is not None else None)
+        self._tidy()
+        for item in spilled:
+            if self.spill is not None:
+                await self.spill(*item)
 
     # -- copies ------------------------------------------------------------------------
 

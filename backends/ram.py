@@ -14,7 +14,7 @@ import abc
 from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
-from backends.base import Backend, OptionSpec, StatValue
+from backends.base import Backend, OptionSpec, StatValue, check_memory_size
 from fusefs import PAGE_SIZE
 from fusefs.eviction import POLICIES, make_policy
 
@@ -53,11 +53,16 @@ class RamBackend(Backend):
         super().__init__(capacity, **options)
         self._pools: dict[int, RamPool] = {}
         self._next_pool = 0
-        self._policy = make_policy(cc_policy, max(1, capacity // (self.expected_entry_bytes + self.ENTRY_OVERHEAD)))
+        self._policy = make_policy(cc_policy, self._policy_keys(capacity))
         self.spill: Spill | None = None  # set by a chain: where evicted pages go
         self.stored_pages = 0
         self.held = 0  # payload bytes + ENTRY_OVERHEAD per entry: what cc_size bounds
+        self.held_max = 0  # its high-water mark since the last reset_stats (zram's mem_used_max)
         self.reset_stats()
+
+    def _policy_keys(self, capacity: int) -> int:
+        """The policy's size in keys for `capacity` bytes (entries of the expected size)."""
+        return max(1, capacity // (self.expected_entry_bytes + self.ENTRY_OVERHEAD))
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         """A subclass that customises get_page or put_page (a plugin, a fault injector) gets
@@ -73,7 +78,8 @@ class RamBackend(Backend):
     def reset_stats(self) -> None:
         self.puts = self.succ_gets = self.failed_gets = self.invalidates = 0
         self.evicted_pages = self.dup_puts_replaced = self.dup_puts_flushed = 0
-        self.rejected_puts = self.corrupt_pages = 0
+        self.rejected_puts = self.corrupt_pages = self.pool_limit_hit = 0
+        self.held_max = self.held
 
     # -- what a subclass decides ---------------------------------------------------
 
@@ -174,15 +180,19 @@ class RamBackend(Backend):
                 self.dup_puts_replaced += 1
         if entry is None:
             return False
-        if cost > self.capacity:
-            self.release(entry)
-            self.rejected_puts += 1
-            return False
-        while self.held + cost > self.capacity:
-            self._evict_one(spilled)
+        if self.held + cost > self.capacity:  # the pool is full (see pool_limit_hit in memory_stats)
+            self.pool_limit_hit += 1
+            if cost > self.capacity:
+                self.release(entry)
+                self.rejected_puts += 1
+                return False
+            while self.held + cost > self.capacity:
+                self._evict_one(spilled)
         ram_pool.files.setdefault(key, {})[index] = entry
         self._policy.insert((pool, key, index))
-        self.held += cost
+        held = self.held = self.held + cost
+        if held > self.held_max:
+            self.held_max = held
         self.stored_pages += 1
         return True
 
@@ -231,6 +241,21 @@ class RamBackend(Backend):
         self._forget(ram_pool, key, index)
         self.evicted_pages += 1
 
+    def check_capacity(self, nbytes: int) -> None:
+        check_memory_size("cc_size", nbytes)
+
+    async def set_capacity(self, nbytes: int) -> None:
+        """Evict the policy's victims (spilled down a chain, as any eviction is) until what is
+        held fits; the policy's size follows."""
+        self.check_capacity(nbytes)
+        self.capacity = nbytes
+        self._policy.resize(self._policy_keys(nbytes))
+        spilled: list[Spilled] = []
+        while self.held > nbytes:
+            self._evict_one(spilled)
+        if spilled:
+            await self._spill(spilled)
+
     async def _spill(self, spilled: list[Spilled]) -> None:
         """Hand evicted pages to the next member of a chain, once the put is done."""
         assert self.spill is not None  # nothing is collected otherwise
@@ -238,20 +263,29 @@ class RamBackend(Backend):
             await self.spill(*item)
 
     def stats(self) -> dict[str, StatValue]:
-        return memory_stats(self, self.stored_pages, self.held)
+        return memory_stats(self, self.stored_pages, self.held, self.held_max)
 
 
 # Event counters every in-memory backend keeps under these attribute names.
 EVENT_COUNTERS = ("puts", "succ_gets", "failed_gets", "invalidates", "evicted_pages", "dup_puts_replaced",
-                  "dup_puts_flushed", "rejected_puts", "corrupt_pages")
+                  "dup_puts_flushed", "rejected_puts", "corrupt_pages", "pool_limit_hit")
 
 
-def memory_stats(backend: Backend, stored_pages: int, held: int) -> dict[str, StatValue]:
-    """What every in-memory backend shows, in the names of zcache, zswap and Xen tmem."""
+def memory_stats(backend: Backend, stored_pages: int, held: int, held_max: int) -> dict[str, StatValue]:
+    """What every in-memory backend shows, in the names of zcache, zswap, zram and Xen tmem.
+
+    `pool_total_size_max` is the high-water mark of pool_total_size since the last
+    reset_stats, which sets it to the size then (zram's mem_used_max). `pool_limit_hit`
+    counts puts that found the pool full, as zswap counts stores that hit max_pool_percent:
+    a put whose entry did not fit in what was left of cc_size. zswap refuses such a store
+    and writes back in the background; these backends evict at once instead (the put is
+    then stored), or refuse the entry if it is larger than the whole pool (rejected_puts).
+    """
     return {
         "stored_pages": stored_pages,
         "pool_total_size": held,
+        "pool_total_size_max": held_max,
         "orig_data_size": stored_pages * PAGE_SIZE,
-        "pool_limit": backend.capacity,
+        "capacity_bytes": backend.capacity,
         **{name: getattr(backend, name) for name in EVENT_COUNTERS},
     }

@@ -110,6 +110,15 @@ class ZcacheBackend(RamBackend):
             self._handed_out_bytes -= len(old[1])
         self._handed_out[handle] = (digest, block)
         self._handed_out_bytes += len(block)
+        self._trim_handed_out()
+
+    async def set_capacity(self, nbytes: int) -> None:
+        """The pool as every RAM backend does it; the blocks remembered for reuse stay 1/8 of it."""
+        await super().set_capacity(nbytes)
+        self._handed_out_limit = max(1 << 20, nbytes // 8)
+        self._trim_handed_out()
+
+    def _trim_handed_out(self) -> None:
         while self._handed_out_bytes > self._handed_out_limit:
             _, (_, dropped) = self._handed_out.popitem(last=False)
             self._handed_out_bytes -= len(dropped)

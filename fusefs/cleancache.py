@@ -55,7 +55,8 @@ from typing import Any, TypeVar
 import trio
 import xxhash
 
-from backends.base import Backend, BackendUnavailable, StatValue
+from backends.base import Backend, BackendUnavailable, StatValue, check_memory_size
+from fusefs import PAGE_SIZE
 from fusefs.coherency import Coherency, CoherencyStats, LocalCoherency, UnjoinedNode, VersionedCoherency
 from fusefs.pagecache import PageCache
 from fusefs.tracing import Tracer
@@ -162,6 +163,11 @@ def _holds_backend(hook: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable
     return call
 
 
+def _ledger_limit(backend: Backend) -> int:
+    """Room for a digest of every page the backend could hold, at 4x compression."""
+    return max(1024, 4 * backend.capacity // 4096)
+
+
 class BackendTimeout(Exception):
     """A backend call did not finish in time: treated like any backend fault."""
 
@@ -202,8 +208,7 @@ class Cleancache:
 
     def _attach(self, backend: Backend) -> None:
         self.backend = backend
-        # Room for a digest of every page the backend could hold, at 4x compression.
-        self._ledger_limit = max(1024, 4 * backend.capacity // 4096)
+        self._ledger_limit = _ledger_limit(backend)
         self.registrations += 1
         self.generation += 1
         self._start_run()
@@ -308,6 +313,34 @@ class Cleancache:
             self._fault("close", old)
         log.info("backend %s unregistered; pools are placeholders until one registers", old.name)
         return old
+
+    async def set_cc_size(self, nbytes: int) -> None:
+        """Resize the live backend's pool (cc_size) without flushing it: the backend evicts at
+        once by its own policy, or grows at once; the ledgers' bound follows (a digest left of
+        a page evicted meanwhile only makes a get ask and miss). With no backend registered
+        nothing changes here: the caller keeps nbytes for the next register. ValueError (one
+        line) if refused: below a page, beyond this machine's memory, or as the backend says."""
+        if nbytes < PAGE_SIZE:
+            raise ValueError(f"cc_size must be at least one page ({PAGE_SIZE} bytes), not {nbytes}")
+        backend = self.backend
+        if backend is None:
+            check_memory_size("cc_size", nbytes)
+            return
+        try:
+            await backend.set_capacity(nbytes)
+        except ValueError:
+            raise
+        except Exception as exc:
+            self._fault("set_capacity", backend)
+            raise ValueError(f"backend {backend.name} failed to resize ({type(exc).__name__}: {exc})") from None
+        self._ledger_limit = _ledger_limit(backend)
+        for pool in list(self.pools.values()):
+            ledger = pool.ledger
+            if ledger is None or pool.backend_pool is None or self.backend is not backend:
+                continue
+            ledger.limit = self._ledger_limit
+            await self._trim(backend, pool.backend_pool, ledger)
+        log.info("cc_size set to %d (backend %s)", nbytes, backend.name)
 
     def reset_stats(self) -> None:
         self.succ_gets = self.failed_gets = self.puts = self.invalidates = 0

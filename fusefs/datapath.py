@@ -79,13 +79,11 @@ class DataPath:
         # trimmed past max_idle_files (the coherency rules say what the pool keeps of them).
         self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
         self.max_idle_files = max_idle_files
-        self.batch = max(1, min(MAX_BATCH, self.pc.capacity // 4))
-        # Free slots that background reclaim keeps ready (none in tiny caches, whose
-        # eviction order the tests count exactly).
-        self.reserve = min(MAX_BATCH, self.pc.capacity // 64)
         # Slots holding a page got from a shared pool and unchanged since: the pool
         # still has it (gets there are non-destructive), so evicting it needs no put.
+        # (As long as the page cache ever was: a slot retiring after a shrink may be in a put.)
         self._from_shared_pool = bytearray(self.pc.capacity)
+        self._resizing = trio.Lock()
         # Sequential bypass (bcache's sequential_cutoff): once a read in order has gone
         # on for more than half the page cache it is a scan that would only evict
         # everything; runs the pool holds at least half of are then served through a
@@ -103,7 +101,7 @@ class DataPath:
         # would otherwise ask for every page twice (a round trip each on Redis).
         self._probe_skip = 0
         self._probe_backoff = 1
-        self._scan_pages = self.pc.capacity // 2
+        self._follow_capacity()
         self._scratches: list[memoryview] = []
         # A cluster node (`node`) changes files only while it is a member of its pool: a
         # change waits for that at most join_wait, then fails (fencing).
@@ -113,6 +111,57 @@ class DataPath:
         self.coherency: Coherency = cleancache.coherency(pool, pagecache, self.coherence, node)
         self._generation = cleancache.generation
         self.reset_stats()
+
+    def _follow_capacity(self) -> None:
+        """What is sized against the page cache, as at mount (and after each resize)."""
+        capacity = self.pc.capacity
+        self.batch = max(1, min(MAX_BATCH, capacity // 4))
+        # Free slots that background reclaim keeps ready (none in tiny caches, whose
+        # eviction order the tests count exactly).
+        self.reserve = min(MAX_BATCH, capacity // 64)
+        self._scan_pages = capacity // 2
+        if len(self._from_shared_pool) < capacity:
+            self._from_shared_pool.extend(bytes(capacity - len(self._from_shared_pool)))
+
+    async def set_cache_size(self, nbytes: int) -> None:
+        """Resize the page cache of the live mount to cache_size `nbytes` (whole pages,
+        rounded down). Growing takes effect at once. Shrinking evicts at once, by the policy
+        in force, the pages that no longer fit, putting each into cleancache as reclaim
+        does; the pages that fit move below the new capacity, pages being filled or put are
+        left to their lock holders (pagecache's module docstring), and the pool is not
+        flushed. ValueError (one line) if refused: below a page, beyond what the slab can
+        grow to."""
+        pc = self.pc
+        pages = pc.check_capacity(nbytes)
+        async with self._resizing:  # (two resizes at once would both count on the free slots)
+            if pages >= pc.capacity:
+                pc.grow(pages)
+                self._follow_capacity()
+                return
+            self._moved(pc.shrink(pages))
+            self._follow_capacity()
+            try:
+                while (retiring := pc.retiring_pages()) > 0:
+                    await self._evict_into_free(max(1, retiring - pc.free_slots))
+                    self._moved(pc.move_retiring())
+            finally:
+                self._contend_fills()
+                pc.shrunk()
+        log.info("cache_size set to %d (%d pages)", pages * PAGE_SIZE, pages)
+
+    def _contend_fills(self) -> None:
+        """No fill in flight at the end of a shrink installs: it may hold a retired slot (its
+        read is served around the cache). The seqlock moves, as drop_file moves it, so the
+        fill path itself checks nothing more."""
+        for cached in self.files.values():
+            if any(not lock.putting for lock in cached.locks.values()):
+                cached.changes += 1
+
+    def _moved(self, moves: list[tuple[int, int]]) -> None:
+        """Pages a shrink moved to other slots keep their mark of the shared pool."""
+        flags = self._from_shared_pool
+        for old, new in moves:
+            flags[new], flags[old] = flags[old], 0
 
     def reset_stats(self) -> None:
         self.backing_reads = self.backing_read_bytes = 0

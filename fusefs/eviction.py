@@ -12,7 +12,10 @@ The contract, the same for every policy:
 - `victim()`: remove and return the resident key to evict next (KeyError
   when none); owners call it only when they need room, so it may be called
   with fewer than `capacity` keys resident, and repeatedly to drain;
-- `len()`: keys resident.
+- `len()`: keys resident;
+- `resize(capacity)`: the owner's size changed; sizing parameters follow
+  and ghosts are trimmed to the new bounds. Owners shrink by calling
+  `victim()` until they fit, before or after: resize never evicts.
 
 Every operation is O(1); for the FIFO-with-reinsertion policies the eviction
 loop is amortized O(1) (each key it passes over pays back an earlier hit).
@@ -73,6 +76,11 @@ class Policy(ABC, Generic[K]):
     def ghosts(self) -> int:
         """Evicted keys still remembered (0 for policies without history)."""
         return 0
+
+    def resize(self, capacity: int) -> None:
+        """The owner now holds up to `capacity` keys (policies with sizing parameters follow)."""
+        _need_capacity(capacity, self.name)
+        self.capacity = capacity
 
 
 def _need_capacity(capacity: int, name: str) -> None:
@@ -203,8 +211,8 @@ class S3FIFO(Policy[K]):
     def __init__(self, capacity: int) -> None:
         _need_capacity(capacity, self.name)
         super().__init__(capacity)
-        self._small_size = max(1, capacity // 10)
-        self._ghost_size = max(1, capacity - self._small_size)
+        self._small_size = self._ghost_size = 0
+        self._size_queues()
         # resident key -> hits, capped at MAX_FREQ; dict order is FIFO order
         self._small: OrderedDict[K, int] = OrderedDict()
         self._main: OrderedDict[K, int] = OrderedDict()
@@ -259,6 +267,19 @@ class S3FIFO(Policy[K]):
 
     def ghosts(self) -> int:
         return len(self._ghost)
+
+    def resize(self, capacity: int) -> None:
+        """The small queue stays 10% and the ghost as long as main; keys resident in either
+        stay where they are (victim() takes from small while it is over its share)."""
+        super().resize(capacity)
+        self._size_queues()
+        ghost = self._ghost
+        while len(ghost) > self._ghost_size:
+            ghost.popitem(last=False)
+
+    def _size_queues(self) -> None:
+        self._small_size = max(1, self.capacity // 10)
+        self._ghost_size = max(1, self.capacity - self._small_size)
 
 
 class ARC(Policy[K]):
@@ -342,6 +363,18 @@ class ARC(Policy[K]):
 
     def ghosts(self) -> int:
         return len(self._b1) + len(self._b2)
+
+    def resize(self, capacity: int) -> None:
+        """The target p keeps its share of the cache; the ghosts are trimmed, oldest first, to
+        the directory's bounds (|T1| + |B1| <= c, all four lists <= 2c) as far as ghosts can be."""
+        old = self.capacity
+        super().resize(capacity)
+        self._p = min(self._p * capacity / old, float(capacity))
+        b1, b2 = self._b1, self._b2
+        while b1 and len(self._t1) + len(b1) > capacity:
+            b1.popitem(last=False)
+        while len(self) + len(b1) + len(b2) > 2 * capacity and (b1 or b2):
+            (b2 or b1).popitem(last=False)
 
 
 POLICIES: dict[str, type[Policy[Any]]] = {cls.name: cls for cls in (LRU, SIEVE, S3FIFO, ARC)}

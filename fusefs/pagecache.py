@@ -17,6 +17,19 @@ installs its pages only if the file's `changes` did not move meanwhile (a
 seqlock: every write, truncate or drop moves it at its start and its end,
 and `changing` counts those in progress), so no page read before a change
 completed is installed after it.
+
+Resizing on a live mount (`grow`, `shrink`): the slab is mapped once at the
+largest size it may grow to (`limit`: physical memory; anonymous memory
+costs nothing until touched, and MAP_NORESERVE keeps it out of the
+overcommit accounting), and capacity is a count of slots, so growing moves
+nothing and no view of the slab is ever invalidated. Shrinking frees the
+slots at and above the new capacity: an installed page there moves to a
+free slot below (the data path evicts, with puts, until one is free); a slot
+held by a fill or a put in flight stays `retiring` until it is given back
+(the data path moves the seqlock of files with fills in flight when a shrink
+ends, so none of those installs: each read is served around the cache).
+Freed slots are handed back to the kernel (MADV_REMOVE: the slab is shared
+anonymous memory), so the process really shrinks.
 """
 
 from __future__ import annotations
@@ -28,9 +41,27 @@ from itertools import repeat
 
 import trio
 
+from backends.base import physical_memory
 from fusefs import PAGE_SIZE
 from fusefs.eviction import make_policy
 from fusefs.tracing import Tracer
+
+MAP_NORESERVE = 0x4000  # (Linux; the mmap module does not export it)
+
+
+def _reserve(capacity: int, limit_bytes: int | None) -> tuple[mmap.mmap, int, str]:
+    """The slab, mapped for as many slots as it may grow to (physical memory unless
+    `limit_bytes` says otherwise, and never fewer than `capacity`), that number, and what
+    bounds it. Where the kernel refuses to reserve that much address space (strict
+    overcommit, RLIMIT_AS), just `capacity`: it cannot grow then."""
+    limit = max(capacity, (physical_memory() if limit_bytes is None else limit_bytes) // PAGE_SIZE)
+    reason = "this machine's memory" if limit_bytes is None else "the limit it was made with"
+    if limit > capacity:
+        try:
+            return mmap.mmap(-1, limit * PAGE_SIZE, flags=mmap.MAP_SHARED | MAP_NORESERVE), limit, reason
+        except OSError:
+            reason = "the kernel would not reserve more address space for it"
+    return mmap.mmap(-1, capacity * PAGE_SIZE), capacity, reason
 
 
 class PageLock:
@@ -151,11 +182,16 @@ class Eviction:
 class PageCache:
     """Bounded set of clean pages with hit/miss/eviction counters."""
 
-    def __init__(self, capacity_bytes: int, policy: str = "lru") -> None:
+    def __init__(self, capacity_bytes: int, policy: str = "lru", limit_bytes: int | None = None) -> None:
         self.capacity = max(1, capacity_bytes // PAGE_SIZE)
-        self._mem = mmap.mmap(-1, self.capacity * PAGE_SIZE)
+        self._mem, self.limit, self._limit_reason = _reserve(self.capacity, limit_bytes)
         self.view = memoryview(self._mem)
         self._free = list(range(self.capacity - 1, -1, -1))
+        # Slots at or above capacity still held by a fill or a put since the last shrink,
+        # and the end of the slots in use (above capacity only while some are retiring).
+        self._retiring: set[int] = set()
+        self._top = self.capacity
+        self._shrinking = False
         # The policy orders pages by (file, index), a key that survives eviction,
         # so policies with ghost lists (S3-FIFO, ARC) recognise a returning page.
         # slot_keys and touch_fn are read by the data path's hit loop directly.
@@ -261,8 +297,12 @@ class PageCache:
         self._policy.insert_run(keys)
 
     def release_slot(self, slot: int) -> None:
-        """Give back a slot from take_slot that was not installed."""
-        self._free.append(slot)
+        """Give back a slot from take_slot that was not installed (a retiring one goes back
+        to the kernel)."""
+        if slot < self.capacity:
+            self._free.append(slot)
+        else:
+            self._retire(slot)
 
     def drop(self, cached: CachedFile, index: int) -> bool:
         """Remove one page without putting it anywhere (it is not clean any more)."""
@@ -309,3 +349,95 @@ class PageCache:
 
     def reset_counters(self) -> None:
         self.hits = self.misses = self.evictions = 0
+
+    # -- resizing (see the module docstring) --------------------------------------------
+
+    def check_capacity(self, nbytes: int) -> int:
+        """The capacity in slots that cache_size `nbytes` means (whole pages, rounded down);
+        ValueError if it is refused."""
+        if nbytes < PAGE_SIZE:
+            raise ValueError(f"cache_size must be at least one page ({PAGE_SIZE} bytes), not {nbytes}")
+        pages = nbytes // PAGE_SIZE
+        if pages > self.limit:
+            raise ValueError(f"cache_size {nbytes} is more than this page cache can grow to "
+                             f"({self.limit * PAGE_SIZE} bytes: {self._limit_reason})")
+        return pages
+
+    def grow(self, pages: int) -> None:
+        """Make `pages` (at least the capacity) the capacity, at once: the new slots are free,
+        except retiring ones still held, which are ordinary held slots again."""
+        old = self.capacity
+        self.capacity = pages
+        retiring = self._retiring
+        revived = {s for s in retiring if s < pages}
+        retiring -= revived
+        self._free[:0] = [s for s in range(pages - 1, old - 1, -1) if s not in revived]  # used last
+        if len(self.slot_keys) < pages:
+            self.slot_keys.extend([None] * (pages - len(self.slot_keys)))
+        self._top = max(self._top, pages) if retiring else pages
+        self._policy.resize(pages)
+
+    def shrink(self, pages: int) -> list[tuple[int, int]]:
+        """Make `pages` (at most the capacity) the capacity: no slot at or above it is handed
+        out again, and the pages installed there move below while free slots last; the
+        moves made, as (from, to). The caller evicts until `retiring_pages` is 0, then
+        calls `shrunk`."""
+        old = self.capacity
+        self.capacity = pages
+        self._shrinking = True
+        self._policy.resize(pages)
+        free = self._free
+        unused = {s for s in free if s >= pages}
+        free[:] = [s for s in free if s < pages]
+        self._retiring |= {s for s in range(pages, old) if s not in unused}  # (above old: retiring already)
+        return self.move_retiring()
+
+    def retiring_pages(self) -> int:
+        """Pages still installed at or above the capacity (a shrink evicts until none is)."""
+        slot_keys = self.slot_keys
+        return sum(1 for s in self._retiring if slot_keys[s] is not None)
+
+    def move_retiring(self) -> list[tuple[int, int]]:
+        """Move pages installed at or above the capacity into free slots below, while there
+        are any; the moves, as (from, to)."""
+        slot_keys, free, view = self.slot_keys, self._free, self.view
+        moves = []
+        for slot in sorted(self._retiring):
+            if not free:
+                break
+            key = slot_keys[slot]
+            if key is None:
+                continue
+            to = free.pop()
+            view[to * PAGE_SIZE : (to + 1) * PAGE_SIZE] = view[slot * PAGE_SIZE : (slot + 1) * PAGE_SIZE]
+            key[0].pages[key[1]] = to
+            slot_keys[to], slot_keys[slot] = key, None
+            self._retiring.discard(slot)
+            moves.append((slot, to))
+        return moves
+
+    def shrunk(self) -> None:
+        """The shrink is over: the memory of every slot at or above the capacity that no fill
+        or put holds goes back to the kernel (those held go back when they are released)."""
+        self._shrinking = False
+        self._policy.resize(self.capacity)
+        start = self.capacity
+        for slot in [*sorted(self._retiring), self._top]:
+            self._give_back(start, slot)
+            start = slot + 1
+        if not self._retiring:
+            self._top = self.capacity
+        del self.slot_keys[self._top :]  # (it covers every slot that may be in use)
+
+    def _retire(self, slot: int) -> None:
+        """A retiring slot was given back by the fill or put that held it."""
+        self._retiring.discard(slot)
+        if self._shrinking:
+            return  # (shrunk() gives it back with the others)
+        self._give_back(slot, slot + 1)
+        if not self._retiring:
+            self._top = self.capacity
+
+    def _give_back(self, start: int, end: int) -> None:
+        if start < end:
+            self._mem.madvise(mmap.MADV_REMOVE, start * PAGE_SIZE, (end - start) * PAGE_SIZE)

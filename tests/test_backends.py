@@ -104,18 +104,20 @@ def test_zcache_counters_exact_on_a_scripted_sequence(mount_factory) -> None:
 
 
 def test_zcache_evicts_exactly_what_cc_size_needs(mount_factory) -> None:
-    """Same-filled pages cost ENTRY_OVERHEAD each: cc_size for 10 of them keeps the last 10."""
-    with mount_factory(f"cleancache=zcache,cc_size={10 * OVERHEAD}") as m:
-        data = b"".join(bytes([n]) * PAGE for n in range(16))
+    """Same-filled pages cost ENTRY_OVERHEAD each: a one-page cc_size holds PAGE // OVERHEAD
+    of them, and keeps the last ones."""
+    fits = PAGE // OVERHEAD
+    with mount_factory(f"cleancache=zcache,cc_size={PAGE}") as m:
+        data = b"".join(bytes([n]) * PAGE for n in range(fits + 6))
         (m.src / "f").write_bytes(data)
         assert (m.mnt / "f").read_bytes() == data
         m.control("drop_caches")
         z = zcache_stats(m)
-        assert z["puts"] == 16 and z["evicted_pages"] == 6 and z["stored_pages"] == 10
-        assert z["pool_total_size"] == z["pool_limit"] == 10 * OVERHEAD
+        assert z["puts"] == fits + 6 and z["evicted_pages"] == 6 and z["stored_pages"] == fits
+        assert z["pool_total_size"] == z["capacity_bytes"] == fits * OVERHEAD
         assert (m.mnt / "f").read_bytes() == data
         z = zcache_stats(m)
-        assert z["succ_gets"] == 10 and z["stored_pages"] == 0 and z["pool_total_size"] == 0
+        assert z["succ_gets"] == fits and z["stored_pages"] == 0 and z["pool_total_size"] == 0
 
 
 @pytest.mark.parametrize("policy", ["reject", "raw"])

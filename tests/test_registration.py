@@ -46,7 +46,7 @@ def test_placeholder_pool_then_register(src, mount_factory) -> None:
         assert (m.mnt / "f").read_bytes() == data  # evictions now land in tmem
         assert (m.mnt / "f").read_bytes() == data  # and come back from it
         s = m.stats()
-        assert s["succ_gets"] > 0 and s["backend.tmem.pool_limit"] == 64 << 20
+        assert s["succ_gets"] > 0 and s["backend.tmem.capacity_bytes"] == 64 << 20
 
 
 def test_register_over_live_backend_is_ebusy_replace_works(mount_factory) -> None:
