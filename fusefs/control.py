@@ -3,7 +3,9 @@
 `stats` has one `name value` per line; `stats.json` the same keys as JSON.
 Both are rendered when opened, so a reader sees one consistent snapshot.
 `control` takes text commands, one per line; a bad command is EINVAL and
-nothing in that write runs.
+nothing in that write runs. A refusal is logged with its reason, and a read on
+the handle that wrote returns the outcome of its last write (`ok` or
+`EINVAL: reason`), so the writer learns why without the daemon's log.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ import pyfuse3
 
 from backends import registry
 from backends.base import StatValue
+from fusefs import PAGE_SHIFT
 from fusefs.cleancache import BackendBusy
 from fusefs.inodes import RESERVED_BASE
-from fusefs.options import OptionError, parse_register
+from fusefs.options import OptionError, parse_register, parse_size
 
 if TYPE_CHECKING:
     from fusefs.datapath import DataPath
@@ -36,7 +39,7 @@ DIR_ID = RESERVED_BASE + 1
 FILES = {
     b"stats": (RESERVED_BASE + 2, 0o444),
     b"stats.json": (RESERVED_BASE + 3, 0o444),
-    b"control": (RESERVED_BASE + 4, 0o200),
+    b"control": (RESERVED_BASE + 4, 0o600),
 }
 CONTROL_ID = FILES[b"control"][0]
 NAMES = {nodeid: name for name, (nodeid, _) in FILES.items()}
@@ -47,8 +50,32 @@ COMMANDS = {
     "register": "register NAME[+NAME] [cc_size=SIZE] [opt=value ...]: make a backend live (EBUSY if one is)",
     "replace": "replace NAME[+NAME] [opts]: flush and close the live backend, register another",
     "unregister": "flush and close the live backend; reads go on from SRC",
+    "set": "set KEY=SIZE [KEY=SIZE]: resize the live mount's cache_size and/or cc_size",
 }
-ALONE = {"register", "replace", "unregister"}  # must be the only command of a write
+TAKES_ARGS = {"register", "replace", "set"}
+ALONE = {"register", "replace", "unregister", "set"}  # must be the only command of a write
+SETTINGS = ("cache_size", "cc_size")  # what `set` changes
+MAX_WRITE = 4096  # a write this size is one FUSE request (max_write is never below a page): all or nothing
+SHOWN = 200  # characters of a refused write quoted in the log
+MAX_REASON = 1000  # characters of a reason (one quoting a long word of the write is cut)
+
+
+class Refused(pyfuse3.FUSEError):
+    """A control command refused: the errno of the write, and the reason its writer reads back."""
+
+    def __new__(cls, reason: str, code: int = errno.EINVAL) -> Refused:
+        return super().__new__(cls, code)  # pyfuse3's __cinit__ takes the errno alone
+
+    def __init__(self, reason: str, code: int = errno.EINVAL) -> None:
+        super().__init__(code)
+        self.reason = reason
+
+
+def printable(data: bytes, limit: int = SHOWN) -> str:
+    """One log-safe line: control characters and non-ASCII bytes escaped, long text cut."""
+    text = data[:limit].rstrip(b"\n").decode("latin-1")
+    shown = "".join(c if " " <= c <= "~" else "\\n" if c == "\n" else f"\\x{ord(c):02x}" for c in text)
+    return shown + ("..." if len(data) > limit else "")
 
 
 def is_control(nodeid: int) -> bool:
@@ -73,9 +100,16 @@ class ControlHandle:
     """An open control file: a snapshot to read, or commands to run."""
 
     nodeid: int
-    content: bytes = b""
+    content: bytes = b""  # the snapshot, or (control) the outcome of this handle's last write
+    start: int | None = 0  # the offset content starts at: the first read after a write sets it
 
     def read(self, offset: int, size: int) -> bytes:
+        """Content from offset 0 (pread) or from the file position of the first read after a write
+        (the position there depends on what this handle wrote and read before: `exec 3<>control`)."""
+        if self.start is None:
+            self.start = offset
+        if offset >= self.start:
+            offset -= self.start
         return self.content[offset : offset + size]
 
 
@@ -122,8 +156,6 @@ class ControlFiles:
     def open(self, nodeid: int, flags: int, ctx: pyfuse3.RequestContext) -> ControlHandle:
         accmode = flags & os.O_ACCMODE
         if nodeid == CONTROL_ID:
-            if accmode == os.O_RDONLY:
-                raise pyfuse3.FUSEError(errno.EACCES)
             if ctx.uid not in (0, self.owner_uid):
                 raise pyfuse3.FUSEError(errno.EACCES)
             return ControlHandle(nodeid)
@@ -138,26 +170,74 @@ class ControlFiles:
     async def write(self, handle: ControlHandle, data: bytes) -> int:
         if handle.nodeid != CONTROL_ID:
             raise pyfuse3.FUSEError(errno.EBADF)
-        commands = parse_commands(data)
-        for command in commands:
-            await self._run(command)
+        try:
+            for command in parse_commands(data):
+                await self._run(command)
+        except Refused as exc:
+            reason = printable(exc.reason.encode(), limit=MAX_REASON)
+            log.warning('control: refused "%s": %s', printable(data), reason)
+            handle.content = f"{errno.errorcode[exc.errno]}: {reason}\n".encode()
+            raise
+        except Exception as exc:
+            handle.content = failure(exc)
+            raise
+        finally:
+            handle.start = None
+        handle.content = b"ok\n"
         return len(data)
 
 
+def failure(exc: Exception) -> bytes:
+    """The outcome of a write that failed otherwise than by a refusal (the request handler logs it)."""
+    code = getattr(exc, "errno", None) or errno.EIO
+    return f"{errno.errorcode.get(code, 'EIO')}: {os.strerror(code)} (see the tmemfs log)\n".encode()
+
+
 def parse_commands(data: bytes) -> list[list[str]]:
-    """Commands (as words) in a write to `control`; EINVAL, running none, if any is wrong."""
+    """Commands (as words) in a write to `control`; Refused (EINVAL), running none, if any is wrong."""
+    if len(data) > MAX_WRITE:
+        raise Refused(f"{len(data)} bytes: a write of commands takes at most {MAX_WRITE}")
     try:
         text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise pyfuse3.FUSEError(errno.EINVAL) from None
+    except UnicodeDecodeError as exc:
+        raise Refused(f"not ASCII text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
     commands = [line.split() for line in text.splitlines() if line.strip()]
-    if not commands or any(words[0] not in COMMANDS for words in commands):
-        raise pyfuse3.FUSEError(errno.EINVAL)
+    if not commands:
+        raise Refused(f"no command (commands: {', '.join(COMMANDS)})")
     for words in commands:
-        takes_args = words[0] in ("register", "replace")
-        if (len(words) > 1) != takes_args or (words[0] in ALONE and len(commands) > 1):
-            raise pyfuse3.FUSEError(errno.EINVAL)
+        check_command(words, len(commands))
     return commands
+
+
+def check_command(words: list[str], count: int) -> None:
+    """Refused if one command of a write of `count` is unknown, has wrong arguments or is not alone."""
+    name = words[0]
+    if name not in COMMANDS:
+        raise Refused(f'unknown command "{name}" (commands: {", ".join(COMMANDS)})')
+    if name in TAKES_ARGS and len(words) == 1:
+        raise Refused(f"{name} needs arguments: {COMMANDS[name]}")
+    if name not in TAKES_ARGS and len(words) > 1:
+        raise Refused(f"{name} takes no arguments")
+    if name in ALONE and count > 1:
+        raise Refused(f"{name} must be alone in a write (this one has {count} commands)")
+    if name == "set":
+        parse_set(words[1:])
+
+
+def parse_set(words: list[str]) -> dict[str, int]:
+    """`set`'s KEY=SIZE words as bytes by key, sizes as the mount options take them."""
+    sizes: dict[str, int] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or key not in SETTINGS:
+            raise Refused(f'set: "{word}" is not KEY=SIZE with KEY one of {", ".join(SETTINGS)}')
+        if key in sizes:
+            raise Refused(f"set: {key} is given twice")
+        try:
+            sizes[key] = parse_size(key, value)
+        except OptionError as exc:
+            raise Refused(f"set: {exc}") from None
+    return sizes
 
 
 class Commands:
@@ -165,39 +245,78 @@ class Commands:
 
     def __init__(self, data: DataPath, cc_size: int, reset_fs_stats: Callable[[], None]) -> None:
         self.data = data
-        self.cc_size = cc_size
+        self.cc_size = cc_size  # for a register without cc_size=: the mount's, or the last `set`
         self.reset_fs_stats = reset_fs_stats
+        # What each setting is now, to put back when a later key of the same `set` is refused.
+        self.sizes = {"cache_size": data.pc.capacity << PAGE_SHIFT, "cc_size": cc_size}
 
     async def run(self, words: list[str]) -> None:
         command = words[0]
-        cc = self.data.cc
         if command == "drop_caches":
             await self.data.drop_caches()
         elif command == "flush":
             await self.data.flush_pool()
         elif command == "reset_stats":
-            self.data.reset_stats()
-            self.data.pc.reset_counters()
-            cc.reset_stats()
-            if cc.backend is not None:
-                cc.backend.reset_stats()
-            self.reset_fs_stats()
+            self.reset_stats()
         elif command == "unregister":
-            if await cc.unregister() is None:
-                log.warning("control: unregister: no backend is registered")
-                raise pyfuse3.FUSEError(errno.EINVAL)
+            if await self.data.cc.unregister() is None:
+                raise Refused("no backend is registered")
+        elif command == "set":
+            await self.set(parse_set(words[1:]))
         else:
-            try:
-                names, cc_size, options = parse_register(words[1:], self.cc_size, registry.load)
-                backend = registry.build(names, cc_size, options)
-            except (OptionError, TypeError, ValueError, ImportError) as exc:
-                log.warning("control: %s: %s", " ".join(words), exc)
-                raise pyfuse3.FUSEError(errno.EINVAL) from None
-            assert backend is not None
-            try:
-                await cc.register(backend, replace=command == "replace")
-            except BackendBusy as exc:
-                log.warning("control: %s: %s", " ".join(words), exc)
-                await backend.close()
-                raise pyfuse3.FUSEError(errno.EBUSY) from None
+            await self.register(words[1:], replace=command == "replace")
         log.info("control: %s", " ".join(words))
+
+    def reset_stats(self) -> None:
+        cc = self.data.cc
+        self.data.reset_stats()
+        self.data.pc.reset_counters()
+        cc.reset_stats()
+        if cc.backend is not None:
+            cc.backend.reset_stats()
+        self.reset_fs_stats()
+
+    async def register(self, words: list[str], replace: bool) -> None:
+        try:
+            names, cc_size, options = parse_register(words, self.cc_size, registry.load)
+            backend = registry.build(names, cc_size, options)
+        except (OptionError, TypeError, ValueError, ImportError) as exc:
+            raise Refused(str(exc) or type(exc).__name__) from None
+        assert backend is not None
+        try:
+            await self.data.cc.register(backend, replace=replace)
+        except BackendBusy as exc:
+            await backend.close()
+            raise Refused(str(exc), errno.EBUSY) from None
+        self.sizes["cc_size"] = cc_size
+
+    async def set(self, sizes: dict[str, int]) -> None:
+        """Resize each setting in turn; when one is refused, those already changed go back."""
+        done: list[tuple[str, int]] = []
+        for key, nbytes in sizes.items():
+            try:
+                await self.resize(key, nbytes)
+            except ValueError as exc:
+                undone = await self.undo(done)
+                reason = str(exc) if str(exc).startswith(key) else f"{key}: {exc}"
+                raise Refused(reason + undone) from None
+            done.append((key, self.sizes[key]))
+            self.sizes[key] = nbytes
+        if "cc_size" in sizes:
+            self.cc_size = sizes["cc_size"]
+
+    async def resize(self, key: str, nbytes: int) -> None:
+        if key == "cache_size":
+            await self.data.set_cache_size(nbytes)
+        else:
+            await self.data.cc.set_cc_size(nbytes)
+
+    async def undo(self, done: list[tuple[str, int]]) -> str:
+        """Put back what a refused `set` changed; what could not be put back, for the reason."""
+        for key, nbytes in reversed(done):
+            try:
+                await self.resize(key, nbytes)
+            except ValueError as exc:
+                return f" (and {key} stays changed: putting it back was refused: {exc})"
+            self.sizes[key] = nbytes
+        return ""

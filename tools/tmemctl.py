@@ -7,36 +7,37 @@ for any user who can see the mount (commands need root or the mount owner).
 from __future__ import annotations
 
 import argparse
+import csv
+import datetime
 import errno
 import json
+import math
 import os
 import sys
+import time
 from pathlib import Path
+from typing import NoReturn
 
-USAGE = """tmemctl stats MNT [--json | --prometheus | --watch [SECONDS]]
-       tmemctl drop-caches|flush|reset-stats|unregister MNT
-       tmemctl register|replace MNT NAME[+NAME] [cc_size=SIZE] [opt=value ...]
-       tmemctl backends"""
+from fusefs import __version__, counters
 
-DESCRIPTION = """Commands:
-  stats MNT            counters of the mount: cleancache (succ_gets, failed_gets,
-                       puts, invalidates), page cache, backing I/O, backend
-      --json           the same keys as JSON (MNT/.tmemfs/stats.json)
-      --prometheus     text exposition format, metrics named tmemfs_*
-      --watch [SECS]   a live view refreshed every SECS (1), with per-second rates
-  drop-caches MNT      evict every page from the page cache (each is put into cleancache)
-  flush MNT            empty the cleancache pool
-  reset-stats MNT      zero the counters
-  register MNT SPEC    make a backend live on a mount that has none (EBUSY if it has)
-  replace MNT SPEC     flush and close the live backend, then register SPEC
-  unregister MNT       flush and close the live backend; reads go on from SRC
-  backends             installed cleancache backends and their options
+DESCRIPTION = """Read a tmemfs mount's counters and send it control commands.
+Each command has its own help: tmemctl COMMAND --help."""
 
-Control commands need root or the owner of the mount.
-Exit status: 0 success, 1 the command failed, 2 bad usage or MNT is not a tmemfs mount."""
+EPILOG = """Control commands need root or the owner of the mount; a refused one prints the
+daemon's reason. Counters are read from MNT/.tmemfs/stats.json, so any user who
+can see the mount can read them.
 
-COMMANDS = {"drop-caches": "drop_caches", "flush": "flush", "reset-stats": "reset_stats",
-            "unregister": "unregister", "register": "register", "replace": "replace"}
+Exit status: 0 success, 1 the command failed (or the mount went away), 2 bad
+usage or MNT is not a tmemfs mount."""
+
+# tmemctl subcommand -> (control command, help)
+COMMANDS = {
+    "drop-caches": ("drop_caches", "evict every page from the page cache (each is put into cleancache)"),
+    "flush": ("flush", "empty the cleancache pool"),
+    "reset-stats": ("reset_stats", "zero the counters"),
+    "unregister": ("unregister", "flush and close the live backend; reads go on from SRC"),
+}
+MAX_SECONDS = 86400.0  # an interval longer than a day is a typo
 RATE_KEYS = ("succ_gets", "failed_gets", "puts", "invalidates", "pagecache.hits", "pagecache.misses",
              "backing.reads", "backing.read_bytes", "backing.writes", "backing.write_bytes")
 
@@ -120,35 +121,8 @@ def cluster_lines(stats: dict[str, object]) -> list[str]:
     return lines
 
 
-def prometheus(stats: dict[str, object]) -> str:
-    """Prometheus text exposition: numeric counters as tmemfs_* metric families,
-    labelled by SRC (and by backend for backend counters), each family grouped."""
-    import re
-
-    src = str(stats.get("fs.src", "")).replace("\\", "\\\\").replace('"', '\\"')
-    families: dict[str, list[str]] = {}
-    for key, value in stats.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        labels = f'src="{src}"'
-        name = key
-        if key.startswith("backend."):
-            backend, _, counter = key[len("backend."):].rpartition(".")
-            name = f"backend.{counter}"
-            labels += f',backend="{backend}"'
-        metric = "tmemfs_" + re.sub(r"[^a-zA-Z0-9_]", "_", name)
-        families.setdefault(metric, []).append(f"{metric}{{{labels}}} {value}")
-    out = []
-    for metric, samples in families.items():
-        out.append(f"# TYPE {metric} gauge")
-        out.extend(samples)
-    return "\n".join(out) + "\n"
-
-
 def watch(mnt: str, interval: float) -> None:
     """A top-like view: the table plus per-second rates, until Ctrl-C."""
-    import time
-
     previous, then = read_stats(mnt), time.monotonic()
     try:
         while True:
@@ -168,13 +142,116 @@ def watch(mnt: str, interval: float) -> None:
         pass
 
 
-def send(mnt: str, command: str) -> None:
-    path = control_dir(mnt) / "control"
-    fd = os.open(path, os.O_WRONLY)
+def numeric(stats: dict[str, object]) -> dict[str, int | float]:
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def is_counter(key: str) -> bool:
+    """Only counters get a rate: a gauge's difference (pages held, a setting) is no rate."""
+    info = counters.describe(key)
+    return info is not None and info.kind == "counter"
+
+
+def record_columns(first: dict[str, int | float]) -> list[str]:
+    """The csv header: fixed by the first snapshot (a key that appears later is in jsonl only)."""
+    columns = ["time", "elapsed_s"]
+    for key in first:
+        columns += [key, f"{key}_per_s"] if is_counter(key) else [key]
+    return columns
+
+
+def record_row(previous: dict[str, int | float], current: dict[str, int | float],
+               elapsed: float, since_start: float) -> dict[str, object]:
+    """One interval: every value, and for counters the rate (since the reset, if reset_stats ran)."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+    row: dict[str, object] = {"time": now.replace("+00:00", "Z"), "elapsed_s": round(since_start, 3)}
+    for key, value in current.items():
+        row[key] = value
+        if is_counter(key):
+            before = previous.get(key, 0)
+            row[f"{key}_per_s"] = round((value - before if value >= before else value) / elapsed, 3)
+    return row
+
+
+class MountGone(Exception):
+    pass
+
+
+def read_live(mnt: str) -> dict[str, int | float]:
+    """A snapshot during a recording, whose mount was there when it started."""
     try:
-        os.write(fd, command.encode() + b"\n")
-    finally:
-        os.close(fd)
+        return numeric(read_stats(mnt))
+    except NotTmemfs:
+        raise MountGone(f"{mnt}: the mount went away") from None
+    except (OSError, ValueError) as exc:
+        raise MountGone(f"{mnt}: the mount went away ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def record(mnt: str, interval: float, count: int | None, fmt: str) -> None:
+    """vmstat for a mount: a line every interval (on a fixed schedule, so no drift), flushed at once
+    so that it can be piped or tee'd next to fio; until `count` lines, or Ctrl-C."""
+    previous = numeric(read_stats(mnt))
+    start = then = time.monotonic()
+    columns = record_columns(previous)
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    if fmt == "csv":
+        writer.writerow(columns)
+        sys.stdout.flush()
+    lines = 0
+    try:
+        while count is None or lines < count:
+            time.sleep(max(0.0, start + (lines + 1) * interval - time.monotonic()))
+            current, now = read_live(mnt), time.monotonic()
+            row = record_row(previous, current, max(now - then, 1e-9), now - start)
+            if fmt == "csv":
+                writer.writerow([row.get(column, "") for column in columns])
+            else:
+                sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.flush()
+            previous, then, lines = current, now, lines + 1
+    except KeyboardInterrupt:
+        pass
+
+
+class Failed(Exception):
+    """A control command that failed: the message names MNT and says why."""
+
+
+ERRNO_HINTS = {errno.EACCES: " (needs root or the mount owner)", errno.EPERM: " (needs root or the mount owner)",
+               errno.EBUSY: " (a backend is registered: unregister it, or use replace)",
+               errno.EINVAL: " (refused; this tmemfs logs the reason)"}
+
+
+def send(mnt: str, command: str) -> None:
+    """Write one command; when it fails, read the daemon's reason back on the same handle."""
+    path = control_dir(mnt) / "control"
+    try:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except PermissionError:
+            fd = os.open(path, os.O_WRONLY)  # an older tmemfs: control was write-only (0200)
+        try:
+            os.write(fd, command.encode() + b"\n")
+        except OSError as exc:
+            raise Failed(f"{mnt}: {refusal(fd) or errno_text(exc)}") from None
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise Failed(f"{mnt}: {errno_text(exc)}") from None
+
+
+def errno_text(exc: OSError) -> str:
+    return f"{exc.strerror or exc}{ERRNO_HINTS.get(exc.errno or 0, '')}"
+
+
+def refusal(fd: int) -> str:
+    """Why the daemon refused this handle's last write ('EINVAL: reason'); '' from an older tmemfs."""
+    try:
+        outcome = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+    name, sep, reason = outcome.partition(": ")
+    return reason if sep and name in errno.errorcode.values() else outcome
 
 
 def list_backends() -> str:
@@ -183,48 +260,113 @@ def list_backends() -> str:
     return registry.describe() + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tmemctl", usage=USAGE, description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["stats", "backends", *COMMANDS])
-    parser.add_argument("mnt", nargs="?")
-    parser.add_argument("spec", nargs="*", help="register/replace: NAME[+NAME] [opt=value ...]")
-    view = parser.add_mutually_exclusive_group()
-    view.add_argument("--json", action="store_true", help="stats as JSON")
-    view.add_argument("--prometheus", action="store_true", help="stats in Prometheus text format")
-    view.add_argument("--watch", nargs="?", type=float, const=1.0, metavar="SECONDS",
-                      help="live view with per-second rates")
-    args = parser.parse_args(argv)
+# -- the command line ---------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad usage is one line and exit status 2 (argparse would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_SECONDS:  # nan fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 and at most {MAX_SECONDS:g}")
+    return value
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="tmemctl", description=DESCRIPTION, epilog=EPILOG,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tmemctl {__version__}")
+    sub = parser.add_subparsers(title="commands", dest="command", required=True)
+
+    def command(name: str, help: str, mnt: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        if mnt:
+            p.add_argument("mnt", metavar="MNT", help="a tmemfs mount point")
+        return p
+
+    stats = command("stats", "counters of the mount: cleancache (succ_gets, failed_gets, puts, invalidates), "
+                             "page cache, backing I/O, backend")
+    view = stats.add_mutually_exclusive_group()
+    view.add_argument("--json", action="store_true", help="the same keys as JSON (MNT/.tmemfs/stats.json)")
+    view.add_argument("--prometheus", action="store_true", help="Prometheus text exposition format")
+    view.add_argument("--watch", nargs="?", type=seconds, const=1.0, metavar="SECONDS",
+                      help="a live view refreshed every SECONDS (default 1), with per-second rates")
+    rec = command("record", "a line of every counter and its per-second rate each interval (vmstat-style), "
+                            "to keep next to fio's output; Ctrl-C stops it")
+    rec.add_argument("--interval", type=seconds, default=1.0, metavar="SECONDS", help="seconds a line (default 1)")
+    rec.add_argument("--count", type=positive, metavar="N", help="stop after N lines (default: until Ctrl-C)")
+    rec.add_argument("--format", choices=("csv", "jsonl"), default="csv",
+                     help="csv: a header, then a line per interval (columns fixed by the first snapshot); "
+                          "jsonl: a JSON object per line (default csv)")
+    for name, (_, help) in COMMANDS.items():
+        command(name, help)
+    for name, help in (("register", "make a backend live on a mount that has none (EBUSY if it has)"),
+                       ("replace", "flush and close the live backend, then register SPEC")):
+        command(name, help).add_argument("spec", nargs="+", metavar="SPEC",
+                                         help="NAME[+NAME] [cc_size=SIZE] [opt=value ...] (tmemctl backends)")
+    command("set", "change cache_size and/or cc_size of the live mount (shrinking evicts; "
+                   "nothing is flushed)").add_argument("settings", nargs="+", metavar="KEY=SIZE",
+                                                       help="cache_size=SIZE, cc_size=SIZE (as the mount options)")
+    command("backends", "installed cleancache backends and their options", mnt=False)
+    return parser
+
+
+def show_stats(args: argparse.Namespace) -> None:
+    if args.watch:
+        watch(args.mnt, args.watch)
+        return
+    stats = read_stats(args.mnt)
+    if args.json:
+        sys.stdout.write(json.dumps(stats, indent=1) + "\n")
+    elif args.prometheus:
+        from fusefs.metrics import exposition
+
+        sys.stdout.write(exposition(stats).decode())
+    else:
+        sys.stdout.write(format_stats(stats))
+
+
+def run(args: argparse.Namespace) -> None:
     if args.command == "backends":
         sys.stdout.write(list_backends())
-        return 0
-    if args.mnt is None:
-        parser.error(f"{args.command} needs MNT")
+    elif args.command == "stats":
+        show_stats(args)
+    elif args.command == "record":
+        record(args.mnt, args.interval, args.count, args.format)
+    elif args.command == "set":
+        send(args.mnt, " ".join(["set", *args.settings]))
+    elif args.command in COMMANDS:
+        send(args.mnt, COMMANDS[args.command][0])
+    else:
+        send(args.mnt, " ".join([args.command, *args.spec]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        if args.command == "stats":
-            if args.watch:
-                watch(args.mnt, args.watch)
-                return 0
-            stats = read_stats(args.mnt)
-            if args.json:
-                sys.stdout.write(json.dumps(stats, indent=1) + "\n")
-            elif args.prometheus:
-                sys.stdout.write(prometheus(stats))
-            else:
-                sys.stdout.write(format_stats(stats))
-        else:
-            if (args.command in ("register", "replace")) != bool(args.spec):
-                parser.error(f"{args.command}: " + ("needs a backend" if args.spec == [] else "takes no arguments"))
-            send(args.mnt, " ".join([COMMANDS[args.command], *args.spec]))
+        run(args)
     except NotTmemfs as exc:
         print(f"tmemctl: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        hint = {errno.EACCES: " (needs root or the mount owner)", errno.EPERM: " (needs root or the mount owner)",
-                errno.EBUSY: " (a backend is registered: unregister it, or use replace)",
-                errno.EINVAL: " (rejected: see tmemctl --help and the tmemfs log)"}.get(exc.errno or 0, "")
-        print(f"tmemctl: {args.mnt}: {exc.strerror}{hint}", file=sys.stderr)
+    except (Failed, MountGone) as exc:
+        print(f"tmemctl: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `tmemctl record MNT | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
