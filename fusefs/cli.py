@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
-import logging.handlers
+import mmap
 import os
 import re
 import resource
 import signal
 import sys
+import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import NoReturn
 
 import pyfuse3
@@ -23,7 +25,9 @@ from backends.cluster import NODE_TIMEOUT_S, PASSWORD_ENV
 from fusefs import __version__
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
-from fusefs.operations import TmemOperations
+from fusefs.logs import LEVELS, LogFile, log_handler, open_private, reopen_logs, setup_logging
+from fusefs.metrics import MetricsServer
+from fusefs.operations import TmemOperations, request_log, with_request_log
 from fusefs.options import CORE_HELP, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
 from fusefs.polling import RequestPoller, fuse_device_fd
@@ -63,12 +67,18 @@ DESCRIPTION
     node_timeout they fail with EIO, SRC untouched.
 
     Without -f, tmemfs returns once the mount answers requests, so MNT is
-    usable as soon as the command exits.
+    usable as soon as the command exits. It prints nothing then, except
+    "tmemfs: logging to FILE" when there is no syslog and no log= (see
+    FILES); a mount that fails prints libfuse's reason on one line. A
+    non-empty MNT is mounted with a warning (its files are hidden meanwhile);
+    sizes are rounded down to whole 4096-byte pages, with a warning.
 
 OPTIONS
     -o opt[,opt...]  mount options (below); may be repeated
     -f, --foreground stay in the foreground, log to stderr
-    -d, --debug      debug logging (implies -f)
+    -d, --debug      log every request, one line each: opcode, inode or handle,
+                     offset, size, result (ok or errno name), microseconds
+                     (implies -f; log_level=debug does it in the background)
     --version        print the version
     --help           print this text
 
@@ -93,13 +103,33 @@ CONTROL COMMANDS (echo CMD > MNT/.tmemfs/control; root or the mount owner)
     replace NAME[+NAME] [opts]
                      flush and close the live backend, then register another
     unregister       flush and close the live backend; reads go on from SRC
+    set KEY=SIZE [KEY=SIZE]
+                     resize the live mount: cache_size (shrinking evicts, each
+                     page put as reclaim does), cc_size; nothing is flushed
+  A refused command fails with EINVAL (EBUSY: register over a live backend);
+  its reason is logged, and a read on the same descriptor (opened O_RDWR)
+  returns "ok" or "EINVAL: REASON". tmemctl(1) prints it.
+
+SIGNALS (the daemon's pid is fs.pid in MNT/.tmemfs/stats)
+    SIGHUP           reopen the log file (for logrotate without copytruncate);
+                     with no log file (-f, logging to stderr) it unmounts
+    SIGTERM, SIGINT  unmount and exit
 
 FILES
     MNT/.tmemfs/stats, MNT/.tmemfs/stats.json, MNT/.tmemfs/control
+    /var/log/tmemfs/NAME.log
+                     the log of a background mount run by root when there is
+                     no log= and no syslog (/dev/log); NAME is MNT's path with
+                     / as - (/mnt/data: mnt-data.log), other characters escaped
+                     as systemd does; the directory is created 0700
+    $XDG_STATE_HOME/tmemfs/NAME.log (default ~/.local/state/tmemfs/NAME.log)
+                     the same for other users
+    Log and trace files are created 0600.
 
 EXIT STATUS
-    0 mounted (or unmounted cleanly with -f); 1 the mount failed;
-    2 bad command line, option or path (nothing was mounted).
+    0 mounted (or unmounted cleanly with -f); 1 the mount failed (the reason
+    is printed); 2 bad command line, option or path, or a log=, trace= or
+    cache_size= that cannot be had (nothing was mounted).
 
 EXAMPLES
     tmemfs /srv/data /mnt/data -o cleancache=zcache,cache_size=64M,cc_size=256M
@@ -107,8 +137,10 @@ EXAMPLES
     tmemfs /srv/data /mnt/node1 -o cleancache=cluster       # every cluster mount of /srv/data
     tmemfs /srv/data /mnt/node2 -o cleancache=cluster       #   shares one coherent pool
     tmemfs /srv/data /mnt/a -o cleancache=zcache+cluster,cc_store=redis://10.0.0.5/0,cc_store_password_file=/etc/tmemfs/pw
+    tmemfs /srv/data /mnt/data -o cleancache=zcache,metrics=127.0.0.1:9567   # Prometheus scrapes it
     cat /mnt/data/.tmemfs/stats
     echo drop_caches > /mnt/data/.tmemfs/control
+    tmemctl set /mnt/data cache_size=128M
     fusermount3 -u /mnt/data
 """
 
@@ -134,8 +166,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_paths(src: str, mnt: str) -> tuple[str, str]:
-    """Absolute SRC and MNT, or OptionError if mounting them would be wrong."""
+def check_paths(src: str, mnt: str, warnings: list[str]) -> tuple[str, str]:
+    """Absolute SRC and MNT, or OptionError if mounting them would be wrong; a non-empty MNT
+    is allowed (as libfuse 3 does) with a warning."""
+    for label, path in (("SRC", src), ("MNT", mnt)):
+        _check_dead_mount(label, path)
     src_real, mnt_real = os.path.realpath(src), os.path.realpath(mnt)
     if not os.path.isdir(src_real):
         raise OptionError(f"SRC {src}: {'not a directory' if os.path.exists(src_real) else 'no such directory'}")
@@ -145,12 +180,51 @@ def check_paths(src: str, mnt: str) -> tuple[str, str]:
         raise OptionError(f"SRC and MNT are the same directory ({src_real})")
     if os.path.commonpath([src_real, mnt_real]) == src_real:
         raise OptionError(f"MNT {mnt} is inside SRC {src}: tmemfs would see itself")
+    mounted = mounted_at(mnt_real)
+    if mounted is not None:
+        raise OptionError(f"MNT {mnt}: already mounted ({mounted}); unmount it first or choose another MNT")
     try:
         if os.listdir(mnt_real):
-            raise OptionError(f"MNT {mnt}: not empty")
+            warnings.append(f"MNT {mnt} is not empty: its files are hidden while tmemfs is mounted on it")
     except OSError as exc:
-        raise OptionError(f"MNT {mnt}: {exc.strerror} (a dead mount? fusermount3 -u {mnt})") from None
+        raise OptionError(f"MNT {mnt}: {exc.strerror}") from None
     return src_real, mnt_real
+
+
+def _check_dead_mount(label: str, path: str) -> None:
+    """A FUSE mount whose daemon died answers ENOTCONN: name it, not "no such directory".
+
+    Opening asks the daemon (a stat may be answered from the kernel's cache); other errors
+    are for the checks that follow to explain."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise OptionError(f"{label} {path}: a dead FUSE mount (its daemon is gone); "
+                              f"fusermount3 -u {path} removes it") from None
+
+
+def mounted_at(path: str) -> str | None:
+    """`FSTYPE SOURCE` of what is mounted on `path` (from /proc/self/mountinfo), None if nothing."""
+    def unescape(field: str) -> str:  # mountinfo writes spaces and the like as \040
+        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if unescape(fields[4]) == path:
+                after = fields[fields.index("-") + 1:]
+                return f"{after[0]} {unescape(after[1])}"
+    return None
+
+
+def check_memory(cache_size: int) -> None:
+    """The page cache is one anonymous mapping: if the kernel would refuse it (strict overcommit,
+    RLIMIT_AS), say so before mounting rather than fail in the daemon."""
+    try:
+        mmap.mmap(-1, cache_size).close()
+    except OSError as exc:
+        raise OptionError(f"cache_size={cache_size}: cannot be allocated ({exc.strerror})") from None
 
 
 def make_backend(config: MountConfig) -> Backend | None:
@@ -180,23 +254,63 @@ def fuse_options(config: MountConfig, src: str) -> set[str]:
     return options
 
 
-def setup_logging(foreground: bool, debug: bool, log_file: str | None) -> None:
-    handler: logging.Handler
-    if log_file:
-        handler = logging.FileHandler(log_file)
-    elif foreground:
-        handler = logging.StreamHandler(sys.stderr)
-    elif os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log")
-    else:
-        handler = logging.NullHandler()
-    fmt = "%(asctime)s tmemfs[%(process)d] %(levelname)s %(name)s: %(message)s"
-    handler.setFormatter(logging.Formatter(fmt))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-    if not debug:
-        logging.getLogger("pyfuse3").setLevel(logging.WARNING)
+def open_log(foreground: bool, config: MountConfig, mnt: str) -> logging.Handler:
+    """The log handler, opened before the daemon forks so that a bad log= is an exit-2 line."""
+    try:
+        return log_handler(foreground, config.log_file, mnt)
+    except OSError as exc:
+        if config.log_file:
+            raise OptionError(f"log={config.log_file}: {exc.strerror}") from None
+        raise OptionError(f"cannot log to {exc.filename or 'syslog'}: {exc.strerror} (give -o log=FILE)") from None
+
+
+def check_trace(trace_file: str | None) -> None:
+    """Create the trace file now (the daemon rewrites it), so that a bad trace= is an exit-2 line."""
+    if trace_file:
+        try:
+            open_private(trace_file, truncate=True).close()
+        except OSError as exc:
+            raise OptionError(f"trace={trace_file}: {exc.strerror}") from None
+
+
+class StartupStderr:
+    """The daemon's stderr until it is mounted: a temporary file, so that what libfuse or
+    fusermount3 prints about a failed mount reaches the terminal through the parent."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 2)
+
+    def text(self) -> str:
+        """What was printed, on one line."""
+        self._file.seek(0)
+        lines = self._file.read().decode(errors="replace").splitlines()
+        return "; ".join(line.strip() for line in lines if line.strip())
+
+    def close(self) -> None:
+        """Mounted: from now on stderr goes nowhere (every message goes to the log)."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        self._file.close()
+
+
+def bind_metrics(address: tuple[str, int] | None) -> MetricsServer | None:
+    """The metrics= server's socket, bound (it serves once the daemon's loop runs)."""
+    if address is None:
+        return None
+    server = MetricsServer(address)
+    try:
+        server.bind()
+    except OSError as exc:
+        raise OptionError(f"metrics={format_address(address)}: {exc.strerror or exc}") from None
+    return server
+
+
+def format_address(address: tuple[str, int] | None) -> str:
+    assert address is not None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def raise_fd_limit() -> None:
@@ -207,7 +321,7 @@ def raise_fd_limit() -> None:
 
 
 async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str,
-                notify_fd: int | None) -> None:
+                ready: Callable[[], None] | None, metrics: MetricsServer | None = None) -> None:
     cleancache = Cleancache(backend, config.cc_timeout)
     pagecache = PageCache(config.cache_size, config.pc_policy)
     tracer = Tracer(config.trace_file, src) if config.trace_file else None
@@ -222,10 +336,10 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
     if not data.coherency.caches:
         log.warning("no shared pool (see above): this cluster node caches nothing until one is registered")
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    ops = TmemOperations(root_fd, config, data, src)
+    logged = request_log.isEnabledFor(logging.DEBUG)  # -d, log_level=debug
+    ops = (with_request_log(TmemOperations) if logged else TmemOperations)(root_fd, config, data, src)
     ops.mountpoint = mnt
-    if notify_fd is not None:
-        ops.ready = lambda: _notify(notify_fd, b"ok")
+    ops.ready = ready
     # Signals are caught from before the mount exists, so none can kill us half-mounted.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         pyfuse3.init(ops, mnt, fuse_options(config, src))
@@ -237,15 +351,20 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         io.watch_requests(fuse_device_fd())
         log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
                  "+".join(config.cleancache), config.cache_size, config.cc_size)
+        if metrics is not None:
+            metrics.start(trio.lowlevel.current_trio_token(), ops.collect_stats)
+            log.info("metrics: serving http://%s/metrics", format_address(config.metrics_address))
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_stop_on_signal, signals)
+                nursery.start_soon(_on_signal, signals)
                 cleancache.start(nursery)
                 io.start(nursery)
                 ops.nursery = nursery
                 await pyfuse3.main(max_tasks=config.max_requests)
                 nursery.cancel_scope.cancel()
         finally:
+            if metrics is not None:
+                await trio.to_thread.run_sync(metrics.close)
             poller.uninstall()
             await ops.shutdown()
             io.close()
@@ -256,9 +375,14 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
             log.info("unmounted %s", mnt)
 
 
-async def _stop_on_signal(signals: AsyncIterator[int]) -> None:
+async def _on_signal(signals: AsyncIterator[int]) -> None:
+    """SIGHUP reopens the log file (logrotate); SIGTERM and SIGINT unmount, and so does SIGHUP
+    when there is no log file (a foreground tmemfs whose terminal went away)."""
     async for signum in signals:
-        log.info("signal %d: unmounting", signum)
+        if signum == signal.SIGHUP and reopen_logs():
+            log.info("SIGHUP: log file reopened")
+            continue
+        log.info("%s: unmounting", signal.Signals(signum).name)
         pyfuse3.terminate()
         return
 
@@ -303,49 +427,82 @@ def reexec_without_credentials(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    foreground = args.foreground or args.debug
     try:
         config = parse_options(args.options, registry.load)
-        src, mnt = check_paths(args.src, args.mnt)
-        backend = make_backend(config)
-        if config.shared and config.pool_uuid is None:
-            config.pool_uuid = pool_uuid_of(src)
+        src, mnt = check_paths(args.src, args.mnt, config.warnings)
+        check_memory(config.cache_size)
     except OptionError as exc:
         print(f"tmemfs: {exc}", file=sys.stderr)
         return 2
     reexec_without_credentials(argv)
-    foreground = args.foreground or args.debug
+    metrics: MetricsServer | None = None
+    try:
+        backend = make_backend(config)
+        if config.shared and config.pool_uuid is None:
+            config.pool_uuid = pool_uuid_of(src)
+        check_trace(config.trace_file)
+        metrics = bind_metrics(config.metrics_address)  # before the fork: a busy port is refused here
+        handler = open_log(foreground, config, mnt)  # last: a refused mount leaves no empty log behind
+    except OptionError as exc:
+        if metrics is not None:
+            metrics.close()
+        print(f"tmemfs: {exc}", file=sys.stderr)
+        return 2
+    for warning in config.warnings:
+        print(f"tmemfs: warning: {warning}", file=sys.stderr)
     os.umask(0)  # modes arrive already masked by the kernel
     raise_fd_limit()
+    setup_logging(handler, logging.DEBUG if args.debug else LEVELS[config.log_level])
     if foreground:
-        setup_logging(True, args.debug, config.log_file)
-        return _run(config, backend, src, mnt, None)
+        return _run(config, backend, src, mnt, None, metrics)
     read_end, write_end = os.pipe()
     if os.fork():
         os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            status = pipe.read()
-        if status == b"ok":
-            return 0
-        print(f"tmemfs: mounting {mnt} failed: {status.decode(errors='replace') or 'see the log'}",
-              file=sys.stderr)
-        return 1
+        return _wait_mounted(read_end, mnt, handler, config.log_file)
     os.close(read_end)
     os.setsid()
-    setup_logging(False, False, config.log_file)
+    os.chdir("/")  # as fuse_daemonize(): hold no directory busy (SRC, MNT, log= and trace= are absolute)
     devnull = os.open(os.devnull, os.O_RDWR)
-    for std in (0, 1, 2):  # errors reach the parent through the pipe, and the log
+    for std in (0, 1):
         os.dup2(devnull, std)
-    code = _run(config, backend, src, mnt, write_end)
+    os.close(devnull)
+    code = _run(config, backend, src, mnt, write_end, metrics)
     os._exit(code)
 
 
-def _run(config: MountConfig, backend: Backend | None, src: str, mnt: str, notify_fd: int | None) -> int:
+def _wait_mounted(read_end: int, mnt: str, handler: logging.Handler, log_file: str | None) -> int:
+    """The parent: 0 once the daemon is mounted, 1 with its reason (libfuse's own words) if not.
+
+    On success nothing is printed, as mount(8) expects, except where the log went when that is a
+    file the user did not name (no syslog): nothing else would tell them."""
+    with os.fdopen(read_end, "rb") as pipe:
+        status = pipe.read()
+    if status != b"ok":
+        print(f"tmemfs: mounting {mnt} failed: {status.decode(errors='replace') or 'see the log'}", file=sys.stderr)
+        return 1
+    if isinstance(handler, LogFile) and not log_file:
+        print(f"tmemfs: logging to {handler.path}", file=sys.stderr)
+    return 0
+
+
+def _run(config: MountConfig, backend: Backend | None, src: str, mnt: str, notify_fd: int | None,
+         metrics: MetricsServer | None) -> int:
+    """Serve until unmounted; a daemon (`notify_fd`) tells its parent whether the mount worked."""
+    stderr = StartupStderr() if notify_fd is not None else None
+
+    def mounted() -> None:
+        if stderr is not None and notify_fd is not None:
+            stderr.close()
+            _notify(notify_fd, b"ok")
+
     try:
-        trio.run(serve, config, backend, src, mnt, notify_fd)
-    except RuntimeError as exc:  # pyfuse3.init could not mount
-        log.error("mount failed: %s", exc)
+        trio.run(serve, config, backend, src, mnt, mounted, metrics)
+    except RuntimeError as exc:  # pyfuse3.init could not mount: libfuse printed why
+        reason = (stderr.text() if stderr is not None else "") or str(exc)
+        log.error("mount failed: %s", reason)
         if notify_fd is not None:
-            _notify(notify_fd, str(exc).encode())
+            _notify(notify_fd, reason.encode())
         else:
             print(f"tmemfs: mounting {mnt} failed: {exc}", file=sys.stderr)
         return 1

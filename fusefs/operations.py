@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import os
 import stat
@@ -55,7 +56,11 @@ def _open_at(name: bytes, flags: int, dir_fd: int) -> int:
 
 
 def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Map errors to FUSEError so that no exception ever ends the mount."""
+    """Map errors to FUSEError so that no exception ever ends the mount.
+
+    The wrapper carries a request-logging twin (`.logged`, see `with_request_log`) instead
+    of testing a debug flag, so that a mount that does not log requests pays nothing for it.
+    """
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -76,7 +81,63 @@ def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
         finally:
             io.in_flight -= 1
 
+    wrapper.logged = _logging_twin(fn.__name__, wrapper)  # type: ignore[attr-defined]
     return wrapper
+
+
+request_log = logging.getLogger("tmemfs.requests")
+# Arguments a request line shows (libfuse -d's nodeid, offset, size), by parameter name.
+_SHOWN_ARGS = {"inode", "parent_inode", "parent_inode_old", "parent_inode_new", "new_parent_inode",
+               "fh", "off", "size", "buf", "start_id"}
+
+
+def _logging_twin(name: str, wrapper: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """`wrapper`, logging one line per request: opcode, arguments, result (ok or errno name), microseconds."""
+    params = list(inspect.signature(wrapper).parameters)[1:]  # after self
+    shown = [(i, p) for i, p in enumerate(params, 1) if p in _SHOWN_ARGS]
+
+    @functools.wraps(wrapper)
+    async def logged(*args: P.args, **kwargs: P.kwargs) -> T:
+        start = time.perf_counter_ns()
+        described = _describe(args, shown)  # before the call: release forgets the handle
+        result = "ok"
+        try:
+            return await wrapper(*args, **kwargs)
+        except FUSEError as exc:
+            result = errno.errorcode.get(exc.errno, str(exc.errno))
+            raise
+        except BaseException as exc:  # trio.Cancelled at unmount
+            result = type(exc).__name__
+            raise
+        finally:
+            request_log.debug("%s%s: %s %dus", name, described, result, (time.perf_counter_ns() - start) // 1000)
+
+    return logged
+
+
+def _describe(args: tuple[Any, ...], shown: list[tuple[int, str]]) -> str:
+    """` inode=5 fh=3 off=0 size=4096` of a request (a file handle also names its inode)."""
+    words = []
+    for i, param in shown:
+        if i >= len(args):
+            continue
+        value = args[i]
+        if param == "buf":
+            words.append(f" size={len(value)}")
+            continue
+        words.append(f" {param}={value}")
+        if param == "fh":
+            ops = args[0]
+            node = getattr(ops.handles.get(value) or ops.dirs.get(value), "inode", None)
+            if node is not None:
+                words.append(f" inode={node.nodeid}")
+    return "".join(words)
+
+
+def with_request_log(cls: type[TmemOperations]) -> type[TmemOperations]:
+    """A subclass of `cls` whose handlers log every request at debug level (-d, log_level=debug)."""
+    twins = {name: attr.logged for name, attr in vars(cls).items() if hasattr(attr, "logged")}
+    return type(cls.__name__, (cls,), twins)
 
 
 @dataclass(eq=False, slots=True)

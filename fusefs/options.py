@@ -12,7 +12,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backends.base import Backend
+from backends.base import Backend, physical_memory
+from fusefs import PAGE_SIZE
+from fusefs.metrics import parse_metrics_address
 from fusefs.pooluuid import parse_pool_uuid
 
 PASS_THROUGH_FLAGS = {"allow_other", "allow_root", "default_permissions", "ro", "noatime",
@@ -45,8 +47,14 @@ CORE_HELP = {
                  "sleeping: much lower latency, up to one CPU spent while busy; 0 = off; default 50",
     "max_requests=N": "FUSE requests served at once (1 = one at a time, as before); blocking calls on "
                       "SRC run off the loop while others wait; default 16",
-    "log=FILE": "log file when running in the background (default: syslog if present)",
-    "trace=FILE": "record page-level events (hit, miss, get, put, invalidate) for tools/trace.py",
+    "log=FILE": "log file (created 0600; SIGHUP reopens it); default: stderr with -f, else syslog, "
+                "else a file named after MNT (see FILES)",
+    "log_level=LEVEL": "debug, info (default), warning or error; debug logs every request, as -d does, "
+                       "but in the background too",
+    "metrics=HOST:PORT": "serve the counters for Prometheus at http://HOST:PORT/metrics (e.g. "
+                         "127.0.0.1:9567; [::1]:9567); a busy port is refused before mounting",
+    "trace=FILE": "record page-level events (hit, miss, get, put, invalidate) for tools/trace.py "
+                  "(created 0600)",
 }
 
 
@@ -58,15 +66,31 @@ class OptionError(ValueError):
         return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+MAX_SIZE = 1 << 60  # far beyond any memory or pool, and still a C long everywhere it goes
+
+
 def parse_size(key: str, text: str) -> int:
     m = _SIZE.match(text.strip())
     if not m:
         raise OptionError(f"{key}={text}: not a size (use a number with an optional K, M, G or T suffix)")
-    try:
-        value = int(float(m.group(1)) * _SCALE[m.group(2).lower()])
-    except OverflowError:  # more digits than a float holds
-        raise OptionError(f"{key}={text}: too large") from None
+    number, scale = m.group(1), _SCALE[m.group(2).lower()]
+    if "." in number:
+        whole, _, fraction = number.partition(".")
+        value = (int(whole + fraction) * scale) // 10 ** len(fraction)  # exact: no float rounding
+    else:
+        value = int(number) * scale
+    if value > MAX_SIZE:
+        raise OptionError(f"{key}={text}: too large (at most {MAX_SIZE >> 40}T)")
     return value
+
+
+def whole_pages(key: str, text: str, size: int, warnings: list[str]) -> int:
+    """`size` rounded down to whole pages (caches hold pages), with a warning if that changed it:
+    down, so that a size is never more memory than the user allowed."""
+    rounded = size - size % PAGE_SIZE
+    if rounded != size:
+        warnings.append(f"{key}={text}: rounded down to {rounded} bytes (a whole number of {PAGE_SIZE}-byte pages)")
+    return rounded
 
 
 def parse_seconds(key: str, text: str) -> float:
@@ -112,11 +136,14 @@ class MountConfig:
     poll_us: int = 50
     max_requests: int = 16  # measured: see README, Performance
     log_file: str | None = None
+    log_level: str = "info"
     trace_file: str | None = None
+    metrics_address: tuple[str, int] | None = None  # metrics=: where the daemon serves Prometheus scrapes
     pool_uuid: bytes | None = None
     shared: bool = False  # a backend with shared pools (cluster): this mount is a cluster node
     fuse_options: set[str] = field(default_factory=lambda: {"default_permissions"})
     backend_options: dict[str, object] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # for stderr: the mount goes ahead
 
 
 def split_options(groups: list[str]) -> list[tuple[str, str | None]]:
@@ -135,11 +162,13 @@ def split_options(groups: list[str]) -> list[tuple[str, str | None]]:
 def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]] | None = None) -> MountConfig:
     """Validate every option; `load_backend` finds a backend class by name (KeyError if none)."""
     from fusefs.eviction import POLICIES
+    from fusefs.logs import LEVELS
 
     config = MountConfig()
     explicit: set[str] = set()
     items = split_options(groups)
     deferred: list[tuple[str, str | None]] = []
+    cc_size: tuple[str, int] | None = None
 
     def need(key: str, value: str | None) -> str:
         if value is None or value == "":
@@ -157,11 +186,15 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
                 raise OptionError(f"cleancache={value}: empty backend name")
             config.cleancache = names
         elif key == "cache_size":
-            config.cache_size = parse_size(key, need(key, value))
-            if config.cache_size < 4096:
-                raise OptionError(f"cache_size={value}: must be at least one page (4096 bytes)")
+            size = parse_size(key, need(key, value))
+            if size < PAGE_SIZE:
+                raise OptionError(f"cache_size={value}: must be at least one page ({PAGE_SIZE} bytes)")
+            if size > physical_memory():  # the page cache is memory: more cannot be had
+                raise OptionError(f"cache_size={value}: more than this machine's memory "
+                                  f"({physical_memory() / (1 << 30):.1f}G)")
+            config.cache_size = whole_pages(key, need(key, value), size, config.warnings)
         elif key == "cc_size":
-            config.cc_size = parse_size(key, need(key, value))
+            cc_size = (need(key, value), parse_size(key, need(key, value)))  # checked once cleancache= is known
         elif key == "kernel_cache":
             flag(key, value)
             config.kernel_cache = True
@@ -186,9 +219,19 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
         elif key == "max_requests":
             config.max_requests = parse_max_requests(need(key, value))
         elif key == "log":
-            config.log_file = need(key, value)
+            config.log_file = os.path.abspath(need(key, value))  # the daemon runs in /
+        elif key == "log_level":
+            level = need(key, value).lower()
+            if level not in LEVELS:
+                raise OptionError(f"log_level={value}: must be one of {', '.join(LEVELS)}")
+            config.log_level = level
         elif key == "trace":
             config.trace_file = os.path.abspath(need(key, value))
+        elif key == "metrics":
+            try:
+                config.metrics_address = parse_metrics_address(need(key, value))
+            except ValueError as exc:
+                raise OptionError(str(exc)) from None  # (it names metrics=VALUE)
         elif key in PASS_THROUGH_FLAGS:
             flag(key, value)
             config.fuse_options.add(key)
@@ -199,6 +242,8 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
         else:
             deferred.append((key, value))
 
+    if cc_size is not None:
+        config.cc_size = check_cc_size(config.cleancache, *cc_size, config.warnings)
     if load_backend is not None:
         config.backend_options = parse_backend_options(config.cleancache, deferred, load_backend)
         config.shared = any(load_backend(n).shared for n in config.cleancache if n != "none")
@@ -214,6 +259,17 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
             if key not in explicit:
                 setattr(config, key, 0.0)
     return config
+
+
+def check_cc_size(names: list[str], text: str, size: int, warnings: list[str]) -> int:
+    """cc_size in whole pages; less than a page would refuse every put, so it is an error
+    unless there is no backend at all."""
+    if names == ["none"]:
+        return size
+    if size < PAGE_SIZE:
+        raise OptionError(f"cc_size={text}: must be at least one page ({PAGE_SIZE} bytes) "
+                          f"with cleancache={'+'.join(names)}")
+    return whole_pages("cc_size", text, size, warnings)
 
 
 def parse_backend_options(names: list[str], items: list[tuple[str, str | None]],
@@ -238,7 +294,7 @@ def parse_backend_options(names: list[str], items: list[tuple[str, str | None]],
     for key, value in items:
         spec = specs.get(key)
         if spec is None:
-            raise OptionError(f"{key}: unknown option (see tmemfs --help)")
+            raise OptionError(unknown_option(key, names, load_backend))
         if not value:
             raise OptionError(f"{key}: needs a value ({key}=...)")
         try:
@@ -246,6 +302,25 @@ def parse_backend_options(names: list[str], items: list[tuple[str, str | None]],
         except ValueError as exc:
             raise OptionError(f"{key}={value}: {exc}") from None
     return options
+
+
+def unknown_option(key: str, names: list[str], load_backend: Callable[[str], type[Backend]]) -> str:
+    """Why `key` is refused: an option of another installed backend says which one."""
+    from backends.registry import NONE, available
+
+    owners = []
+    for name in available():
+        if name == NONE:
+            continue
+        try:
+            if key in load_backend(name).options:
+                owners.append(name)
+        except (KeyError, ImportError):  # a broken plugin cannot own the option
+            continue
+    if owners:
+        return (f"{key}: an option of {' or '.join(f'cleancache={o}' for o in owners)}, "
+                f"not of cleancache={'+'.join(names)}")
+    return f"{key}: unknown option (see tmemfs --help)"
 
 
 def parse_register(words: list[str], cc_size: int,
@@ -258,7 +333,7 @@ def parse_register(words: list[str], cc_size: int,
     for word in words[1:]:
         key, sep, value = word.partition("=")
         if key == "cc_size":
-            cc_size = parse_size(key, value)
+            cc_size = check_cc_size(names, value, parse_size(key, value), [])  # (rounded down to pages)
         else:
             items.append((key, value if sep else None))
     if names == ["none"]:

@@ -5,7 +5,8 @@ number introduced once by a `# file N KEYHEX` line, so a line costs ~20
 bytes. Ops: `hit` and `miss` (page cache lookups: what a policy replay
 needs), `get+` / `get-` (cleancache get, hit or miss), `put`, `invalidate`
 (a page) and `invalidate_inode` (index `*`). Lines are buffered; the file is
-complete once the mount is unmounted.
+complete once the mount is unmounted. The file is created 0600: it shows
+which pages of which files were read.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from fusefs.logs import open_private
+
 
 class Tracer:
     def __init__(self, path: str, src: str) -> None:
-        self._out: TextIO = open(path, "w", buffering=1 << 20)
+        self._out: TextIO = open_private(path, truncate=True, buffering=1 << 20)
         self._ids: dict[bytes, int] = {}
         self._start = time.monotonic_ns()
         self._out.write(f"# tmemfs trace v1 of {src}\n# TIME_US OP FILE:INDEX\n")

@@ -1,0 +1,128 @@
+"""Logs are never lost: the file fallback without syslog, 0600 files, SIGHUP reopens the log,
+and -d / log_level=debug log one line per request."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from fusefs.logs import default_log_file, mount_name
+from tests.conftest import TMEMFS
+from tools.mounting import stop_daemon, unmount
+
+# A read as -d logs it: opcode, handle and its inode, offset, size, result, microseconds.
+READ_LINE = re.compile(r"tmemfs\.requests: read fh=\d+ inode=\d+ off=4096 size=\d+: ok \d+us$", re.MULTILINE)
+
+
+@contextmanager
+def background(tmp_path: Path, options: str, env: dict[str, str] | None = None) -> Iterator[tuple[Path, str]]:
+    """A daemonized tmemfs of tmp_path/src on tmp_path/mnt (the mount's stderr), unmounted in a finally."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir(exist_ok=True)
+    mnt.mkdir(exist_ok=True)
+    result = subprocess.run([*TMEMFS, str(src), str(mnt), "-o", options], capture_output=True, text=True,
+                            timeout=30, env={**os.environ, **(env or {})})
+    try:
+        assert result.returncode == 0, result.stderr
+        pid = int(json.loads((mnt / ".tmemfs" / "stats.json").read_text())["fs.pid"])
+        yield mnt, result.stderr
+    finally:
+        unmount(mnt)
+    stop_daemon(pid)
+
+
+def wait_for(path: Path, text: str) -> str:
+    """The contents of `path` once they hold `text` (the daemon writes asynchronously)."""
+    deadline = time.monotonic() + 20
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if text in content or time.monotonic() > deadline:
+            return content
+        time.sleep(0.02)
+
+
+def test_without_syslog_the_log_goes_to_a_file_named_after_mnt(tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    expected = Path(default_log_file(str(mnt)))
+    assert expected.parent == Path("/var/log/tmemfs")  # the tests run as root
+    try:
+        with background(tmp_path, "cleancache=tmem", env={"TMEMFS_SYSLOG_SOCKET": "/nonexistent"}) as (_, stderr):
+            assert stderr.splitlines() == [f"tmemfs: logging to {expected}"]
+            assert "INFO tmemfs: mounted " in expected.read_text()
+            assert os.stat(expected).st_mode & 0o777 == 0o600
+            assert os.stat(expected.parent).st_mode & 0o777 == 0o700
+        assert "unmounted" in wait_for(expected, "unmounted")
+    finally:
+        expected.unlink(missing_ok=True)
+
+
+def test_log_file_names_per_user_and_mount_point() -> None:
+    env = {"HOME": "/home/u"}
+    assert default_log_file("/mnt/data", euid=0, env=env) == "/var/log/tmemfs/mnt-data.log"
+    assert default_log_file("/mnt/data", euid=1000, env=env) == "/home/u/.local/state/tmemfs/mnt-data.log"
+    assert default_log_file("/mnt/data", euid=1000, env={**env, "XDG_STATE_HOME": "/s"}) == "/s/tmemfs/mnt-data.log"
+    names = {mount_name(p) for p in ("/mnt/a-b", "/mnt/a/b", "/mnt/a b", "/mnt/a\\x20b", "/")}
+    assert len(names) == 5 and "mnt-a-b" in names and all("/" not in n for n in names)
+
+
+def test_log_and_trace_files_are_0600(tmp_path: Path) -> None:
+    log, trace = tmp_path / "log", tmp_path / "trace"
+    with background(tmp_path, f"cleancache=tmem,log={log},trace={trace}") as (mnt, stderr):
+        assert stderr == ""  # log= was asked for: nothing to say
+        (mnt.parent / "src" / "f").write_bytes(b"x" * 8192)
+        assert (mnt / "f").read_bytes() == b"x" * 8192
+    for path in (log, trace):
+        assert os.stat(path).st_mode & 0o777 == 0o600, path
+    assert "miss" in trace.read_text()
+
+
+def test_sighup_reopens_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with background(tmp_path, f"cleancache=tmem,log={log}") as (mnt, _):
+        (mnt.parent / "src" / "f").write_text("still here")
+        pid = int(json.loads((mnt / ".tmemfs" / "stats.json").read_text())["fs.pid"])
+        log.rename(tmp_path / "log.1")  # as logrotate does
+        os.kill(pid, signal.SIGHUP)
+        assert "log file reopened" in wait_for(log, "log file reopened")
+        assert os.stat(log).st_mode & 0o777 == 0o600
+        assert (mnt / "f").read_text() == "still here"  # SIGHUP did not unmount
+    assert "unmounted" in wait_for(log, "unmounted")
+    assert "mounted" in (tmp_path / "log.1").read_text() and "unmounted" not in (tmp_path / "log.1").read_text()
+
+
+def _read_page_two(mnt: Path) -> None:
+    (mnt.parent / "src" / "f").write_bytes(bytes(range(256)) * 64)
+    with open(mnt / "f", "rb") as f:
+        f.seek(4096)
+        assert f.read(4096) == bytes(range(256)) * 16
+    assert not (mnt / "missing").exists()
+
+
+def test_log_level_debug_logs_requests_in_the_background(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with background(tmp_path, f"cleancache=tmem,log={log},log_level=debug") as (mnt, _):
+        _read_page_two(mnt)
+        text = wait_for(log, "off=4096")
+    assert READ_LINE.search(text), text
+    assert re.search(r"lookup parent_inode=1: ENOENT \d+us$", text, re.MULTILINE), text
+
+
+def test_debug_flag_logs_requests(mount_factory) -> None:
+    with mount_factory("cleancache=tmem", extra_args=("-d",)) as m:
+        _read_page_two(m.mnt)
+        text = wait_for(m.log, "off=4096")
+    assert READ_LINE.search(text), text
+
+
+def test_log_level_warning_leaves_out_info_and_requests(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    with background(tmp_path, f"cleancache=tmem,log={log},log_level=warning") as (mnt, _):
+        _read_page_two(mnt)
+    assert log.read_text() == ""
