@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
+
+import pytest
 
 from tools import bench_backends as bb
 
@@ -120,8 +123,6 @@ def test_charts_render_small_pngs(tmp_path: Path) -> None:
 
 
 def test_save_results_is_json(tmp_path: Path) -> None:
-    import json
-
     bb.save_results(canned(), tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["iops"]["zcache"] == [16000.0] and "zcache/dup50" in data["reads"]
@@ -163,3 +164,48 @@ def test_from_json_draws_charts_beside_the_report(tmp_path: Path) -> None:
         "backends-capacity.png", "backends-iops.png", "backends-reads.png", "backends-zipf.png"]
     text = out.read_text()
     assert bb.BEGIN in text and "![fio IOPS per backend](docs/bench/backends-iops.png)" in text
+
+
+def test_sizes_and_backends_parse() -> None:
+    M = bb.MiB
+    assert bb.parse_sizes("16M/256M,64M/1G", 8 * M) == ((16 * M, 256 * M), (64 * M, 1024 * M))
+    assert bb.parse_sizes("128M,512k", 8 * M) == ((8 * M, 128 * M), (8 * M, 512 * 1024))
+    assert bb.parse_backends("none,zcache+tmem") == ("none", "zcache+tmem")
+
+
+def test_bad_options_get_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in ((["--sizes", "16M/12Q"], "'12Q' is not a size"),
+                          (["--sizes", "1000"], "not a whole number of 4096-byte pages"),
+                          (["--backends", "zcache,zswap"], "unknown backend 'zswap'"),
+                          (["--src", str(tmp_path / "nope")], "no such file or directory"),
+                          (["--src", str(tmp_path)], "no files to read")):
+        with pytest.raises(SystemExit) as exc:
+            bb.main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err and err.count("\n") == 1, (argv, err)
+
+
+def test_user_data_job_and_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--src, --backends, --sizes and --job on real mounts: the job runs once per backend, on the user's file."""
+    monkeypatch.setattr(bb, "ROOT", tmp_path / "results")
+    src = tmp_path / "mine"
+    src.mkdir()
+    text = b"".join(b"line %06d of the user's own data\n" % i for i in range(8000))
+    (src / "big.txt").write_bytes(text)
+    (src / "small.txt").write_bytes(text[:5000])
+    job = tmp_path / "tiny.fio"
+    job.write_text("[tiny]\ndirectory=${MNT}\nfilename=${FILE}\nsize=${SIZE}\nrw=randread\nbs=4k\ndirect=1\n")
+    out = tmp_path / "report.md"
+    argv = ["--quick", "--src", str(src), "--backends", "none,zcache", "--sizes", "64K/1M", "--job", str(job),
+            "--out", str(out)]
+    assert bb.main(argv) == 0
+    text_out = out.read_text()
+    assert "fio job `" + str(job) + "`" in text_out and "cache_size=64K,cc_size=1M" in text_out
+    rows = [line for line in text_out.splitlines() if line.startswith(("| none |", "| zcache |"))]
+    assert any(line.startswith("| zcache | ") and line.endswith("x |") for line in rows)
+    saved = json.loads((tmp_path / "results" / "custom" / "results-quick-64K-1M.json").read_text())
+    assert saved["backends"] == ["none", "zcache"] and saved["datasets"] == ["mine"] and saved["job"] == str(job)
+    assert saved["settings"]["cache_size"] == 64 * 1024 and saved["settings"]["fio_size"] == len(text) // PAGE * PAGE
+    assert [c for c in saved["commands"] if "FILE=big.txt" in c and str(job) in c] and len(saved["commands"]) == 2
+    assert saved["reads"]["zcache/mine"][0]["hit_ratio"] > 0.9  # the user's text fits zcache's 1 MiB
+    assert saved["reads"]["none/mine"][0]["hit_ratio"] == 0

@@ -3,10 +3,15 @@
 Run from the repository root with the project's venv (needs root and /dev/fuse):
 
     .venv/bin/python -m tools.bench_backends [--quick] [--out BENCHMARKS.md]
+    .venv/bin/python -m tools.bench_backends --src DIR|FILE [--backends a,b] [--sizes 16M/256M,64M/1G]
+                                             [--job tools/fio/zipf.fio] [--out REPORT.md]
 
 Only the text between `<!-- backends:begin -->` and `<!-- backends:end -->` is
 replaced; tools/bench.py owns the rest of the file. Ratios are only taken
 between numbers measured in the same invocation (the machine is shared).
+With --src, --backends, --sizes or --job the run compares backends on the
+user's data and set-up, and the report goes to bench-results/backends/custom/
+(not BENCHMARKS.md) unless --out says otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import os
 import platform
 import random
+import re
 import shlex
 import statistics
 import subprocess
@@ -29,6 +35,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
 import xxhash
 
@@ -42,6 +49,7 @@ BACKENDS: tuple[str, ...] = ("none", "tmem", "zcache", "dedup", "zcache+tmem")
 POLICIES: tuple[str, ...] = ("lru", "sieve", "s3fifo", "arc")
 DATASETS: tuple[str, ...] = ("text", "binary", "random", "zero", "dup50")
 ROOT = Path("bench-results/backends")
+CONTROL_DIR = ".tmemfs"
 CHART_DIR = Path("docs/bench")  # relative to the report's directory
 ZCACHE_TARGET = 2.0
 DEDUP_TOLERANCE = 0.05
@@ -202,7 +210,10 @@ def make_datasets(src: Path, size: int, seed: int = 1) -> dict[str, Path]:
 
 
 def tree_files(d: Path) -> list[Path]:
-    return sorted(p for p in d.rglob("*") if p.is_file())
+    """The files of a tree (a file alone is its own tree); a mount's .tmemfs is not data."""
+    if d.is_file():
+        return [d]
+    return sorted(p for p in d.rglob("*") if p.is_file() and CONTROL_DIR not in p.relative_to(d).parts)
 
 
 def tree_size(d: Path) -> int:
@@ -289,7 +300,7 @@ def read_tree(d: Path) -> int:
 
 
 def cc_options(backend: str, s: Settings, extra: str = "") -> str:
-    opts = f"cleancache={backend},cache_size={s.cache_size // MiB}M,cc_size={s.cc_size // MiB}M,backing_io=direct"
+    opts = f"cleancache={backend},cache_size={human(s.cache_size)},cc_size={human(s.cc_size)},backing_io=direct"
     return f"{opts},{extra}" if extra else opts
 
 
@@ -355,11 +366,12 @@ def run_fio(cmd: list[str]) -> float:
     return float(json.loads(out)["jobs"][0]["read"]["iops"])
 
 
-def fio_backend(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, commands: list[str]) -> float:
-    """Warm-up pass (cat), then 4k randread QD1 on the text file."""
+def fio_backend(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, commands: list[str],
+                fio_file: str = "fio/text.dat") -> float:
+    """Warm-up pass (cat), then 4k randread QD1 on `fio_file` (relative to the mount)."""
     drop_host_cache()
     with mounted(src, mnt, cc_options(backend, s), logfile):
-        path = mnt / "fio" / "text.dat"
+        path = mnt / fio_file
         with open(path, "rb", buffering=0) as f:
             while f.read(128 * 1024):
                 pass
@@ -368,12 +380,30 @@ def fio_backend(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, 
         return run_fio(cmd)
 
 
+def fio_job(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, commands: list[str],
+            job: Path, fio_file: str) -> float:
+    """A user's fio job file on a fresh mount, with MNT, FILE and SIZE set as tools/fio/*.fio expect.
+
+    Returns the IOPS of all its jobs together (reads and writes).
+    """
+    drop_host_cache()
+    env = {"MNT": str(mnt), "FILE": fio_file, "SIZE": str(s.fio_size)}
+    cmd = ["fio", str(job.resolve()), "--output-format=json"]
+    commands.append(shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
+    with mounted(src, mnt, cc_options(backend, s), logfile):
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **env})
+    if done.returncode != 0:
+        raise RuntimeError(f"fio {job} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    jobs = json.loads(done.stdout[done.stdout.index("{"):])["jobs"]
+    return float(sum(j[kind]["iops"] for j in jobs for kind in ("read", "write", "trim")))
+
+
 def fio_policy(src: Path, mnt: Path, policy: str, s: Settings, logfile: Path,
-               commands: list[str]) -> tuple[float, float]:
+               commands: list[str], fio_file: str = "fio/text.dat") -> tuple[float, float]:
     """zipf:1.1 randread with cleancache=none and pc_policy=policy: (IOPS, page-cache hit ratio)."""
     drop_host_cache()
     with mounted(src, mnt, cc_options("none", s, f"pc_policy={policy}"), logfile):
-        path = mnt / "fio" / "text.dat"
+        path = mnt / fio_file
         control(mnt, "reset_stats")
         cmd = fio_command(path, s.fio_size, s.runtime, zipf=True)
         commands.append(shlex.join(cmd))
@@ -448,6 +478,9 @@ class Results:
     machine: dict[str, str] = field(default_factory=dict)
     runtime_s: float = 0.0
     charts: list[tuple[str, str]] = field(default_factory=list)  # (alt text, relative path)
+    backends: list[str] = field(default_factory=lambda: list(BACKENDS))
+    datasets: list[str] = field(default_factory=lambda: list(DATASETS))
+    job: str = ""  # the fio job file run per backend instead of the built-in fio runs
 
 
 def spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
@@ -510,8 +543,8 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
         off = data / unique - 1
         out.append((f"(informative) dedup unique_data_size within {DEDUP_TOLERANCE:.0%} of unique content",
                     f"{data / MiB:.1f} MiB vs {unique / MiB:.1f} MiB ({off:+.1%})", abs(off) <= DEDUP_TOLERANCE))
-    for backend in BACKENDS[1:]:
-        for dataset in DATASETS:
+    for backend in [b for b in res.backends if b != "none"]:
+        for dataset in res.datasets:
             cut = backing_cut(res, backend, dataset)
             if cut is None or not fits(res, backend, dataset):
                 continue
@@ -536,21 +569,21 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 def read_tables(res: Results) -> list[str]:
     rows_hit, rows_bytes = [], []
-    for backend in BACKENDS:
-        runs = {ds: res.reads.get((backend, ds), []) for ds in DATASETS}
+    for backend in res.backends:
+        runs = {ds: res.reads.get((backend, ds), []) for ds in res.datasets}
         rows_hit.append([backend, *(spread([r.hit_ratio * 100 for r in runs[ds]], "{:.1f}") + " %"
-                                    if runs[ds] else "-" for ds in DATASETS)])
+                                    if runs[ds] else "-" for ds in res.datasets)])
         rows_bytes.append([backend, *(spread([r.backing_bytes / MiB for r in runs[ds]], "{:.1f}")
-                                      if runs[ds] else "-" for ds in DATASETS)])
+                                      if runs[ds] else "-" for ds in res.datasets)])
     return ["### Second pass after drop_caches: cleancache hit ratio (succ_gets / (succ_gets + failed_gets))", "",
-            *table(["backend", *DATASETS], rows_hit), "",
+            *table(["backend", *res.datasets], rows_hit), "",
             "### Second pass: bytes read from SRC (backing.read_bytes, MiB; O_DIRECT)", "",
-            *table(["backend", *DATASETS], rows_bytes), ""]
+            *table(["backend", *res.datasets], rows_bytes), ""]
 
 
 def ratio_table(res: Results) -> list[str]:
     rows = []
-    for ds in DATASETS:
+    for ds in res.datasets:
         total, uniq = res.pages.get(ds, (0, 0))
         cells = [ds, f"{res.data_size.get(ds, 0) / MiB:.0f}", f"{total} / {uniq}"]
         for backend in ("zcache", "dedup", "zcache+tmem"):
@@ -588,25 +621,27 @@ def dedup_overhead_note(res: Results) -> list[str]:
 def fio_tables(res: Results) -> list[str]:
     base = med(res.iops.get("none", []))
     rows = [[b, spread(res.iops[b]), f"{med(res.iops[b]) / base:.2f}x" if base else "-"]
-            for b in BACKENDS if res.iops.get(b)]
+            for b in res.backends if res.iops.get(b)]
     zrows = [[p, spread([v[0] for v in res.zipf[p]]), spread([v[1] * 100 for v in res.zipf[p]], "{:.1f}") + " %"]
              for p in POLICIES if res.zipf.get(p)]
-    return ["### fio 4k randread QD1 psync direct=1 on the text file, after one warm-up pass", "",
-            *table(["backend", "IOPS", "vs none"], rows), "",
-            "### fio zipf:1.1 randread, cleancache=none, per page-cache policy", "",
-            *table(["pc_policy", "IOPS", "page-cache hit ratio"], zrows), ""]
+    title = (f"### fio job `{res.job}` on a fresh mount per backend (IOPS of all its jobs, reads and writes)"
+             if res.job else "### fio 4k randread QD1 psync direct=1 on the text file, after one warm-up pass")
+    zipf = ["### fio zipf:1.1 randread, cleancache=none, per page-cache policy", "",
+            *table(["pc_policy", "IOPS", "page-cache hit ratio"], zrows), ""] if zrows else []
+    return [title, "", *table(["backend", "IOPS", "vs none"], rows), "", *zipf]
 
 
 def cpu_table(res: Results) -> list[str]:
     rows = []
+    kinds = list(dict.fromkeys(kind for _, kind in res.cpu)) or ["text", "random"]
     for backend in CPU_CONFIGS:
         cells = [backend]
-        for kind in ("text", "random"):
+        for kind in kinds:
             put, get = res.cpu.get((backend, kind), (0.0, 0.0))
             cells += [f"{put:.1f}", f"{get:.1f}"]
         rows.append(cells)
     return ["### CPU per call on the backend objects (us, in-process, trio.run, no FUSE)", "",
-            *table(["backend", "put text", "get text", "put random", "get random"], rows), "",
+            *table(["backend", *(f"{op} {kind}" for kind in kinds for op in ("put", "get"))], rows), "",
             "zcache rejects random pages (they do not compress below zc_max), so its random gets are misses; "
             "in zcache+tmem they go to tmem. What a cluster store costs per call is in the cluster section "
             "(hits per second each store sustains).", ""]
@@ -618,8 +653,10 @@ def report(res: Results) -> str:
     lines = [f"## Cleancache backends ({s.mode} mode, `python -m tools.bench_backends"
              f"{' --quick' if s.quick else ''}`)", ""]
     lines += [f"- {k}: {v}" for k, v in res.machine.items()]
-    lines += [f"- mount options: `{cc_options('<backend>', s)}`; data sets of {s.data_size // MiB} MiB "
-              f"(4 files each); repeats: {s.repeats}; run time {res.runtime_s / 60:.1f} min",
+    sets = f"data sets of {s.data_size // MiB} MiB (4 files each)" if res.datasets == list(DATASETS) else \
+        f"data: {', '.join(res.datasets)} ({s.data_size / MiB:.1f} MiB)"
+    lines += [f"- mount options: `{cc_options('<backend>', s)}`; {sets}; repeats: {s.repeats}; "
+              f"run time {res.runtime_s / 60:.1f} min",
               "- host page cache dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`) before every mount; "
               "tables show median (min..max) when repeated", "",
               "### Targets", "", *table(["target", "measured", "result"],
@@ -678,20 +715,22 @@ def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]
         made.append((alt, f"{rel}/{name}"))
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    hit = {b: [med([r.hit_ratio * 100 for r in res.reads.get((b, d), [])]) for d in DATASETS] for b in BACKENDS}
-    byt = {b: [med([r.backing_bytes / MiB for r in res.reads.get((b, d), [])]) for d in DATASETS] for b in BACKENDS}
-    bar_groups(a1, DATASETS, hit)
+    hit = {b: [med([r.hit_ratio * 100 for r in res.reads.get((b, d), [])]) for d in res.datasets]
+           for b in res.backends}
+    byt = {b: [med([r.backing_bytes / MiB for r in res.reads.get((b, d), [])]) for d in res.datasets]
+           for b in res.backends}
+    bar_groups(a1, res.datasets, hit)
     a1.set(title="Cleancache hit ratio, 2nd pass", xlabel="data set", ylabel="hit ratio (%)", ylim=(0, 105))
-    bar_groups(a2, DATASETS, byt)
+    bar_groups(a2, res.datasets, byt)
     a2.set(title="Bytes read from SRC, 2nd pass", xlabel="data set", ylabel="MiB read (O_DIRECT)")
     a2.legend(title="cleancache", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Read, drop_caches, read again" + tag, fontsize=10)
     save(fig, "backends-reads.png", "hit ratio and backing bytes per backend and data set")
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    cap = {b: [med([capacity_ratio(r) for r in res.reads.get((b, d), [])]) for d in DATASETS]
+    cap = {b: [med([capacity_ratio(r) for r in res.reads.get((b, d), [])]) for d in res.datasets]
            for b in ("zcache", "dedup", "zcache+tmem")}
-    bar_groups(ax, DATASETS, cap)
+    bar_groups(ax, res.datasets, cap)
     ax.axhline(ZCACHE_TARGET, color="grey", linestyle="--", linewidth=1, label=f"{ZCACHE_TARGET:.0f}x target (text)")
     ax.set(title="Effective capacity: orig_data_size / pool_total_size" + tag, xlabel="data set",
            ylabel="ratio (x, overheads included)")
@@ -705,14 +744,17 @@ def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]
     save(fig, "backends-capacity.png", "compression / dedup ratio per data set")
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    names = [b for b in BACKENDS if res.iops.get(b)]
+    names = [b for b in res.backends if res.iops.get(b)]
     bars = ax.bar(names, [med(res.iops[b]) for b in names], color="tab:blue")
     ax.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax.set(title=f"fio 4k randread QD1 psync direct=1, {res.settings.fio_size // MiB} MiB text file,\n"
-                 f"cache_size {res.settings.cache_size // MiB} MiB, after one warm-up read",
+    sizes = f"{res.settings.fio_size // MiB} MiB file,\ncache_size {res.settings.cache_size // MiB} MiB"
+    ax.set(title=f"fio job {res.job}, {sizes}" if res.job else
+           f"fio 4k randread QD1 psync direct=1, {sizes.replace(' file', ' text file')}, after one warm-up read",
            xlabel="cleancache backend", ylabel="IOPS (median)")
     save(fig, "backends-iops.png", "fio IOPS per backend")
 
+    if not res.zipf:
+        return made
     fig, a1 = plt.subplots(figsize=(7, 4))
     pols = [p for p in POLICIES if res.zipf.get(p)]
     bars = a1.bar(pols, [med([v[0] for v in res.zipf[p]]) for p in pols], color="tab:green", label="IOPS")
@@ -751,42 +793,140 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def step_all(res: Results, src: Path, mnt: Path, logs: Path, steps: Callable[[str], None]) -> None:
-    s = res.settings
-    for rep in range(s.repeats):
-        for ds in DATASETS:
-            for backend in BACKENDS:
-                steps(f"read cycle {ds} / {backend} (repeat {rep + 1})")
-                r = read_cycle(src, mnt, ds, backend, s, logs / f"{backend}.log")
-                res.reads.setdefault((backend, ds), []).append(r)
-        for backend in BACKENDS:
-            steps(f"fio randread / {backend} (repeat {rep + 1})")
-            res.iops.setdefault(backend, []).append(
-                fio_backend(src, mnt, backend, s, logs / f"fio-{backend}.log", res.commands))
-        for policy in POLICIES:
-            steps(f"fio zipf / pc_policy={policy} (repeat {rep + 1})")
-            res.zipf.setdefault(policy, []).append(
-                fio_policy(src, mnt, policy, s, logs / f"zipf-{policy}.log", res.commands))
+@dataclass(frozen=True)
+class Plan:
+    """What a run compares: the defaults are `make bench`'s; --src, --backends, --sizes and --job change them."""
+
+    backends: tuple[str, ...] = BACKENDS
+    sizes: tuple[tuple[int, int], ...] = ()  # (cache_size, cc_size) pairs; () = the settings' own
+    src: Path | None = None
+    job: Path | None = None
+
+    @property
+    def custom(self) -> bool:
+        return self != Plan()
 
 
-def run(s: Settings, out: Path) -> Results:
-    start = time.monotonic()
-    res = Results(s, machine=machine_info())
-    src, mnt, logs = ROOT / "src", ROOT / "mnt", ROOT / "logs"
-    for d in (src, mnt, logs):
-        d.mkdir(parents=True, exist_ok=True)
-    sets = make_datasets(src, s.data_size)
+@dataclass(frozen=True)
+class Data:
+    """The data a run reads: the mounted directory, and per data set what to read in it."""
+
+    mount_src: Path
+    sets: dict[str, str]  # data set -> path relative to the mount ("" = the whole mount)
+    fio_file: str  # relative to the mount
+    fio_size: int
+
+
+def user_data(src: Path) -> Data:
+    """--src: a file (its directory is mounted) or a directory (all its files; fio reads the largest)."""
+    src = src.resolve()
+    if src.is_file():
+        mount_src, rel, fio = src.parent, src.name, src
+    else:
+        files = tree_files(src)
+        if not files:
+            raise ValueError(f"--src {src}: no files to read")
+        mount_src, rel = src, ""
+        fio = max(files, key=lambda f: f.stat().st_size)
+    size = fio.stat().st_size // PAGE * PAGE
+    if size == 0:
+        raise ValueError(f"--src: {fio} is shorter than a page ({PAGE} bytes); fio needs at least one")
+    return Data(mount_src, {src.name: rel}, str(fio.relative_to(mount_src)), size)
+
+
+def builtin_data(src: Path, s: Settings) -> Data:
+    """make bench's synthetic data sets (made once, kept under bench-results/) and fio's text file."""
+    make_datasets(src, s.data_size)
     fio_dir = src / "fio"
     fio_dir.mkdir(exist_ok=True)
     if not (fio_dir / "text.dat").exists() or (fio_dir / "text.dat").stat().st_size != s.fio_size:
         (fio_dir / "text.dat").write_bytes(fill(text_corpus(s.fio_size), s.fio_size))
-    for name, d in sets.items():
-        res.data_size[name] = tree_size(d)
-        res.pages[name] = unique_pages(tree_chunks(d))
-    total = s.repeats * (len(DATASETS) * len(BACKENDS) + len(BACKENDS) + len(POLICIES))
-    fio_runs = s.repeats * (len(BACKENDS) + len(POLICIES))
-    log(f"plan: {total} steps ({s.repeats} repeat(s) of {len(DATASETS) * len(BACKENDS)} read cycles, "
-        f"{fio_runs // s.repeats} fio runs of {s.runtime} s), then the CPU cost per call")
+    return Data(src.resolve(), {name: name for name in DATASETS}, "fio/text.dat", s.fio_size)
+
+
+def step_all(res: Results, data: Data, mnt: Path, logs: Path, steps: Callable[[str], None],
+             job: Path | None = None) -> None:
+    s, src = res.settings, data.mount_src
+    for rep in range(s.repeats):
+        for ds in res.datasets:
+            for backend in res.backends:
+                steps(f"read cycle {ds} / {backend} (repeat {rep + 1})")
+                r = read_cycle(src, mnt, data.sets[ds], backend, s, logs / f"{backend}.log")
+                res.reads.setdefault((backend, ds), []).append(r)
+        for backend in res.backends:
+            steps(f"fio {job.name if job else 'randread'} / {backend} (repeat {rep + 1})")
+            log_file = logs / f"fio-{backend}.log"
+            res.iops.setdefault(backend, []).append(
+                fio_job(src, mnt, backend, s, log_file, res.commands, job, data.fio_file) if job else
+                fio_backend(src, mnt, backend, s, log_file, res.commands, data.fio_file))
+        for policy in () if job else POLICIES:
+            steps(f"fio zipf / pc_policy={policy} (repeat {rep + 1})")
+            res.zipf.setdefault(policy, []).append(
+                fio_policy(src, mnt, policy, s, logs / f"zipf-{policy}.log", res.commands, data.fio_file))
+
+
+def cpu_samples(data: Data, s: Settings) -> dict[str, list[bytes]]:
+    """Pages for the CPU table: text and random from the built-in sets, or the start of the user's data."""
+    if data.sets.keys() == set(DATASETS):
+        return {kind: sample_pages(data.mount_src / kind, s.cpu_pages) for kind in ("text", "random")}
+    out: dict[str, list[bytes]] = {}
+    for name, rel in data.sets.items():
+        pages: list[bytes] = []
+        for path in tree_files(data.mount_src / rel):
+            with open(path, "rb") as f:
+                while len(pages) < s.cpu_pages and len(page := f.read(PAGE)) == PAGE:
+                    pages.append(page)
+        out[name] = pages
+    return out
+
+
+def run(s: Settings, out: Path, plan: Plan = Plan()) -> list[Results]:
+    """One Results per (cache_size, cc_size) pair of the plan (one for make bench)."""
+    mnt, logs = (ROOT / "mnt").resolve(), ROOT / "logs"
+    for d in (mnt, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    data = user_data(plan.src) if plan.src else builtin_data(ROOT / "src", s)
+    if plan.src:
+        s = dataclasses.replace(s, data_size=sum(tree_size(data.mount_src / r) for r in data.sets.values()),
+                                fio_size=data.fio_size)
+    runs = [dataclasses.replace(s, cache_size=c, cc_size=cc) for c, cc in plan.sizes] or [s]
+    machine = machine_info()
+    start = time.monotonic()
+    if plan.src:
+        machine["data"] = f"{plan.src.resolve()} ({s.data_size / MiB:.1f} MiB; fio reads {data.fio_file})"
+    samples = cpu_samples(data, s)
+    results = []
+    for run_s in runs:
+        res = Results(run_s, machine=dict(machine), backends=list(plan.backends), datasets=list(data.sets),
+                      job=str(plan.job or ""))
+        for name, rel in data.sets.items():
+            res.data_size[name] = tree_size(data.mount_src / rel)
+            res.pages[name] = unique_pages(tree_chunks(data.mount_src / rel))
+        step_all(res, data, mnt, logs.resolve(), progress(res, plan.job is not None), plan.job)
+        log("CPU cost per put/get on the backend objects")
+        for config in CPU_CONFIGS:  # warm-up: imports, allocator, branch caches
+            cpu_cost(config, next(iter(samples.values()))[:200])
+        for kind, pages in samples.items():
+            for config in CPU_CONFIGS:
+                res.cpu[(config, kind)] = cpu_cost(config, pages)
+        res.runtime_s = time.monotonic() - start
+        label = size_label(run_s) if plan.sizes else ""
+        save_results(res, results_path(run_s, plan.custom, label))
+        chart_dir = CHART_DIR / label if label else CHART_DIR
+        res.charts = make_charts(res, out.resolve().parent / chart_dir, chart_dir.as_posix())
+        results.append(res)
+        start = time.monotonic()
+    return results
+
+
+def progress(res: Results, job: bool) -> Callable[[str], None]:
+    """A step logger with a count and the time left, from the plan's size."""
+    s = res.settings
+    cycles = len(res.datasets) * len(res.backends)
+    fio_runs = len(res.backends) + (0 if job else len(POLICIES))
+    total = s.repeats * (cycles + fio_runs)
+    log(f"plan: {total} steps ({s.repeats} repeat(s) of {cycles} read cycles, "
+        f"{fio_runs} fio runs{'' if job else f' of {s.runtime} s'}), then the CPU cost per call")
     done = [0]
     t0 = time.monotonic()
 
@@ -797,23 +937,25 @@ def run(s: Settings, out: Path) -> Results:
         log(f"[{done[0]}/{total} {done[0] / total:.0%}, {mmss(elapsed)} elapsed"
             + (f", ~{mmss(left)} left" if done[0] > 1 else "") + f"] {msg}")
 
-    step_all(res, src.resolve(), mnt.resolve(), logs.resolve(), steps)
-    log("CPU cost per put/get on the backend objects")
-    for config in CPU_CONFIGS:  # warm-up: imports, allocator, branch caches
-        cpu_cost(config, sample_pages(sets["text"], 200))
-    for kind in ("text", "random"):
-        pages = sample_pages(sets[kind], s.cpu_pages)
-        for config in CPU_CONFIGS:
-            res.cpu[(config, kind)] = cpu_cost(config, pages)
-    res.runtime_s = time.monotonic() - start
-    save_results(res, results_path(s))
-    res.charts = make_charts(res, out.resolve().parent / CHART_DIR, CHART_DIR.as_posix())
-    return res
+    return steps
 
 
-def results_path(s: Settings) -> Path:
-    """A quick run never overwrites the numbers of a full one."""
-    return ROOT / ("results-quick.json" if s.quick else "results.json")
+def size_label(s: Settings) -> str:
+    return f"{human(s.cache_size)}-{human(s.cc_size)}"
+
+
+def human(size: int) -> str:
+    """16777216 -> 16M (the largest unit that divides the size)."""
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
+def results_path(s: Settings, custom: bool = False, label: str = "") -> Path:
+    """A quick run never overwrites the numbers of a full one, nor a run on the user's data make bench's."""
+    name = "-".join(["results", *(["quick"] if s.quick else []), *([label] if label else [])]) + ".json"
+    return ROOT / "custom" / name if custom else ROOT / name
 
 
 def mmss(seconds: float) -> str:
@@ -828,7 +970,9 @@ def save_results(res: Results, path: Path) -> None:
         "reads": {f"{b}/{d}": [dataclasses.asdict(r) for r in runs] for (b, d), runs in res.reads.items()},
         "iops": res.iops, "zipf": res.zipf, "cpu": {f"{b}/{k}": v for (b, k), v in res.cpu.items()},
         "commands": res.commands, "machine": res.machine, "runtime_s": res.runtime_s,
+        "backends": res.backends, "datasets": res.datasets, "job": res.job,
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
 
 
@@ -838,7 +982,9 @@ def load_results(path: Path) -> Results:
     res = Results(Settings(**data["settings"]), data_size=data["data_size"],
                   pages={k: (v[0], v[1]) for k, v in data["pages"].items()},
                   iops=data["iops"], zipf={k: [(a, b) for a, b in v] for k, v in data["zipf"].items()},
-                  commands=data["commands"], machine=data["machine"], runtime_s=data["runtime_s"])
+                  commands=data["commands"], machine=data["machine"], runtime_s=data["runtime_s"],
+                  backends=data.get("backends", list(BACKENDS)), datasets=data.get("datasets", list(DATASETS)),
+                  job=data.get("job", ""))
     for key, runs in data["reads"].items():
         backend, dataset = key.rsplit("/", 1)
         res.reads[(backend, dataset)] = [ReadResult(**r) for r in runs]
@@ -848,14 +994,92 @@ def load_results(path: Path) -> Results:
     return res
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+SIZE = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """16M -> 16777216 (K/M/G are powers of 1024, as in mount options); a whole number of pages."""
+    m = SIZE.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (a number with K, M or G)")
+    size = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+    if size < PAGE or size % PAGE:
+        raise ValueError(f"{text!r} is not a whole number of {PAGE}-byte pages")
+    return size
+
+
+def parse_sizes(text: str, default_cache: int) -> tuple[tuple[int, int], ...]:
+    """`16M/256M,64M/1G` (cache_size/cc_size pairs) or `128M,512M` (cc_sizes, the default cache_size)."""
+    pairs = []
+    for item in text.split(","):
+        cache, _, cc = item.rpartition("/")
+        pairs.append((parse_size(cache) if cache else default_cache, parse_size(cc)))
+    return tuple(pairs)
+
+
+def parse_backends(text: str) -> tuple[str, ...]:
+    """`none,zcache,zcache+tmem`: each a cleancache= value whose members are installed backends."""
+    from backends import registry
+
+    known = registry.available()
+    names = tuple(n.strip() for n in text.split(","))
+    for name in names:
+        unknown = [m for m in name.split("+") if m not in known]
+        if unknown or not name:
+            raise ValueError(f"unknown backend {(unknown or [name])[0]!r} (installed: {', '.join(known)})")
+    return names
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line and status 2, as every tmemfs command."""
+        self.exit(2, f"bench_backends: {message}\n")
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Plan]:
+    parser = Parser(prog="python -m tools.bench_backends", description=__doc__.splitlines()[0] if __doc__ else None,
+                    formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
     parser.add_argument("--quick", action="store_true",
                         help="smaller sets, 1 s fio runs, one repeat (with tools.bench --quick: under 3 min)")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
-                        help="report file (default BENCHMARKS.md); charts go to docs/bench/ beside it")
+    parser.add_argument("--out", type=Path, help="report file (default BENCHMARKS.md, or bench-results/backends/"
+                        "custom/report.md with --src, --backends, --sizes or --job); charts go to docs/bench/ "
+                        "beside it")
     parser.add_argument("--from-json", type=Path, help="redraw charts and the report from a saved results.json")
+    parser.add_argument("--src", type=Path, help="your data: a directory (every file in it) or one file, "
+                        "instead of the built-in data sets")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"cleancache= values to compare, comma-separated (default {','.join(BACKENDS)})")
+    parser.add_argument("--sizes", help="CACHE/CC[,CACHE/CC...]: cache_size/cc_size pairs, e.g. 16M/256M,64M/1G; "
+                        "or CC[,CC...]: cc_sizes with the default cache_size, e.g. 128M,512M; the whole "
+                        "comparison runs once per pair")
+    parser.add_argument("--job", type=Path, help="a fio job file run on a fresh mount per backend instead of the "
+                        "built-in fio runs (MNT, FILE and SIZE are set, as tools/fio/*.fio expect)")
     args = parser.parse_args(argv)
+    try:
+        s = settings_for(args.quick)
+        plan = Plan(parse_backends(args.backends), parse_sizes(args.sizes, s.cache_size) if args.sizes else (),
+                    args.src, args.job)
+        for path, what in ((args.src, "--src"), (args.job, "--job")):
+            if path is not None and not path.exists():
+                raise ValueError(f"{what} {path}: no such file or directory")
+        if args.src is not None:
+            user_data(args.src)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    if args.out is None:
+        args.out = ROOT / "custom" / "report.md" if plan.custom else Path("BENCHMARKS.md")
+    return args, plan
+
+
+EPILOG = """examples:
+  python -m tools.bench_backends                       # make bench's part: built-in data sets, BENCHMARKS.md
+  python -m tools.bench_backends --src /srv/data --backends none,zcache,dedup --sizes 64M/256M,64M/1G
+  python -m tools.bench_backends --src /srv/data/big.db --job tools/fio/zipf.fio --quick
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, plan = parse_args(argv)
     if args.from_json:
         res = load_results(args.from_json)
         res.charts = make_charts(res, args.out.resolve().parent / CHART_DIR, CHART_DIR.as_posix())
@@ -864,13 +1088,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = settings_for(args.quick)
     mnt = (ROOT / "mnt").resolve()
     try:
-        res = run(s, args.out)
+        results = run(s, args.out, plan)
     finally:
         with suppress(Exception), signals_deferred():
             if is_mounted(mnt):
                 unmount(mnt)
-    write_report(args.out, report(res))
-    log(f"wrote {args.out} and {len(res.charts)} charts in {res.runtime_s / 60:.1f} min")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_report(args.out, "\n".join(report(res) for res in results))
+    charts = sum(len(res.charts) for res in results)
+    log(f"wrote {args.out} and {charts} charts in {sum(res.runtime_s for res in results) / 60:.1f} min")
     return 0
 
 

@@ -1,0 +1,38 @@
+# bash completion for tmemctl(1); `make install` puts it in /usr/local/share/bash-completion/completions
+# (loaded by the bash-completion package). Subcommands come from `tmemctl --help` (once per shell),
+# flags from `tmemctl CMD --help`, backend names from `tmemctl backends`, and MNT from the fuse.tmemfs
+# mounts in /proc/mounts.
+
+_tmemctl_mounts() {
+    local src mnt type rest
+    while IFS=" " read -r src mnt type rest; do
+        [[ $type == fuse.tmemfs ]] && printf '%b\n' "$mnt"  # /proc/mounts escapes spaces as \040
+    done </proc/mounts
+}
+
+_tmemctl() {
+    local cur prev words cword
+    _init_completion || return
+    [[ -n ${_tmemctl_commands-} ]] ||
+        _tmemctl_commands=$(tmemctl --help 2>/dev/null | grep -o -m1 '{[a-z,-]*}' | tr -d '{}' | tr , ' ')
+    if ((cword == 1)); then
+        COMPREPLY=($(compgen -W "$_tmemctl_commands --help --version" -- "$cur"))
+        return
+    fi
+    local command=${words[1]}
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$(tmemctl "$command" --help 2>/dev/null | grep -o -- '--\?-[a-z][a-z-]*' | sort -u)" \
+            -- "$cur"))
+    elif [[ $command == backends ]]; then
+        return
+    elif ((cword == 2)); then
+        local IFS=$'\n'
+        COMPREPLY=($(compgen -W "$(_tmemctl_mounts)" -- "$cur"))
+    elif ((cword == 3)) && [[ $command == register || $command == replace ]]; then
+        local item=${cur##*+}
+        COMPREPLY=($(compgen -P "${cur%"$item"}" -W "$(tmemctl backends 2>/dev/null | awk '/^[a-z]/ { print $1 }')" \
+            -- "$item"))
+    fi
+}
+
+complete -F _tmemctl tmemctl
