@@ -6,9 +6,13 @@ stays right while both sizes go up and down under load, in-process and on a real
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import random
+import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -461,10 +465,16 @@ async def test_data_stays_right_while_both_sizes_change_under_load(tmp_path: Pat
 
 def test_a_mount_stays_right_while_its_sizes_change(mount_factory: MountFactory) -> None:
     """The concurrent model check (four clients on the same files) stays clean on a real mount
-    while another thread sets cache_size and cc_size through the control file, many times."""
+    under fio load (4k random reads at QD16 of another file) while another thread sets
+    cache_size and cc_size through the control file, many times."""
     seed = random.randrange(1 << 32)
     with mount_factory("cleancache=tmem,cache_size=64K,cc_size=256K,max_requests=16") as m:
         (m.mnt / "conc").mkdir()
+        data = random.Random(seed).randbytes(4 << 20)
+        (m.src / "load").write_bytes(data)
+        fio = subprocess.Popen(["fio", "--name=load", f"--filename={m.mnt / 'load'}", "--rw=randread", "--bs=4k",
+                                "--ioengine=libaio", "--iodepth=16", "--direct=1", "--time_based", "--runtime=600",
+                                "--size=4M", "--output-format=json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         stop = threading.Event()
         sets: list[str] = []
         failures: list[BaseException] = []
@@ -472,7 +482,7 @@ def test_a_mount_stays_right_while_its_sizes_change(mount_factory: MountFactory)
         def resize() -> None:
             sizes = ["4K", "16K", "256K", "8K", "1M", "40K"]
             try:
-                while not stop.is_set():
+                while not stop.is_set() or len(sets) < 20:
                     n = len(sets)
                     command = f"set cache_size={sizes[n % 6]} cc_size={sizes[(n + 2) % 6]}"
                     m.control(command)
@@ -480,6 +490,10 @@ def test_a_mount_stays_right_while_its_sizes_change(mount_factory: MountFactory)
             except BaseException as exc:  # reported below
                 failures.append(exc)
 
+        for _ in range(600):  # fio has started reading (its start-up takes a few tenths of a second)
+            if int(str(m.stats()["pagecache.misses"])) > 0:
+                break
+            time.sleep(0.05)
         thread = threading.Thread(target=resize)
         thread.start()
         try:
@@ -487,7 +501,13 @@ def test_a_mount_stays_right_while_its_sizes_change(mount_factory: MountFactory)
         finally:
             stop.set()
             thread.join()
+            fio.send_signal(signal.SIGINT)  # fio stops, reporting what it did so far
+            out, err = fio.communicate(timeout=60)
+        assert (m.mnt / "load").read_bytes() == data
         stats = m.stats()
+    assert fio.returncode in (0, 128), err  # 128: stopped by the SIGINT, its report printed
+    report_json = json.loads(out[out.index(b"{"):])
+    assert report_json["jobs"][0]["error"] == 0 and report_json["jobs"][0]["read"]["total_ios"] > 0
     assert not failures, failures
     assert report.ok, f"{report.failure()} (seed {seed})"
     assert len(sets) > 20
