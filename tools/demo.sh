@@ -20,8 +20,9 @@ while [ "$(stat -c %s "$SRC/data.bin" 2>/dev/null || echo 0)" -lt $((64 << 20)) 
 done
 truncate -s 64M "$SRC/data.bin"
 
-echo "== tmemfs $SRC $MNT -o cleancache=$BACKEND,cache_size=16M,cc_size=128M"
-.venv/bin/tmemfs "$SRC" "$MNT" -o "cleancache=$BACKEND,cache_size=16M,cc_size=128M"
+# The log goes with the demo's files (without log= it would be a new file under /var/log/tmemfs each run).
+echo "== tmemfs $SRC $MNT -o cleancache=$BACKEND,cache_size=16M,cc_size=128M,log=$WORK/tmemfs.log"
+.venv/bin/tmemfs "$SRC" "$MNT" -o "cleancache=$BACKEND,cache_size=16M,cc_size=128M,log=$WORK/tmemfs.log"
 
 echo "== fio: 4k random reads over a 64 MiB file, page cache 16 MiB, for 5 s"
 fio --name=demo --filename="$MNT/data.bin" --size=64M --bs=4k --rw=randread \
@@ -31,3 +32,5 @@ cat "$MNT"/licenses/* > /dev/null
 
 echo "== tmemctl stats $MNT"
 .venv/bin/tmemctl stats "$MNT"
+echo "== the daemon's log"
+cat "$WORK/tmemfs.log"
