@@ -1,9 +1,11 @@
 """The interface every cleancache backend implements.
 
 A backend stores whole 4 KiB pages under a handle (pool, file key, page
-index). It may drop any page at any time (pools are ephemeral) and may
-refuse any put. The frontend (fusefs/cleancache.py) enforces the tmem rules
-on top, contains exceptions, and never trusts a page it cannot verify, so a
+index). It may drop any page of an ordinary pool at any time (those pools
+are ephemeral) and may refuse any put. A backend with `persistent_pools`
+also keeps frontswap's pools, whose pages it may refuse but never drops.
+The frontend (fusefs/cleancache.py) enforces the tmem rules on top,
+contains exceptions, and never trusts a page it cannot verify, so a
 backend can stay small.
 
 Methods are coroutines so that a backend on a remote store can await its
@@ -63,6 +65,8 @@ class Backend(abc.ABC):
     # (the cluster backend): such mounts are nodes and keep files coherent
     # through versions() (docs/coherency.md).
     shared: ClassVar[bool] = False
+    # True when create_persistent_pool works: frontswap's pools (see create_persistent_pool).
+    persistent_pools: ClassVar[bool] = False
 
     def __init__(self, capacity: int, **options: object) -> None:
         self.capacity = capacity
@@ -70,6 +74,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def create_pool(self, uuid: bytes | None) -> int:
         """A new private pool (uuid None) or the shared pool for a 16-byte uuid."""
+
+    async def create_persistent_pool(self) -> int:
+        """A new persistent pool (frontswap's), only if `persistent_pools`.
+
+        The ordinary calls serve it with these rules: put_page stores a copy or refuses
+        (False), and no earlier copy of the handle survives either way; a store may evict
+        ephemeral pages of any pool (cc_size is shared), but a persistent page is dropped
+        only by invalidate_page, invalidate_inode or destroy_pool: never by eviction, an
+        ephemeral put or set_capacity. Gets copy the page and leave it (non-exclusive).
+        """
+        raise NotImplementedError(f"{self.name} has no persistent pools")
 
     @abc.abstractmethod
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:

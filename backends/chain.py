@@ -15,6 +15,12 @@ B (its gets are exclusive).
 With a shared member (zcache+cluster, RAMster-like) every key carries the
 file's version, so a private member can never serve a page another node
 has changed either.
+
+Persistent pools (frontswap's) exist when every member has them, and follow
+the same rules: a store goes to the first member that takes it (and is
+invalidated in the others; a refused one in all), a load asks each member
+(which leaves the page), and no member ever evicts or spills a persistent
+page, so it stays in the member that took it until invalidated.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class ChainBackend(Backend):
         self.awaits_io = any(m.awaits_io for m in members)  # type: ignore[misc]
         self.shared = any(m.shared for m in members)  # type: ignore[misc]
         self.peeks = all(m.peeks for m in members)  # type: ignore[misc]
+        self.persistent_pools = all(m.persistent_pools for m in members)  # type: ignore[misc]
         self._pools: dict[int, list[int]] = {}
         self._owner: list[dict[int, int]] = [{} for _ in members]  # member pool -> chain pool
         self._next_pool = 0
@@ -56,9 +63,17 @@ class ChainBackend(Backend):
         return spill
 
     async def create_pool(self, uuid: bytes | None) -> int:
+        return self._add_pool([await m.create_pool(uuid) for m in self.members])
+
+    async def create_persistent_pool(self) -> int:
+        if not self.persistent_pools:
+            raise NotImplementedError(f"{self.name} has no persistent pools (a member lacks them)")
+        return self._add_pool([await m.create_persistent_pool() for m in self.members])
+
+    def _add_pool(self, ids: list[int]) -> int:
+        """The chain's pool id for one pool in each member."""
         pool = self._next_pool
         self._next_pool += 1
-        ids = [await m.create_pool(uuid) for m in self.members]
         self._pools[pool] = ids
         for position, member_pool in enumerate(ids):
             self._owner[position][member_pool] = pool

@@ -179,6 +179,8 @@ class ClusterBackend(Backend):
     }
     exclusive_gets = False
     shared = True
+    # Its store evicts by its own clock and other nodes share it: no page could be kept for sure.
+    persistent_pools = False
 
     def __init__(self, capacity: int, cc_store: str = "lmdb", cc_store_password_file: str | None = None,
                  node_timeout: float = NODE_TIMEOUT_S, cc_dir: str = "/dev/shm", timeout: float = 1.0) -> None:

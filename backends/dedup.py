@@ -25,7 +25,14 @@ us per freed and reused page here, against 0.1 us for malloc, for about 50
 bytes of header per copy.
 
 Eviction is by copy (evicting a copy drops, and spills to the next member of
-a chain, every handle sharing it); a corrupt lz4 copy is dropped the same way.
+a chain, every ephemeral handle sharing it); a corrupt lz4 copy is dropped
+with every handle.
+
+Persistent pools (frontswap's) share copies with the ephemeral ones. A copy
+is in the eviction order while an ephemeral handle uses it; evicting a copy
+that a persistent handle also uses drops only its ephemeral handles and
+keeps the bytes (`persistent_bytes` counts such copies: no eviction frees
+them). A put is refused at once when its copy would not fit beside them.
 `pool_total_size`, which `cc_size` bounds, counts what this really holds:
 each bytes object as allocated, the arrays and lists at their allocated
 size, the file records and their dicts as measured, the policy's nodes for
@@ -97,10 +104,12 @@ class DedupFile:
 
 
 class DedupPool:
-    __slots__ = ("files", "shared")
+    __slots__ = ("files", "keeps", "persistent", "shared")
 
-    def __init__(self, shared: bool) -> None:
+    def __init__(self, shared: bool, persistent: bool = False) -> None:
         self.shared = shared
+        self.persistent = persistent
+        self.keeps = shared or persistent  # gets leave the page (one test on the get path)
         self.files: dict[bytes, DedupFile] = {}
 
 
@@ -114,6 +123,7 @@ class DedupBackend(Backend):
     }
     awaits_io: ClassVar[bool] = False
     peeks: ClassVar[bool] = True
+    persistent_pools: ClassVar[bool] = True
 
     @staticmethod
     def digest(page: memoryview) -> bytes:
@@ -128,6 +138,7 @@ class DedupBackend(Backend):
         self._pools: dict[int, DedupPool] = {}
         self._next_pool = 0
         self.stored_pages = self.unique_pages = self.unique_bytes = 0
+        self.persistent_pages = 0
         self._reset()
         self.reset_stats()
 
@@ -150,6 +161,7 @@ class DedupBackend(Backend):
         self._next = array("i", [0])  # ... and, for free slots, the free list
         self._visited = bytearray(1)  # sieve
         self._gen = array("I", [0])  # s3fifo/arc key: a slot reused is a new key
+        self._pins = array("i", [0])  # persistent handles sharing the copy
         self._free_slot = 0
         self._hand = 0  # sieve: the next slot to judge (0: the oldest)
         self._table = array("i")  # the first slot of each hash bucket, at least one bucket per copy
@@ -161,6 +173,7 @@ class DedupBackend(Backend):
         self._owner: list[DedupFile | None] = []
         self._chunk_no = array("q")
         self._used = array("B")  # live handles
+        self._persist = bytearray()  # 1: the chunk's file is in a persistent pool
         self._free_chunk = NO  # free chunks are linked through their first _hnext
         self._policy: Policy[int] | None = None
         if self.cc_policy not in NATIVE_POLICIES:
@@ -169,6 +182,7 @@ class DedupBackend(Backend):
         for pool in self._pools.values():
             pool.files = {}
         self._payload = 0  # the copies' bytes objects
+        self.persistent_bytes = 0  # ... of them, those a persistent handle uses
         self._meta = 0  # file records, chunk dicts and their ints
         self._base = 0
         self._base = self._measured()
@@ -178,7 +192,8 @@ class DedupBackend(Backend):
         """Bytes the arrays and lists hold now (their allocated size), less what they held empty."""
         return sum(map(sys.getsizeof, (
             self._data, self._refs, self._hash, self._chain, self._head, self._prev, self._next, self._visited,
-            self._gen, self._table, self._hslot, self._hprev, self._hnext, self._owner, self._chunk_no, self._used,
+            self._gen, self._pins, self._table, self._hslot, self._hprev, self._hnext, self._owner, self._chunk_no,
+            self._used, self._persist,
         ))) - self._base
 
     @property
@@ -202,6 +217,12 @@ class DedupBackend(Backend):
         self._pools[pool] = DedupPool(uuid is not None)
         return pool
 
+    async def create_persistent_pool(self) -> int:
+        pool = self._next_pool
+        self._next_pool += 1
+        self._pools[pool] = DedupPool(False, persistent=True)
+        return pool
+
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
         self.puts += 1
         dpool = self._pools.get(pool)
@@ -216,11 +237,13 @@ class DedupBackend(Backend):
             if self._hslot[old] == slot:  # the same content again: the handle stays as it is
                 self.duplicate_entry += 1
                 self.dup_puts_replaced += 1
-                self._touch(slot)
+                if not dpool.persistent:
+                    self._touch(slot)
                 return True
             self._drop(old)  # put-put-get: the old content never returns
         blob = b"" if slot else self._pack(raw, page)
-        handle = NO if blob_cost(len(blob)) > self.capacity else self._new_handle(pool, dpool, key, index)
+        fits = blob_cost(len(blob)) + self.persistent_bytes <= self.capacity  # with every evictable copy gone
+        handle = self._new_handle(pool, dpool, key, index) if fits else NO
         spilled: list[Spilled] = []
         if handle != NO:
             # Room is made before the copy enters (so that no policy can pick it) and after the
@@ -230,7 +253,7 @@ class DedupBackend(Backend):
             cost = 0 if slot else self._room_for(blob)
             if self.held + cost > self.capacity:  # the pool is full (see memory_stats)
                 self.pool_limit_hit += 1
-            while self.held + cost > self.capacity and self.unique_pages:
+            while self.held + cost > self.capacity and self.stored_pages > self.persistent_pages:
                 self.evicted_pages += self._drop_copy(self._victim(), spilled if self.spill is not None else None)
                 if slot and not self._refs[slot]:  # the copy found was evicted: store the page anew
                     slot, blob = 0, self._pack(raw, page)
@@ -250,10 +273,14 @@ class DedupBackend(Backend):
                 self.dup_puts_replaced += 1
             if slot:
                 self.duplicate_entry += 1
-                self._touch(slot)
             else:
                 slot = self._store(hashed, blob)
             self._link(handle, slot)
+            if not dpool.persistent:
+                if self._refs[slot] - self._pins[slot] == 1:  # its first ephemeral handle: it becomes evictable
+                    self._order_insert(slot)
+                else:
+                    self._touch(slot)
             self.held_max = max(self.held_max, self.held)
         for item in spilled:
             if self.spill is not None:
@@ -277,21 +304,22 @@ class DedupBackend(Backend):
         slot = self._hslot[handle]
         blob = self._data[slot]
         data = blob if len(blob) == PAGE_SIZE else unpack(blob)
-        if data is None:  # corrupt: no handle of this copy may be served
+        if data is None:  # corrupt: no handle of this copy may be served, persistent ones neither
             self.corrupt_pages += 1
             self.failed_gets += 1
-            self._order_remove(slot)
-            self._drop_copy(slot, None)
+            if self._refs[slot] > self._pins[slot]:
+                self._order_remove(slot)
+            self._drop_copy(slot, None, True)
             self._tidy()
             return False
         out[:] = data
-        if dpool.shared or keep:
-            self._touch(slot)
-        else:
+        if not (dpool.keeps or keep):
             self._drop(handle)  # exclusive: the page moves back
-            if self._refs[slot]:
+            if self._refs[slot] > self._pins[slot]:
                 self._touch(slot)
             self._tidy()
+        elif not dpool.persistent:
+            self._touch(slot)
         self.succ_gets += 1
         return True
 
@@ -322,7 +350,8 @@ class DedupBackend(Backend):
 
     def stats(self) -> dict[str, StatValue]:
         return {
-            **memory_stats(self, self.stored_pages, self.held, self.held_max),
+            **memory_stats(self, self.stored_pages, self.held, self.held_max, self.persistent_pages,
+                           self.persistent_bytes),
             "unique_pages": self.unique_pages,
             "unique_data_size": self.unique_bytes,
             "duplicate_entry": self.duplicate_entry,
@@ -334,14 +363,15 @@ class DedupBackend(Backend):
         check_memory_size("cc_size", nbytes)
 
     async def set_capacity(self, nbytes: int) -> None:
-        """Evict copies by the policy (each with every handle sharing it, spilled down a chain)
-        until what is held fits; an s3fifo or arc policy's size follows."""
+        """Evict copies by the policy (each with every ephemeral handle sharing it, spilled down
+        a chain) until what is held fits or no ephemeral handle is left (persistent pages stay,
+        and puts are refused until there is room); an s3fifo or arc policy's size follows."""
         self.check_capacity(nbytes)
         self.capacity = nbytes
         if self._policy is not None:
             self._policy.resize(max(1, nbytes // PAGE_SIZE))
         spilled: list[Spilled] = []
-        while self.held > nbytes and self.unique_pages:
+        while self.held > nbytes and self.stored_pages > self.persistent_pages:
             self.evicted_pages += self._drop_copy(self._victim(), spilled if self.spill is not None else None)
         self._tidy()
         for item in spilled:
@@ -385,20 +415,20 @@ class DedupBackend(Backend):
         return blob_cost(len(blob)) + (self._policy_bytes(1) - self._policy_bytes(0) if self._policy is not None else 0)
 
     def _store(self, hashed: int, blob: bytes) -> int:
-        """A new copy in a reserved slot, indexed and youngest in the eviction order."""
+        """A new copy in a reserved slot, indexed (it enters the eviction order with its first
+        ephemeral handle)."""
         slot = self._free_slot
         self._free_slot = self._next[slot]
         self._data[slot] = blob
         self._hash[slot] = hashed
         self._index(slot)
-        self._order_insert(slot)
         self.unique_pages += 1
         self.unique_bytes += len(blob)
         self._payload += blob_cost(len(blob))
         return slot
 
     def _free_copy(self, slot: int) -> None:
-        """Forget a copy whose handles are all gone (it is already out of the eviction order)."""
+        """Forget a copy whose handles are all gone (it is out of the eviction order)."""
         self._unindex(slot)
         blob = self._data[slot]
         self._data[slot] = b""
@@ -414,7 +444,7 @@ class DedupBackend(Backend):
         first = len(self._refs)
         count = max(16, first // GROWTH)
         self._data.extend([b""] * count)
-        for column in (self._refs, self._hash, self._chain, self._prev, self._gen):
+        for column in (self._refs, self._hash, self._chain, self._prev, self._gen, self._pins):
             column.frombytes(bytes(count * column.itemsize))
         self._head.extend([NO] * count)
         self._next.extend(range(first + 1, first + count))
@@ -481,6 +511,7 @@ class DedupBackend(Backend):
             self._free_chunk = self._hnext[chunk << SHIFT]
             self._owner[chunk] = file
             self._chunk_no[chunk] = number
+            self._persist[chunk] = dpool.persistent
             before = sys.getsizeof(file.chunks)
             file.chunks[number] = chunk
             self._meta += sys.getsizeof(file.chunks) - before + 2 * INT_BYTES
@@ -491,6 +522,7 @@ class DedupBackend(Backend):
         first = len(self._used)
         count = max(1, first // GROWTH)
         self._used.frombytes(bytes(count))
+        self._persist.extend(bytes(count))
         self._owner.extend([None] * count)
         self._chunk_no.frombytes(bytes(8 * count))
         for column in (self._hslot, self._hprev, self._hnext):
@@ -511,6 +543,8 @@ class DedupBackend(Backend):
         self._refs[slot] += 1
         self._used[handle >> SHIFT] += 1
         self.stored_pages += 1
+        if self._persist[handle >> SHIFT]:
+            self._pin(slot, 1)
 
     def _unlink(self, handle: int) -> int:
         """Detach a handle from its copy (which may be left with none) and free its chunk if empty."""
@@ -526,6 +560,8 @@ class DedupBackend(Backend):
         self._refs[slot] -= 1
         self.stored_pages -= 1
         chunk = handle >> SHIFT
+        if self._persist[chunk]:
+            self._pin(slot, -1)
         self._used[chunk] -= 1
         if not self._used[chunk]:
             self._free_chunk_of(chunk)
@@ -543,21 +579,37 @@ class DedupBackend(Backend):
         self._hnext[chunk << SHIFT] = self._free_chunk
         self._free_chunk = chunk
 
+    def _pin(self, slot: int, by: int) -> None:
+        """A persistent handle of the copy came (1) or went (-1): the first pins its bytes, the last frees them."""
+        before = self._pins[slot]
+        self._pins[slot] = before + by
+        self.persistent_pages += by
+        if not before or not before + by:
+            self.persistent_bytes += by * blob_cost(len(self._data[slot]))
+
     def _drop(self, handle: int) -> None:
         """Forget one handle, and its copy with it if it was the last."""
+        persistent = self._persist[handle >> SHIFT]
         slot = self._unlink(handle)
-        if not self._refs[slot]:
-            self._order_remove(slot)
-            self._free_copy(slot)
+        if self._refs[slot] == self._pins[slot]:  # no ephemeral handle left
+            if not persistent:  # the last one went: the copy leaves the eviction order
+                self._order_remove(slot)
+            if not self._refs[slot]:
+                self._free_copy(slot)
 
-    def _drop_copy(self, slot: int, spilled: list[Spilled] | None) -> int:
-        """Forget a copy (already out of the eviction order) and every handle of it; the number of
-        handles. With `spilled`, each handle's page is added there for the next member of a chain."""
+    def _drop_copy(self, slot: int, spilled: list[Spilled] | None, everything: bool = False) -> int:
+        """Forget a copy's ephemeral handles (the copy is out of the eviction order), and the copy
+        unless a persistent handle still uses it; with `everything`, every handle and the copy.
+        The number of handles dropped. With `spilled`, each handle's page is added there for the
+        next member of a chain."""
         data = unpack(self._data[slot]) if spilled is not None else None
         dropped = 0
         handle = self._head[slot]
         while handle != NO:
             after = self._hnext[handle]
+            if self._persist[handle >> SHIFT] and not everything:
+                handle = after
+                continue
             if spilled is not None and data is not None:
                 chunk = handle >> SHIFT
                 file = self._owner[chunk]
@@ -566,7 +618,8 @@ class DedupBackend(Backend):
             self._unlink(handle)
             dropped += 1
             handle = after
-        self._free_copy(slot)
+        if not self._refs[slot]:
+            self._free_copy(slot)
         return dropped
 
     def _drop_file(self, file: DedupFile) -> int:

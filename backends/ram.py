@@ -6,6 +6,11 @@ have exclusive gets, shared pools keep the page and refresh it, a duplicate
 put replaces or flushes the old copy, capacity (`cc_size`) is enforced in
 bytes actually held on every put by evicting with the `cc_policy` policy,
 and an evicted page can spill to the next backend of a chain.
+
+Persistent pools (frontswap's) share cc_size with the ephemeral ones, but
+their entries never enter the eviction policy: eviction, whoever asks for
+it, only ever finds ephemeral pages. A put of either kind is refused at
+once when it would not fit even with every ephemeral page gone.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ def parse_policy(text: str) -> str:
 
 
 class RamPool:
-    __slots__ = ("files", "shared")
+    __slots__ = ("files", "keeps", "persistent", "shared")
 
-    def __init__(self, shared: bool) -> None:
+    def __init__(self, shared: bool, persistent: bool = False) -> None:
         self.shared = shared
+        self.persistent = persistent  # its entries are not in the eviction policy
+        self.keeps = shared or persistent  # gets leave the page (one test on the get path)
         self.files: dict[bytes, dict[int, object]] = {}
 
 
@@ -46,6 +53,7 @@ class RamBackend(Backend):
     ENTRY_OVERHEAD: ClassVar[int] = 256
     awaits_io: ClassVar[bool] = False
     peeks: ClassVar[bool] = True
+    persistent_pools: ClassVar[bool] = True
     # For policies that size themselves in keys.
     expected_entry_bytes: ClassVar[int] = PAGE_SIZE
 
@@ -56,6 +64,8 @@ class RamBackend(Backend):
         self._policy = make_policy(cc_policy, self._policy_keys(capacity))
         self.spill: Spill | None = None  # set by a chain: where evicted pages go
         self.stored_pages = 0
+        self.persistent_pages = 0
+        self.persistent_held = 0  # the part of `held` that persistent entries take: eviction cannot free it
         self.held = 0  # payload bytes + ENTRY_OVERHEAD per entry: what cc_size bounds
         self.held_max = 0  # its high-water mark since the last reset_stats (zram's mem_used_max)
         self.reset_stats()
@@ -110,6 +120,12 @@ class RamBackend(Backend):
         self._pools[pool] = RamPool(uuid is not None)
         return pool
 
+    async def create_persistent_pool(self) -> int:
+        pool = self._next_pool
+        self._next_pool += 1
+        self._pools[pool] = RamPool(False, persistent=True)
+        return pool
+
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
         spilled: list[Spilled] = []
         stored = self._put(pool, key, index, page, spilled)
@@ -156,8 +172,7 @@ class RamBackend(Backend):
             return
         for key, pages in list(ram_pool.files.items()):
             for index in list(pages):
-                self._policy.remove((pool, key, index))
-                self._forget(ram_pool, key, index)
+                self._drop(pool, ram_pool, key, index)
 
     # -- internals ---------------------------------------------------------------------
     # put and get run without awaiting, so a run of pages costs one backend call;
@@ -182,14 +197,18 @@ class RamBackend(Backend):
             return False
         if self.held + cost > self.capacity:  # the pool is full (see pool_limit_hit in memory_stats)
             self.pool_limit_hit += 1
-            if cost > self.capacity:
+            if cost > self.capacity - self.persistent_held:  # would not fit with every ephemeral page gone
                 self.release(entry)
                 self.rejected_puts += 1
                 return False
             while self.held + cost > self.capacity:
                 self._evict_one(spilled)
         ram_pool.files.setdefault(key, {})[index] = entry
-        self._policy.insert((pool, key, index))
+        if ram_pool.persistent:
+            self.persistent_pages += 1
+            self.persistent_held += cost
+        else:
+            self._policy.insert((pool, key, index))
         held = self.held = self.held + cost
         if held > self.held_max:
             self.held_max = held
@@ -209,11 +228,12 @@ class RamBackend(Backend):
             self.failed_gets += 1
             self._drop(pool, ram_pool, key, index)
             return False
-        if ram_pool.shared or keep:
-            self._policy.touch((pool, key, index))
-        else:
-            self._drop(pool, ram_pool, key, index)  # exclusive: the page moves back
+        if not (ram_pool.keeps or keep):
+            self._policy.remove((pool, key, index))  # exclusive: the page moves back
+            self._forget(ram_pool, key, index)
             self.moved_out(pool, key, index, entry, out)
+        elif not ram_pool.persistent:
+            self._policy.touch((pool, key, index))
         self.succ_gets += 1
         return True
 
@@ -227,8 +247,14 @@ class RamBackend(Backend):
         return entry
 
     def _drop(self, pool: int, ram_pool: RamPool, key: bytes, index: int) -> None:
-        self._policy.remove((pool, key, index))
-        self._forget(ram_pool, key, index)
+        if ram_pool.persistent:
+            held = self.held
+            self._forget(ram_pool, key, index)
+            self.persistent_held -= held - self.held
+            self.persistent_pages -= 1
+        else:
+            self._policy.remove((pool, key, index))
+            self._forget(ram_pool, key, index)
 
     def _evict_one(self, spilled: list[Spilled]) -> None:
         pool, key, index = self._policy.victim()
@@ -246,12 +272,13 @@ class RamBackend(Backend):
 
     async def set_capacity(self, nbytes: int) -> None:
         """Evict the policy's victims (spilled down a chain, as any eviction is) until what is
-        held fits; the policy's size follows."""
+        held fits or only persistent pages are left (they stay, and puts are refused until
+        there is room); the policy's size follows."""
         self.check_capacity(nbytes)
         self.capacity = nbytes
         self._policy.resize(self._policy_keys(nbytes))
         spilled: list[Spilled] = []
-        while self.held > nbytes:
+        while self.held > nbytes and self.stored_pages > self.persistent_pages:
             self._evict_one(spilled)
         if spilled:
             await self._spill(spilled)
@@ -263,7 +290,8 @@ class RamBackend(Backend):
             await self.spill(*item)
 
     def stats(self) -> dict[str, StatValue]:
-        return memory_stats(self, self.stored_pages, self.held, self.held_max)
+        return memory_stats(self, self.stored_pages, self.held, self.held_max, self.persistent_pages,
+                            self.persistent_held)
 
 
 # Event counters every in-memory backend keeps under these attribute names.
@@ -271,7 +299,8 @@ EVENT_COUNTERS = ("puts", "succ_gets", "failed_gets", "invalidates", "evicted_pa
                   "dup_puts_flushed", "rejected_puts", "corrupt_pages", "pool_limit_hit")
 
 
-def memory_stats(backend: Backend, stored_pages: int, held: int, held_max: int) -> dict[str, StatValue]:
+def memory_stats(backend: Backend, stored_pages: int, held: int, held_max: int, persistent_pages: int,
+                 persistent_bytes: int) -> dict[str, StatValue]:
     """What every in-memory backend shows, in the names of zcache, zswap, zram and Xen tmem.
 
     `pool_total_size_max` is the high-water mark of pool_total_size since the last
@@ -279,10 +308,14 @@ def memory_stats(backend: Backend, stored_pages: int, held: int, held_max: int) 
     counts puts that found the pool full, as zswap counts stores that hit max_pool_percent:
     a put whose entry did not fit in what was left of cc_size. zswap refuses such a store
     and writes back in the background; these backends evict at once instead (the put is
-    then stored), or refuse the entry if it is larger than the whole pool (rejected_puts).
+    then stored), or refuse the entry if it is larger than what persistent pages leave of
+    the pool (rejected_puts). Persistent pages count in every size, the high-water mark too.
     """
     return {
         "stored_pages": stored_pages,
+        "persistent_pages": persistent_pages,
+        "persistent_bytes": persistent_bytes,
+        "ephemeral_pages": stored_pages - persistent_pages,
         "pool_total_size": held,
         "pool_total_size_max": held_max,
         "orig_data_size": stored_pages * PAGE_SIZE,
