@@ -32,7 +32,8 @@ a live backend that could not make one (a store slow or busy when the
 mount joined it) is asked again every POOL_RETRY_S until it can. Making a
 pool gets JOIN_TIMEOUT_S, not cc_timeout: joining a shared pool takes
 several round trips, more than any one page should wait.
-`unregister` first switches the frontend to no backend (one assignment,
+`unregister` first lets frontswap write its stored pages back to SRC (they
+exist nowhere else), then switches the frontend to no backend (one assignment,
 before any await, so no later request can reach the old backend), then
 waits for the hooks in flight on a backend that awaits I/O to end (each
 call is bounded by cc_timeout; an in-memory backend's hook never yields,
@@ -193,6 +194,9 @@ class Cleancache:
         self._run_scope: trio.CancelScope | None = None
         self._hooks_in_flight = 0
         self._drained: trio.Event | None = None
+        # Called with the backend in force before it goes away (unregister, replace), while it
+        # still serves: frontswap writes its stored pages back to SRC there (fusefs/frontswap.py).
+        self.retiring: list[Callable[[Backend], Awaitable[None]]] = []
         if backend is not None:
             self._attach(backend)
         self.reset_stats()
@@ -279,7 +283,11 @@ class Cleancache:
         log.info("backend %s registered; %d pool(s) mapped", backend.name, len(self.pools))
 
     async def unregister(self) -> Backend | None:
-        """Switch to no backend at once, then flush and close the old one."""
+        """Switch to no backend at once, then flush and close the old one; first, while it
+        still serves, what holds pages that exist nowhere else (frontswap) writes them back."""
+        if self.backend is not None:
+            for retiring in self.retiring:
+                await retiring(self.backend)
         old, self.backend = self.backend, None
         if old is None:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import logging
 import mmap
@@ -10,6 +11,7 @@ import os
 import re
 import resource
 import signal
+import stat
 import sys
 import tempfile
 import urllib.parse
@@ -22,7 +24,7 @@ import trio
 from backends import registry
 from backends.base import Backend
 from backends.cluster import NODE_TIMEOUT_S, PASSWORD_ENV
-from fusefs import __version__
+from fusefs import PAGE_SIZE, __version__
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
 from fusefs.logs import LEVELS, LogFile, log_handler, open_private, reopen_logs, setup_logging
@@ -37,6 +39,7 @@ from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs")
 
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4  # <sys/mman.h>
 USAGE = "tmemfs SRC MNT [-o opt[,opt...]] [-f] [-d] [--help] [--version]"
 
 
@@ -60,6 +63,13 @@ DESCRIPTION
     SRC's end as it is then. Changes made to SRC behind tmemfs's back are
     seen at the next open (close-to-open, as NFS). Counters are in
     MNT/.tmemfs/stats (and stats.json); commands go to MNT/.tmemfs/control.
+
+    Files named by frontswap= are swap areas (frontswap): swapon a loop
+    device made on MNT/RELPATH, and each page the kernel swaps out is stored
+    in a persistent pool of the backend (never evicted; a refused page goes
+    to SRC). Killing the daemon loses the stored pages, as killing zswap
+    would: use mlock, and keep the daemon out of the memory pressure it
+    serves. flush and unregister write stored pages back to SRC first.
 
     Mounts of one SRC with cleancache=cluster are the nodes of a cluster and
     stay coherent (docs/coherency.md). A node that has not joined its pool
@@ -96,7 +106,8 @@ OPTIONS
 
 CONTROL COMMANDS (echo CMD > MNT/.tmemfs/control; root or the mount owner)
     drop_caches      evict every page (each is put into cleancache)
-    flush            empty the cleancache pool
+    flush            empty the cleancache pool (stored swap pages are written
+                     back to SRC first)
     reset_stats      zero the counters
     register NAME[+NAME] [cc_size=SIZE] [opt=value ...]
                      make a backend live (refused with EBUSY if one is)
@@ -138,6 +149,7 @@ EXAMPLES
     tmemfs /srv/data /mnt/node2 -o cleancache=cluster       #   shares one coherent pool
     tmemfs /srv/data /mnt/a -o cleancache=zcache+cluster,cc_store=redis://10.0.0.5/0,cc_store_password_file=/etc/tmemfs/pw
     tmemfs /srv/data /mnt/data -o cleancache=zcache,metrics=127.0.0.1:9567   # Prometheus scrapes it
+    tmemfs /srv/data /mnt/data -o cleancache=zcache,frontswap=swapfile,mlock  # then losetup, mkswap, swapon
     cat /mnt/data/.tmemfs/stats
     echo drop_caches > /mnt/data/.tmemfs/control
     tmemctl set /mnt/data cache_size=128M
@@ -216,6 +228,43 @@ def mounted_at(path: str) -> str | None:
                 after = fields[fields.index("-") + 1:]
                 return f"{after[0]} {unescape(after[1])}"
     return None
+
+
+def check_frontswap(src: str, paths: list[str]) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of each frontswap= file: a regular file inside SRC (no .., no absolute
+    path, no symlink leading out), a whole number of pages; else OptionError naming it."""
+    files = set()
+    for path in paths:
+        label = f"frontswap={path}"
+        if os.path.isabs(path) or ".." in path.split("/"):
+            raise OptionError(f"{label}: must be a path inside SRC, relative to it (no leading /, no ..)")
+        real = os.path.realpath(os.path.join(src, path))
+        if os.path.commonpath([src, real]) != src or real == src:
+            raise OptionError(f"{label}: leads outside SRC (to {real})")
+        try:
+            st = os.stat(real)
+        except FileNotFoundError:
+            raise OptionError(f"{label}: no such file in SRC (make it first: truncate -s 1G {real})") from None
+        except OSError as exc:
+            raise OptionError(f"{label}: {exc.strerror}") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise OptionError(f"{label}: a directory, not a swap file")
+        if not stat.S_ISREG(st.st_mode):
+            raise OptionError(f"{label}: not a regular file")
+        if st.st_size == 0 or st.st_size % PAGE_SIZE:
+            raise OptionError(f"{label}: its size ({st.st_size} bytes) is not a whole, non-zero number of "
+                              f"{PAGE_SIZE}-byte pages")
+        files.add((st.st_dev, st.st_ino))
+    return files
+
+
+def lock_memory() -> None:
+    """mlock: lock every page the daemon uses, now and later (mlockall), or RuntimeError why not.
+    On fault: the page cache's slab reserves address space for all memory, touched only as used."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0:
+        code = ctypes.get_errno()
+        raise RuntimeError(f"mlock: mlockall failed ({os.strerror(code)}; RLIMIT_MEMLOCK or CAP_IPC_LOCK)")
 
 
 def check_memory(cache_size: int) -> None:
@@ -333,6 +382,9 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
     join_wait = float(config.backend_options.get("node_timeout", NODE_TIMEOUT_S))  # type: ignore[arg-type]
     io = SrcIO(threads=config.max_requests, slow_metadata=slow_metadata(src))
     data = DataPath(pagecache, cleancache, pool, node=config.shared, join_wait=join_wait, io=io)
+    data.frontswap.files = set(config.frontswap_files)
+    if config.mlock:
+        lock_memory()
     if not data.coherency.caches:
         log.warning("no shared pool (see above): this cluster node caches nothing until one is registered")
     root_fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -431,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_options(args.options, registry.load)
         src, mnt = check_paths(args.src, args.mnt, config.warnings)
+        config.frontswap_files = check_frontswap(src, config.frontswap)
         check_memory(config.cache_size)
     except OptionError as exc:
         print(f"tmemfs: {exc}", file=sys.stderr)

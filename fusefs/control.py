@@ -45,11 +45,11 @@ CONTROL_ID = FILES[b"control"][0]
 NAMES = {nodeid: name for name, (nodeid, _) in FILES.items()}
 COMMANDS = {
     "drop_caches": "evict every page from the page cache (each is put into cleancache)",
-    "flush": "invalidate the whole cleancache pool",
+    "flush": "invalidate the whole cleancache pool (frontswap's pages are written back to SRC first)",
     "reset_stats": "zero the event counters",
     "register": "register NAME[+NAME] [cc_size=SIZE] [opt=value ...]: make a backend live (EBUSY if one is)",
     "replace": "replace NAME[+NAME] [opts]: flush and close the live backend, register another",
-    "unregister": "flush and close the live backend; reads go on from SRC",
+    "unregister": "flush and close the live backend (frontswap's pages go back to SRC first); reads go on from SRC",
     "set": "set KEY=SIZE [KEY=SIZE]: resize the live mount's cache_size and/or cc_size",
 }
 TAKES_ARGS = {"register", "replace", "set"}
@@ -243,8 +243,10 @@ def parse_set(words: list[str]) -> dict[str, int]:
 class Commands:
     """What the control commands do to a mount's data path and cleancache."""
 
-    def __init__(self, data: DataPath, cc_size: int, reset_fs_stats: Callable[[], None]) -> None:
+    def __init__(self, data: DataPath, cc_size: int, reset_fs_stats: Callable[[], None],
+                 locked: bool = False) -> None:
         self.data = data
+        self.locked = locked  # mlock: the page cache's memory cannot be given back
         self.cc_size = cc_size  # for a register without cc_size=: the mount's, or the last `set`
         self.reset_fs_stats = reset_fs_stats
         # What each setting is now, to put back when a later key of the same `set` is refused.
@@ -307,6 +309,8 @@ class Commands:
 
     async def resize(self, key: str, nbytes: int) -> None:
         if key == "cache_size":
+            if self.locked and nbytes < self.sizes["cache_size"]:
+                raise ValueError("cache_size cannot shrink on a mount with mlock (its memory is locked); remount")
             await self.data.set_cache_size(nbytes)
         else:
             await self.data.cc.set_cc_size(nbytes)

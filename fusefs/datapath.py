@@ -35,9 +35,11 @@ from collections.abc import Callable
 
 import trio
 
+from backends.base import StatValue
 from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.coherency import Coherency, CoherencyStats, Landed, stamp_of
+from fusefs.frontswap import Frontswap
 from fusefs.pagecache import CachedFile, Eviction, PageCache, PageLock
 from fusefs.srcio import SrcIO, pwrite_all
 
@@ -110,6 +112,9 @@ class DataPath:
         self.coherence = CoherencyStats()
         self.coherency: Coherency = cleancache.coherency(pool, pagecache, self.coherence, node)
         self._generation = cleancache.generation
+        # Swap files (frontswap=) bypass the page cache and cleancache: their pages go to a
+        # persistent pool (fusefs/frontswap.py); their SRC I/O is counted here too.
+        self.frontswap = Frontswap(cleancache, self.io, self._count_read, self._count_write)
         self.reset_stats()
 
     def _follow_capacity(self) -> None:
@@ -171,6 +176,7 @@ class DataPath:
         self.fill_waits = self.fill_conflicts = self.change_waits = 0
         self.coherence.reset()
         self.io.reset_stats()
+        self.frontswap.reset_stats()
 
     # -- coherency ---------------------------------------------------------------
 
@@ -282,7 +288,11 @@ class DataPath:
             self._end_change(cached)
 
     async def truncate(self, key: bytes, fd_or_path: int | str, size: int) -> None:
-        """ftruncate SRC between the two pool invalidations."""
+        """ftruncate SRC between the two pool invalidations (an open swap file: frontswap's)."""
+        swap = self.frontswap.areas.get(key)
+        if swap is not None:
+            await self.frontswap.truncate(swap, size)
+            return
         cached = self.files.get(key)
         await self._begin_change(cached)
         try:
@@ -732,6 +742,10 @@ class DataPath:
             return Landed(os.lseek(fd, 0, os.SEEK_CUR) - done, done, append)
         return Landed(offset, pwrite_all(fd, view, offset), append)
 
+    def _count_read(self, got: int) -> None:
+        self.backing_reads += 1
+        self.backing_read_bytes += got
+
     def _count_write(self, done: int) -> None:
         """(Counted on the loop: _write_src may run on a worker thread.)"""
         self.backing_writes += 1
@@ -765,15 +779,19 @@ class DataPath:
         return await self._evict_into_free(self.pc.pages)
 
     async def flush_pool(self) -> None:
+        """The `flush` command: frontswap's pages are written back to SRC first (they exist
+        nowhere else), then both pools are emptied."""
+        await self.frontswap.flush()
         await self.cc.flush(self.pool)
 
     async def unmount(self) -> None:
         """Drop the page cache and surrender the pool (invalidate_fs)."""
         for cached in list(self.files.values()):
             self.pc.drop_file(cached)
+        await self.frontswap.unmount()
         await self.cc.invalidate_fs(self.pool)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, StatValue]:
         pc = self.pc
         return {
             "pagecache.hits": pc.hits,
@@ -799,4 +817,5 @@ class DataPath:
             "backing.read_bytes": self.backing_read_bytes,
             "backing.writes": self.backing_writes,
             "backing.write_bytes": self.backing_write_bytes,
+            **self.frontswap.stats(),
         }

@@ -30,6 +30,7 @@ from backends.base import StatValue
 from fusefs import __version__
 from fusefs.control import CONTROL_DIR_NAME, DIR_ID, Commands, ControlFiles, ControlHandle, is_control
 from fusefs.datapath import DataPath
+from fusefs.frontswap import SwapArea
 from fusefs.inodes import CHILD_OPEN_FLAGS, Inode, InodeTable, file_key
 from fusefs.options import MountConfig
 from fusefs.pagecache import CachedFile
@@ -158,6 +159,14 @@ class OpenFile:
         os.close(self.fd)
 
 
+@dataclass(eq=False, slots=True)
+class SwapHandle:
+    """An open swap file (frontswap=): its I/O goes to the area, around the page cache."""
+
+    inode: Inode
+    area: SwapArea
+
+
 def _direct_twin(fd: int) -> int:
     """A read-only O_DIRECT descriptor of the file open on `fd`; `fd` itself where SRC has
     no O_DIRECT (tmpfs)."""
@@ -193,13 +202,13 @@ class TmemOperations(pyfuse3.Operations):
         self.src = src
         self.mountpoint = ""  # MNT, set by the command line once mounted (names the mount in metrics)
         self.uid = os.geteuid()
-        self.handles: dict[int, OpenFile | ControlHandle] = {}
+        self.handles: dict[int, OpenFile | SwapHandle | ControlHandle] = {}
         self.dirs: dict[int, OpenDir | None] = {}
         self._next_fh = 1
         self.internal_errors = 0
         self.started = time.monotonic()
-        self.control = ControlFiles(self.collect_stats, Commands(data, config.cc_size, self.reset_stats).run,
-                                    self.uid, config.attr_timeout)
+        commands = Commands(data, config.cc_size, self.reset_stats, config.mlock)
+        self.control = ControlFiles(self.collect_stats, commands.run, self.uid, config.attr_timeout)
         self.ready: Callable[[], None] | None = None
         self.poller: RequestPoller | None = None  # set when poll_us= took over pyfuse3's wait
         self.nursery: trio.Nursery | None = None  # for work after a reply (set while mounted)
@@ -449,6 +458,8 @@ class TmemOperations(pyfuse3.Operations):
 
     async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         truncating = flags & os.O_TRUNC and flags & os.O_ACCMODE != os.O_RDONLY
+        if self.data.frontswap.is_swap(node.dev, node.ino):
+            return await self._opened_swap(node, fd, bool(truncating))
         read_fd = fd
         cached = None
         try:
@@ -482,6 +493,23 @@ class TmemOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
         # Close-to-open for the kernel's copy too: kept only while SRC is as we last saw it.
         return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged and not truncating)
+
+    async def _opened_swap(self, node: Inode, fd: int, truncating: bool) -> pyfuse3.FileInfo:
+        """A swap file opened: its area (the open checked the caller's access; the area has a
+        descriptor of its own), never through the kernel's page cache."""
+        frontswap = self.data.frontswap
+        try:
+            area = frontswap.open(self.inodes.key(node), node.fd)
+        finally:
+            os.close(fd)
+        try:
+            if truncating:
+                await frontswap.truncate(area, 0)
+        except BaseException:
+            await frontswap.close(area)
+            raise
+        node.nopen += 1
+        return pyfuse3.FileInfo(fh=self._fh(SwapHandle(node, area)), direct_io=True, keep_cache=False)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -521,6 +549,8 @@ class TmemOperations(pyfuse3.Operations):
                 # again while the write is on its way: our reply would outlive the write there.
                 await handle.cached.changes_landed()  # type: ignore[union-attr]
             return await self.data.read(handle.cached, handle.read_fd, off, size)  # type: ignore[union-attr]
+        if handle.__class__ is SwapHandle:
+            return await self.data.frontswap.read(handle.area, off, size)  # type: ignore[union-attr]
         return handle.read(off, size)  # type: ignore[union-attr]
 
     @handler
@@ -533,6 +563,8 @@ class TmemOperations(pyfuse3.Operations):
             if landed != off and self.config.kernel_cache:
                 self._after_reply(self._forget_kernel_copy, handle.inode.nodeid)
             return done
+        if isinstance(handle, SwapHandle):
+            return await self.data.frontswap.write(handle.area, off, buf)
         return await self.control.write(handle, buf)
 
     def _after_reply(self, fn: Callable[[int], Coroutine[Any, Any, None]], nodeid: int) -> None:
@@ -571,6 +603,13 @@ class TmemOperations(pyfuse3.Operations):
     @handler
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
+        if isinstance(handle, SwapHandle):
+            try:
+                await self.data.frontswap.close(handle.area)
+            finally:
+                handle.inode.nopen -= 1
+                self.inodes.drop_if_unused(handle.inode)
+            return
         if not isinstance(handle, OpenFile):
             return
         try:  # stamp a file this mount wrote again, for the close-to-open check
@@ -585,8 +624,9 @@ class TmemOperations(pyfuse3.Operations):
     @handler
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self.handles[fh]
-        if isinstance(handle, OpenFile):
-            await self.data.io.call(os.fdatasync if datasync else os.fsync, handle.fd)
+        if isinstance(handle, OpenFile | SwapHandle):
+            fd = handle.fd if isinstance(handle, OpenFile) else handle.area.fd
+            await self.data.io.call(os.fdatasync if datasync else os.fsync, fd)
 
     # -- directories ---------------------------------------------------------------------
 
@@ -725,7 +765,7 @@ class TmemOperations(pyfuse3.Operations):
         stats.update({
             "fuse.max_requests": self.config.max_requests,
             "fs.inodes": len(self.inodes),
-            "fs.open_files": sum(1 for h in self.handles.values() if isinstance(h, OpenFile)),
+            "fs.open_files": sum(1 for h in self.handles.values() if isinstance(h, OpenFile | SwapHandle)),
             "fs.open_dirs": len(self.dirs),
             "fs.internal_errors": self.internal_errors,
             "fs.uptime_seconds": round(time.monotonic() - self.started, 3),

@@ -53,6 +53,11 @@ CORE_HELP = {
                        "but in the background too",
     "metrics=HOST:PORT": "serve the counters for Prometheus at http://HOST:PORT/metrics (e.g. "
                          "127.0.0.1:9567; [::1]:9567); a busy port is refused before mounting",
+    "frontswap=RELPATH[:RELPATH...]": "files of SRC (each a whole number of 4 KiB pages) that are swap areas: "
+                                      "their pages go to a persistent pool of the backend, ahead of cleancache "
+                                      "(swapon a loop device on MNT/RELPATH); repeatable",
+    "mlock": "lock the daemon's memory as it is used (mlockall): it is never swapped out, least of all "
+             "through itself (frontswap=); cache_size cannot shrink on the live mount then",
     "trace=FILE": "record page-level events (hit, miss, get, put, invalidate) for tools/trace.py "
                   "(created 0600)",
 }
@@ -140,6 +145,9 @@ class MountConfig:
     trace_file: str | None = None
     metrics_address: tuple[str, int] | None = None  # metrics=: where the daemon serves Prometheus scrapes
     pool_uuid: bytes | None = None
+    frontswap: list[str] = field(default_factory=list)  # frontswap=: swap files, relative to SRC
+    frontswap_files: set[tuple[int, int]] = field(default_factory=set)  # their (st_dev, st_ino), at mount
+    mlock: bool = False
     shared: bool = False  # a backend with shared pools (cluster): this mount is a cluster node
     fuse_options: set[str] = field(default_factory=lambda: {"default_permissions"})
     backend_options: dict[str, object] = field(default_factory=dict)
@@ -198,6 +206,14 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
         elif key == "kernel_cache":
             flag(key, value)
             config.kernel_cache = True
+        elif key == "mlock":
+            flag(key, value)
+            config.mlock = True
+        elif key == "frontswap":
+            paths = need(key, value).split(":")
+            if not all(paths):
+                raise OptionError(f"frontswap={value}: empty path")
+            config.frontswap += paths
         elif key in ("attr_timeout", "entry_timeout", "cc_timeout"):
             setattr(config, key, parse_seconds(key, need(key, value)))
             explicit.add(key)
@@ -247,6 +263,8 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
     if load_backend is not None:
         config.backend_options = parse_backend_options(config.cleancache, deferred, load_backend)
         config.shared = any(load_backend(n).shared for n in config.cleancache if n != "none")
+        if config.frontswap:
+            check_frontswap_backend(config.frontswap, config.cleancache, load_backend)
     elif deferred:
         raise OptionError(f"{deferred[0][0]}: unknown option (see tmemfs --help)")
     if config.shared:
@@ -259,6 +277,19 @@ def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]
             if key not in explicit:
                 setattr(config, key, 0.0)
     return config
+
+
+def check_frontswap_backend(paths: list[str], names: list[str],
+                            load_backend: Callable[[str], type[Backend]]) -> None:
+    """Swap pages need a backend that keeps persistent pages (every member of a chain)."""
+    chain = "+".join(names)
+    if names == ["none"]:
+        raise OptionError(f"frontswap={':'.join(paths)}: needs a backend to hold the swap pages, "
+                          "not cleancache=none (use tmem, zcache, dedup or a chain of them)")
+    for name in names:
+        if not load_backend(name).persistent_pools:
+            raise OptionError(f"frontswap={':'.join(paths)}: cleancache={chain}: {name} cannot hold swap pages "
+                              "(no persistent pools; use tmem, zcache, dedup or a chain of them)")
 
 
 def check_cc_size(names: list[str], text: str, size: int, warnings: list[str]) -> int:

@@ -33,9 +33,10 @@ usage or MNT is not a tmemfs mount."""
 # tmemctl subcommand -> (control command, help)
 COMMANDS = {
     "drop-caches": ("drop_caches", "evict every page from the page cache (each is put into cleancache)"),
-    "flush": ("flush", "empty the cleancache pool"),
+    "flush": ("flush", "empty the cleancache pool (frontswap areas: their pages are written back to SRC first)"),
     "reset-stats": ("reset_stats", "zero the counters"),
-    "unregister": ("unregister", "flush and close the live backend; reads go on from SRC"),
+    "unregister": ("unregister",
+                   "flush and close the live backend (frontswap pages go back to SRC first); reads go on from SRC"),
 }
 MAX_SECONDS = 86400.0  # an interval longer than a day is a typo
 RATE_KEYS = ("succ_gets", "failed_gets", "puts", "invalidates", "pagecache.hits", "pagecache.misses",
