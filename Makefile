@@ -107,6 +107,7 @@ bench: install
 	$(PY) -m tools.bench_backends $(if $(QUICK),--quick)
 	$(PY) -m tools.bench_cluster $(if $(QUICK),--quick)
 	$(PY) -m tools.bench_inflight $(if $(QUICK),--quick)
+	$(PY) -m tools.bench_frontswap $(if $(QUICK),--quick)
 
 stress: install
 	$(PY) -m tools.stress $(if $(QUICK),--quick)
