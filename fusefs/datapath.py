@@ -35,7 +35,6 @@ from collections.abc import Callable
 
 import trio
 
-from backends.base import StatValue
 from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.coherency import Coherency, CoherencyStats, Landed, stamp_of
@@ -791,7 +790,7 @@ class DataPath:
         await self.frontswap.unmount()
         await self.cc.invalidate_fs(self.pool)
 
-    def stats(self) -> dict[str, StatValue]:
+    def stats(self) -> dict[str, int]:
         pc = self.pc
         return {
             "pagecache.hits": pc.hits,

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import trio
 import xxhash
 
-from backends.base import Backend, StatValue
+from backends.base import Backend
 from fusefs import PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import POOL_RETRY_S, Cleancache
 from fusefs.srcio import SrcIO
@@ -114,7 +114,7 @@ class Frontswap:
     def reset_stats(self) -> None:
         self.loads = self.succ_stores = self.failed_stores = self.invalidates = self.load_errors = 0
 
-    def stats(self) -> dict[str, StatValue]:
+    def stats(self) -> dict[str, int]:
         stored = sum(len(a.digests) for a in self.areas.values())
         return {
             "frontswap.loads": self.loads,

@@ -104,7 +104,7 @@ def test_resources_back_to_idle(mount_factory: MountFactory) -> None:
         stats = m.stats()
         assert {k: stats[k] for k in IDLE} == IDLE
         stored = {k: v for k, v in stats.items() if k.endswith(".stored_pages")}
-        assert set(stored) == {"backend.zcache.stored_pages", "backend.tmem.stored_pages"}
+        assert set(stored) == {"backend.zcache.stored_pages", "backend.tmem.stored_pages", "frontswap.stored_pages"}
         assert set(stored.values()) == {0}
         # an O_PATH descriptor per inode the kernel knows, nothing else
         assert _fds(m) - fds_mounted == stats["fs.inodes"] - 1
