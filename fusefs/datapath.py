@@ -270,6 +270,9 @@ class DataPath:
             return
         rules = self._rules()
         for key in [k for k, f in self.files.items() if f.idle][: len(self.files) // 4]:
+            cached = self.files.get(key)
+            if cached is None or not cached.idle:  # opened while an earlier one was forgotten
+                continue
             del self.files[key]
             await rules.forget(key, flushed=False)
 

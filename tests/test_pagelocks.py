@@ -268,3 +268,48 @@ async def test_an_open_during_a_write_keeps_the_size_the_write_left(tmp_path: Pa
         assert await dp.read(cached, fd, 0, 5 * PAGE) == data + tail
     finally:
         os.close(fd)
+
+
+class YieldingInvalidateTmem(TmemBackend):
+    """tmem whose invalidate_inode lets other requests run, as a remote store's does."""
+
+    awaits_io: ClassVar[bool] = True
+
+    async def invalidate_inode(self, pool: int, key: bytes) -> None:
+        await trio.sleep(0.01)
+        await super().invalidate_inode(pool, key)
+
+
+async def test_trimming_idle_files_never_drops_one_opened_meanwhile(tmp_path: Path) -> None:
+    """The trim of idle files awaits the pool for each; a file opened during that wait is no
+    longer idle and must stay known, or its handle would hold a CachedFile nobody updates
+    (a truncate through another handle would leave it a stale size)."""
+    cc = Cleancache(YieldingInvalidateTmem(1 << 20))
+    dp = DataPath(PageCache(64 << 10), cc, await cc.init_fs(), max_idle_files=4)
+    fds = {}
+    for n in range(10):
+        (tmp_path / f"f{n}").write_bytes(b"x" * 100)
+        fds[n] = os.open(tmp_path / f"f{n}", os.O_RDWR)
+    try:
+        for n in range(9):  # nine files known, none open: idle (a trim takes a quarter: two)
+            cached, _ = await dp.open_file(f"f{n}".encode(), fds[n])
+            assert await dp.read(cached, fds[n], 0, 100) == b"x" * 100
+            dp.close_file(cached, None)
+        await dp.drop_caches()  # their pages go to the pool: forgetting a file now waits on it
+        reopened: list[CachedFile] = []
+
+        async def reopen_during_the_trim() -> None:
+            await trio.sleep(0.005)  # the trim is waiting on the pool for its first file
+            for n in range(9):
+                if f"f{n}".encode() in dp.files:
+                    reopened.append((await dp.open_file(f"f{n}".encode(), fds[n]))[0])
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reopen_during_the_trim)
+            await dp.open_file(b"f9", fds[9])  # one file too many: trims idle ones
+        assert reopened
+        assert dp.files.get(reopened[0].key) is reopened[0]  # still the file's one CachedFile
+    finally:
+        for fd in fds.values():
+            os.close(fd)
