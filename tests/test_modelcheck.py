@@ -208,3 +208,13 @@ def test_oracle_takes_an_append_of_unknown_offset_only_while_it_ran() -> None:
     model.settle(50)
     [problem] = model.check_bytes(10, lost.data[3:20], 50, 60)
     assert problem.startswith("GARBAGE at offset 10") and "landed who knows where" in problem
+
+
+def test_oracle_lets_an_append_of_unknown_offset_explain_a_size_past_a_truncate() -> None:
+    """An append whose bytes were gone before its writer looked may have landed at the end a
+    truncate left and grown the file past it: a read after both may see that size."""
+    write, cut = _write(0, 44000, 10, 20, 1), _truncate(43563, 30, 40, 2)
+    lost = Change(APPEND, 2, 5, 0, 0, 35, 45, data=b"z" * 300, floating=True)
+    seen = size_seen(32768, 11011, 11011)  # a whole read ending at 43779
+    assert "STALE SIZE" in str(_model(write, cut).check_size(*seen, 50, 60))
+    assert _model(write, cut, lost).check_size(*seen, 50, 60) is None
