@@ -541,6 +541,9 @@ class DataPath:
         misses up to `last`; and the last page index this call installed, which
         the caller must not count again as hits. A page another request is filling
         (or putting) is waited for, not read again."""
+        if index << PAGE_SHIFT >= cached.size:  # past the end a change left while this read waited
+            return -1, index - 1
+        last = min(last, (cached.size - 1) >> PAGE_SHIFT)
         pc = self.pc
         slot = pc.lookup(cached, index)
         while slot is None:
@@ -596,8 +599,10 @@ class DataPath:
                 got = await self.io.preadv(fd, pc.slot_views(slots[n:end]), start)
                 self.backing_reads += 1
                 self.backing_read_bytes += got
-                if got < (end - n) * PAGE_SIZE or start + got > size:
-                    size = start + got  # SRC changed size behind our back: it knows best
+                if (got or start < size) and (got < (end - n) * PAGE_SIZE or start + got > size):
+                    # SRC changed size behind our back: it knows best. (Nothing read at or past
+                    # the known end says only that SRC ends before it: that end stands.)
+                    size = start + got
                 full, tail = divmod(got, PAGE_SIZE)
                 used = full + (1 if tail else 0)
                 if tail:

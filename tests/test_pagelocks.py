@@ -313,3 +313,25 @@ async def test_trimming_idle_files_never_drops_one_opened_meanwhile(tmp_path: Pa
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+async def test_a_read_that_waited_past_a_truncate_never_moves_the_end_of_file(tmp_path: Path) -> None:
+    """A read plans its pages from the size it saw; a truncate that lands while it waits
+    between two of them leaves later pages past the end. Loading one of those must not
+    take the empty read of SRC there for the end of the file (it was: the file seemed to
+    end at that page, and reads after the truncate returned bytes past the real end: the
+    full stress's STALE SIZE)."""
+    cc = Cleancache(TmemBackend(1 << 20))
+    dp = DataPath(PageCache(64 << 10), cc, await cc.init_fs())
+    (tmp_path / "f").write_bytes(b"y" * (8 << 12))
+    fd = os.open(tmp_path / "f", os.O_RDWR)
+    try:
+        cached, _ = await dp.open_file(b"f", fd)
+        await dp.truncate(b"f", fd, 4096 + 100)
+        assert cached.size == 4096 + 100
+        assert await dp._page(cached, fd, 5, 7) == (-1, 4)  # planned before the truncate
+        assert await dp._fill(cached, fd, 5, 7) == (-1, 4)  # and the fill itself, were it asked
+        assert cached.size == 4096 + 100
+        assert bytes(await dp.read(cached, fd, 0, 8 << 12)) == b"y" * (4096 + 100)
+    finally:
+        os.close(fd)
