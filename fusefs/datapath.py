@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 import trio
 
-from fusefs import PAGE_SHIFT, PAGE_SIZE
+from fusefs import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.coherency import Coherency, CoherencyStats, Landed, stamp_of
 from fusefs.frontswap import Frontswap
@@ -44,7 +44,6 @@ from fusefs.srcio import SrcIO, pwrite_all
 
 log = logging.getLogger("tmemfs")
 
-PAGE_MASK = PAGE_SIZE - 1
 MAX_BATCH = 32  # pages read from SRC in one preadv
 RECLAIM_NS = 20_000  # what background reclaim may spend of one pause between requests
 RECLAIM_STEP = 4  # pages reclaim evicts between two looks for a waiting request
@@ -501,8 +500,7 @@ class DataPath:
             run_end = _run_end(hits, n, True)
             start = (first + n) << PAGE_SHIFT
             got = await self.io.preadv(fd, [scratch[n << PAGE_SHIFT : run_end << PAGE_SHIFT]], start)
-            self.backing_reads += 1
-            self.backing_read_bytes += got
+            self._count_read(got)
             if got < min(run_end << PAGE_SHIFT, end - (first << PAGE_SHIFT)) - (n << PAGE_SHIFT):
                 return None  # SRC shrank behind our back: the usual path finds out how much
             n = run_end
@@ -597,8 +595,7 @@ class DataPath:
                 end = _run_end(hits, n, True)
                 start = (index + n) << PAGE_SHIFT
                 got = await self.io.preadv(fd, pc.slot_views(slots[n:end]), start)
-                self.backing_reads += 1
-                self.backing_read_bytes += got
+                self._count_read(got)
                 if (got or start < size) and (got < (end - n) * PAGE_SIZE or start + got > size):
                     # SRC changed size behind our back: it knows best. (Nothing read at or past
                     # the known end says only that SRC ends before it: that end stands.)
@@ -642,8 +639,7 @@ class DataPath:
             view = memoryview(buf)
             try:
                 got = await self.io.preadv(fd, [view], start)
-                self.backing_reads += 1
-                self.backing_read_bytes += got
+                self._count_read(got)
                 self.uncached_reads += 1
                 return bytes(view[offset - start : max(offset - start, min(got, offset - start + size))])
             finally:

@@ -38,13 +38,12 @@ import trio
 import xxhash
 
 from backends.base import Backend
-from fusefs import PAGE_SHIFT, PAGE_SIZE
+from fusefs import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import POOL_RETRY_S, Cleancache
 from fusefs.srcio import SrcIO
 
 log = logging.getLogger("tmemfs.frontswap")
 
-PAGE_MASK = PAGE_SIZE - 1
 _digest = xxhash.xxh3_64_intdigest
 
 
