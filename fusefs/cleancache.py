@@ -354,6 +354,7 @@ class Cleancache:
         self.succ_gets = self.failed_gets = self.puts = self.invalidates = 0
         self.inode_invalidates = self.fs_invalidates = 0
         self.backend_errors = self.verify_failures = self.backend_timeouts = self.pool_retries = 0
+        self.peek_races = 0
 
     # -- pools ---------------------------------------------------------------
 
@@ -526,15 +527,27 @@ class Cleancache:
                     self._fault("peek_pages")
                     return None  # the pool is as it was: the usual gets verify each page
                 for k, hit in enumerate(got, n):
-                    if hit and not self._verified(backend, outs[k], digests[k - n]):
-                        ledger.forget(key, first + k)
-                        await self._drop(backend, backend_pool, key, first + k)
+                    if hit and _digest(outs[k]) != digests[k - n]:
                         hit = False
+                        if self._replaced_meanwhile(pool, ledger, key, first + k, digests[k - n]):
+                            self.peek_races += 1  # the page's new owner keeps it
+                        else:
+                            self._verified(backend, outs[k], digests[k - n])  # counted, logged
+                            ledger.forget(key, first + k)
+                            await self._drop(backend, backend_pool, key, first + k)
                     hits[k] = hit
         if hits.count(True) < enough:
             return None
         self._count_gets(key, first, hits)
         return hits
+
+    @staticmethod
+    def _replaced_meanwhile(pool: Pool, ledger: Ledger, key: bytes, index: int, digest: int) -> bool:
+        """Whether the ledger's entry for a page changed while a peek of it waited: another
+        request got it, invalidated it or put a newer copy, so the backend rightly answered
+        with other bytes (a peek takes no page lock). Not the backend's fault: a miss, and the
+        page stays for whoever put it."""
+        return pool.ledger is not ledger or ledger.files.get(key, {}).get(index) != digest
 
     def _count_gets(self, key: bytes, first: int, hits: list[bool]) -> None:
         found = hits.count(True)
@@ -748,6 +761,7 @@ class Cleancache:
             "cleancache.fs_invalidates": self.fs_invalidates,
             "cleancache.backend_errors": self.backend_errors,
             "cleancache.verify_failures": self.verify_failures,
+            "cleancache.peek_races": self.peek_races,
             "cleancache.backend_timeouts": self.backend_timeouts,
             "cleancache.ledger_entries": ledger_entries,
             **backend_stats,

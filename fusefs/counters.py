@@ -64,6 +64,8 @@ SECTIONS: tuple[tuple[str, tuple[CounterInfo, ...]], ...] = (
            "failed attempts to make a placeholder's pool on the live backend (asked every second)"),
         _c("cleancache.backend_errors", "none", "backend exceptions contained (each became a miss)"),
         _c("cleancache.verify_failures", "pages", "pages a backend returned that did not match their digest (refused)"),
+        _c("cleancache.peek_races", "pages",
+           "peeked pages another request got, invalidated or put anew while the backend answered (a miss, no fault)"),
         _c("cleancache.backend_timeouts", "none", "backend calls cut short by cc_timeout (each became a miss)"),
         _g("cleancache.ledger_entries", "pages", "page digests held to check a private pool's backend"),
     )),

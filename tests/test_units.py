@@ -314,6 +314,58 @@ async def test_a_copy_survives_a_get_of_its_pages_while_the_backend_answers() ->
     assert cc.backend_errors == cc.verify_failures == 0
 
 
+class LatePeekTmem(TmemBackend):
+    """tmem that copies a peeked page only once `answer` is set, as a store's reply arrives
+    after the requests that ran meanwhile."""
+
+    awaits_io = True  # type: ignore[misc]
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(capacity)
+        self.answer = trio.Event()
+        self.peeked = trio.Event()
+
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
+        self.peeked.set()
+        await self.answer.wait()
+        return await super().peek_pages(pool, key, first, outs)
+
+
+@pytest.mark.parametrize("meanwhile", ["put anew", "got and put anew", "invalidated"])
+async def test_a_peek_that_sees_a_page_replaced_meanwhile_is_a_miss_not_a_fault(meanwhile: str) -> None:
+    """A peek takes no page lock: while the backend answers, another request may get,
+    invalidate or put anew a page of the run, and the backend then rightly answers with the
+    newer bytes. That page is a miss for the peek, counted as a race (not as a backend that
+    lied), and the newer copy stays in the pool for the next get."""
+    backend = LatePeekTmem(64 * ENTRY)
+    cc = Cleancache(backend, timeout=30)
+    pool = await cc.init_fs()
+    await cc.put_pages(pool, [(b"f", n, page(n)) for n in range(4)])
+    outs = [memoryview(bytearray(PAGE)) for _ in range(4)]
+    got: list[list[bool] | None] = []
+
+    async def copy() -> None:
+        got.append(await cc.copy_pages(pool, b"f", 0, outs, 2))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(copy)
+        await backend.peeked.wait()
+        if meanwhile == "got and put anew":
+            assert await cc.get_page(pool, b"f", 1, memoryview(bytearray(PAGE)))
+        if meanwhile == "invalidated":
+            await cc.invalidate_page(pool, b"f", 1)
+        else:
+            await cc.put_page(pool, b"f", 1, page(99))
+        backend.answer.set()
+    assert got == [[True, False, True, True]]
+    assert [bytes(outs[n]) for n in (0, 2, 3)] == [bytes(page(n)) for n in (0, 2, 3)]
+    assert cc.verify_failures == 0 and cc.peek_races == (meanwhile != "invalidated")
+    out = memoryview(bytearray(PAGE))
+    assert await cc.get_page(pool, b"f", 1, out) == (meanwhile != "invalidated")
+    if meanwhile != "invalidated":
+        assert bytes(out) == bytes(page(99))  # the newer copy was not dropped
+
+
 # -- tmem backend ------------------------------------------------------------------
 
 
