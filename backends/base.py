@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -29,6 +30,41 @@ class OptionSpec:
 
     parse: Callable[[str], object]
     help: str
+
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+MAX_SIZE = 1 << 60  # far beyond any memory or pool, and still a C long everywhere it goes
+
+
+def size_in_bytes(text: str) -> int:
+    """A size as mount options take it (`512`, `64K`, `1.5G`...), exact: ValueError (why) if it is not one."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ValueError("not a size (use a number with an optional K, M, G or T suffix)")
+    number, scale = m.group(1), _SCALE[m.group(2).lower()]
+    if "." in number:
+        whole, _, fraction = number.partition(".")
+        value = (int(whole + fraction) * scale) // 10 ** len(fraction)  # exact: no float rounding
+    else:
+        value = int(number) * scale
+    if value > MAX_SIZE:
+        raise ValueError(f"too large (at most {MAX_SIZE >> 40}T)")
+    return value
+
+
+def parse_positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise ValueError("must be between 0 and 3600 seconds")
+    return value
+
+
+def existing_directory(path: str) -> str:
+    """cc_dir: a typo fails the mount with a reason instead of leaving the mount uncached."""
+    if not os.path.isdir(path):
+        raise ValueError("not an existing directory")
+    return path
 
 
 def physical_memory() -> int:
@@ -70,6 +106,7 @@ class Backend(abc.ABC):
 
     def __init__(self, capacity: int, **options: object) -> None:
         self.capacity = capacity
+        self.label = ""  # where it serves (the mount point), for listings such as `tmemctl host`
 
     @abc.abstractmethod
     async def create_pool(self, uuid: bytes | None) -> int:
@@ -139,6 +176,15 @@ class Backend(abc.ABC):
         """cc_size changed on a live mount (at least a page): evict at once, by the backend's
         own policy, down to it, or grow at once; never flush. Refused as check_capacity says."""
         self.check_capacity(nbytes)
+
+    def take_back(self, nbytes: int) -> int:
+        """The donor takes `nbytes` of a host pool's budget back now; the bytes taken (a host
+        client's only: ValueError, one line, elsewhere)."""
+        raise ValueError(f"backend {self.name} is not a host pool client (cc_host=): nothing to take back")
+
+    def give_back(self, nbytes: int) -> int:
+        """Return at most what was taken back to a host pool's budget; the bytes given."""
+        raise ValueError(f"backend {self.name} is not a host pool client (cc_host=): nothing to give back")
 
     async def run(self) -> None:
         """Background work while mounted (heartbeats); cancelled at unmount."""

@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import trio
 
-from backends.base import Backend, FileVersions, OptionSpec, StatValue
+from backends.base import Backend, FileVersions, OptionSpec, StatValue, existing_directory, parse_positive_seconds
 from backends.store import Member, PageStore, StoreUnavailable, file_prefix, split_key, versioned_key
 
 log = logging.getLogger("tmemfs.cluster")
@@ -53,13 +53,6 @@ def parse_store(text: str) -> str:
     raise ValueError("must be lmdb or a redis://, rediss:// or unix:// URL")
 
 
-def parse_positive_seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 3600:
-        raise ValueError("must be between 0 and 3600 seconds")
-    return value
-
-
 def read_secret(path: str) -> str:
     """The first line of a credentials file."""
     with open(path, encoding="utf-8") as f:
@@ -68,13 +61,6 @@ def read_secret(path: str) -> str:
 
 def readable_file(path: str) -> str:
     read_secret(path)  # fail at mount time, with the reason, not at the first connection
-    return path
-
-
-def existing_directory(path: str) -> str:
-    """cc_dir: a typo fails the mount with a reason instead of leaving every node uncached."""
-    if not os.path.isdir(path):
-        raise ValueError("not an existing directory")
     return path
 
 

@@ -50,6 +50,7 @@ import lz4.block
 import xxhash
 
 from backends.base import Backend, OptionSpec, StatValue, check_memory_size
+from backends.host import HOST_OPTIONS
 from backends.ram import Spill, Spilled, memory_stats, parse_policy
 from fusefs import PAGE_SIZE
 from fusefs.eviction import Policy, make_policy
@@ -120,6 +121,7 @@ class DedupBackend(Backend):
         "cc_policy": OptionSpec(parse_policy, "which copy to evict: lru (default) or sieve, a few bytes per copy; "
                                 "s3fifo or arc, a node per copy (charged, ~200 bytes)"),
         "dd_compress": OptionSpec(parse_compress, "compress unique copies: none (default) or lz4"),
+        **HOST_OPTIONS,
     }
     awaits_io: ClassVar[bool] = False
     peeks: ClassVar[bool] = True

@@ -97,12 +97,18 @@ def _ofd_lock(fd: int, offset: int, lock: bool) -> bool:
 
 def table_in_use(path: str) -> bool:
     """True while any node holds a member slot of the table at `path` (dead nodes hold none)."""
+    return any_slot_locked(path, _LOCK_OFFSET, MAX_NODES)
+
+
+def any_slot_locked(path: str, offset: int, count: int) -> bool:
+    """True while any process holds the OFD lock of one of `count` slot bytes from `offset` of
+    the file at `path` (a slot table's liveness: the kernel drops a dead holder's lock)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
-        whole = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _LOCK_OFFSET, MAX_NODES, 0)
+        whole = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, count, 0)
         try:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, whole)
         except OSError as exc:

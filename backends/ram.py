@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from backends.base import Backend, OptionSpec, StatValue, check_memory_size
+from backends.host import HOST_OPTIONS
 from fusefs import PAGE_SIZE
 from fusefs.eviction import POLICIES, make_policy
 
@@ -46,6 +47,7 @@ class RamPool:
 class RamBackend(Backend):
     options: ClassVar[dict[str, OptionSpec]] = {
         "cc_policy": OptionSpec(parse_policy, f"pool eviction policy: {', '.join(POLICIES)}; default lru"),
+        **HOST_OPTIONS,
     }
     # Bytes each stored entry costs besides its payload: the handle tuple,
     # the dict slots and the policy's node (tests/test_backends.py

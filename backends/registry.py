@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from backends.base import Backend
+from backends.host import HOST_OPTIONS, build_host_client
 
 GROUP = "tmemfs.backends"
 NONE = "none"
@@ -45,7 +46,10 @@ def describe(indent: str = "") -> str:
             lines.append(f"{indent}{name:<28} (cannot load {target}: {exc})")
             continue
         lines.append(f"{indent}{name:<28} {cls.summary}")
-        lines.extend(f"{indent}  {key + '=...':<26} {spec.help}" for key, spec in cls.options.items())
+        lines.extend(f"{indent}  {key + '=...':<26} {spec.help}" for key, spec in cls.options.items()
+                     if spec is not HOST_OPTIONS.get(key))
+    lines.append(f"{indent}{'(with cc_host=NAME)':<28} tmem, zcache and dedup as clients of a host pool:")
+    lines.extend(f"{indent}  {key + '=...':<26} {spec.help}" for key, spec in HOST_OPTIONS.items())
     return "\n".join(lines)
 
 
@@ -58,11 +62,17 @@ def build(names: list[str], capacity: int, options: dict[str, object]) -> Backen
         return None
     if NONE in names:
         raise ValueError("`none` cannot be part of a chain")
-    members = []
-    for name in names:
-        cls = load(name)
-        mine = {k: v for k, v in options.items() if k in cls.options}
-        members.append(cls(capacity, **mine))
+    if "cc_host" in options:
+        return build_host_client(names, capacity, options)
+    classes = [load(name) for name in names]
+    # Each member gets the options it declares as its own: not those it declares by including
+    # HOST_OPTIONS (tmem's cc_dir is a host client's; zcache+cluster's cc_dir is cluster's).
+    owned = [{k: v for k, v in options.items() if k in cls.options and cls.options[k] is not HOST_OPTIONS.get(k)}
+             for cls in classes]
+    stray = sorted(set(options).difference(*owned))
+    if stray:
+        raise ValueError(f"{', '.join(stray)}: only with cc_host=NAME")
+    members = [cls(capacity, **mine) for cls, mine in zip(classes, owned, strict=True)]
     if len(members) == 1:
         return members[0]
     from backends.chain import ChainBackend

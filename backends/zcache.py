@@ -28,6 +28,7 @@ import lz4.block
 import xxhash
 
 from backends.base import OptionSpec, StatValue
+from backends.lz4page import decompress_page
 from backends.ram import RamBackend, Spilled
 from fusefs import PAGE_SIZE
 
@@ -146,14 +147,7 @@ class ZcacheBackend(RamBackend):
         if len(entry) == PAGE_SIZE:
             out[:] = entry
             return True
-        try:
-            data = lz4.block.decompress(entry, uncompressed_size=PAGE_SIZE)
-        except lz4.block.LZ4BlockError:
-            return False
-        if len(data) != PAGE_SIZE:
-            return False
-        out[:] = data
-        return True
+        return decompress_page(entry, out)
 
     def charge(self, entry: object) -> int:
         if isinstance(entry, int):

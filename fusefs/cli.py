@@ -76,6 +76,12 @@ DESCRIPTION
     yet reads SRC uncached and holds its changes until it has joined; after
     node_timeout they fail with EIO, SRC untouched.
 
+    With cc_host=NAME (cleancache=tmem, zcache or dedup), the mount is a
+    client of host pool NAME: every mount on this machine naming it shares
+    one budget (its first client's cc_size) and one eviction order, each
+    with its own pages and counters (tmemctl host NAME). tmemctl take-back
+    NAME SIZE takes memory back from it at once.
+
     Without -f, tmemfs returns once the mount answers requests, so MNT is
     usable as soon as the command exits. It prints nothing then, except
     "tmemfs: logging to FILE" when there is no syslog and no log= (see
@@ -117,6 +123,9 @@ CONTROL COMMANDS (echo CMD > MNT/.tmemfs/control; root or the mount owner)
     set KEY=SIZE [KEY=SIZE]
                      resize the live mount: cache_size (shrinking evicts, each
                      page put as reclaim does), cc_size; nothing is flushed
+    take-back SIZE   a host client (cc_host=): lower the host's budget by SIZE
+                     now, dropping ephemeral pages (never frontswap's)
+    give-back SIZE   return up to SIZE taken back to the host's budget
   A refused command fails with EINVAL (EBUSY: register over a live backend);
   its reason is logged, and a read on the same descriptor (opened O_RDWR)
   returns "ok" or "EINVAL: REASON". tmemctl(1) prints it.
@@ -492,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics: MetricsServer | None = None
     try:
         backend = make_backend(config)
+        if backend is not None:
+            backend.label = mnt
         if config.shared and config.pool_uuid is None:
             config.pool_uuid = pool_uuid_of(src)
         check_trace(config.trace_file)

@@ -51,9 +51,11 @@ COMMANDS = {
     "replace": "replace NAME[+NAME] [opts]: flush and close the live backend, register another",
     "unregister": "flush and close the live backend (frontswap's pages go back to SRC first); reads go on from SRC",
     "set": "set KEY=SIZE [KEY=SIZE]: resize the live mount's cache_size and/or cc_size",
+    "take-back": "take-back SIZE: a host client (cc_host=): the host's budget shrinks by SIZE now, ephemeral pages go",
+    "give-back": "give-back SIZE: a host client: return up to SIZE taken back to the host's budget",
 }
-TAKES_ARGS = {"register", "replace", "set"}
-ALONE = {"register", "replace", "unregister", "set"}  # must be the only command of a write
+TAKES_ARGS = {"register", "replace", "set", "take-back", "give-back"}
+ALONE = {"register", "replace", "unregister", "set", "take-back", "give-back"}  # must be the only command of a write
 SETTINGS = ("cache_size", "cc_size")  # what `set` changes
 MAX_WRITE = 4096  # a write this size is one FUSE request (max_write is never below a page): all or nothing
 SHOWN = 200  # characters of a refused write quoted in the log
@@ -222,6 +224,21 @@ def check_command(words: list[str], count: int) -> None:
         raise Refused(f"{name} must be alone in a write (this one has {count} commands)")
     if name == "set":
         parse_set(words[1:])
+    if name in ("take-back", "give-back"):
+        parse_amount(words)
+
+
+def parse_amount(words: list[str]) -> int:
+    """The SIZE of take-back and give-back."""
+    if len(words) != 2:
+        raise Refused(f"{words[0]} takes one SIZE")
+    try:
+        nbytes = parse_size("SIZE", words[1])
+    except OptionError as exc:
+        raise Refused(f"{words[0]}: {exc}") from None
+    if nbytes == 0:
+        raise Refused(f"{words[0]}: SIZE must be above 0")
+    return nbytes
 
 
 def parse_set(words: list[str]) -> dict[str, int]:
@@ -265,9 +282,21 @@ class Commands:
                 raise Refused("no backend is registered")
         elif command == "set":
             await self.set(parse_set(words[1:]))
+        elif command in ("take-back", "give-back"):
+            self.move_budget(command, parse_amount(words))
         else:
             await self.register(words[1:], replace=command == "replace")
         log.info("control: %s", " ".join(words))
+
+    def move_budget(self, command: str, nbytes: int) -> None:
+        backend = self.data.cc.backend
+        if backend is None:
+            raise Refused(f"{command}: no backend is registered")
+        try:
+            moved = backend.take_back(nbytes) if command == "take-back" else backend.give_back(nbytes)
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+        log.info("control: %s %d: %d bytes", command, nbytes, moved)
 
     def reset_stats(self) -> None:
         cc = self.data.cc

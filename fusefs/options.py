@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backends.base import Backend, physical_memory
+from backends.base import Backend, physical_memory, size_in_bytes
 from fusefs import PAGE_SIZE
 from fusefs.metrics import parse_metrics_address
 from fusefs.pooluuid import parse_pool_uuid
@@ -25,8 +25,6 @@ IGNORED_FLAGS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", 
                  "nofail", "relatime", "strictatime", "lazytime", "nolazytime", "owner", "group"}
 IGNORED_PREFIXES = ("x-", "comment=")
 
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)(?:i?b)?$", re.IGNORECASE)
-_SCALE = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 CORE_HELP = {
     "cleancache=NAME[+NAME...]": "backend, or a chain tried in order (`tmemctl backends` lists them); "
@@ -71,22 +69,11 @@ class OptionError(ValueError):
         return text if text.isprintable() else "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-MAX_SIZE = 1 << 60  # far beyond any memory or pool, and still a C long everywhere it goes
-
-
 def parse_size(key: str, text: str) -> int:
-    m = _SIZE.match(text.strip())
-    if not m:
-        raise OptionError(f"{key}={text}: not a size (use a number with an optional K, M, G or T suffix)")
-    number, scale = m.group(1), _SCALE[m.group(2).lower()]
-    if "." in number:
-        whole, _, fraction = number.partition(".")
-        value = (int(whole + fraction) * scale) // 10 ** len(fraction)  # exact: no float rounding
-    else:
-        value = int(number) * scale
-    if value > MAX_SIZE:
-        raise OptionError(f"{key}={text}: too large (at most {MAX_SIZE >> 40}T)")
-    return value
+    try:
+        return size_in_bytes(text)
+    except ValueError as exc:
+        raise OptionError(f"{key}={text}: {exc}") from None
 
 
 def whole_pages(key: str, text: str, size: int, warnings: list[str]) -> int:

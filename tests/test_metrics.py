@@ -24,7 +24,8 @@ from fusefs.metrics import MetricsServer, exposition, parse_metrics_address
 
 README = Path(__file__).parent.parent / "README.md"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
-BACKENDS = ["none", "tmem", "zcache", "dedup", "zcache+tmem+tmem", "cluster", "zcache+cluster"]
+BACKENDS = ["none", "tmem", "zcache", "dedup", "zcache+tmem+tmem", "cluster", "zcache+cluster",
+            "zcache,cc_host=tmemfs-test-metrics"]
 
 
 def parse(text: bytes) -> list:  # type: ignore[type-arg]
@@ -80,9 +81,11 @@ def test_every_stats_key_is_documented_and_exported(mount_factory, backend: str)
     assert by_name["tmemfs_pagecache_misses_total"].value == stats["pagecache.misses"]
     assert by_name["tmemfs_backing_read_bytes_total"].value == stats["backing.read_bytes"]
     if backend != "none":
-        first = backend.split("+")[0]
-        puts = [s for s in samples(text) if s.name == "tmemfs_backend_puts_total" and s.labels["backend"] == first]
-        assert [s.value for s in puts] == [stats[f"backend.{first}.puts"]]
+        first = backend.split("+")[0].split(",")[0]
+        counter = "client.puts" if "cc_host" in backend else "puts"  # a host client's share of the host
+        name = f"tmemfs_backend_{counter.replace('.', '_')}_total"
+        puts = [s for s in samples(text) if s.name == name and s.labels["backend"] == first]
+        assert [s.value for s in puts] == [stats[f"backend.{first}.{counter}"]] and puts[0].value > 0
     if "cluster" in backend:
         assert {s.labels["node"] for s in samples(text)} == {str(stats["backend.cluster.node"])}
         info = [s for s in samples(text) if s.name == "tmemfs_backend_info"]

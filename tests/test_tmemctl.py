@@ -113,7 +113,7 @@ def test_control_file_answers_each_handle_with_its_last_outcome(mnt) -> None:
         assert refused_write(first, b"drop_caches\nbogus\n") == errno.EINVAL
         assert os.write(second, b"reset_stats\n") == len(b"reset_stats\n")
         assert outcome(first) == b'EINVAL: unknown command "bogus" (commands: drop_caches, flush, reset_stats, ' \
-                                 b"register, replace, unregister, set)\n"
+                                 b"register, replace, unregister, set, take-back, give-back)\n"
         assert os.read(second, 100) == b"ok\n"  # a plain read after the write: `exec 3<>control`
         assert outcome(second) == b"ok\n"
         assert refused_write(second, "flush \u00e9".encode()) == errno.EINVAL
@@ -261,7 +261,7 @@ def test_record_stops_on_ctrl_c_and_when_the_mount_goes(mount_factory) -> None:
 
 
 SUBCOMMANDS = ("stats", "record", "drop-caches", "flush", "reset-stats", "unregister", "register", "replace",
-               "set", "backends")
+               "set", "backends", "host", "take-back", "give-back")
 
 
 def test_usage_errors_are_one_line_and_status_2(tmp_path: Path) -> None:

@@ -2,12 +2,15 @@
 
 Talks to MNT/.tmemfs/stats.json and MNT/.tmemfs/control only, so it works
 for any user who can see the mount (commands need root or the mount owner).
+The host pool commands (host, take-back, give-back) open the host's store
+itself: a donor takes memory back without asking any client.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import errno
 import json
@@ -27,8 +30,8 @@ EPILOG = """Control commands need root or the owner of the mount; a refused one 
 daemon's reason. Counters are read from MNT/.tmemfs/stats.json, so any user who
 can see the mount can read them.
 
-Exit status: 0 success, 1 the command failed (or the mount went away), 2 bad
-usage or MNT is not a tmemfs mount."""
+Exit status: 0 success, 1 the command failed (or the mount went away, or there
+is no such host pool), 2 bad usage or MNT is not a tmemfs mount."""
 
 # tmemctl subcommand -> (control command, help)
 COMMANDS = {
@@ -255,6 +258,74 @@ def refusal(fd: int) -> str:
     return reason if sep and name in errno.errorcode.values() else outcome
 
 
+# -- host pools (cc_host=) ------------------------------------------------------------------
+
+
+def host_report(name: str, directory: str) -> dict[str, object]:
+    """The host's counters and its clients', read from its store (Failed if there is none)."""
+    from backends.hoststore import HostError, HostStore
+
+    try:
+        store = HostStore.attach(name, directory)
+    except HostError as exc:
+        raise Failed(str(exc)) from None
+    try:
+        return {"host": name, "directory": directory, **store.host_stats(),
+                "clients": [dataclasses.asdict(c) for c in store.clients()]}
+    finally:
+        store.close()
+
+
+def format_host(report: dict[str, object]) -> str:
+    clients = report["clients"]
+    assert isinstance(clients, list)
+    lines = [f"host {report['host']} ({report['directory']}): budget {report['budget_bytes']} bytes, "
+             f"used {report['used_bytes']}, {report['stored_pages']} pages ({report['persistent_pages']} persistent, "
+             f"{report['dedup_pages']} deduplicated puts), {report['evictions']} evictions, "
+             f"taken back {report['taken_back_bytes']} bytes",
+             f"{'client':>6} {'pid':>7} {'alive':>5} {'weight':>6} {'cap':>10} {'pages':>8} {'bytes':>11} "
+             f"{'persist':>7} {'puts':>9} {'gets':>9} {'hits':>9} {'hit%':>6} {'evicted':>8}  mount"]
+    for c in clients:
+        ratio = f"{100 * c['hits'] / c['gets']:.1f}" if c["gets"] else "-"
+        lines.append(f"{c['client']:>6} {c['pid']:>7} {'yes' if c['alive'] else 'DEAD':>5} {c['weight']:>6} "
+                     f"{c['cap'] or '-':>10} {c['stored_pages']:>8} {c['stored_bytes']:>11} "
+                     f"{c['persistent_pages']:>7} {c['puts']:>9} {c['gets']:>9} {c['hits']:>9} {ratio:>6} "
+                     f"{c['evictions']:>8}  {c['label']}")
+    return "\n".join(lines) + "\n"
+
+
+def move_budget(name: str, directory: str, nbytes: int, back: bool) -> str:
+    """take-back (back=False: the donor takes memory) or give-back; what was done, one line."""
+    from backends.hoststore import HostError, HostStore
+
+    try:
+        store = HostStore.attach(name, directory)
+    except HostError as exc:
+        raise Failed(str(exc)) from None
+    try:
+        started = time.perf_counter()
+        moved = store.give_back(nbytes) if back else store.take_back(nbytes)
+        took = time.perf_counter() - started
+        budget = store.host_stats()["budget_bytes"]
+    finally:
+        store.close()
+    verb = "gave back" if back else "took back"
+    short = f" of {nbytes} asked" if moved < nbytes else ""
+    return f"host {name}: {verb} {moved} bytes{short} in {took * 1000:.1f} ms; budget now {budget} bytes\n"
+
+
+def size(text: str) -> int:
+    from backends.base import size_in_bytes
+
+    try:
+        value = size_in_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size above 0")
+    return value
+
+
 def list_backends() -> str:
     from backends import registry
 
@@ -323,6 +394,19 @@ def build_parser() -> Parser:
                    "nothing is flushed)").add_argument("settings", nargs="+", metavar="KEY=SIZE",
                                                        help="cache_size=SIZE, cc_size=SIZE (as the mount options)")
     command("backends", "installed cleancache backends and their options", mnt=False)
+    host_help = (("host", "a host pool's budget, pages and evictions, and each client's pages, puts, gets, hits, "
+                          "weight and cap"),
+                 ("take-back", "the donor takes SIZE of a host pool's budget back now: ephemeral pages are "
+                               "dropped, never frontswap's; says how much it took"),
+                 ("give-back", "return SIZE (at most what was taken back) to a host pool's budget"))
+    for name, help in host_help:
+        p = command(name, help, mnt=False)
+        p.add_argument("host", metavar="NAME", help="the host pool (cc_host=NAME)")
+        if name == "host":
+            p.add_argument("--json", action="store_true", help="the same as JSON")
+        else:
+            p.add_argument("size", metavar="SIZE", type=size, help="bytes, with an optional K, M, G or T suffix")
+        p.add_argument("--dir", default="/dev/shm", metavar="DIR", help="cc_dir of its clients (default /dev/shm)")
     return parser
 
 
@@ -350,6 +434,11 @@ def run(args: argparse.Namespace) -> None:
         record(args.mnt, args.interval, args.count, args.format)
     elif args.command == "set":
         send(args.mnt, " ".join(["set", *args.settings]))
+    elif args.command == "host":
+        report = host_report(args.host, args.dir)
+        sys.stdout.write(json.dumps(report, indent=1) + "\n" if args.json else format_host(report))
+    elif args.command in ("take-back", "give-back"):
+        sys.stdout.write(move_budget(args.host, args.dir, args.size, back=args.command == "give-back"))
     elif args.command in COMMANDS:
         send(args.mnt, COMMANDS[args.command][0])
     else:
