@@ -150,6 +150,10 @@ def plan(quick: bool) -> list[Run]:
     for cache, cc in SIZES[:2]:  # a cluster node alone: versioned pool keys, a shared pool
         runs.append(Run(f"cluster/{cache}", f"cleancache=cluster,cache_size={cache},cc_size={cc},cc_dir={{work}}/pools",
                         few_data, few_meta, conc))
+    for backend, (cache, cc), policy in (("zcache", SIZES[0], "lru"), ("dedup", SIZES[1], "sieve")):
+        # a host pool's client: the shared store's index, zbud frames, seqlocks and punching
+        runs.append(Run(f"host/{backend}/{cache}", f"cleancache={backend},cc_host=stress,cc_dir={{work}}/hosts,"
+                        f"cache_size={cache},cc_size={cc},cc_policy={policy}", few_data, few_meta, conc))
     runs.append(Run("kernel_cache/tmem/256K", "cleancache=tmem,cache_size=256K,cc_size=1M,kernel_cache",
                     data, meta, conc))
     runs.append(Run("timeouts=0/zcache/4K", "cleancache=zcache,cache_size=4K,cc_size=128K,attr_timeout=0,"
