@@ -244,3 +244,21 @@ def test_tmemctl_on_an_unknown_host_is_one_line_and_status_1(hostdir: Path) -> N
         assert out.returncode == 1 and "no host pool named nosuch" in one_line(out.stderr), out.stderr
     bad = tmemctl("take-back", "lab", "lots", "--dir", str(hostdir))
     assert bad.returncode == 2 and "not a size" in one_line(bad.stderr)
+
+
+def test_set_cc_size_on_any_client_changes_the_hosts_budget(tmp_path: Path, hostdir: Path,
+                                                            mount_factory: Callable[..., object]) -> None:
+    """The host's budget is every client's: tmemctl set on one client evicts down to it at once,
+    and the other client sees the new budget."""
+    src_a = make_src(tmp_path, "a", {"f": pages_of(b"a", 256)})
+    src_b = make_src(tmp_path, "b", {"f": pages_of(b"b", 8)})
+    with mount_factory(options(hostdir, extra="cc_size=4M"), src=src_a) as a, \
+            mount_factory(options(hostdir), src=src_b) as b:
+        cycle(a, ["f"])
+        assert host_stats(b)["host.used_bytes"] == 1 * MiB
+        out = tmemctl("set", str(b.mnt), "cc_size=512K")
+        assert out.returncode == 0, out.stderr
+        sa = host_stats(a)
+        assert sa["host.budget_bytes"] == 512 * 1024 and sa["host.used_bytes"] <= 512 * 1024
+        assert sa["client.evictions"] >= 128
+        assert (a.mnt / "f").read_bytes() == (src_a / "f").read_bytes()
