@@ -199,6 +199,7 @@ class HostBackend(Backend):
         while True:
             await trio.sleep(self.node_timeout / 2)
             if self.store is not None:
+                self.store.flush_pending()  # exclusive gets' removals, if no put came since
                 reclaimed = self.store.reclaim_dead()
                 if reclaimed:
                     log.info("host %s: reclaimed %d pages of dead clients", self.host, reclaimed)

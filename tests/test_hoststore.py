@@ -398,6 +398,54 @@ def test_persistent_pages_survive_eviction_and_take_back(make: Factory) -> None:
 # -- 4. taking memory back ------------------------------------------------------------------
 
 
+def test_a_take_back_evicts_in_batches_and_lets_clients_write_in_between(
+        make: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget drops in the first write transaction; the evictions follow TAKE_BATCH at a
+    time, each its own transaction, so the lock is free between them."""
+    monkeypatch.setattr(hoststore, "TAKE_BATCH", 8)
+    a = make(budget=64 * PAGE)
+    pool = a.new_pool()
+    for i in range(64):
+        assert a.put(pool, b"f", i, pattern(b"f", i))
+    admin = HostStore.attach(HOST, a.directory)
+    writes: list[int] = []
+    real_write = admin._write
+
+    def counted(wait, work):  # type: ignore[no-untyped-def]
+        writes.append(a.host_stats()["used_bytes"] // PAGE)  # what a client sees between them
+        return real_write(wait, work)
+
+    monkeypatch.setattr(admin, "_write", counted)
+    try:
+        assert admin.take_back(40 * PAGE) == 40 * PAGE
+    finally:
+        admin.close()
+    # lower the budget, 5 batches of 8 (the 5th reaches the line), settle
+    assert writes == [64, 64, 56, 48, 40, 32, 24]
+    assert a.host_stats()["budget_bytes"] == a.host_stats()["used_bytes"] == 24 * PAGE
+
+
+def test_an_exclusive_get_writes_nothing_until_the_next_put(make: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hit's removal waits for this client's next write (the put of the page it evicts from
+    the page cache), at most REMOVE_BATCH of them; the page is never served again meanwhile."""
+    a = make(budget=64 * PAGE)
+    pool = a.new_pool()
+    for i in range(40):
+        assert a.put(pool, b"f", i, pattern(b"f", i))
+    writes: list[str] = []
+    real_write = a._write
+    monkeypatch.setattr(a, "_write", lambda wait, work: writes.append("w") or real_write(wait, work))
+    out = memoryview(bytearray(PAGE))
+    assert a.get(pool, b"f", 0, out) and bytes(out) == bytes(pattern(b"f", 0))
+    assert read(a, pool, b"f", 0) == b"" and writes == []  # gone for this client, nothing written
+    assert a.put(pool, b"g", 0, pattern(b"g", 0)) and writes == ["w"]  # the removal rode along
+    for i in range(1, 1 + hoststore.REMOVE_BATCH):
+        assert a.get(pool, b"f", i, out) and bytes(out) == bytes(pattern(b"f", i))
+    assert writes == ["w", "w"]  # the batch is full: one write for all of them
+    monkeypatch.setattr(a, "_write", real_write)
+    assert a.host_stats()["stored_pages"] == 40 - 1 - hoststore.REMOVE_BATCH + 1
+
+
 def test_take_back_returns_memory_and_give_back(make: Factory) -> None:
     a = make(budget=64 * PAGE)
     pool = a.new_pool()
