@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from backends.page import PagePut
+
 StatValue = int | float | str
 
 
@@ -139,7 +141,7 @@ class Backend(abc.ABC):
         """get_pages that leaves each page in the pool, even a private one (only if `peeks`)."""
         raise NotImplementedError(f"{self.name} cannot peek")
 
-    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+    async def put_pages(self, pool: int, pages: list[PagePut]) -> list[bool]:
         """put_page for several (key, index, page) (a backend may store them in one go)."""
         return [await self.put_page(pool, key, index, page) for key, index, page in pages]
 

@@ -34,6 +34,7 @@ from typing import ClassVar
 import trio
 
 from backends.base import Backend, FileVersions, OptionSpec, StatValue, existing_directory, parse_positive_seconds
+from backends.page import PagePut
 from backends.store import Member, PageStore, StoreUnavailable, file_prefix, split_key, versioned_key
 
 log = logging.getLogger("tmemfs.cluster")
@@ -225,7 +226,7 @@ class ClusterBackend(Backend):
     async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
         return (await self.put_pages(pool, [(key, index, page)]))[0]
 
-    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+    async def put_pages(self, pool: int, pages: list[PagePut]) -> list[bool]:
         """The pages of each key (a file at one version and stamp: what one eviction mostly
         holds) in one store call, not one round trip per page."""
         runs: dict[bytes, list[int]] = {}

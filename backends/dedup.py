@@ -26,7 +26,10 @@ bytes of header per copy.
 
 Eviction is by copy (evicting a copy drops, and spills to the next member of
 a chain, every ephemeral handle sharing it); a corrupt lz4 copy is dropped
-with every handle.
+with every handle. lru and sieve run over the copy arrays themselves (two
+links and a visited byte a copy), not backends/eviction.py's policies, whose
+node object per key (about 100 bytes) is the overhead this layout exists to
+avoid; s3fifo and arc are those policies, their nodes charged.
 
 Persistent pools (frontswap's) share copies with the ephemeral ones. A copy
 is in the eviction order while an ephemeral handle uses it; evicting a copy
@@ -50,10 +53,10 @@ import lz4.block
 import xxhash
 
 from backends.base import Backend, OptionSpec, StatValue, check_memory_size
+from backends.eviction import Policy, make_policy
 from backends.host import HOST_OPTIONS
+from backends.page import PAGE_SIZE
 from backends.ram import Spill, Spilled, memory_stats, parse_policy
-from fusefs import PAGE_SIZE
-from fusefs.eviction import Policy, make_policy
 
 SHIFT = 4
 CHUNK = 1 << SHIFT  # pages of one file per handle chunk

@@ -32,6 +32,7 @@ from backends.base import (
     size_in_bytes,
 )
 from backends.hoststore import HostError, HostStore, NoSuchHost, check_host_name
+from backends.page import PagePut
 
 log = logging.getLogger("tmemfs.backends.host")
 
@@ -135,7 +136,7 @@ class HostBackend(Backend):
         assert self.store is not None
         return self.store.put(pool, key, index, page, compress=self.compress, dedup=self.dedup)
 
-    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+    async def put_pages(self, pool: int, pages: list[PagePut]) -> list[bool]:
         assert self.store is not None
         put, compress, dedup = self.store.put, self.compress, self.dedup
         return [put(pool, key, index, page, compress=compress, dedup=dedup) for key, index, page in pages]

@@ -170,7 +170,7 @@ import xxhash
 from backends.lmdbstore import LOCK_BACKOFF, _next_gen
 from backends.lz4page import decompress_page
 from backends.nodetable import _ofd_lock, any_slot_locked
-from fusefs import PAGE_SIZE
+from backends.page import PAGE_SIZE
 
 MAX_CLIENTS = 16
 HALF = PAGE_SIZE // 2

@@ -71,8 +71,8 @@ import xxhash
 
 from backends.base import StatValue
 from backends.nodetable import NodeTable, table_in_use
+from backends.page import PAGE_SIZE
 from backends.store import Member, PageStore, StoreUnavailable, file_prefix
-from fusefs import PAGE_SIZE
 
 MIN_FRAMES = 16
 SLAB_MAGIC = 0x544D454D50414745  # "TMEMPAGE"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lz4.block
 
-from fusefs import PAGE_SIZE
+from backends.page import PAGE_SIZE
 
 
 def decompress_page(blob: bytes, out: memoryview) -> bool:

@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from typing import ClassVar
 
 from backends.base import Backend, OptionSpec, StatValue, check_memory_size
+from backends.eviction import POLICIES, make_policy
 from backends.host import HOST_OPTIONS
-from fusefs import PAGE_SIZE
-from fusefs.eviction import POLICIES, make_policy
+from backends.page import PAGE_SIZE, PagePut
 
 Spill = Callable[[int, bytes, int, bytes], Awaitable[None]]
 Spilled = tuple[int, bytes, int, bytes]  # an evicted page for the next member of a chain
@@ -135,7 +135,7 @@ class RamBackend(Backend):
             await self._spill(spilled)
         return stored
 
-    async def put_pages(self, pool: int, pages: list[tuple[bytes, int, memoryview]]) -> list[bool]:
+    async def put_pages(self, pool: int, pages: list[PagePut]) -> list[bool]:
         spilled: list[Spilled] = []
         put = self._put
         stored = [put(pool, key, index, page, spilled) for key, index, page in pages]

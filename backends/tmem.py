@@ -6,8 +6,8 @@ backends are compared with.
 
 from __future__ import annotations
 
+from backends.page import PAGE_SIZE
 from backends.ram import RamBackend
-from fusefs import PAGE_SIZE
 
 
 class TmemBackend(RamBackend):

@@ -29,8 +29,8 @@ import xxhash
 
 from backends.base import OptionSpec, StatValue
 from backends.lz4page import decompress_page
+from backends.page import PAGE_SIZE
 from backends.ram import RamBackend, Spilled
-from fusefs import PAGE_SIZE
 
 _FILLS = [bytes([b]) * PAGE_SIZE for b in range(256)]
 

@@ -57,6 +57,7 @@ import trio
 import xxhash
 
 from backends.base import Backend, BackendUnavailable, StatValue, check_memory_size
+from backends.page import PagePut
 from fusefs import PAGE_SIZE
 from fusefs.coherency import Coherency, CoherencyStats, LocalCoherency, UnjoinedNode, VersionedCoherency
 from fusefs.pagecache import PageCache
@@ -611,7 +612,7 @@ class Cleancache:
         await self.put_pages(pool_id, [(key, index, page)])
 
     @_holds_backend
-    async def put_pages(self, pool_id: int, pages: list[tuple[bytes, int, memoryview]]) -> None:
+    async def put_pages(self, pool_id: int, pages: list[PagePut]) -> None:
         """put_page for several (key, index, page): one backend call."""
         self.puts += len(pages)
         if self.tracer is not None:
@@ -636,7 +637,7 @@ class Cleancache:
             await self._record(backend, backend_pool, ledger, pages, stored)
 
     async def _record(self, backend: Backend, backend_pool: int, ledger: Ledger,
-                      pages: list[tuple[bytes, int, memoryview]], stored: list[bool]) -> None:
+                      pages: list[PagePut], stored: list[bool]) -> None:
         """A private pool's ledger after puts: the digest of each page kept, none of the others."""
         for (key, index, page), kept in zip(pages, stored, strict=True):
             if kept:

@@ -156,7 +156,7 @@ def split_options(groups: list[str]) -> list[tuple[str, str | None]]:
 
 def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]] | None = None) -> MountConfig:
     """Validate every option; `load_backend` finds a backend class by name (KeyError if none)."""
-    from fusefs.eviction import POLICIES
+    from backends.eviction import POLICIES
     from fusefs.logs import LEVELS
 
     config = MountConfig()

@@ -42,8 +42,8 @@ from itertools import repeat
 import trio
 
 from backends.base import physical_memory
+from backends.eviction import make_policy
 from fusefs import PAGE_SIZE
-from fusefs.eviction import make_policy
 from fusefs.tracing import Tracer
 
 MAP_NORESERVE = 0x4000  # (Linux; the mmap module does not export it)

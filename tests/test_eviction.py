@@ -8,7 +8,7 @@ from collections.abc import Hashable
 
 import pytest
 
-from fusefs.eviction import ARC, LRU, POLICIES, S3FIFO, SIEVE, Policy, make_policy
+from backends.eviction import ARC, LRU, POLICIES, S3FIFO, SIEVE, Policy, make_policy
 from fusefs.pagecache import CachedFile, PageCache
 from tests.test_units import take_slot
 from tools import trace as tracetool

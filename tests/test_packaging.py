@@ -69,3 +69,17 @@ def test_man_page_renders(tmp_path: Path) -> None:
                           env={**os.environ, "MANWIDTH": "200"})
     assert done.returncode == 0 and not done.stderr, done.stderr
     assert "cache_size=SIZE" in done.stdout and "TMEMFS(1)" in done.stdout
+
+
+def test_imports_run_one_way_backends_never_import_fusefs() -> None:
+    """fusefs uses backends, never the reverse: a third-party backend needs nothing of the FUSE
+    package (page size, eviction policies and handle types live in backends)."""
+    code = ("import importlib, pkgutil, sys, backends\n"
+            "for m in pkgutil.iter_modules(backends.__path__):\n"
+            "    importlib.import_module('backends.' + m.name)\n"
+            "print(len(list(pkgutil.iter_modules(backends.__path__))), "
+            "sorted(m for m in sys.modules if m.split('.')[0] == 'fusefs'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parent.parent)
+    count, imported = out.stdout.split(" ", 1)
+    assert int(count) >= 15 and imported.strip() == "[]", out.stdout

@@ -24,12 +24,12 @@ from backends.base import Backend, physical_memory
 from backends.chain import ChainBackend
 from backends.cluster import ClusterBackend
 from backends.dedup import DedupBackend
+from backends.eviction import ARC, POLICIES, S3FIFO, make_policy
 from backends.tmem import TmemBackend
 from backends.zcache import ZcacheBackend
 from fusefs import PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
-from fusefs.eviction import ARC, POLICIES, S3FIFO, make_policy
 from fusefs.pagecache import PageCache
 from fusefs.srcio import SrcIO
 from tools import concurrentmodel

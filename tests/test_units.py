@@ -12,12 +12,12 @@ import trio
 from backends.base import Backend, StatValue
 from backends.chain import ChainBackend
 from backends.dedup import DedupBackend
+from backends.eviction import POLICIES
 from backends.tmem import TmemBackend
 from backends.zcache import ZcacheBackend
 from fusefs import datapath
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
-from fusefs.eviction import POLICIES
 from fusefs.pagecache import CachedFile, Eviction, PageCache
 
 PAGE = 4096

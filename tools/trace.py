@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
-from fusefs.eviction import POLICIES, Policy
+from backends.eviction import POLICIES, Policy
 
 SYNTHETIC = ("zipf", "scan", "loop", "mixed", "zipf+scan")
 ACCESS_OPS = frozenset({"get", "put", "hit", "miss"})
