@@ -32,7 +32,7 @@ endif
 help:
 	@echo "make demo      set up, mount a sample tree with cleancache, run fio, print stats, unmount"
 	@echo "make test      set up and run the whole test suite (with ruff and mypy)"
-	@echo "make bench     set up and run the benchmarks (about 40 min; QUICK=1 under 3 min a part, less precise)"
+	@echo "make bench     set up and run the benchmarks (about 35 min; QUICK=1 under 3 min a part, less precise)"
 	@echo "               writes BENCHMARKS.md and docs/bench/*.png"
 	@echo "make stress    set up and run the long stress: model checks (1 and 4 clients a file), metadata"
 	@echo "               stress, faults, fio (about 40 min; QUICK=1 about a minute and a half); results as in"
