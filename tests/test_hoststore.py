@@ -570,13 +570,20 @@ def test_a_stopped_lock_holder_holds_nobody_up(make: Factory, tmp_path: Path,
         assert not a.put(pool, b"f", 2, pattern(b"f", 2))  # backing off: not even waited for
         assert waits == [0.01, 0.0]
         assert a.client_stats()["lock_timeouts"] == 2
-        assert admin.take_back(PAGE) == 0
+        budget = admin.host_stats()["budget_bytes"]
+        assert admin.take_back(2 * PAGE) == 2 * PAGE  # asked: the next writer applies it first
         assert admin.host_stats()["lock_timeouts"] >= 3
+        assert admin.host_stats()["budget_bytes"] == budget  # (nobody could write yet)
     finally:
         child.kill()
         child.join(60)
+    try:
+        assert a.put(pool, b"f", 1, pattern(b"f", 1))  # the first write: the take-back lands
+        stats = admin.host_stats()
+        assert stats["budget_bytes"] == budget - 2 * PAGE and stats["taken_back_bytes"] == 2 * PAGE
+        assert stats["used_bytes"] <= stats["budget_bytes"]
+    finally:
         admin.close()
-    assert a.put(pool, b"f", 1, pattern(b"f", 1))
     assert a.reclaim_dead() > 0
     assert present(a, pool, b"f", range(3)) == [0, 1]
 
@@ -728,7 +735,7 @@ def test_permissions(make: Factory, tmp_path: Path) -> None:
     assert a.put(a.new_pool(), b"f", 0, pattern(b"f", 0))
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
     names = {p.name for p in path.iterdir()}
-    assert names == {"data.mdb", "lock.mdb", "slab", "frames", "clients", "init.lock", "write.lock"}
+    assert names == {"data.mdb", "lock.mdb", "slab", "frames", "clients", "init.lock", "write.lock", "donor.lock"}
     for p in path.iterdir():
         assert stat.S_IMODE(p.lstat().st_mode) == 0o600, p.name
 
