@@ -249,7 +249,7 @@ SECTIONS: tuple[tuple[str, tuple[CounterInfo, ...]], ...] = (
         _g(B + "host.persistent_pages", "pages", "frontswap pages held (never evicted or taken back)"),
         _g(B + "host.clients", "none", "live clients"),
         _c(B + "host.evictions", "pages", "pages evicted for room, of any client"),
-        _g(B + "host.dedup_pages", "pages", "puts served by a reference to a copy already held (dedup)"),
+        _c(B + "host.dedup_pages", "pages", "puts served by a reference to a copy already held (dedup)"),
         _g(B + "host.buddy_frames", "none", "frames holding compressed pages (two at most: zbud)"),
         _c(B + "host.take_backs", "none", "take-backs (tmemctl take-back, the control file's take-back)"),
         _c(B + "host.taken_back_bytes", "bytes", "budget taken back"),
