@@ -27,11 +27,13 @@ ifneq ($(shell cat $(PYSTAMP) 2>/dev/null),$(WANTED_PY))
 .PHONY: $(PYSTAMP)
 endif
 
-.PHONY: install uninstall demo test lint bench stress clean help
+.PHONY: install uninstall demo test unit lint bench stress clean help
 
 help:
 	@echo "make demo      set up, mount a sample tree with cleancache, run fio, print stats, unmount"
 	@echo "make test      set up and run the whole test suite (with ruff and mypy)"
+	@echo "make unit      the unit tests alone (pytest -m \"not mount\"): no set-up, no root, no FUSE; any user"
+	@echo "               who can read the tree, once $(VENV) exists (make install makes it)"
 	@echo "make bench     set up and run the benchmarks (about 35 min; QUICK=1 under 3 min a part, less precise)"
 	@echo "               writes BENCHMARKS.md and docs/bench/*.png"
 	@echo "make stress    set up and run the long stress: model checks (1 and 4 clients a file), metadata"
@@ -100,6 +102,11 @@ lint: install
 
 test: install lint
 	$(VENV)/bin/pytest
+
+# No install prerequisite: no apt, no root, nothing mounted; only the venv `make install` made.
+unit:
+	@[ -x $(VENV)/bin/pytest ] || { echo "no $(VENV)/bin/pytest: run make install once (as root) to make $(VENV)"; exit 1; }
+	$(VENV)/bin/pytest -m "not mount"
 
 bench: install
 	$(PY) -m pip install -q -e '.[test,bench]'

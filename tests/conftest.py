@@ -1,40 +1,56 @@
-"""Fixtures that mount tmemfs for real and always unmount, pass or fail."""
+"""Fixtures that mount tmemfs for real and always unmount, pass or fail; the `mount` marker."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
-from tools.mounting import stop_foreground, wait_live
+from tools.mounting import TMEMFS as TMEMFS  # re-exported: tests run the command line with it
+from tools.mounting import Foreground, foreground
 
-TMEMFS = [sys.executable, "-m", "fusefs.cli"]
-PLUGINS = Path(__file__).parent / "plugins"  # fault-injecting test backends (entry points)
+# A test that requests one of these (itself or through another fixture) mounts tmemfs or starts redis-server
+# (`srv` is test_redisstore's): it is marked `mount`.
+MOUNT_FIXTURES = frozenset({"mnt", "mount_factory", "world_dir", "redis_srv", "srv"})
+# Tests marked `mount` although they request none of those: they run tmemfs, fio, redis-server, man or another
+# uid themselves. A module can instead mark its own: `pytestmark = pytest.mark.mount` or @pytest.mark.mount.
+MOUNT_TESTS = {
+    "test_bench_backends.py": {"test_user_data_job_and_backends"},
+    "test_bench_frontswap.py": {"test_quick_run_measures_and_leaves_nothing_behind"},
+    "test_bench_host.py": {"test_quick_run_measures_both_sides_and_leaves_nothing_behind"},
+    "test_cli.py": {"test_sizes_are_rounded_down_to_pages_with_a_warning", "test_non_empty_mnt_mounts_with_a_warning",
+                    "test_failed_mount_prints_libfuses_reason", "test_daemon_mode_is_usable_when_the_command_returns",
+                    "test_mount_t_fuse_tmemfs", "test_sigterm_unmounts_cleanly"},
+    "test_cluster.py": {"test_randomized_checker_finds_no_stale_read_across_three_nodes"},
+    "test_cluster_redis.py": {"test_randomized_checker_on_redis_nodes",
+                              "test_randomized_checker_on_redis_nodes_with_a_slow_join"},
+    "test_coherency_tool.py": {"test_mount_mode_mounts_checks_and_unmounts", "test_interrupt_unmounts_everything"},
+    "test_hoststore.py": {"test_another_uid_without_access_cannot_join"},
+    "test_logs.py": {"test_without_syslog_the_log_goes_to_a_file_named_after_mnt", "test_log_and_trace_files_are_0600",
+                     "test_sighup_reopens_the_log", "test_log_level_debug_logs_requests_in_the_background",
+                     "test_log_level_warning_leaves_out_info_and_requests"},
+    "test_nullfs.py": {"test_reads_zeros_and_swallows_writes", "test_o_direct_reads_and_writes",
+                       "test_bench_mounts_it_and_fio_counts_both_directions"},
+    "test_packaging.py": {"test_man_page_renders"},
+    "test_polling.py": {"test_polling_mount_stops_on_sigterm_and_unmount"},
+    "test_redisstore.py": {"test_password", "test_down_at_join_then_recovers",
+                           "test_tiny_maxmemory_evicts_without_errors", "test_noeviction_refuses_puts", "test_tls",
+                           "test_redis_cluster", "test_redis_cluster_found_by_moved_reply"},
+}
 
 
-class Mount:
-    """A running tmemfs (foreground child process) on `mnt` over `src`."""
+class Mount(Foreground):
+    """A running tmemfs (foreground child process) on `mnt` over `src`.
 
-    def __init__(self, src: Path, mnt: Path, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.src, self.mnt, self.proc, self.log = src, mnt, proc, log
-        self.killed = False  # set by tests that kill the daemon on purpose
-        self.faults_expected = False  # set by tests whose backend fails on purpose
-
-    def kill(self) -> None:
-        self.killed = True
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def stats(self) -> dict[str, object]:
-        return json.loads((self.mnt / ".tmemfs" / "stats.json").read_text())
+    Tests that kill the daemon on purpose call kill(); tests whose backend fails on purpose set
+    faults_expected: either way the end of the mount is not taken for a failure."""
 
     def control(self, command: str) -> None:
         (self.mnt / ".tmemfs" / "control").write_text(command + "\n")
@@ -44,35 +60,37 @@ class Mount:
         return {n: stats[n] for n in names}
 
 
+MountFactory = Callable[..., AbstractContextManager[Mount]]  # the mount_factory fixture's factory
+
+
 @contextmanager
 def mounted(src: Path, mnt: Path, options: str = "", extra_args: tuple[str, ...] = (),
             plugins: bool = False, env: dict[str, str] | None = None) -> Iterator[Mount]:
-    """Mount in the foreground, wait until it answers, and unmount in a finally.
+    """Mount in the foreground, wait until it answers, and unmount in a finally; a daemon that
+    failed or logged an error fails the test.
 
     With `plugins`, the test backends in tests/plugins are installed (on PYTHONPATH);
     `env` adds environment variables for the daemon.
     """
     mnt.mkdir(parents=True, exist_ok=True)
-    log = mnt.parent / f"{mnt.name}.log"
-    args = [*TMEMFS, str(src), str(mnt), "-f", *extra_args]
-    if options:
-        args += ["-o", options]
-    with open(log, "wb") as log_file:
-        daemon_env = {**os.environ, **(env or {})}
-        if plugins:
-            daemon_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), daemon_env.get("PYTHONPATH")]))
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=daemon_env)
-    try:
-        wait_live(mnt, proc, log)
-        mount = Mount(src, mnt, proc, log)
+    with foreground(Mount, src, mnt, mnt.parent / f"{mnt.name}.log", options, extra_args=extra_args,
+                    plugins=plugins, env=env) as mount:
         yield mount
-    finally:
-        stop_foreground(mnt, proc)
-    if proc.returncode not in (0, None) and not mount.killed:
-        raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
-    text = log.read_text()
-    if "internal error" in text or ("Traceback" in text and not mount.faults_expected):
-        raise RuntimeError(f"tmemfs logged an error:\n{text}")
+
+
+def needs_mount(item: pytest.Item) -> bool:
+    """Whether a test needs root, /dev/fuse or the Debian packages, by its fixtures or by MOUNT_TESTS."""
+    if MOUNT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    return getattr(item, "originalname", item.name) in MOUNT_TESTS.get(item.path.name, ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `mount` every test that needs root, /dev/fuse or the Debian packages, so that
+    `pytest -m "not mount"` runs the unit tests as any user without them (a plain `pytest` runs all)."""
+    for item in items:
+        if needs_mount(item):
+            item.add_marker(pytest.mark.mount)
 
 
 @pytest.fixture
@@ -112,6 +130,44 @@ def world_dir() -> Iterator[Path]:
 def mnt(src: Path, tmp_path: Path) -> Iterator[Mount]:
     """A default tmemfs mount (cleancache=tmem) of `src`."""
     with mounted(src, tmp_path / "mnt", "cleancache=tmem") as m:
+        yield m
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The process umask set to `mask` for a test, then back: a local mkdir or mknod to compare with sees it."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def umask022() -> Iterator[None]:
+    with umask(0o022):
+        yield
+
+
+@pytest.fixture
+def umask0() -> Iterator[None]:
+    with umask(0):
+        yield
+
+
+@pytest.fixture
+def ref(tmp_path: Path) -> Path:
+    """A plain directory on the same filesystem as SRC, for doing things directly."""
+    path = tmp_path / "ref"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def user_mnt(mount_factory: MountFactory) -> Iterator[Mount]:
+    """A mount other users may use (allow_other), its root world-writable."""
+    with mount_factory("cleancache=tmem,allow_other") as m:
+        os.chmod(m.mnt, 0o777)
         yield m
 
 

@@ -1,16 +1,24 @@
-"""Mount points, seen and removed the same way by the tests, `make bench` and `make stress`."""
+"""Mount points, seen and removed the same way by the tests, `make bench` and `make stress`; a foreground
+tmemfs, started, waited for, stopped and judged the same way by the tests and `make stress`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
+
+TMEMFS = [sys.executable, "-m", "fusefs.cli"]  # the real command line, run by this interpreter
+PLUGINS = Path(__file__).resolve().parent.parent / "tests" / "plugins"  # fault-injecting test backends (entry points)
 
 
 def _unescape(field: str) -> str:
@@ -80,14 +88,15 @@ def signals_deferred() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
-def wait_live(mnt: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
-    """Until a foreground tmemfs answers on `mnt`; RuntimeError with its log if it never does."""
+def wait_live(mnt: Path, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0,
+              error: type[Exception] = RuntimeError) -> None:
+    """Until a foreground tmemfs answers on `mnt`; `error` with its log if it never does."""
     deadline = time.monotonic() + timeout
     while not (is_mounted(mnt) and (mnt / ".tmemfs" / "stats").exists()):
         if proc.poll() is not None:
-            raise RuntimeError(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
+            raise error(f"tmemfs exited with {proc.returncode}: {log.read_text()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"tmemfs did not come up: {log.read_text()}")
+            raise error(f"tmemfs did not come up: {log.read_text()}")
         time.sleep(0.02)
 
 
@@ -101,3 +110,67 @@ def stop_foreground(mnt: Path, proc: subprocess.Popen[bytes], timeout: float = 2
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass(eq=False)
+class Foreground:
+    """A tmemfs that `foreground()` runs as a child, and what its end may show without being an error."""
+
+    src: Path
+    mnt: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    killed: bool = False  # killed on purpose: its exit status is no error
+    faults_expected: bool = False  # its backend fails on purpose: a Traceback in its log is no error
+
+    def stats(self) -> dict[str, object]:
+        result: dict[str, object] = json.loads((self.mnt / ".tmemfs" / "stats.json").read_text())
+        return result
+
+    def kill(self) -> None:
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def end_problem(self) -> str | None:
+        """What its exit status and log say went wrong, once it has stopped (None: nothing)."""
+        if self.proc.returncode not in (0, None) and not self.killed:
+            return f"tmemfs exited with {self.proc.returncode}: {self.log.read_text()}"
+        text = self.log.read_text()
+        if "internal error" in text or ("Traceback" in text and not self.faults_expected):
+            return f"tmemfs logged an error:\n{text}"
+        return None
+
+
+F = TypeVar("F", bound=Foreground)
+
+
+def _daemon_env(plugins: bool, env: Mapping[str, str] | None) -> dict[str, str]:
+    """Our environment plus `env`; with `plugins`, the test backends of tests/plugins on PYTHONPATH."""
+    result = {**os.environ, **(env or {})}
+    if plugins:
+        result["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), result.get("PYTHONPATH")]))
+    return result
+
+
+@contextmanager
+def foreground(kind: type[F], src: Path, mnt: Path, log: Path, options: str = "", *,
+               extra_args: Sequence[str] = (), plugins: bool = False, env: Mapping[str, str] | None = None,
+               cwd: Path | None = None, error: type[Exception] = RuntimeError, stop_timeout: float = 20.0,
+               check_end: bool = True) -> Iterator[F]:
+    """`tmemfs SRC MNT -f` (`-o options` if any) with its output in `log`, handed out as a `kind` once it
+    answers; unmounted and reaped in a finally, so no test or stress run leaves a mount behind.
+
+    `error` is raised if it never comes up and, with `check_end`, after a clean exit if its exit status or
+    log shows a failure (callers that judge the end themselves pass check_end=False)."""
+    args = [*TMEMFS, str(src), str(mnt), "-f", *extra_args, *(["-o", options] if options else [])]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=_daemon_env(plugins, env))
+    daemon = kind(src, mnt, proc, log)
+    try:
+        wait_live(mnt, proc, log, error=error)
+        yield daemon
+    finally:
+        stop_foreground(mnt, proc, timeout=stop_timeout)
+    if check_end and (problem := daemon.end_problem()) is not None:
+        raise error(problem)

@@ -41,17 +41,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools import concurrentmodel, metastress
 from tools.modelcheck import Mismatch, ModelCheck
-from tools.mounting import is_mounted, stop_foreground, wait_live
+from tools.mounting import Foreground, foreground, is_mounted
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGINS = ROOT / "tests" / "plugins"  # the fault-injecting backends
-TMEMFS = [sys.executable, "-m", "fusefs.cli"]
 KiB, MiB = 1 << 10, 1 << 20
 BACKENDS = ["none", "tmem", "zcache", "dedup", "zcache+tmem"]
 # (cache_size, cc_size): one page, smaller than the data, larger than the data
@@ -207,31 +205,20 @@ class Daemon:
 
 @contextmanager
 def mounted(work: Path, options: str, plugins: bool) -> Iterator[Daemon]:
-    """tmemfs on work/mnt over work/src in the foreground; unmounted in a finally."""
-    src, mnt, log = work / "src", work / "mnt", work / "tmemfs.log"
+    """tmemfs on work/mnt over work/src in the foreground; unmounted in a finally (execute judges its end)."""
+    src, mnt = work / "src", work / "mnt"
     src.mkdir()
     mnt.mkdir()
     options = options.replace("{work}", str(work))  # a cluster node's store lives with the run
     for option in options.split(","):
         if option.startswith("cc_dir="):
             Path(option.removeprefix("cc_dir=")).mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    if plugins:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGINS), env.get("PYTHONPATH")]))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*TMEMFS, str(src), str(mnt), "-f", "-o", options], cwd=ROOT,
-                                stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        try:
-            wait_live(mnt, proc, log)
-        except RuntimeError as exc:
-            raise StressError(str(exc)) from None
-        daemon = Daemon(src, mnt, proc, log)
-        if daemon.stats()["fs.pid"] != proc.pid:
+    with foreground(Foreground, src, mnt, work / "tmemfs.log", options, plugins=plugins, cwd=ROOT,
+                    error=StressError, stop_timeout=30, check_end=False) as started:
+        daemon = Daemon(src, mnt, started.proc, started.log)
+        if daemon.stats()["fs.pid"] != daemon.pid:
             raise StressError("stats.json fs.pid is not the daemon's pid")
         yield daemon
-    finally:
-        stop_foreground(mnt, proc, timeout=30)
 
 
 # -- one run --------------------------------------------------------------------------
@@ -370,6 +357,10 @@ def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
         result.ok = True
     except Exception as exc:
         result.errors.append(f"{type(exc).__name__}: {exc}")
+        kept = base / f"failed-{run.name.replace('/', '_')}-{seed}.log"
+        with suppress(OSError):
+            shutil.copyfile(work / "tmemfs.log", kept)
+            result.errors.append(f"the daemon's log: {kept}")
     finally:
         result.seconds = time.monotonic() - started
         if not is_mounted(work / "mnt"):
