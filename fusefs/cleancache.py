@@ -178,6 +178,9 @@ class BackendBusy(Exception):
     """A backend is registered already (Linux: -EBUSY)."""
 
 
+_Live = tuple[Backend, Pool, int]  # the backend in force, a pool it backs, and its backend pool
+
+
 class Cleancache:
     """Pools, hooks and counters of one mount."""
 
@@ -343,12 +346,12 @@ class Cleancache:
             self._fault("set_capacity", backend)
             raise ValueError(f"backend {backend.name} failed to resize ({type(exc).__name__}: {exc})") from None
         self._ledger_limit = _ledger_limit(backend)
-        for pool in list(self.pools.values()):
-            ledger = pool.ledger
-            if ledger is None or pool.backend_pool is None or self.backend is not backend:
+        for pool_id in list(self.pools):
+            live = self._live(pool_id)
+            if live is None or live[0] is not backend or (ledger := live[1].ledger) is None:
                 continue
             ledger.limit = self._ledger_limit
-            await self._trim(backend, pool.backend_pool, ledger)
+            await self._trim(backend, live[2], ledger)
         log.info("cc_size set to %d (backend %s)", nbytes, backend.name)
 
     def reset_stats(self) -> None:
@@ -393,7 +396,7 @@ class Cleancache:
         self.backend_timeouts += 1
         raise BackendTimeout(f"create_pool took longer than {max(self.timeout, JOIN_TIMEOUT_S)} s")
 
-    def _live(self, pool_id: int) -> tuple[Backend, Pool, int] | None:
+    def _live(self, pool_id: int) -> _Live | None:
         """The backend in force, the pool and its backend pool; None while the pool is a
         placeholder (no backend, or none could make it) or gone."""
         pool = self.pools.get(pool_id)
@@ -443,26 +446,29 @@ class Cleancache:
     async def invalidate_fs(self, pool_id: int) -> None:
         """Surrender the pool: every page in it is dropped."""
         self.fs_invalidates += 1
+        live = self._live(pool_id)
         pool = self.pools.pop(pool_id, None)
         if pool is not None:
-            await self._destroy(pool)
+            await self._destroy(pool, live)
 
     async def flush(self, pool_id: int) -> None:
         """Empty a pool but keep its id (the `flush` control command)."""
         pool = self.pools[pool_id]
-        await self._destroy(pool)
+        await self._destroy(pool, self._live(pool_id))
         if pool.ledger is not None:
             pool.ledger = Ledger(self._ledger_limit)
         pool.backend_pool = await self._backend_pool(pool.uuid)
 
-    async def _destroy(self, pool: Pool) -> None:
-        backend, backend_pool = self.backend, pool.backend_pool
+    async def _destroy(self, pool: Pool, live: _Live | None) -> None:
+        """Make `pool` a placeholder; its backend pool (`live`: as _live found it) is destroyed."""
         pool.backend_pool = None
-        if backend is not None and backend_pool is not None:
-            try:
-                await self._call(backend, backend.destroy_pool, backend_pool)
-            except Exception:
-                self._fault("destroy_pool")
+        if live is None:
+            return
+        backend, _pool, backend_pool = live
+        try:
+            await self._call(backend, backend.destroy_pool, backend_pool)
+        except Exception:
+            self._fault("destroy_pool")
 
     # -- pages ---------------------------------------------------------------
 
@@ -477,7 +483,7 @@ class Cleancache:
         live = self._live(pool_id)
         if live is None:
             hits = [False] * len(outs)
-        elif live[1].ledger is None:
+        elif (ledger := live[1].ledger) is None:
             backend, _pool, backend_pool = live
             try:
                 hits = await self._call(backend, backend.get_pages, backend_pool, key, first, outs)
@@ -485,15 +491,13 @@ class Cleancache:
                 self._fault("get_pages")
                 hits = [False] * len(outs)
         else:
-            backend, pool, _backend_pool = live
-            assert pool.ledger is not None
-            held = pool.ledger.files.get(key)
+            held = ledger.files.get(key)
             if held is None:  # the common miss: nothing of this file was put
                 hits = [False] * len(outs)
             elif len(outs) == 1:
-                hits = [first in held and await self._get_private(backend, pool, key, first, outs[0])]
+                hits = [first in held and await self._get_private(live, ledger, key, first, outs[0])]
             else:
-                hits = await self._get_private_run(backend, pool, key, first, outs, held)
+                hits = await self._get_private_run(live, ledger, key, first, outs, held)
         self._count_gets(key, first, hits)
         return hits
 
@@ -506,10 +510,12 @@ class Cleancache:
         private pool is asked only for the runs its ledger holds, and each page is verified
         against the digest the ledger had when it was asked for (a get or invalidate of
         another request may take the entry while a backend that awaits I/O answers)."""
-        pool = self.pools[pool_id]
-        backend, ledger, backend_pool = self.backend, pool.ledger, pool.backend_pool
-        assert backend is not None and backend_pool is not None
+        live = self._live(pool_id)
+        assert live is not None  # (can_copy)
+        ledger = live[1].ledger
+        hits: list[bool] | None
         if ledger is None:
+            backend, _pool, backend_pool = live
             try:
                 hits = await self._call(backend, backend.get_pages, backend_pool, key, first, outs)
             except Exception:
@@ -519,27 +525,36 @@ class Cleancache:
             held = ledger.files.get(key)
             if held is None or sum(map(held.__contains__, range(first, first + len(outs)))) < enough:
                 return None
-            hits = [False] * len(outs)
-            for n, end in _held_runs(held, first, len(outs)):
-                digests = [held[index] for index in range(first + n, first + end)]
-                try:
-                    got = await self._call(backend, backend.peek_pages, backend_pool, key, first + n, outs[n:end])
-                except Exception:
-                    self._fault("peek_pages")
-                    return None  # the pool is as it was: the usual gets verify each page
-                for k, hit in enumerate(got, n):
-                    if hit and _digest(outs[k]) != digests[k - n]:
-                        hit = False
-                        if self._replaced_meanwhile(pool, ledger, key, first + k, digests[k - n]):
-                            self.peek_races += 1  # the page's new owner keeps it
-                        else:
-                            self._verified(backend, outs[k], digests[k - n])  # counted, logged
-                            ledger.forget(key, first + k)
-                            await self._drop(backend, backend_pool, key, first + k)
-                    hits[k] = hit
-        if hits.count(True) < enough:
+            hits = await self._peek_private(live, ledger, key, first, outs, held)
+        if hits is None or hits.count(True) < enough:
             return None
         self._count_gets(key, first, hits)
+        return hits
+
+    async def _peek_private(self, live: _Live, ledger: Ledger, key: bytes, first: int, outs: list[memoryview],
+                            held: dict[int, int]) -> list[bool] | None:
+        """Peek each run of pages first.. that a private pool's ledger holds, verified against
+        the digests it had when asked; None if the backend failed (the pool is as it was: the
+        usual gets verify each page)."""
+        backend, pool, backend_pool = live
+        hits = [False] * len(outs)
+        for n, end in _held_runs(held, first, len(outs)):
+            digests = [held[index] for index in range(first + n, first + end)]
+            try:
+                got = await self._call(backend, backend.peek_pages, backend_pool, key, first + n, outs[n:end])
+            except Exception:
+                self._fault("peek_pages")
+                return None
+            for k, hit in enumerate(got, n):
+                if hit and _digest(outs[k]) != digests[k - n]:
+                    hit = False
+                    if self._replaced_meanwhile(pool, ledger, key, first + k, digests[k - n]):
+                        self.peek_races += 1  # the page's new owner keeps it
+                    else:
+                        self._verified(backend, outs[k], digests[k - n])  # counted, logged
+                        ledger.forget(key, first + k)
+                        await self._drop(backend, backend_pool, key, first + k)
+                hits[k] = hit
         return hits
 
     @staticmethod
@@ -558,10 +573,9 @@ class Cleancache:
             for n, hit in enumerate(hits):
                 self.tracer.event("get+" if hit else "get-", key, first + n)
 
-    async def _get_private(self, backend: Backend, pool: Pool, key: bytes, index: int, out: memoryview) -> bool:
-        """A get from a private pool of a page its ledger holds: exclusive, verified."""
-        ledger, backend_pool = pool.ledger, pool.backend_pool
-        assert ledger is not None and backend_pool is not None
+    async def _get_private(self, live: _Live, ledger: Ledger, key: bytes, index: int, out: memoryview) -> bool:
+        """A get from a private pool (its `ledger`) of a page the ledger holds: exclusive, verified."""
+        backend, _pool, backend_pool = live
         digest = ledger.take_one(key, index)  # exclusive: used up, whatever happens
         try:
             hit = await self._call(backend, backend.get_page, backend_pool, key, index, out)
@@ -576,11 +590,10 @@ class Cleancache:
             await self._drop(backend, backend_pool, key, index)  # it must not come back
         return good
 
-    async def _get_private_run(self, backend: Backend, pool: Pool, key: bytes, first: int,
+    async def _get_private_run(self, live: _Live, ledger: Ledger, key: bytes, first: int,
                                outs: list[memoryview], held: dict[int, int]) -> list[bool]:
         """_get_private for a run of pages: each run of them the ledger holds in one backend call."""
-        ledger, backend_pool = pool.ledger, pool.backend_pool
-        assert ledger is not None and backend_pool is not None
+        backend, _pool, backend_pool = live
         hits = [False] * len(outs)
         for n, end in _held_runs(held, first, len(outs)):
             digests = ledger.take(key, first + n, first + end)

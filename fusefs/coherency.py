@@ -266,7 +266,7 @@ class VersionedCoherency(Coherency):
     def _trust(self, cached: CachedFile, known: _Seen, version: int, stamp: Stamp) -> None:
         """The node's pages of the file are valid at `version`, with SRC as `stamp` says."""
         digest = stamp_digest(stamp)
-        cached.changes += 1  # a fill in flight under the old key must not install
+        cached.cancel_fills()  # a fill in flight under the old key must not install
         known.tag = version
         known.seen = (version, digest)
         cached.key = self.versions.page_key(cached.file, version, digest)

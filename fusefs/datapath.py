@@ -30,7 +30,7 @@ import logging
 import mmap
 import os
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
@@ -39,7 +39,7 @@ from fusefs import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import Cleancache
 from fusefs.coherency import Coherency, CoherencyStats, Landed, stamp_of
 from fusefs.frontswap import Frontswap
-from fusefs.pagecache import CachedFile, Eviction, PageCache, PageLock
+from fusefs.pagecache import CachedFile, Eviction, PageCache, PageLock, run_end
 from fusefs.srcio import SrcIO, pwrite_all
 
 log = logging.getLogger("tmemfs")
@@ -51,18 +51,52 @@ JOIN_POLL_S = 0.02  # how often a fenced change looks whether its node has joine
 MAX_PROBE_BACKOFF = 8  # runs of a cold scan read between two asks of the pool, at most
 
 
-def _run_end(flags: list[bool], start: int, other: bool) -> int:
-    """Where the run of equal flags from `start` ends: the first `other` after it, or the end."""
-    if start + 1 < len(flags):  # (a run of one, the random read, skips the search)
-        try:
-            return flags.index(other, start + 1)
-        except ValueError:
-            pass
-    return len(flags)
+_Run = tuple[int, int, bool]  # pages of a fill, from..to (offsets in it), and whether the pool had them
 
 
 class _Contended(Exception):
     """A fill lost the race with a change of its file: the read is served around the cache."""
+
+
+class _Reply:
+    """The bytes of one read, gathered from runs of the slab: pages in consecutive slots (a
+    file read in order into free slots) are one view, without a copy; other runs are joined
+    once."""
+
+    __slots__ = ("_copied", "_end", "_parts", "_start", "_view")
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._parts: list[bytes | memoryview] = []
+        self._copied = 0  # parts[:copied] are copies, safe from eviction
+        self._start = self._end = -1  # the current run: a byte range of the slab
+
+    def add(self, start: int, end: int) -> None:
+        """Bytes start..end of the slab come next."""
+        if start != self._end:
+            self._close_run()
+            self._start = start
+        self._end = end
+
+    def copy_out(self) -> None:
+        """Copy what was gathered out of the slab (the pages there may be evicted next)."""
+        self._close_run()
+        self._start = self._end = -1
+        parts = self._parts
+        while self._copied < len(parts):
+            parts[self._copied] = bytes(parts[self._copied])
+            self._copied += 1
+
+    def joined(self) -> bytes | memoryview:
+        if self._start >= 0:
+            if not self._parts:
+                return self._view[self._start : self._end]
+            self._close_run()
+        return b"".join(self._parts)
+
+    def _close_run(self) -> None:
+        if self._start >= 0:
+            self._parts.append(self._view[self._start : self._end])
 
 
 class DataPath:
@@ -157,8 +191,8 @@ class DataPath:
         read is served around the cache). The seqlock moves, as drop_file moves it, so the
         fill path itself checks nothing more."""
         for cached in self.files.values():
-            if any(not lock.putting for lock in cached.locks.values()):
-                cached.changes += 1
+            if cached.filling:
+                cached.cancel_fills()
 
     def _moved(self, moves: list[tuple[int, int]]) -> None:
         """Pages a shrink moved to other slots keep their mark of the shared pool."""
@@ -191,7 +225,7 @@ class DataPath:
     def _drop_everything(self) -> None:
         for cached in self.files.values():
             self.pc.drop_file(cached)
-            cached.key = cached.file
+            cached.reset_key()
 
     async def admit_change(self) -> Coherency:
         """The coherency rules, once this mount may change a file: at once, except on a
@@ -236,7 +270,7 @@ class DataPath:
                 cached = self.files[key] = CachedFile(key)
         else:
             self.files.move_to_end(key)
-        cached.open_count += 1  # not trimmed while waiting below
+        cached.add_handle()  # not trimmed while waiting below
         try:
             await self._lock_changes(cached)
             try:
@@ -246,23 +280,21 @@ class DataPath:
                 cached.size, cached.stamp = stamp[0], stamp
                 return cached, unchanged
             finally:
-                cached.change_lock.release()  # type: ignore[union-attr]  # _lock_changes made it
+                cached.unlock_changes()
         except BaseException:
-            cached.open_count -= 1
+            cached.drop_handle()
             raise
 
     def close_file(self, cached: CachedFile, st: os.stat_result | None) -> None:
         """A handle closed; `st` (fstat before close) stamps again a file this mount wrote."""
-        cached.open_count -= 1
-        if st is not None and cached.stamp is None:
-            cached.stamp = stamp_of(st)
+        cached.drop_handle(None if st is None else stamp_of(st))
 
     def restamp(self, key: bytes, before: os.stat_result, after: os.stat_result) -> None:
         """This mount changed a file's metadata (mode, owner, times: its ctime moved): still
         SRC as it last saw it, if it was just before."""
         cached = self.files.get(key)
-        if cached is not None and cached.stamp == stamp_of(before):
-            cached.stamp = stamp_of(after)
+        if cached is not None:
+            cached.restamp(stamp_of(before), stamp_of(after))
 
     async def _trim_idle(self) -> None:
         if len(self.files) <= self.max_idle_files:
@@ -321,14 +353,11 @@ class DataPath:
         if cached is None:
             return
         cached.end_change()
-        assert cached.change_lock is not None
-        cached.change_lock.release()
+        cached.unlock_changes()
 
     async def _lock_changes(self, cached: CachedFile) -> None:
         """The file's change lock: no other change of this mount's runs meanwhile."""
-        lock = cached.change_lock
-        if lock is None:
-            lock = cached.change_lock = trio.Lock()
+        lock = cached.change_lock()
         try:
             lock.acquire_nowait()  # no checkpoint when nobody else changes the file
         except trio.WouldBlock:
@@ -358,92 +387,80 @@ class DataPath:
 
     async def _read_cached(self, cached: CachedFile, fd: int, offset: int,
                            size: int) -> bytes | bytearray | memoryview:
+        """Bytes offset..offset+size through the page cache (_Contended if a fill lost a race
+        with a change of the file)."""
         end = min(offset + size, cached.size)
         if offset >= end:
             return b""
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
-        pages = cached.pages
-        slots = [pages.get(first)] if first == last else list(map(pages.get, range(first, last + 1)))
-        if None not in slots:
-            self._count_hits(slots)  # type: ignore[arg-type]  # no None in it
-            return self._assemble(slots, offset, end)  # type: ignore[arg-type]
-        view = self.pc.view
-        if first == last:
+        slots = self.pc.lookup_run(cached, first, last)
+        if slots is not None:  # every page cached (hits counted)
+            return self._assemble(slots, offset, end)
+        if first == last:  # a page not cached: loaded, then one view of it
             slot, _ = await self._page(cached, fd, first, last)
             end = min(end, cached.size)  # a read from SRC may have found it shorter
             if slot < 0 or offset >= end:
                 return b""
             base = slot << PAGE_SHIFT
-            return view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
+            return self.pc.view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
         loaded_through = -1  # pages installed by this very read: not hits
-        if slots.count(None) == len(slots):  # none cached (a read in order): load them in one go
-            if self._scanning(cached, first, last):
-                served = await self._read_around_cache(cached, fd, first, last, offset, end)
-                if served is not None:
-                    self._probe_backoff = 1
-                    return served
-                self._probe_skip = self._probe_backoff
-                self._probe_backoff = min(2 * self._probe_backoff, MAX_PROBE_BACKOFF)
+        if not cached.any_cached(first, last):  # a read in order: around the cache, or loaded in one go
+            served = await self._bypass(cached, fd, first, last, offset, end)
+            if served is not None:
+                return served
             slot, loaded_through = await self._page(cached, fd, first, last)
-            end = min(end, cached.size)
+            end = min(end, cached.size)  # a read from SRC may have found it shorter
             if slot < 0 or offset >= end:
                 return b""
             if loaded_through >= last:
-                return self._assemble(list(map(pages.__getitem__, range(first, ((end - 1) >> PAGE_SHIFT) + 1))),
-                                      offset, end)
-        # Pages in consecutive slots (a file read in order into free slots) are
-        # served as one view, without a copy; other runs are joined once.
-        # Loading a missing page may evict a page already collected, so the
-        # run collected so far is copied out first.
-        parts: list[bytes | memoryview] = []
-        copied = 0  # parts[:copied] are copies, safe from eviction
-        run_start = run_end = -1  # byte range in the slab of the current run
-        get_slot = cached.pages.get
+                return self._assemble(cached.slots_of(first, (end - 1) >> PAGE_SHIFT), offset, end)
+        return await self._read_pages(cached, fd, first, last, offset, end, loaded_through)
+
+    async def _bypass(self, cached: CachedFile, fd: int, first: int, last: int, offset: int,
+                      end: int) -> memoryview | None:
+        """Bytes offset..end of a read in order served around the cache once it is a scan
+        (the sequential bypass in __init__); None if it is not one or the pool did not hold
+        it (then asked again only after a few runs)."""
+        if not self._scanning(cached, first, last):
+            return None
+        served = await self._read_around_cache(cached, fd, first, last, offset, end)
+        if served is not None:
+            self._probe_backoff = 1
+        else:
+            self._probe_skip = self._probe_backoff
+            self._probe_backoff = min(2 * self._probe_backoff, MAX_PROBE_BACKOFF)
+        return served
+
+    async def _read_pages(self, cached: CachedFile, fd: int, first: int, last: int, offset: int, end: int,
+                          loaded_through: int) -> bytes | memoryview:
+        """Bytes offset..end page by page: each cached page a hit (unless this read installed
+        it, up to `loaded_through`), each missing one loaded with the misses after it."""
         pc = self.pc
-        touch, slot_keys = pc.touch_fn, pc.slot_keys  # hits without a Python frame each
-        traced = pc.tracer is not None
-        hits = 0
-        index = first
-        lo = offset & PAGE_MASK
+        reply = _Reply(pc.view)
+        hits: list[int] = []  # counted before a load (which may evict) and at the end
+        index, lo = first, offset & PAGE_MASK
         while index <= last:
-            found = get_slot(index)
-            if found is not None:
-                if index > loaded_through:
-                    if traced:
-                        pc.hit(found)
-                    else:
-                        touch(slot_keys[found])
-                        hits += 1
-                slot = found
-            else:
-                if run_start >= 0:
-                    parts.append(view[run_start:run_end])
-                    run_start = run_end = -1
-                while copied < len(parts):  # copied out now: loading the page may evict these
-                    parts[copied] = bytes(parts[copied])
-                    copied += 1
+            slot = pc.peek(cached, index)
+            if slot is None:
+                pc.count_hits(hits)
+                hits.clear()
+                reply.copy_out()  # loading the page may evict those gathered so far
                 slot, loaded_through = await self._page(cached, fd, index, last)
                 if slot < 0:
                     break
-            base = slot << PAGE_SHIFT
+            elif index > loaded_through:
+                hits.append(slot)
             hi = min(end, cached.size) - (index << PAGE_SHIFT)
             if hi <= lo:
                 break
-            if base + lo != run_end:
-                if run_start >= 0:
-                    parts.append(view[run_start:run_end])
-                run_start = base + lo
-            run_end = base + min(hi, PAGE_SIZE)
+            base = slot << PAGE_SHIFT
+            reply.add(base + lo, base + min(hi, PAGE_SIZE))
             if hi < PAGE_SIZE:
                 break  # end of file (or of the request)
             lo = 0
             index += 1
-        pc.hits += hits
-        if run_start >= 0:
-            if not parts:
-                return view[run_start:run_end]
-            parts.append(view[run_start:run_end])
-        return b"".join(parts)
+        pc.count_hits(hits)
+        return reply.joined()
 
     def _scanning(self, cached: CachedFile, first: int, last: int) -> bool:
         """Count a read of pages first..last that no page cache holds into the current
@@ -495,30 +512,20 @@ class DataPath:
         n = 0
         while n < count:  # each run the pool did not have, in one preadv
             if hits[n]:
-                n = _run_end(hits, n, False)
+                n = run_end(hits, n, False)
                 continue
-            run_end = _run_end(hits, n, True)
+            missing_end = run_end(hits, n, True)
             start = (first + n) << PAGE_SHIFT
-            got = await self.io.preadv(fd, [scratch[n << PAGE_SHIFT : run_end << PAGE_SHIFT]], start)
+            got = await self.io.preadv(fd, [scratch[n << PAGE_SHIFT : missing_end << PAGE_SHIFT]], start)
             self._count_read(got)
-            if got < min(run_end << PAGE_SHIFT, end - (first << PAGE_SHIFT)) - (n << PAGE_SHIFT):
+            if got < min(missing_end << PAGE_SHIFT, end - (first << PAGE_SHIFT)) - (n << PAGE_SHIFT):
                 return None  # SRC shrank behind our back: the usual path finds out how much
-            n = run_end
+            n = missing_end
         if not cached.stable_since(seq):
             raise _Contended  # the pool's copies may predate a change of this mount's
         self.pc.miss_run(cached, first, count)
         self.bypassed += count
         return scratch[offset & PAGE_MASK : (count - 1 << PAGE_SHIFT) + ((end - 1) & PAGE_MASK) + 1]
-
-    def _count_hits(self, slots: list[int]) -> None:
-        """Hits on cached pages, counted and refreshed without a loop in Python."""
-        pc = self.pc
-        if pc.tracer is None:
-            pc.hits += len(slots)
-            deque(map(pc.touch_fn, map(pc.slot_keys.__getitem__, slots)), 0)
-        else:
-            for slot in slots:
-                pc.hit(slot)
 
     def _assemble(self, slots: list[int], offset: int, end: int) -> memoryview | bytes:
         """Bytes offset..end of the cached pages in `slots`: one view of the slab when
@@ -545,12 +552,12 @@ class DataPath:
         pc = self.pc
         slot = pc.lookup(cached, index)
         while slot is None:
-            lock = cached.locks.get(index)
+            lock = cached.page_lock(index)
             if lock is None:
                 return await self._fill(cached, fd, index, last)
             self.fill_waits += 1
             await lock.wait()
-            slot = cached.pages.get(index)
+            slot = pc.peek(cached, index)
         return slot, index
 
     async def _fill(self, cached: CachedFile, fd: int, index: int, last: int) -> tuple[int, int]:
@@ -558,12 +565,8 @@ class DataPath:
         page lock: one cleancache call for all of them, then one read of SRC per run the pool
         did not have; installed together at the end unless the file changed meanwhile."""
         pc = self.pc
-        count = 1
         limit = min(last - index + 1, self.batch)
-        pages, locks = cached.pages, cached.locks
-        while count < limit and index + count not in pages and index + count not in locks:
-            count += 1
-        count = pc.room(count)
+        count = pc.room(cached.unheld_run(index, limit) if limit > 1 else 1)  # (a random read asks nothing)
         if count == 0:  # every slot is held by other fills and puts: served around the cache
             raise _Contended
         pc.miss_run(cached, index + 1, count - 1)
@@ -577,58 +580,68 @@ class DataPath:
             lock.release()
 
     async def _fill_locked(self, cached: CachedFile, fd: int, index: int, count: int) -> tuple[int, int]:
-        pc = self.pc
+        """_fill with its pages locked: slots for them, one ask of the pool, SRC for the runs it
+        did not have; the first page's slot (-1 past the end of file) and the last page installed."""
         seq, generation, key = cached.changes, self.cc.generation, cached.key
         slots = await self._take_slots(count)
         try:
-            view = pc.view
-            hits = await self.cc.get_pages(self.pool, key, index, pc.slot_views(slots))
-            runs: list[tuple[int, int, bool]] = []  # (from, to, got from the pool)
+            hits = await self.cc.get_pages(self.pool, key, index, self.pc.slot_views(slots))
+            runs: list[_Run] = []
             size = known_size = cached.size
             n = 0
             while n < count:
                 if hits[n]:  # a run of pages the pool had
-                    end = _run_end(hits, n, False)
+                    end = run_end(hits, n, False)
                     runs.append((n, end, True))
                     n = end
                     continue
-                end = _run_end(hits, n, True)
-                start = (index + n) << PAGE_SHIFT
-                got = await self.io.preadv(fd, pc.slot_views(slots[n:end]), start)
-                self._count_read(got)
-                if (got or start < size) and (got < (end - n) * PAGE_SIZE or start + got > size):
-                    # SRC changed size behind our back: it knows best. (Nothing read at or past
-                    # the known end says only that SRC ends before it: that end stands.)
-                    size = start + got
-                full, tail = divmod(got, PAGE_SIZE)
-                used = full + (1 if tail else 0)
-                if tail:
-                    base = slots[n + full] << PAGE_SHIFT
-                    view[base + tail : base + PAGE_SIZE] = bytes(PAGE_SIZE - tail)
+                end = run_end(hits, n, True)  # a run it did not have: from SRC
+                start, run = (index + n) << PAGE_SHIFT, slots[n:end]
+                got = await self.io.preadv(fd, self.pc.slot_views(run), start)
+                used, size = self._src_read_done(start, got, run, size)
                 runs.append((n, n + used, False))
-                short = used < end - n
                 n += used
-                if short:  # end of file: what follows is past it
+                if n < end:  # end of file: what follows is past it
                     break
         except BaseException:
-            for s in slots:
-                pc.release_slot(s)
+            self._release_slots(slots)
             raise
         if not cached.stable_since(seq) or self.cc.generation != generation or cached.key != key:
-            for s in slots:
-                pc.release_slot(s)
+            self._release_slots(slots)
             raise _Contended
         if size != known_size:
             cached.size = size
+        self._install_runs(cached, index, slots, runs)
+        if n < count:
+            self._release_slots(slots[n:])
+        return (slots[0] if n else -1), index + n - 1
+
+    def _src_read_done(self, start: int, got: int, slots: list[int], size: int) -> tuple[int, int]:
+        """A read of SRC at `start` into `slots` returned `got` bytes: counted, and the rest of
+        its last page zeroed; how many pages hold data, and the file's size as SRC showed it
+        (`size`: as known before)."""
+        self._count_read(got)
+        if (got or start < size) and (got < len(slots) * PAGE_SIZE or start + got > size):
+            # SRC changed size behind our back: it knows best. (Nothing read at or past
+            # the known end says only that SRC ends before it: that end stands.)
+            size = start + got
+        full, tail = divmod(got, PAGE_SIZE)
+        if tail:
+            self.pc.slot_view(slots[full])[tail:] = bytes(PAGE_SIZE - tail)
+        return full + (1 if tail else 0), size
+
+    def _install_runs(self, cached: CachedFile, index: int, slots: list[int], runs: list[_Run]) -> None:
+        """Install the pages a fill read; those got from a shared pool are marked (it still has them)."""
         shared = self.coherency.shared_pool
         for a, b, from_pool in runs:
-            pc.install_run(cached, index + a, slots[a:b])
+            self.pc.install_run(cached, index + a, slots[a:b])
             if from_pool and shared:
                 for s in slots[a:b]:
                     self._from_shared_pool[s] = 1
-        for s in slots[n:]:
-            pc.release_slot(s)
-        return (slots[0] if n else -1), index + n - 1
+
+    def _release_slots(self, slots: list[int]) -> None:
+        for slot in slots:
+            self.pc.release_slot(slot)
 
     async def _read_uncached(self, fd: int, offset: int, size: int) -> bytes:
         """Read SRC around every cache (a cluster node that cannot check versions now, or a
@@ -660,8 +673,7 @@ class DataPath:
         """Evict up to `count` pages, oldest first, put them, and free their slots."""
         evicted = self.pc.evict(count)
         await self._put_evicted(evicted)
-        for page in evicted:
-            self.pc.release_slot(page.slot)
+        self._release_slots([page.slot for page in evicted])
         return len(evicted)
 
     async def _take_slots(self, count: int) -> list[int]:
@@ -688,7 +700,7 @@ class DataPath:
             return
         lock = PageLock(putting=True)  # a reader of these pages waits for the put, then gets them
         for page in putting:
-            page.file.locks[page.index] = lock
+            page.file.lock_pages((page.index,), lock)
         try:
             await self.cc.put_pages(self.pool, puts)
         finally:
@@ -721,7 +733,7 @@ class DataPath:
             finally:
                 await rules.write_ends(cached, before, landed, covered)
             if cached.key != key:  # retagged: the pool's copies under the old key are gone
-                for slot in cached.pages.values():
+                for slot in cached.slots():
                     self._from_shared_pool[slot] = 0
             assert landed is not None  # (else the write raised)
             return landed.landed, landed.done
@@ -761,18 +773,14 @@ class DataPath:
         end = offset + done
         if end > cached.size:
             cached.size = end
-        pc = self.pc
+        slab = self.pc.view
         covered = range(offset >> PAGE_SHIFT, ((end - 1) >> PAGE_SHIFT) + 1)
-        pages = cached.pages  # (a large write of a file barely cached looks only at what is)
-        cached_there = covered if len(covered) <= len(pages) else [i for i in pages if i in covered]
-        for index in cached_there:
-            slot = pc.peek(cached, index)
-            if slot is not None:
-                page_start = index << PAGE_SHIFT
-                lo = max(offset, page_start)
-                hi = min(end, page_start + PAGE_SIZE)
-                base = slot << PAGE_SHIFT
-                pc.view[base + lo - page_start : base + hi - page_start] = view[lo - offset : hi - offset]
+        for index, slot in cached.cached_in(covered):
+            page_start = index << PAGE_SHIFT
+            lo = max(offset, page_start)
+            hi = min(end, page_start + PAGE_SIZE)
+            base = slot << PAGE_SHIFT
+            slab[base + lo - page_start : base + hi - page_start] = view[lo - offset : hi - offset]
         return covered
 
     # -- whole cache -------------------------------------------------------------
@@ -795,14 +803,8 @@ class DataPath:
         await self.cc.invalidate_fs(self.pool)
 
     def stats(self) -> dict[str, int]:
-        pc = self.pc
         return {
-            "pagecache.hits": pc.hits,
-            "pagecache.misses": pc.misses,
-            "pagecache.evictions": pc.evictions,
-            "pagecache.pages": pc.pages,
-            "pagecache.bytes": pc.pages * PAGE_SIZE,
-            "pagecache.capacity_pages": pc.capacity,
+            **self.pc.stats(),
             "pagecache.files": len(self.files),
             "pagecache.external_changes": self.coherence.external_changes,
             "pagecache.remote_changes": self.coherence.remote_changes,

@@ -40,6 +40,7 @@ import xxhash
 from backends.base import Backend
 from fusefs import PAGE_MASK, PAGE_SHIFT, PAGE_SIZE
 from fusefs.cleancache import POOL_RETRY_S, Cleancache
+from fusefs.pagecache import run_end
 from fusefs.srcio import SrcIO
 
 log = logging.getLogger("tmemfs.frontswap")
@@ -375,16 +376,15 @@ class Frontswap:
         first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
         count = last - first + 1
         view = memoryview(bytearray(count << PAGE_SHIFT))  # zeroes where SRC is shorter than it was
-        async with swap.locks.hold(range(first, last + 1)):
+        async with swap.locks.hold(range(first, last + 1)):  # (nobody stores or drops these meanwhile)
+            stored = [index in swap.digests or index in swap.lost for index in range(first, last + 1)]
             n = 0
             while n < count:
-                if first + n in swap.digests or first + n in swap.lost:
+                if stored[n]:
                     await self.load(swap.key, first + n, view[n << PAGE_SHIFT : (n + 1) << PAGE_SHIFT])
                     n += 1
                     continue
-                run = n + 1
-                while run < count and first + run not in swap.digests and first + run not in swap.lost:
-                    run += 1
+                run = run_end(stored, n, True)
                 got = await self.io.preadv(swap.fd, [view[n << PAGE_SHIFT : run << PAGE_SHIFT]],
                                            (first + n) << PAGE_SHIFT)
                 self._count_read(got)
@@ -425,9 +425,7 @@ class Frontswap:
             if not refused[n]:
                 n += 1
                 continue
-            run = n + 1
-            while run < count and refused[run]:
-                run += 1
+            run = run_end(refused, n, False)
             want = (run - n) << PAGE_SHIFT
             done = await self.io.pwrite(swap.fd, view[n << PAGE_SHIFT : run << PAGE_SHIFT], (first + n) << PAGE_SHIFT)
             self._count_write(done)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import mmap
 from collections import deque
+from collections.abc import Iterable, ValuesView
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -88,66 +89,68 @@ class PageLock:
             self._lot.unpark_all()
 
 
-@dataclass(eq=False)
-class CachedFile:
-    """What the page cache knows of one backing file."""
+def run_end(flags: list[bool], start: int, other: bool) -> int:
+    """Where the run of equal flags from `start` ends: the first `other` after it, or the end
+    (runs of pages a pool had or not, a frontswap area stored or not, a store refused)."""
+    if start + 1 < len(flags):  # (a run of one, the random read, skips the search)
+        try:
+            return flags.index(other, start + 1)
+        except ValueError:
+            pass
+    return len(flags)
 
-    # What the pool knows its pages by (the coherency rules set it): the file key, or on a
-    # cluster node the key of the version the pages were read at.
-    key: bytes
-    size: int = 0
-    pages: dict[int, int] = field(default_factory=dict)  # page index -> slot
-    # Close-to-open: (size, mtime_ns, ctime_ns) of SRC when last seen (None after this mount's
-    # own writes, until the last close), and the handles open on the file.
-    stamp: tuple[int, int, int] | None = None
-    open_count: int = 0
-    file: bytes = b""  # the file key (name_to_handle_at handle); defaults to `key`
-    # Many requests in flight: pages being filled or put (index -> lock), the change seqlock,
-    # and the lock that serialises this mount's changes of the file (as the inode lock does).
+
+@dataclass(eq=False, kw_only=True)
+class FilePages:
+    """A file's pages in the page cache (index -> slot), and those locked while filled or put
+    (index -> lock): a locked page is not in `pages`; nobody evicts, puts or invalidates it."""
+
+    pages: dict[int, int] = field(default_factory=dict)
     locks: dict[int, PageLock] = field(default_factory=dict)
-    changes: int = 0
-    changing: int = 0
-    change_lock: trio.Lock | None = None
-    quiet: trio.Event | None = None  # set when no change is in progress any more (if awaited)
 
-    def __post_init__(self) -> None:
-        if not self.file:
-            self.file = self.key
+    def slots(self) -> ValuesView[int]:
+        """The slots of the cached pages."""
+        return self.pages.values()
+
+    def slots_of(self, first: int, last: int) -> list[int]:
+        """The slots of pages first..last, every one of them cached."""
+        return list(map(self.pages.__getitem__, range(first, last + 1)))
+
+    def any_cached(self, first: int, last: int) -> bool:
+        return not self.pages.keys().isdisjoint(range(first, last + 1))
+
+    def cached_in(self, indexes: range) -> list[tuple[int, int]]:
+        """(index, slot) of the cached pages among `indexes` (a large range over a file barely
+        cached looks only at what is)."""
+        pages = self.pages
+        if len(indexes) <= len(pages):
+            return [(index, pages[index]) for index in indexes if index in pages]
+        return [(index, slot) for index, slot in pages.items() if index in indexes]
+
+    def unheld_run(self, index: int, limit: int) -> int:
+        """How many pages from `index` (neither cached nor locked) on, at most `limit`, are
+        neither cached nor locked: one fill may take them all."""
+        pages, locks = self.pages, self.locks
+        count = 1
+        while count < limit and index + count not in pages and index + count not in locks:
+            count += 1
+        return count
+
+    def page_lock(self, index: int) -> PageLock | None:
+        """The lock of a page being filled or put, else None."""
+        return self.locks.get(index)
 
     @property
-    def idle(self) -> bool:
-        return not self.pages and self.open_count == 0 and not self.locks and not self.changing
+    def filling(self) -> bool:
+        """Whether a fill holds some of the file's pages."""
+        return any(not lock.putting for lock in self.locks.values())
 
-    def stable_since(self, changes: int) -> bool:
-        """Whether no change of the file started or ended since `changes` was read (the seqlock)."""
-        return self.changes == changes and not self.changing
-
-    def begin_change(self) -> None:
-        """A change of the file starts: no fill in flight installs a page read before it."""
-        self.changes += 1
-        self.changing += 1
-
-    def end_change(self) -> None:
-        self.changing -= 1
-        self.changes += 1
-        if not self.changing and self.quiet is not None:
-            self.quiet.set()
-            self.quiet = None
-
-    async def changes_landed(self) -> None:
-        """Wait until the changes in progress now have ended (not those starting later)."""
-        if not self.changing:
-            return
-        if self.quiet is None:
-            self.quiet = trio.Event()
-        await self.quiet.wait()
-
-    def lock_pages(self, indexes: range, lock: PageLock) -> None:
+    def lock_pages(self, indexes: Iterable[int], lock: PageLock) -> None:
         locks = self.locks
         for index in indexes:
             locks[index] = lock
 
-    def unlock_pages(self, indexes: range | list[int] | tuple[int, ...], lock: PageLock) -> None:
+    def unlock_pages(self, indexes: Iterable[int], lock: PageLock) -> None:
         locks = self.locks
         for index in indexes:
             if locks.get(index) is lock:
@@ -168,6 +171,108 @@ class CachedFile:
         for lock in held:
             await lock.wait()
         return len(held)
+
+
+@dataclass(eq=False, kw_only=True)
+class CloseToOpen:
+    """Close-to-open, as NFS: SRC's (size, mtime_ns, ctime_ns) when this mount last saw the
+    file (None after this mount's own writes, until a close stamps it again), and the
+    handles open on it."""
+
+    stamp: tuple[int, int, int] | None = None
+    open_count: int = 0
+
+    def add_handle(self) -> None:
+        self.open_count += 1
+
+    def drop_handle(self, stamp: tuple[int, int, int] | None = None) -> None:
+        """A handle closed; `stamp` (SRC's, just before) is the one last seen if none was known
+        (this mount wrote the file)."""
+        self.open_count -= 1
+        if stamp is not None and self.stamp is None:
+            self.stamp = stamp
+
+    def restamp(self, before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
+        """This mount moved SRC from `before` to `after`: still as last seen, if it was before."""
+        if self.stamp == before:
+            self.stamp = after
+
+
+@dataclass(eq=False, kw_only=True)
+class FileChanges:
+    """What keeps a file's cached pages coherent with its changes while many requests are in
+    flight: the change seqlock (`changes` moves at the start and the end of every change,
+    `changing` counts those in progress), and the lock that serialises this mount's changes
+    of the file (as the inode lock does)."""
+
+    changes: int = 0
+    changing: int = 0
+    # Made when first needed, but set in __init__ as every attribute: a CachedFile that gains
+    # one later loses its shared dict keys, and every read of its attributes costs more.
+    _change_lock: trio.Lock | None = field(default=None, repr=False)
+    _quiet: trio.Event | None = field(default=None, repr=False)  # set when no change is in progress
+
+    def stable_since(self, changes: int) -> bool:
+        """Whether no change of the file started or ended since `changes` was read (the seqlock)."""
+        return self.changes == changes and not self.changing
+
+    def begin_change(self) -> None:
+        """A change of the file starts: no fill in flight installs a page read before it."""
+        self.changes += 1
+        self.changing += 1
+
+    def end_change(self) -> None:
+        self.changing -= 1
+        self.changes += 1
+        if not self.changing and self._quiet is not None:
+            self._quiet.set()
+            self._quiet = None
+
+    def cancel_fills(self) -> None:
+        """No fill in flight installs what it read (the seqlock moves, as a change moves it)."""
+        self.changes += 1
+
+    async def changes_landed(self) -> None:
+        """Wait until the changes in progress now have ended (not those starting later)."""
+        if not self.changing:
+            return
+        if self._quiet is None:
+            self._quiet = trio.Event()
+        await self._quiet.wait()
+
+    def change_lock(self) -> trio.Lock:
+        """The lock that serialises this mount's changes of the file (made when first needed)."""
+        if self._change_lock is None:
+            self._change_lock = trio.Lock()
+        return self._change_lock
+
+    def unlock_changes(self) -> None:
+        assert self._change_lock is not None
+        self._change_lock.release()
+
+
+@dataclass(eq=False)
+class CachedFile(FilePages, CloseToOpen, FileChanges):
+    """What the page cache knows of one backing file: its pages (FilePages), what it looked
+    like when last seen (CloseToOpen), and its changes in progress (FileChanges)."""
+
+    # What the pool knows its pages by (the coherency rules set it): the file key, or on a
+    # cluster node the key of the version the pages were read at.
+    key: bytes
+    size: int = 0
+    file: bytes = b""  # the file key (name_to_handle_at handle); defaults to `key`
+
+    def __post_init__(self) -> None:
+        if not self.file:
+            self.file = self.key
+
+    @property
+    def idle(self) -> bool:
+        return not self.pages and self.open_count == 0 and not self.locks and not self.changing
+
+    def reset_key(self) -> None:
+        """Pages go to the pool under the file key again (the rules that set another are gone)."""
+        self.key = self.file
 
 
 @dataclass(slots=True)
@@ -194,10 +299,9 @@ class PageCache:
         self._shrinking = False
         # The policy orders pages by (file, index), a key that survives eviction,
         # so policies with ghost lists (S3-FIFO, ARC) recognise a returning page.
-        # slot_keys and touch_fn are read by the data path's hit loop directly.
-        self.slot_keys: list[tuple[CachedFile, int] | None] = [None] * self.capacity
+        self._slot_keys: list[tuple[CachedFile, int] | None] = [None] * self.capacity
         self._policy = make_policy(policy, self.capacity)
-        self.touch_fn = self._policy.toucher()
+        self._touch = self._policy.toucher()
         self.tracer: Tracer | None = None
         self.hits = self.misses = self.evictions = 0
 
@@ -233,16 +337,38 @@ class PageCache:
             self.misses += 1
             return None
         self.hits += 1
-        self.touch_fn(self.slot_keys[slot])
+        self._touch(self._slot_keys[slot])
         return slot
 
-    def hit(self, slot: int) -> None:
-        """Count a hit the caller found in CachedFile.pages itself (the read fast path)."""
-        self.hits += 1
-        key = self.slot_keys[slot]
-        self.touch_fn(key)
-        if self.tracer is not None:
+    def lookup_run(self, cached: CachedFile, first: int, last: int) -> list[int] | None:
+        """Slots of pages first..last if every one is cached, counted as hits and refreshed
+        (the read fast path); else None, with nothing counted (the caller goes page by page)."""
+        pages = cached.pages
+        if first == last:
+            slot = pages.get(first)
+            if slot is None:
+                return None
+            slots = [slot]
+        else:
+            found = list(map(pages.get, range(first, last + 1)))
+            if None in found:
+                return None
+            slots = found  # type: ignore[assignment]  # (no None in it)
+        self.count_hits(slots)
+        return slots
+
+    def count_hits(self, slots: list[int]) -> None:
+        """Count hits on cached pages the caller found (see peek) and refresh them, without a
+        Python frame per page."""
+        if self.tracer is None:
+            self.hits += len(slots)
+            deque(map(self._touch, map(self._slot_keys.__getitem__, slots)), 0)
+            return
+        for slot in slots:
+            key = self._slot_keys[slot]
             assert key is not None
+            self.hits += 1
+            self._touch(key)
             self.tracer.event("hit", key[0].key, key[1])
 
     def miss(self, cached: CachedFile, index: int) -> None:
@@ -281,7 +407,7 @@ class PageCache:
         """Make `slot` (already filled) the page `index` of `cached`."""
         assert index not in cached.pages
         cached.pages[index] = slot
-        key = self.slot_keys[slot] = (cached, index)
+        key = self._slot_keys[slot] = (cached, index)
         self._policy.insert(key)
 
     def install_run(self, cached: CachedFile, first: int, slots: list[int]) -> None:
@@ -293,7 +419,7 @@ class PageCache:
         assert cached.pages.keys().isdisjoint(indexes)
         cached.pages.update(zip(indexes, slots, strict=True))
         keys = list(zip(repeat(cached), indexes))
-        deque(map(self.slot_keys.__setitem__, slots, keys), 0)
+        deque(map(self._slot_keys.__setitem__, slots, keys), 0)
         self._policy.insert_run(keys)
 
     def release_slot(self, slot: int) -> None:
@@ -315,7 +441,7 @@ class PageCache:
     def drop_file(self, cached: CachedFile) -> int:
         """Remove every page of a file (and no fill in flight installs an older one); returns
         how many there were."""
-        cached.changes += 1
+        cached.cancel_fills()
         slots = list(cached.pages.values())
         cached.pages.clear()
         for slot in slots:
@@ -329,7 +455,7 @@ class PageCache:
         release_slot, so their data can be read meanwhile.
         """
         out = []
-        victim, slot_keys = self._policy.victim, self.slot_keys
+        victim, slot_keys = self._policy.victim, self._slot_keys
         for _ in range(min(count, len(self._policy))):
             owner, index = victim()
             slot = owner.pages.pop(index)
@@ -343,12 +469,24 @@ class PageCache:
         return len(self._free)
 
     def _unlink(self, slot: int) -> None:
-        self._policy.remove(self.slot_keys[slot])
-        self.slot_keys[slot] = None
+        self._policy.remove(self._slot_keys[slot])
+        self._slot_keys[slot] = None
         self._free.append(slot)
 
     def reset_counters(self) -> None:
         self.hits = self.misses = self.evictions = 0
+
+    def stats(self) -> dict[str, int]:
+        """The counters and the size of the page cache, by their names in the mount's stats."""
+        pages = self.pages
+        return {
+            "pagecache.hits": self.hits,
+            "pagecache.misses": self.misses,
+            "pagecache.evictions": self.evictions,
+            "pagecache.pages": pages,
+            "pagecache.bytes": pages * PAGE_SIZE,
+            "pagecache.capacity_pages": self.capacity,
+        }
 
     # -- resizing (see the module docstring) --------------------------------------------
 
@@ -372,8 +510,8 @@ class PageCache:
         revived = {s for s in retiring if s < pages}
         retiring -= revived
         self._free[:0] = [s for s in range(pages - 1, old - 1, -1) if s not in revived]  # used last
-        if len(self.slot_keys) < pages:
-            self.slot_keys.extend([None] * (pages - len(self.slot_keys)))
+        if len(self._slot_keys) < pages:
+            self._slot_keys.extend([None] * (pages - len(self._slot_keys)))
         self._top = max(self._top, pages) if retiring else pages
         self._policy.resize(pages)
 
@@ -394,13 +532,13 @@ class PageCache:
 
     def retiring_pages(self) -> int:
         """Pages still installed at or above the capacity (a shrink evicts until none is)."""
-        slot_keys = self.slot_keys
+        slot_keys = self._slot_keys
         return sum(1 for s in self._retiring if slot_keys[s] is not None)
 
     def move_retiring(self) -> list[tuple[int, int]]:
         """Move pages installed at or above the capacity into free slots below, while there
         are any; the moves, as (from, to)."""
-        slot_keys, free, view = self.slot_keys, self._free, self.view
+        slot_keys, free, view = self._slot_keys, self._free, self.view
         moves = []
         for slot in sorted(self._retiring):
             if not free:
@@ -427,7 +565,7 @@ class PageCache:
             start = slot + 1
         if not self._retiring:
             self._top = self.capacity
-        del self.slot_keys[self._top :]  # (it covers every slot that may be in use)
+        del self._slot_keys[self._top :]  # (it covers every slot that may be in use)
 
     def _retire(self, slot: int) -> None:
         """A retiring slot was given back by the fill or put that held it."""

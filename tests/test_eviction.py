@@ -10,7 +10,7 @@ import pytest
 
 from backends.eviction import ARC, LRU, POLICIES, S3FIFO, SIEVE, Policy, make_policy
 from fusefs.pagecache import CachedFile, PageCache
-from tests.test_units import take_slot
+from tests.unithelpers import take_slot
 from tools import trace as tracetool
 
 PAGE = 4096
