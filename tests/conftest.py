@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,6 +170,13 @@ def user_mnt(mount_factory: MountFactory) -> Iterator[Mount]:
     with mount_factory("cleancache=tmem,allow_other") as m:
         os.chmod(m.mnt, 0o777)
         yield m
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C must reach the tools the tests interrupt: a suite started as a background job of a
+    shell without job control inherits SIGINT ignored, and every child would inherit it too."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
