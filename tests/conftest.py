@@ -181,7 +181,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Belt and braces: nothing this session mounted may stay mounted after it."""
-    roots = [str(session.config._tmp_path_factory.getbasetemp()), "/tmp/tmemfs-test-"]  # type: ignore[attr-defined]
+    # (tools.coherency mounts its nodes under /tmp/tmemfs-coherency-*: a test that had to SIGKILL it leaves them)
+    roots = [str(session.config._tmp_path_factory.getbasetemp()), "/tmp/tmemfs-test-",  # type: ignore[attr-defined]
+             "/tmp/tmemfs-coherency-"]
     with open("/proc/self/mountinfo") as f:
         leftovers = [line.split()[4] for line in f
                      if "fuse.tmemfs" in line and any(line.split()[4].startswith(r) for r in roots)]
