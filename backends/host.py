@@ -32,7 +32,7 @@ from backends.base import (
     size_in_bytes,
 )
 from backends.hoststore import HostError, HostStore, NoSuchHost, check_host_name
-from backends.page import PagePut
+from backends.page import PAGE_SIZE, PagePut
 
 log = logging.getLogger("tmemfs.backends.host")
 
@@ -50,8 +50,8 @@ def parse_weight(text: str) -> int:
 def parse_cap(text: str) -> int:
     cap = size_in_bytes(text)
     check_memory_size("cc_cap", cap)
-    if cap < 4096:
-        raise ValueError("must be at least one page (4096 bytes)")
+    if cap < PAGE_SIZE:
+        raise ValueError(f"must be at least one page ({PAGE_SIZE} bytes)")
     return cap
 
 
@@ -178,13 +178,15 @@ class HostBackend(Backend):
 
     def take_back(self, nbytes: int) -> int:
         """The donor takes `nbytes` of the host's budget back now (the control file's take-back)."""
-        taken = self._joined().take_back(nbytes)
-        self.capacity = self._joined().host_stats()["budget_bytes"]
+        store = self._joined()
+        taken = store.take_back(nbytes)
+        self.capacity = store.host_stats()["budget_bytes"]
         return taken
 
     def give_back(self, nbytes: int) -> int:
-        given = self._joined().give_back(nbytes)
-        self.capacity = self._joined().host_stats()["budget_bytes"]
+        store = self._joined()
+        given = store.give_back(nbytes)
+        self.capacity = store.host_stats()["budget_bytes"]
         return given
 
     def stats(self) -> dict[str, StatValue]:

@@ -18,10 +18,15 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fusefs import __version__, counters
+
+if TYPE_CHECKING:
+    from backends.hoststore import HostStore
 
 DESCRIPTION = """Read a tmemfs mount's counters and send it control commands.
 Each command has its own help: tmemctl COMMAND --help."""
@@ -261,8 +266,9 @@ def refusal(fd: int) -> str:
 # -- host pools (cc_host=) ------------------------------------------------------------------
 
 
-def host_report(name: str, directory: str) -> dict[str, object]:
-    """The host's counters and its clients', read from its store (Failed if there is none)."""
+@contextmanager
+def attached(name: str, directory: str) -> Iterator[HostStore]:
+    """The host's store, opened by name without joining it (Failed, one line, if there is none)."""
     from backends.hoststore import HostError, HostStore
 
     try:
@@ -270,10 +276,18 @@ def host_report(name: str, directory: str) -> dict[str, object]:
     except HostError as exc:
         raise Failed(str(exc)) from None
     try:
-        return {"host": name, "directory": directory, **store.host_stats(),
-                "clients": [dataclasses.asdict(c) for c in store.clients()]}
+        yield store
+    except HostError as exc:  # give-back with the host's write lock held throughout
+        raise Failed(str(exc)) from None
     finally:
         store.close()
+
+
+def host_report(name: str, directory: str) -> dict[str, object]:
+    """The host's counters and its clients', read from its store."""
+    with attached(name, directory) as store:
+        return {"host": name, "directory": directory, **store.host_stats(),
+                "clients": [dataclasses.asdict(c) for c in store.clients()]}
 
 
 def format_host(report: dict[str, object]) -> str:
@@ -296,19 +310,11 @@ def format_host(report: dict[str, object]) -> str:
 
 def move_budget(name: str, directory: str, nbytes: int, back: bool) -> str:
     """take-back (back=False: the donor takes memory) or give-back; what was done, one line."""
-    from backends.hoststore import HostError, HostStore
-
-    try:
-        store = HostStore.attach(name, directory)
-    except HostError as exc:
-        raise Failed(str(exc)) from None
-    try:
+    with attached(name, directory) as store:
         started = time.perf_counter()
         moved = store.give_back(nbytes) if back else store.take_back(nbytes)
         took = time.perf_counter() - started
         budget = store.host_stats()["budget_bytes"]
-    finally:
-        store.close()
     verb = "gave back" if back else "took back"
     short = f" of {nbytes} asked" if moved < nbytes else ""
     return f"host {name}: {verb} {moved} bytes{short} in {took * 1000:.1f} ms; budget now {budget} bytes\n"
