@@ -1322,13 +1322,6 @@ class HostStore:
         if self._pending():
             self._write(None if quiet else self.lock_wait, lambda w: None)
 
-    @staticmethod
-    def _drop_exact(w: _Write, entries: list[tuple[bytes, bytes]]) -> None:
-        """Remove the entries that are still exactly what was read."""
-        for key, value in entries:
-            if w.txn.get(key) == value:
-                w.drop(key, value, evicted=False)
-
     def invalidate_page(self, pool: int, key: bytes, index: int) -> None:
         self._pool(pool)
         ikey = self._key(pool, key, index)
