@@ -377,7 +377,7 @@ def test_tmemctl_shows_the_pool_and_its_members(mount_factory, tmp_path, src):
         deadline = time.monotonic() + 5
         while backend(b, "members_alive") != 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        shown = subprocess.run([sys.executable, "-m", "tools.tmemctl", "stats", str(b.mnt)],
+        shown = subprocess.run([sys.executable, "-m", "fusefs.tmemctl", "stats", str(b.mnt)],
                                capture_output=True, text=True, check=True).stdout
         assert f"cluster pool           {uuid} (shared)" in shown
         assert "hits from other nodes  64 of 64 pool gets; 2 member(s) alive" in shown

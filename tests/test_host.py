@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Mount
 
-TMEMCTL = [sys.executable, "-m", "tools.tmemctl"]
+TMEMCTL = [sys.executable, "-m", "fusefs.tmemctl"]
 TMEMFS = [sys.executable, "-m", "fusefs.cli"]
 PAGE = 4096
 MiB = 1 << 20

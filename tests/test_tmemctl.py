@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fusefs.control import Commands, Refused, parse_commands
 from tests.conftest import mounted
 
-TMEMCTL = [sys.executable, "-m", "tools.tmemctl"]
+TMEMCTL = [sys.executable, "-m", "fusefs.tmemctl"]
 PAGE = 4096
 
 
@@ -287,7 +287,7 @@ def test_every_subcommand_has_its_own_help_and_there_is_a_version() -> None:
 def test_tmemctl_imports_neither_pyfuse3_nor_trio() -> None:
     """Non-root users run it with whatever python sees the mount: the standard library is enough
     (backends.page, where the page size lives, is standard library only; no backend is loaded)."""
-    code = ("import sys, tools.tmemctl as t; t.build_parser(); "
+    code = ("import sys, fusefs.tmemctl as t; t.build_parser(); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'pyfuse3', 'trio', 'xxhash', 'lmdb', 'lz4'}"
             " or (m.startswith('backends.') and m != 'backends.page')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -160,9 +160,9 @@ def subsections(body: list[str]) -> list[str]:
 
 
 def tmemctl_page() -> str:
-    import tools.tmemctl
+    import fusefs.tmemctl
 
-    summary = (tools.tmemctl.__doc__ or "tmemctl").splitlines()[0].replace("`", "").rstrip(".")
+    summary = (fusefs.tmemctl.__doc__ or "tmemctl").splitlines()[0].replace("`", "").rstrip(".")
     name, _, what = summary.partition(": ")
     main = help_text("tmemctl")
     usage, rest = argparse_sections(main)
