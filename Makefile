@@ -89,7 +89,7 @@ $(STAMP): pyproject.toml $(PYSTAMP)
 	@touch $@
 
 # Generated at build time from what `tmemfs --help`, `tmemctl --help` and `tmemctl CMD --help` print.
-build/man/%.1: $(STAMP) tools/manpage.py $(wildcard fusefs/*.py backends/*.py fusefs/tmemctl.py)
+build/man/%.1: $(STAMP) tools/manpage.py $(wildcard fusefs/*.py backends/*.py)
 	@mkdir -p build/man
 	$(PY) -m tools.manpage $* > $@.tmp && mv $@.tmp $@
 
