@@ -1,117 +1,14 @@
-"""tools.bench without mounts: fio JSON parsing, ratios, and the report it renders."""
+"""tools.bench without mounts: its jobs and configurations, the example's patches, and the report it renders."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from tools import bench
-
-# Trimmed from real fio 3.33 --output-format=json output (only the keys bench reads, plus neighbours).
-FIO_OK = """{
-  "fio version" : "fio-3.33",
-  "jobs" : [
-    {
-      "jobname" : "4k-randread-psync-qd1-d0",
-      "error" : 0,
-      "read" : {
-        "io_bytes" : 201326592,
-        "bw_bytes" : 67108864,
-        "iops" : 16384.5,
-        "runtime" : 3000,
-        "bw" : 65536,
-        "total_ios" : 49152
-      },
-      "write" : {"io_bytes" : 0, "bw_bytes" : 0, "iops" : 0.0, "bw" : 0}
-    }
-  ]
-}
-"""
-
-# What fio prints when the pyfuse3 example dies under it: an error line, then the JSON.
-FIO_CRASH_STDOUT = ("fio: pid=4889, err=103/file:io_u.c:1876, func=io_u error, "
-                    "error=Software caused connection abort\n"
-                    + FIO_OK.replace('"error" : 0', '"error" : 103').replace("16384.5", "0.0"))
-FIO_CRASH_STDERR = ("fio: io_u error on file /mnt/bench-64M.dat: Software caused connection abort: "
-                    "read offset=4046848, buflen=4096\n")
-
-
-def fio_json(iops: float, bw_kib: int | None = None) -> str:
-    """A minimal report with the given numbers; without bw_bytes when bw_kib is given (older fio)."""
-    read: dict[str, float] = {"iops": iops}
-    if bw_kib is None:
-        read["bw_bytes"] = iops * 4096
-    else:
-        read["bw"] = bw_kib
-    return json.dumps({"jobs": [{"jobname": "x", "error": 0, "read": read}]})
-
-
-def test_parse_ok() -> None:
-    r = bench.parse_fio_json(FIO_OK)
-    assert r.error is None
-    assert r.iops == 16384.5
-    assert r.bw == 67108864
-
-
-def test_parse_falls_back_to_kib_bandwidth() -> None:
-    r = bench.parse_fio_json(fio_json(100.0, bw_kib=400))
-    assert r.bw == 400 * 1024
-
-
-def test_parse_crash_with_leading_error_line() -> None:
-    r = bench.parse_fio_json(FIO_CRASH_STDOUT, FIO_CRASH_STDERR, returncode=1)
-    assert r.error is not None
-    assert "103" in r.error
-    assert "connection abort" in r.error
-
-
-def test_parse_no_json() -> None:
-    r = bench.parse_fio_json("", "fio: failed to open /nope\n", returncode=1)
-    assert r.error == "fio: failed to open /nope"
-    assert bench.parse_fio_json("garbage {", "", 2).error == "fio exited 2, no JSON"
-
-
-def test_nonzero_exit_without_job_error_is_a_failure() -> None:
-    assert bench.parse_fio_json(FIO_OK, "", returncode=1).error == "fio exited 1"
-
-
-# A 70/30 randrw run: reads and writes are both counted.
-FIO_RANDRW = json.dumps({"jobs": [{"jobname": "4k-randrw-psync-qd1-d1", "error": 0,
-                                   "read": {"iops": 7000.0, "bw_bytes": 7000 * 4096},
-                                   "write": {"iops": 3000.0, "bw_bytes": 3000 * 4096}}]})
-
-
-def test_parse_counts_reads_and_writes() -> None:
-    r = bench.parse_fio_json(FIO_RANDRW)
-    assert r.error is None
-    assert (r.iops, r.write_iops, r.bw) == (10000.0, 3000.0, 10000 * 4096)
-    write_only = json.dumps({"jobs": [{"error": 0, "read": {"iops": 0, "bw": 0}, "write": {"iops": 5.0, "bw": 20}}]})
-    assert bench.parse_fio_json(write_only).iops == 5.0
-    assert bench.parse_fio_json(write_only).bw == 20 * 1024
-
-
-def point(*iops: float) -> bench.Point:
-    p = bench.Point()
-    for n, value in enumerate(iops):
-        p.add(n, bench.parse_fio_json(fio_json(value)))
-    return p
-
-
-def test_spread_and_ratio() -> None:
-    assert bench.spread([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
-    assert bench.spread([]) is None
-    r = bench.ratio(point(90, 100, 110), point(100, 100, 100))
-    assert r is not None
-    assert r.median == 1.0
-    assert (r.lo, r.hi) == (0.9, 1.1)
-    assert r.meets
-
-
-def test_ratio_is_none_when_the_baseline_crashed() -> None:
-    crashed = bench.Point()
-    crashed.add(0, bench.parse_fio_json(FIO_CRASH_STDOUT, FIO_CRASH_STDERR, 1))
-    assert crashed.failed
-    assert bench.ratio(point(100), crashed) is None
+from tests.test_bench_fio import fio_json
+from tools import bench, fio
+from tools.fio import FioResult, Point, parse_fio_json
+from tools.rounds import Settings
 
 
 def test_matrix_covers_every_workload_at_both_engines_direct1() -> None:
@@ -139,12 +36,12 @@ def test_job_arguments() -> None:
     assert by_name["4k-randrw-psync-qd1-d1"].fio_args() == ["--rw=randrw", "--rwmixread=70", "--bs=4k",
                                                             "--ioengine=psync", "--direct=1"]
     assert "--random_distribution=zipf:1.1" in by_name["4k-zipf-libaio-qd16-d1"].fio_args()
-    cmd = bench.fio_command(qd16, Path("/m/f"), 3)
+    cmd = fio.fio_command(qd16, Path("/m/f"), 3)
     assert "--time_based" in cmd and "--runtime=3" in cmd
     assert "--size=64M" in cmd
     assert "--output-format=json" in cmd
     assert "--invalidate=0" in cmd
-    assert "--runtime=500ms" in bench.fio_command(qd16, Path("/m/f"), 0.5)
+    assert "--runtime=500ms" in fio.fio_command(qd16, Path("/m/f"), 0.5)
     assert [j.direct for j in bench.COMPARE_JOBS] == [0, 0, 0]
 
 
@@ -185,18 +82,18 @@ CRASH = "mount died (fio error 103); daemon: OSError: [Errno 22] Invalid argumen
 
 def canned_report() -> bench.Report:
     """The stock example crashes on every direct=1 job; in the comparison it wins one job and loses another."""
-    report = bench.Report(bench.Settings(runtime=2, reps=3, quick=False, profile=True, sensitivity=False),
+    report = bench.Report(Settings(runtime=2, reps=3, quick=False, profile=True, sensitivity=False),
                           {"nproc": "2"}, {"fio": "fio-3.33"}, "2026-01-01")
     for job in bench.MATRIX_JOBS:
         for config in bench.MATRIX_CONFIGS:
             p = report.matrix.point(config.key, job.name)
             if config.key == bench.BASELINE:
-                p.add(0, bench.FioResult(error=CRASH))
+                p.add(0, FioResult(error=CRASH))
                 report.matrix.crashes[(config.key, job.name)] = "OSError: [Errno 22] Invalid argument"
                 continue
             for rnd in range(3):
-                p.add(rnd, bench.parse_fio_json(fio_json(MATRIX_BASE[config.key] + 1000 * rnd)))
-            report.matrix.note_command(bench.fio_command(job, Path("/mnt") / bench.MATRIX.file_for(job), 2),
+                p.add(rnd, parse_fio_json(fio_json(MATRIX_BASE[config.key] + 1000 * rnd)))
+            report.matrix.note_command(fio.fio_command(job, Path("/mnt") / bench.MATRIX.file_for(job), 2),
                                        config.key)
     for job in bench.COMPARE_JOBS:
         for key in ("native", bench.BASELINE, bench.BASELINE_1S, bench.SUBJECT, bench.SUBJECT_KC):
@@ -204,8 +101,8 @@ def canned_report() -> bench.Report:
             base = {"native": 700_000, bench.BASELINE: 15_000, bench.BASELINE_1S: 500_000,
                     bench.SUBJECT_KC: 480_000}.get(key, 20_000)
             for rnd in range(3):
-                p.add(rnd, bench.parse_fio_json(fio_json(base + 1000 * rnd)))
-        report.compare.note_command(bench.fio_command(job, Path("/mnt/bench-64M.dat"), 2), bench.SUBJECT)
+                p.add(rnd, parse_fio_json(fio_json(base + 1000 * rnd)))
+        report.compare.note_command(fio.fio_command(job, Path("/mnt/bench-64M.dat"), 2), bench.SUBJECT)
     report.rss = bench.RssResult("cleancache=none,cache_size=64M", 30 << 20, 100 << 20, 101 << 20,
                                  64 << 20, 64 << 20)
     report.example = bench.ExampleSource("/c/pyfuse3-3.5.0.tar.gz", "ab" * 32, False, "pip download pyfuse3",
@@ -248,8 +145,8 @@ def test_report_sections_and_numbers() -> None:
 def test_failed_tmemfs_point_is_reported_not_dropped() -> None:
     report = canned_report()
     job = bench.MATRIX_JOBS[3]
-    p = report.matrix.points[("tmemfs-zcache", job.name)] = bench.Point()
-    p.add(0, bench.FioResult(error="fio error 5: Input/output error"))
+    p = report.matrix.points[("tmemfs-zcache", job.name)] = Point()
+    p.add(0, FioResult(error="fio error 5: Input/output error"))
     text = bench.render_report(report)
     assert "**failed**" in text
     assert "**Cannot run: tmemfs-zcache** (tmemfs cleancache=zcache) failed on 128k seq read libaio QD16" in text
@@ -267,7 +164,7 @@ def test_report_judges_kernel_cache_against_the_kernel_cached_example() -> None:
     for (key, _job), p in report.compare.points.items():
         if key == bench.SUBJECT_KC:
             for rnd in list(p.by_round):
-                p.by_round[rnd] = bench.FioResult(300_000, 1.0)
+                p.by_round[rnd] = FioResult(300_000, 1.0)
     text = bench.render_report(report)
     assert "**Target MISSED in 3 of 6 comparisons:** 4k randread psync QD1 direct=0, tmemfs-kernel_cache vs " \
            "example-1s = 0.60x" in text
@@ -277,7 +174,7 @@ def test_report_judges_kernel_cache_against_the_kernel_cached_example() -> None:
 def test_report_round_trips_through_json(tmp_path: Path) -> None:
     report = canned_report()
     report.profiles = ["py-spy is not installed"]
-    report.sensitivity = bench.Sensitivity(bench.COMPARE_JOBS[0], {"tmemfs": bench.FioResult(5.0, 6.0)}, ["fio x"])
+    report.sensitivity = bench.Sensitivity(bench.COMPARE_JOBS[0], {"tmemfs": FioResult(5.0, 6.0)}, ["fio x"])
     path = tmp_path / "report.json"
     path.write_text(json.dumps(bench.report_to_json(report)))
     back = bench.report_from_json(json.loads(path.read_text()))
@@ -296,18 +193,6 @@ def test_charts_and_markers(tmp_path: Path) -> None:
         bench.render_report(report)
 
 
-def test_write_report_keeps_the_backends_section(tmp_path: Path) -> None:
-    from tools import bench_backends as bb
-
-    out = tmp_path / "BENCHMARKS.md"
-    out.write_text(f"# old\nold numbers\n\n{bb.BEGIN}\nbackend numbers\n{bb.END}\n")
-    bench.write_report(out, "# new\n")
-    assert out.read_text() == f"# new\n\n{bb.BEGIN}\nbackend numbers\n{bb.END}\n"
-    fresh = tmp_path / "fresh.md"
-    bench.write_report(fresh, "# new\n")
-    assert fresh.read_text() == "# new\n"
-
-
 def test_quick_settings_and_plan() -> None:
     quick = bench.settings_from(bench.parse_args(["--quick"]))
     full = bench.settings_from(bench.parse_args([]))
@@ -318,16 +203,3 @@ def test_quick_settings_and_plan() -> None:
     assert seconds < 15 * 60  # the fio runs of a full run leave room for the rest within 20 minutes
     assert bench.plan(quick)[1] < 100  # with bench_backends --quick, make bench QUICK=1 < 3 min
     assert bench.settings_from(bench.parse_args(["--parts", "matrix"])).parts == ("matrix",)
-
-
-def test_cpu_accounting_and_busy_marker() -> None:
-    before = bench.CpuSample(wall=0.0, busy=10.0, steal=1.0, ours=2.0)
-    after = bench.CpuSample(wall=2.0, busy=13.0, steal=1.2, ours=4.0)  # 3 s busy, 2 s of it ours
-    r = bench.with_cpu(bench.FioResult(1000.0, 4096000.0), before, after)
-    assert r.foreign_cpu == 0.5
-    assert r.steal is not None and abs(r.steal - 0.1) < 1e-9
-    p = bench.Point()
-    p.add(0, r)
-    assert p.busy()
-    assert bench.cell(p).endswith(" †")
-    assert "1 of 1 runs" in bench.noise_lines(bench.Matrix(points={("x", "y"): p}))[0]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tools import bench_backends as bb
+from tools.report import write_section
 
 PAGE = bb.PAGE
 
@@ -85,32 +86,13 @@ def test_targets_report_missed() -> None:
     assert "MISSED" in bb.report(res)
 
 
-def test_spread_formats_median_and_range() -> None:
-    assert bb.spread([3.0, 1.0, 2.0]) == "2 (1..3)"
-    assert bb.spread([1.25], "{:.1f}") == "1.2"
-    assert bb.spread([]) == "-"
-    assert bb.spread([2.0, 2.0]) == "2"
-
-
-def test_replace_between_markers_keeps_the_rest() -> None:
-    text = f"# Bench\nintro\n{bb.BEGIN}\nold\n{bb.END}\ntail owned by tools/bench.py\n"
-    new = bb.replace_between(text, "new body\n")
-    assert new == f"# Bench\nintro\n{bb.BEGIN}\nnew body\n{bb.END}\ntail owned by tools/bench.py\n"
-    assert bb.replace_between(new, "new body\n") == new  # idempotent
-
-
-def test_replace_between_appends_markers_when_absent() -> None:
-    assert bb.replace_between("# Bench", "body\n") == f"# Bench\n\n{bb.BEGIN}\nbody\n{bb.END}\n"
-    assert bb.replace_between("", "body\n") == f"\n{bb.BEGIN}\nbody\n{bb.END}\n"
-
-
 def test_write_report_touches_only_the_marked_part(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Other tool's numbers\n| a | b |\n")
-    bb.write_report(out, bb.report(canned()))
+    write_section(out, bb.report(canned()), bb.BEGIN, bb.END)
     first = out.read_text()
     assert first.startswith("# Other tool's numbers\n| a | b |\n")
-    bb.write_report(out, "second\n")
+    write_section(out, "second\n", bb.BEGIN, bb.END)
     assert out.read_text() == f"# Other tool's numbers\n| a | b |\n\n{bb.BEGIN}\nsecond\n{bb.END}\n"
 
 

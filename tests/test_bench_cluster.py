@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from tools import bench_cluster as bc
-from tools.bench import parse_fio_json
-from tools.bench_backends import replace_between
+from tools.fio import clat_percentiles_us, parse_fio_json
+from tools.report import write_section
 
 MiB = 1 << 20
 RAND4K, SEQ128K = bc.READ_JOBS
@@ -80,9 +80,9 @@ def canned(ratio: float = 1.6, added_2: float = 42.0, stale: int = 0) -> bc.Resu
 
 def test_clat_percentiles_are_microseconds_even_after_fio_error_lines() -> None:
     out = fio_json(write_iops=15000.0, clat_ns=PCT, prefix="fio: some warning\n")
-    assert bc.clat_percentiles_us(out, "write") == {50.0: 61.44, 90.0: 98.304, 99.0: 150.528}
-    assert bc.clat_percentiles_us(out, "read") == {}
-    assert bc.clat_percentiles_us("no json here", "write") == {}
+    assert clat_percentiles_us(out, "write") == {50.0: 61.44, 90.0: 98.304, 99.0: 150.528}
+    assert clat_percentiles_us(out, "read") == {}
+    assert clat_percentiles_us("no json here", "write") == {}
 
 
 def test_write_run_takes_p50_p90_p99_and_flags_missing_percentiles() -> None:
@@ -248,27 +248,17 @@ def test_results_survive_json() -> None:
     assert bc.report(back) == bc.report(res)
 
 
-# -- the markers ----------------------------------------------------------------------------------
-
-
-def test_section_is_appended_once_then_replaced_in_place() -> None:
-    original = "# tmemfs benchmarks\n\nintro\n<!-- backends:begin -->\nB\n<!-- backends:end -->\n"
-    first = replace_between(original, "## Cluster nodes\n\nv1\n", bc.BEGIN, bc.END)
-    assert first == original + "\n<!-- cluster:begin -->\n## Cluster nodes\n\nv1\n<!-- cluster:end -->\n"
-    second = replace_between(first + "trailer\n", "## Cluster nodes\n\nv2\n", bc.BEGIN, bc.END)
-    assert second == original + "\n<!-- cluster:begin -->\n## Cluster nodes\n\nv2\n<!-- cluster:end -->\ntrailer\n"
-    assert (replace_between("no newline", "X\n", bc.BEGIN, bc.END)
-            == "no newline\n\n<!-- cluster:begin -->\nX\n<!-- cluster:end -->\n")
+# -- the section ------------------------------------------------------------------------------------
 
 
 def test_write_report_touches_only_the_section(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("head\n<!-- cluster:begin -->\nold\n<!-- cluster:end -->\ntail\n")
-    bc.write_report(out, bc.report(canned()))
+    write_section(out, bc.report(canned()), bc.BEGIN, bc.END)
     text = out.read_text()
     assert text.startswith("head\n<!-- cluster:begin -->\n## Cluster nodes") and text.endswith(
         "<!-- cluster:end -->\ntail\n")
     assert "\nold\n" not in text
     fresh = tmp_path / "new.md"
-    bc.write_report(fresh, "## Cluster nodes\n")
+    write_section(fresh, "## Cluster nodes\n", bc.BEGIN, bc.END)
     assert fresh.read_text() == "\n<!-- cluster:begin -->\n## Cluster nodes\n<!-- cluster:end -->\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tools import bench_frontswap as bf
-from tools.bench import Workspace
+from tools.mounting import Workspace
 
 MiB = 1 << 20
 
@@ -195,12 +195,6 @@ def test_counters_of_each_kind() -> None:
                            "backend.zcache.pool_total_size": 4096, "backing.write_bytes": 0})
     assert (fs.stored_pages, fs.ratio) == (6, 6.0)
     assert bf.Run(bf.DISK).ratio is None
-
-
-def test_percentile_nearest_rank() -> None:
-    values = list(range(1, 101))
-    assert (bf.percentile(values, 0.5), bf.percentile(values, 0.99), bf.percentile(values, 1.0)) == (50, 99, 100)
-    assert bf.percentile([], 0.5) == 0.0 and bf.percentile([7], 0.99) == 7
 
 
 def test_the_pattern_has_the_stated_mix(tmp_path: Path) -> None:

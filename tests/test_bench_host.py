@@ -14,9 +14,9 @@ import lz4.block
 import pytest
 
 from tools import bench_host as bh
-from tools.bench import Workspace
-from tools.bench_backends import page_digests, text_corpus
-from tools.mounting import mount_points
+from tools.bench_backends import page_digests
+from tools.corpus import text_corpus
+from tools.mounting import Workspace, mount_points
 
 MiB = 1 << 20
 KiB = 1 << 10

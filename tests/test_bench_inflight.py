@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tools import bench_inflight as bi
-from tools.bench import FioResult, Point
+from tools.fio import FioResult, Point, job_span
 
 MiB = 1 << 20
 
@@ -99,9 +99,9 @@ def test_iops_log_windows_within_dd() -> None:
 
 def test_job_span_from_the_report_stamp() -> None:
     stdout = "fio: some warning\n" + json.dumps({"timestamp_ms": 10_000_500, "jobs": [{"job_runtime": 4000}]})
-    assert bi.job_span(stdout) == (10_000_500 / 1000 - 4.0, 4.0)
-    assert bi.job_span("no json") is None
-    assert bi.job_span(json.dumps({"jobs": [{"job_runtime": 0}], "timestamp_ms": 1})) is None
+    assert job_span(stdout) == (10_000_500 / 1000 - 4.0, 4.0)
+    assert job_span("no json") is None
+    assert job_span(json.dumps({"jobs": [{"job_runtime": 0}], "timestamp_ms": 1})) is None
 
 
 def test_dd_ended_first_is_reported() -> None:

@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +26,11 @@ from tools.coherency import (
     FRAGMENT,
     GARBAGE,
     History,
-    HistoryBuilder,
     Ns,
     Op,
     Open,
     Report,
+    Run,
     check,
     decode,
     dominance_max,
@@ -50,6 +51,104 @@ TOOL = [sys.executable, "-m", "tools.coherency"]
 # A workload aimed at stale data: names stay put, descriptors stay open, few truncates.
 DATA_MIX = ["--mix", "recreate=0,rename=0,truncate=4,append=0,src_write=0", "--fresh", "0.1", "--files", "2",
             "--file-size", "16K"]
+
+
+class HistoryBuilder:
+    """Hand-made histories: times are plain integers, in any unit."""
+
+    def __init__(self, names: Sequence[str] = ("f0",)) -> None:
+        self.h = History(list(names), [], [], [])
+        self._ids = itertools.count(1)
+        self._seq: Counter[int] = Counter()
+        self._ino = itertools.count(1000)
+        self.binding: dict[int, int] = {}  # name -> inode number in SRC
+
+    def _name(self, name: str) -> int:
+        return self.h.names.index(name)
+
+    def create(self, name: str, start: int, end: int, node: int = 0, worker: int = -1,
+               ino: int | None = None) -> int:
+        """A new file at `name` (setup create); returns the creator's descriptor."""
+        return self._ns("create", name, None, start, end, node, worker, ino)
+
+    def recreate(self, name: str, start: int, end: int, node: int = 0, worker: int = 0,
+                 ino: int | None = None) -> int:
+        return self._ns("recreate", name, None, start, end, node, worker, ino)
+
+    def rename(self, src: str, dst: str, start: int, end: int, node: int = 0, worker: int = 0,
+               ino: int | None = None) -> int:
+        """src over dst, then a new file at src; returns the new file's descriptor."""
+        return self._ns("rename", src, dst, start, end, node, worker, ino)
+
+    def _ns(self, kind: str, src: str, dst: str | None, start: int, end: int, node: int, worker: int,
+            ino: int | None) -> int:
+        a = self._name(src)
+        b = self._name(dst) if dst is not None else -1
+        nid, oid = next(self._ids), next(self._ids)
+        new = ino if ino is not None else next(self._ino)
+        if b >= 0:
+            self.binding[b] = self.binding[a]
+        self.binding[a] = new
+        truth = ((a, new),) if b < 0 else ((a, new), (b, self.binding[b]))
+        self.h.opens.append(Open(oid, node, worker, a, start, end, new, nid))
+        self.h.ns.append(Ns(nid, kind, node, worker, a, b, start, end, 0, oid, truth))
+        return oid
+
+    def open(self, name: str, start: int, end: int, node: int = 0, worker: int = 0, ino: int | None = None) -> int:
+        """An open of `name` that got inode `ino` (default: the one bound now)."""
+        oid = next(self._ids)
+        got = ino if ino is not None else self.binding.get(self._name(name), -errno.ENOENT)
+        self.h.opens.append(Open(oid, node, worker, self._name(name), start, end, got, -1))
+        return oid
+
+    def write(self, fd: int, block: int, start: int, end: int, node: int = 0, worker: int = 0) -> int:
+        self._seq[worker] += 1
+        key = stamp_key(worker, self._seq[worker])
+        self.h.ops.append(Op("write", node, worker, fd, block, start, end, BLOCK, key, None))
+        return key
+
+    def read(self, fd: int, block: int, start: int, end: int, content: int | Sequence[Run] = 0,
+             n: int = BLOCK, node: int = 1, worker: int = 1) -> None:
+        """A read that returned `n` bytes: all of stamp `content` (0: zeros), or these runs."""
+        runs = tuple(content) if not isinstance(content, int) else ((content, 0, n),) if n else ()
+        self.h.ops.append(Op("read", node, worker, fd, block, start, end, n, 0, runs))
+
+    def truncate(self, fd: int, size: int, start: int, end: int, node: int = 0, worker: int = 0) -> None:
+        self.h.ops.append(Op("truncate", node, worker, fd, size, start, end, 0, 0, None))
+
+    def append(self, fd: int, start: int, end: int, node: int = 0, worker: int = 0, n: int = BLOCK) -> int:
+        """An O_APPEND write of a whole stamped block (where it landed: see log_holds)."""
+        self._seq[worker] += 1
+        key = stamp_key(worker, self._seq[worker])
+        self.h.ops.append(Op("append", node, worker, fd, -1, start, end, n, key, None))
+        return key
+
+    def src_write(self, fd: int, block: int, start: int, end: int, worker: int = 0) -> int:
+        """A write straight to SRC (`fd`: an open with node=-1)."""
+        self._seq[worker] += 1
+        key = stamp_key(worker, self._seq[worker])
+        self.h.ops.append(Op("src_write", -1, worker, fd, block, start, end, BLOCK, key, None))
+        return key
+
+    def log_holds(self, name: str, *keys: int) -> None:
+        """SRC's `name` after the run: these stamps, one a block (0: zeros, -1: no stamp)."""
+        self.h.log_name = self._name(name)
+        self.h.log_blocks = list(keys)
+
+    def behind(self, name: str) -> None:
+        """`name` is written only behind the mounts' back (src_write)."""
+        self.h.behind_name = self._name(name)
+
+    def fstat(self, fd: int, size: int, start: int, end: int, node: int = 1, worker: int = 1) -> None:
+        self.h.ops.append(Op("fstat", node, worker, fd, 0, start, end, size, 0, None))
+
+    def stat(self, name: str, size: int, start: int, end: int, node: int = 1, worker: int = 1,
+             ino: int | None = None) -> None:
+        fd = self.open(name, start, end, node, worker, ino)
+        self.h.ops.append(Op("stat", node, worker, fd, 0, start, end, size, 0, None))
+
+    def history(self) -> History:
+        return self.h
 
 
 def kinds(report: Report) -> dict[str, int]:
@@ -394,7 +493,8 @@ class CoherentSim:
 
     def open(self, w: int, name: int, t: int) -> tuple[dict[str, Any], int, int]:
         start, end, when = self.span(t)
-        rec = dict(id=next(self.ids), node=w % 2, worker=w, name=name, start=start, end=end, ino=None, created=-1)
+        rec: dict[str, Any] = dict(id=next(self.ids), node=w % 2, worker=w, name=name, start=start, end=end, ino=None,
+                                   created=-1)
         slot: dict[str, Any] = {"inc": None}
 
         def effect() -> None:

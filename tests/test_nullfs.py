@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tools import bench, nullfs
-from tools.mounting import is_mounted, pid_alive, stop_foreground
+from tools.fio import fio_command, run_fio
+from tools.mounting import Mount, Workspace, is_mounted, pid_alive, stop_foreground, wait_mounted
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -30,19 +31,12 @@ def null_mount(mnt: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
         proc = subprocess.Popen([sys.executable, "-m", "tools.nullfs", str(mnt), *args], stdout=logf,
                                 stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
     try:
-        bench.wait_mounted(mnt, lambda: proc.poll() is None)
+        wait_mounted(mnt, lambda: proc.poll() is None)
         yield proc
     finally:
         stop_foreground(mnt, proc)
     assert not is_mounted(mnt)
     assert proc.returncode == 0, log.read_text()
-
-
-def test_parse_size() -> None:
-    assert nullfs.parse_size("64M") == 64 << 20
-    assert nullfs.parse_size("4k") == 4096
-    assert nullfs.parse_size("1G") == 1 << 30
-    assert nullfs.parse_size("100") == 100
 
 
 def test_reads_zeros_and_swallows_writes(tmp_path: Path) -> None:
@@ -80,15 +74,15 @@ def test_o_direct_reads_and_writes(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("fio") is None, reason="needs fio")
 def test_bench_mounts_it_and_fio_counts_both_directions(tmp_path: Path) -> None:
     """The bench's own Mount for the null configuration, and a short 70/30 randrw through it."""
-    ws = bench.Workspace(tmp_path / "results", Path(sys.executable).parent)
+    ws = Workspace(tmp_path / "results", Path(sys.executable).parent)
     ws.prepare()
     config = bench.MATRIX.config(bench.NULL)
-    with bench.Mount(config, ws, bench.MATRIX.files) as mount:
+    with Mount(config, ws, bench.MATRIX.files) as mount:
         assert mount.alive()
         pid = mount.pid
         assert pid is not None
         job = bench.ALL_JOBS["4k-randrw-libaio-qd16-d1"]
-        result = bench.run_fio(bench.fio_command(job, mount.path / bench.RW_NAME, 0.3), None, 0.3, pid)
+        result = run_fio(fio_command(job, mount.path / bench.RW_NAME, 0.3), None, 0.3, pid)
         assert result.error is None
         assert result.iops > result.write_iops > 0
         assert sorted(os.listdir(mount.path)) == sorted(bench.MATRIX.files)

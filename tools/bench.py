@@ -28,34 +28,59 @@ import argparse
 import datetime
 import difflib
 import hashlib
-import json
-import os
-import platform
 import re
-import resource
 import shlex
-import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import suppress
-from dataclasses import asdict, dataclass, field, replace
-from importlib import metadata
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 from fusefs.options import MountConfig
-from tools.bench_backends import BEGIN, END, fill, text_corpus
-from tools.mounting import is_mounted, pid_alive, signals_deferred, stop_daemon, unmount
+from tools.corpus import make_file, make_text_file
+from tools.fio import (
+    WORKLOAD,
+    WORKLOADS,
+    FioResult,
+    Job,
+    Matrix,
+    Point,
+    fio_command,
+    matrix_from_json,
+    matrix_to_json,
+    run_fio,
+)
+from tools.machine import BUSY, machine_facts, note_digests, proc_status, source_digest, versions, wait_for_quiet
+from tools.mounting import Config, Mount, Workspace, end_process, kill_leftovers, mount_argv, read_stats, read_through
+from tools.report import (
+    CHART_DIR,
+    Progress,
+    Ratio,
+    cell,
+    facts_table,
+    fmt_iops,
+    grouped_commands,
+    log,
+    markdown,
+    measured_or_loaded,
+    median_iops,
+    noise_lines,
+    plain_ratio,
+    point_ratio,
+    pyplot,
+    run_json,
+    save_figure,
+    spread,
+    table,
+    write_head,
+)
+from tools.rounds import RUN_OVERHEAD_S, Part, Settings, retry_busy, run_part
 
 MiB = 1 << 20
-REPO = Path(__file__).resolve().parent.parent
 FILE_SIZE = 64 * MiB
 FILE_NAME = "bench-64M.dat"  # random bytes: the pass-through comparison
 TEXT_NAME = "text-64M.dat"  # text-like (compresses about 2x): the matrix's read jobs
@@ -67,8 +92,6 @@ RSS_CACHE = 64 * MiB
 RSS_FILE_SIZE = 256 * MiB
 RSS_FILE_NAME = "rss-256M.dat"
 TARGET = 0.9
-RUN_OVERHEAD_S = 0.4  # per fio run: fio's start-up, mounts, warm-up reads (measured on the 2-CPU VM)
-BUSY = 0.25  # other processes using more than this share of one CPU during a run make it suspect
 TMEMFS_TIMEOUT_S = 1
 BASELINE = "example"
 BASELINE_1S = "example-1s"
@@ -85,83 +108,16 @@ NODIRECT_PATCH = (("fd = os.open(self._inode_to_path(inode), flags)",
                    "fd = os.open(self._inode_to_path(inode), flags & ~os.O_DIRECT)"),
                   ("fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC)",
                    "fd = os.open(path, (flags & ~os.O_DIRECT) | os.O_CREAT | os.O_TRUNC)"))
-CHART_SUBDIR = Path("docs") / "bench"
-PEER_BINARY = "passthrough_ll"  # libfuse's C pass-through, built by tools/bench_inflight.py into ws.cache
-
-R = TypeVar("R")  # a tool's report
-_started_pids: set[int] = set()  # every FUSE daemon this run started, for the last-resort cleanup
 
 
-# -- what is measured -----------------------------------------------------------
+# -- what is measured ------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Workload:
-    """What fio does, independent of the engine: rw pattern, block size, distribution."""
-
-    key: str
-    label: str
-    args: tuple[str, ...]
-    writes: bool = False
-
-
-WORKLOADS: tuple[Workload, ...] = (  # read-only ones first: they run before the writes on every mount
-    Workload("4k-randread", "4k randread", ("--rw=randread", "--bs=4k")),
-    Workload("128k-read", "128k seq read", ("--rw=read", "--bs=128k")),
-    Workload("4k-zipf", "4k randread zipf:1.1", ("--rw=randread", "--bs=4k", "--random_distribution=zipf:1.1")),
-    Workload("4k-randwrite", "4k randwrite", ("--rw=randwrite", "--bs=4k"), writes=True),
-    Workload("4k-randrw", "4k randrw 70/30", ("--rw=randrw", "--rwmixread=70", "--bs=4k"), writes=True),
-)
-WORKLOAD = {w.key: w for w in WORKLOADS}
 ENGINES: tuple[tuple[str, int], ...] = (("psync", 1), ("libaio", 16))
-
-
-@dataclass(frozen=True)
-class Job:
-    """One fio workload at one engine/queue depth; `direct` is fio's --direct (O_DIRECT on the file)."""
-
-    workload: Workload
-    ioengine: str
-    iodepth: int
-    direct: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.workload.label} {self.ioengine} QD{self.iodepth} direct={self.direct}"
-
-    @property
-    def name(self) -> str:
-        return f"{self.workload.key}-{self.ioengine}-qd{self.iodepth}-d{self.direct}"
-
-    @property
-    def engine(self) -> str:
-        return f"{self.ioengine} QD{self.iodepth}"
-
-    def fio_args(self) -> list[str]:
-        args = [*self.workload.args, f"--ioengine={self.ioengine}"]
-        if self.iodepth > 1:
-            args.append(f"--iodepth={self.iodepth}")
-        return [*args, f"--direct={self.direct}"]
-
-
 MATRIX_JOBS: tuple[Job, ...] = tuple(Job(w, engine, depth, 1) for w in WORKLOADS for engine, depth in ENGINES)
 COMPARE_JOBS: tuple[Job, ...] = (Job(WORKLOAD["4k-randread"], "psync", 1, 0),
                                  Job(WORKLOAD["4k-randread"], "libaio", 16, 0),
                                  Job(WORKLOAD["128k-read"], "psync", 1, 0))
 ALL_JOBS: dict[str, Job] = {j.name: j for j in (*MATRIX_JOBS, *COMPARE_JOBS)}
-
-
-@dataclass(frozen=True)
-class Config:
-    """A way of serving the test files: native, an example variant, the null fs, libfuse's passthrough_ll
-    (peer), or tmemfs with options."""
-
-    key: str
-    label: str
-    kind: Literal["native", "example", "null", "tmemfs", "peer"]
-    options: str = ""  # tmemfs -o string, the example variant ("stock" / "timeouts1" / "nodirect"), peer's flags
-    backing: str = ""  # where its reads of SRC come from, for the report
-    warm: bool = True  # read each file through the mount once before its first job
 
 
 def matrix_options(backend: str) -> str:
@@ -193,377 +149,14 @@ COMPARE_CONFIGS: tuple[Config, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Part:
-    """A set of configurations x jobs measured together in interleaved rounds."""
-
-    key: str
-    title: str
-    configs: tuple[Config, ...]
-    jobs: tuple[Job, ...]
-    read_file: str
-    rw_file: str | None = None
-    size: int = FILE_SIZE  # of every test file: fio's --size, and the null fs's files
-
-    def config(self, key: str) -> Config:
-        return next(c for c in self.configs if c.key == key)
-
-    def file_for(self, job: Job) -> str:
-        return self.rw_file if job.workload.writes and self.rw_file else self.read_file
-
-    @property
-    def files(self) -> tuple[str, ...]:
-        return (self.read_file, self.rw_file) if self.rw_file else (self.read_file,)
-
-
 MATRIX = Part("matrix", "fio matrix (direct=1)", MATRIX_CONFIGS, MATRIX_JOBS, TEXT_NAME, RW_NAME)
 COMPARE = Part("compare", "pass-through comparison (direct=0, the file fits every cache)", COMPARE_CONFIGS,
                COMPARE_JOBS, FILE_NAME)
 PARTS: dict[str, Part] = {MATRIX.key: MATRIX, COMPARE.key: COMPARE}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """How long and how often: --quick trades precision for a run under 3 minutes (both tools)."""
-
-    runtime: float  # seconds per fio run
-    reps: int
-    quick: bool
-    profile: bool
-    sensitivity: bool
-    retry_budget_s: float = 0.0  # time allowed for re-running runs that shared the machine
-    wait_quiet_s: float = 0.0  # how long to wait at the start for other processes to calm down
-    parts: tuple[str, ...] = ("matrix", "compare")
-
-
-def fio_runtime(seconds: float) -> str:
-    """fio's --runtime value: whole seconds, or milliseconds (fio accepts the ms suffix)."""
-    return str(int(seconds)) if seconds == int(seconds) else f"{round(seconds * 1000)}ms"
-
-
 def fmt_seconds(seconds: float) -> str:
     return f"{seconds:g} s"
-
-
-# -- fio output -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FioResult:
-    """One fio run: IOPS and bandwidth (bytes/s) of reads and writes together, or why it failed."""
-
-    iops: float = 0.0
-    bw: float = 0.0
-    error: str | None = None
-    foreign_cpu: float | None = None  # CPUs' worth used by processes other than fio and the daemon
-    steal: float | None = None  # CPUs' worth the hypervisor gave to other guests
-    write_iops: float = 0.0  # the writes' share of iops
-
-
-def _direction(numbers: dict[str, Any]) -> tuple[float, float]:
-    """(iops, bytes/s) of one direction; older fio has only bw in KiB/s."""
-    bw = float(numbers["bw_bytes"]) if "bw_bytes" in numbers else float(numbers.get("bw", 0)) * 1024
-    return float(numbers.get("iops", 0.0)), bw
-
-
-def fio_report(stdout: str) -> dict[str, Any] | None:
-    """fio's JSON report as a dict; fio prefixes error lines to it when a job fails, so find the object."""
-    start = stdout.find("{")
-    try:
-        report = json.loads(stdout[start:]) if start >= 0 else None
-    except json.JSONDecodeError:
-        return None
-    return report if isinstance(report, dict) else None
-
-
-def parse_fio_json(stdout: str, stderr: str = "", returncode: int = 0) -> FioResult:
-    """IOPS and bandwidth of fio's first job, or the error fio reported."""
-    report = fio_report(stdout)
-    if not report or not report.get("jobs"):
-        return FioResult(error=_first_error_line(stderr + stdout) or f"fio exited {returncode}, no JSON")
-    job = report["jobs"][0]
-    r_iops, r_bw = _direction(job.get("read", {}))
-    w_iops, w_bw = _direction(job.get("write", {}))
-    result = FioResult(r_iops + w_iops, r_bw + w_bw, write_iops=w_iops)
-    if job.get("error"):
-        errno_ = int(job["error"])
-        detail = _first_error_line(stderr + stdout) or os.strerror(errno_)
-        return replace(result, error=f"fio error {errno_}: {detail}")
-    if returncode != 0:
-        return replace(result, error=_first_error_line(stderr) or f"fio exited {returncode}")
-    return result
-
-
-def _first_error_line(text: str) -> str | None:
-    for line in text.splitlines():
-        if line.startswith("fio:") or "error" in line.lower():
-            return line.strip()
-    return None
-
-
-@dataclass
-class Point:
-    """Every run of one job on one configuration, by round; failures are kept, not averaged."""
-
-    by_round: dict[int, FioResult] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-
-    def add(self, round_: int, result: FioResult) -> None:
-        if result.error:
-            self.failures.append(f"round {round_ + 1}: {result.error}")
-        else:
-            self.by_round[round_] = result
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.failures)
-
-    @property
-    def crashed(self) -> bool:
-        return self.failed and "mount died" in self.failures[0]
-
-    def iops(self) -> list[float]:
-        return [r.iops for r in self.by_round.values()]
-
-    def bw(self) -> list[float]:
-        return [r.bw for r in self.by_round.values()]
-
-    def busy(self) -> bool:
-        """Some run of this point shared the machine with a noticeably busy neighbour."""
-        return any((r.foreign_cpu or 0) > BUSY for r in self.by_round.values())
-
-
-def spread(values: Sequence[float]) -> tuple[float, float, float] | None:
-    """(median, min, max), or None without values."""
-    if not values:
-        return None
-    return statistics.median(values), min(values), max(values)
-
-
-@dataclass(frozen=True)
-class Ratio:
-    """subject/baseline IOPS: ratio of the medians, and the range of per-round ratios."""
-
-    median: float
-    lo: float
-    hi: float
-
-    @property
-    def meets(self) -> bool:
-        return self.median >= TARGET
-
-
-def ratio(subject: Point, baseline: Point) -> Ratio | None:
-    """None when either side has no successful run (e.g. the example crashed)."""
-    if baseline.failed or not baseline.by_round or not subject.by_round:
-        return None
-    med = statistics.median(subject.iops()) / statistics.median(baseline.iops())
-    pairs = [subject.by_round[r].iops / baseline.by_round[r].iops
-             for r in subject.by_round if r in baseline.by_round and baseline.by_round[r].iops > 0]
-    return Ratio(med, min(pairs, default=med), max(pairs, default=med))
-
-
-# -- processes and mounts ------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr so that stdout stays clean."""
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def stop_pid(pid: int, grace: float = 10.0) -> None:
-    """Wait for a daemon to leave after its unmount, and forget it."""
-    stop_daemon(pid, grace)
-    _started_pids.discard(pid)
-
-
-def wait_mounted(path: Path, alive: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Block until `path` is a mount point; fail fast if the daemon died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if is_mounted(path):
-            return
-        if not alive():
-            raise RuntimeError(f"the FUSE daemon for {path} exited before mounting")
-        time.sleep(0.02)
-    raise RuntimeError(f"{path} not mounted after {timeout:.0f} s")
-
-
-@dataclass
-class Workspace:
-    """Paths of one run, all under the results directory."""
-
-    root: Path
-    venv_bin: Path
-
-    @property
-    def src(self) -> Path:
-        return self.root / "run" / "src"
-
-    @property
-    def mnt(self) -> Path:
-        return self.root / "run" / "mnt"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "run" / "logs"
-
-    @property
-    def raw(self) -> Path:
-        return self.root / "run" / "raw"
-
-    @property
-    def cache(self) -> Path:
-        return self.root / "cache"
-
-    @property
-    def peer(self) -> Path:
-        return self.cache / PEER_BINARY
-
-    def example_script(self, variant: str) -> Path:
-        return self.cache / f"passthroughfs-{variant}.py"
-
-    def report_json(self, quick: bool) -> Path:
-        """A quick run never overwrites the numbers of a full one."""
-        return self.root / "run" / ("report-quick.json" if quick else "report.json")
-
-    def prepare(self) -> None:
-        for d in (self.src, self.mnt, self.logs, self.raw, self.cache):
-            d.mkdir(parents=True, exist_ok=True)
-        if is_mounted(self.mnt):  # left over from a killed run
-            unmount(self.mnt)
-
-
-def mount_argv(config: Config, ws: Workspace, files: Sequence[str], size: int = FILE_SIZE) -> list[str]:
-    """The command that mounts a configuration on ws.mnt (empty for native)."""
-    if config.kind == "example":
-        return [sys.executable, str(ws.example_script(config.options)), str(ws.src), str(ws.mnt)]
-    if config.kind == "peer":  # -f: a foreground child, as the example; cache=never is direct_io, as tmemfs
-        return [str(ws.peer), "-f", *config.options.split(), "-o", f"source={ws.src},cache=never", str(ws.mnt)]
-    if config.kind == "null":
-        return [sys.executable, "-m", "tools.nullfs", str(ws.mnt), "--size", f"{size // MiB}M",
-                *(arg for name in files for arg in ("--file", name))]
-    if config.kind == "tmemfs":
-        return [str(ws.venv_bin / "tmemfs"), str(ws.src), str(ws.mnt), "-o", config.options]
-    return []
-
-
-class Mount:
-    """A configuration's file system at ws.mnt (or SRC itself for native), restartable after a crash."""
-
-    def __init__(self, config: Config, ws: Workspace, files: Sequence[str] = (FILE_NAME,),
-                 size: int = FILE_SIZE) -> None:
-        self.config, self.ws, self.options, self.files, self.size = config, ws, config.options, tuple(files), size
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.pid: int | None = None
-        self.log = ws.logs / f"{config.key}.log"
-        self.warmed: set[str] = set()  # files read through this mount since it (re)started
-
-    @property
-    def path(self) -> Path:
-        return self.ws.src if self.config.kind == "native" else self.ws.mnt
-
-    def start(self) -> None:
-        self.warmed = set()
-        if self.config.kind in ("example", "null", "peer"):
-            self._start_foreground()
-        elif self.config.kind == "tmemfs":
-            self._start_tmemfs()
-
-    def _start_foreground(self) -> None:
-        """The example, the null fs and the peer stay in the foreground: a child in its own session."""
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                mount_argv(self.config, self.ws, self.files, self.size), cwd=REPO,
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=True)  # Ctrl-C reaches us, and we unmount it cleanly
-        self.pid = self.proc.pid
-        _started_pids.add(self.pid)
-        wait_mounted(self.ws.mnt, lambda: self.proc is not None and self.proc.poll() is None)
-
-    def _start_tmemfs(self) -> None:
-        cmd = mount_argv(self.config, self.ws, self.files)
-        cmd[-1] = f"{cmd[-1]},log={self.log}"
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
-        if done.returncode != 0:
-            last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
-            raise RuntimeError(f"tmemfs exited {done.returncode}: {last}")
-        self.pid = stat_int(read_stats(self.ws.mnt), "fs.pid")
-        _started_pids.add(self.pid)
-
-    def stop(self) -> None:
-        """Unmount and make sure the daemon is gone."""
-        if self.config.kind == "native":
-            return
-        with signals_deferred():
-            try:
-                unmount(self.ws.mnt)
-            finally:
-                self._reap()
-
-    def _reap(self) -> None:
-        """The daemon leaves by itself once unmounted; one that does not is killed."""
-        if self.proc is not None:
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.pid is not None:
-            stop_pid(self.pid)
-        self.proc, self.pid = None, None
-
-    def alive(self) -> bool:
-        """The daemon runs and the test file answers (a crashed pyfuse3 leaves ENOTCONN behind)."""
-        if self.config.kind == "native":
-            return True
-        if self.pid is None or not pid_alive(self.pid):
-            return False
-        try:
-            os.stat(self.path / self.files[0])
-        except OSError:
-            return False
-        return True
-
-    def crash_evidence(self) -> str:
-        """The exception line the daemon logged last, for the report."""
-        try:
-            lines = self.log.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        hits = [ln.strip(" |+-") for ln in lines if re.match(r"[\w.]*(Error|Exception)\w*: ", ln.strip(" |+-"))]
-        return hits[-1] if hits else (lines[-1].strip() if lines else "(empty log)")
-
-    def __enter__(self) -> Mount:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()  # a daemon that never mounted must not outlive us
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def read_stats(mnt: Path) -> dict[str, object]:
-    data: dict[str, object] = json.loads((mnt / ".tmemfs" / "stats.json").read_text())
-    return data
-
-
-def stat_int(stats: dict[str, object], key: str) -> int:
-    """A numeric counter from stats.json (typed as object there)."""
-    return int(str(stats[key]))
-
-
-def kill_leftovers(ws: Workspace) -> None:
-    """Last resort in the outermost finally: nothing we started may survive us."""
-    with signals_deferred():
-        with suppress(Exception):
-            if is_mounted(ws.mnt):
-                unmount(ws.mnt)
-        for pid in list(_started_pids):
-            stop_pid(pid, grace=2.0)
 
 
 # -- inputs: the example, the data files -----------------------------------------------
@@ -625,245 +218,6 @@ def patch_nodirect(source: str) -> str:
     return _patch(source, NODIRECT_PATCH)
 
 
-def make_file(path: Path, size: int) -> None:
-    """Random (incompressible) contents; reused across runs when the size already fits."""
-    if path.exists() and path.stat().st_size == size:
-        return
-    with open(path, "wb") as f:
-        for _ in range(size // MiB):
-            f.write(os.urandom(MiB))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def make_text_file(path: Path, size: int) -> None:
-    """Text-like contents (compresses about 2x with lz4), from the same corpus as tools/bench_backends."""
-    if path.exists() and path.stat().st_size == size:
-        return
-    with open(path, "wb") as f:
-        f.write(fill(text_corpus(min(size, 48 * MiB)), size))
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def restore_rw(ws: Workspace, part: Part) -> None:
-    """The write jobs' file starts every mount as a fresh copy of the read file (written in SRC, unmounted)."""
-    if part.rw_file is None:
-        return
-    target = ws.src / part.rw_file
-    shutil.copyfile(ws.src / part.read_file, target)
-    with open(target, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def read_through(path: Path) -> None:
-    """Warm-up: read every byte once, through whatever is mounted there."""
-    with open(path, "rb", buffering=0) as f:
-        while f.read(MiB):
-            pass
-
-
-# -- running fio -----------------------------------------------------------------------
-
-
-def fio_command(job: Job, filename: Path, runtime: float, invalidate: int = 0, size: int = FILE_SIZE) -> list[str]:
-    return ["fio", f"--name={job.name}", f"--filename={filename}", f"--size={size // MiB}M",
-            *job.fio_args(), f"--runtime={fio_runtime(runtime)}", "--time_based", f"--invalidate={invalidate}",
-            "--output-format=json"]
-
-
-@dataclass(frozen=True)
-class CpuSample:
-    """Seconds of CPU: the whole machine busy, stolen by the hypervisor, ours (fio + the daemon)."""
-
-    wall: float
-    busy: float
-    steal: float
-    ours: float
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_sample(daemon_pid: int | None) -> CpuSample:
-    """The machine is shared: account for the CPU that others used while fio ran."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # fio and its job, once reaped
-    ours = children.ru_utime + children.ru_stime
-    if daemon_pid is not None:
-        with suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{daemon_pid}/stat") as f:
-                after_comm = f.read().rpartition(")")[2].split()
-            ours += (int(after_comm[11]) + int(after_comm[12])) / _TICK
-    busy = (user + nice + system + irq + softirq) / _TICK
-    return CpuSample(time.monotonic(), busy, steal / _TICK, ours)
-
-
-def with_cpu(result: FioResult, before: CpuSample, after: CpuSample) -> FioResult:
-    wall = max(after.wall - before.wall, 1e-9)
-    foreign = max(0.0, (after.busy - before.busy) - (after.ours - before.ours)) / wall
-    return replace(result, foreign_cpu=foreign, steal=(after.steal - before.steal) / wall)
-
-
-def run_fio(cmd: list[str], raw_file: Path | None, runtime: float, daemon_pid: int | None = None) -> FioResult:
-    """Run one fio; a hang (a wedged mount) is killed after a generous timeout."""
-    before = cpu_sample(daemon_pid)
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=runtime + 60, check=False)
-    except subprocess.TimeoutExpired:
-        return FioResult(error=f"fio did not finish within {runtime + 60:g} s")
-    after = cpu_sample(daemon_pid)
-    if raw_file is not None:
-        raw_file.write_text(done.stdout + ("\n# stderr:\n" + done.stderr if done.stderr else ""))
-    return with_cpu(parse_fio_json(done.stdout, done.stderr, done.returncode), before, after)
-
-
-@dataclass
-class Matrix:
-    """All results of one part, the commands that produced them, and what crashed."""
-
-    points: dict[tuple[str, str], Point] = field(default_factory=dict)
-    commands: dict[str, list[str]] = field(default_factory=dict)  # command line -> configurations
-    crashes: dict[tuple[str, str], str] = field(default_factory=dict)
-    retried: int = 0  # busy runs measured again
-    replaced: int = 0  # ... and replaced by a quieter run
-
-    def point(self, config: str, job: str) -> Point:
-        return self.points.setdefault((config, job), Point())
-
-    def note_command(self, cmd: list[str], config: str) -> None:
-        users = self.commands.setdefault(shlex.join(cmd), [])
-        if config not in users:
-            users.append(config)
-
-
-def mmss(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class Progress:
-    """n of N on stderr, with elapsed time and an estimate of what is left."""
-
-    def __init__(self, total: int, per_run_s: float) -> None:
-        self.total, self.done, self.t0, self.per_run_s = total, 0, time.monotonic(), per_run_s
-        self.measured = 0  # steps that ran fio (a skipped point costs nothing)
-
-    def left_s(self) -> float:
-        elapsed = time.monotonic() - self.t0
-        per = elapsed / self.measured if self.measured else self.per_run_s
-        return per * (self.total - self.done)
-
-    def step(self, message: str, ran: bool = True) -> None:
-        self.done += 1
-        self.measured += ran
-        elapsed = time.monotonic() - self.t0
-        log(f"[{self.done}/{self.total} {self.done / max(1, self.total):.0%}, {mmss(elapsed)} elapsed, "
-            f"~{mmss(self.left_s())} left] {message}")
-
-
-def measure_job(mount: Mount, job: Job, part: Part, settings: Settings, matrix: Matrix, round_: int,
-                tag: str = "") -> FioResult:
-    """Warm up (once per file and mount), run fio once, and restart the mount if the run killed it."""
-    if not mount.alive():
-        try:
-            mount.stop()
-            mount.start()
-        except RuntimeError as exc:
-            return FioResult(error=f"restarting the mount failed: {exc}")
-    target = mount.path / part.file_for(job)
-    if mount.config.warm and target.name not in mount.warmed:
-        try:
-            read_through(target)
-        except OSError as exc:
-            return FioResult(error=f"warm-up read failed: {exc}")
-        mount.warmed.add(target.name)
-    cmd = fio_command(job, target, settings.runtime, size=part.size)
-    matrix.note_command(cmd, mount.config.key)
-    raw = mount.ws.raw / f"{part.key}.{mount.config.key}.{job.name}.r{round_ + 1}{tag}.json"
-    result = run_fio(cmd, raw, settings.runtime, mount.pid)
-    if not mount.alive():
-        evidence = mount.crash_evidence()
-        matrix.crashes[(mount.config.key, job.name)] = evidence
-        result = replace(result, error=f"mount died ({result.error or 'fio: no error'}); daemon: {evidence}")
-    return result
-
-
-def run_part(ws: Workspace, part: Part, settings: Settings, progress: Progress) -> Matrix:
-    """Rounds of every configuration and job; a job that failed once is not repeated."""
-    matrix = Matrix()
-    for round_ in range(settings.reps):
-        run_round(ws, part, settings, progress, matrix, round_)
-    return matrix
-
-
-def run_round(ws: Workspace, part: Part, settings: Settings, progress: Progress, matrix: Matrix,
-              round_: int, ready: Callable[[Mount], None] | None = None) -> None:
-    """One round: every configuration mounted afresh, every job run on it once. `ready` waits for what a
-    mount needs before its first read (e.g. a cluster node's store); its RuntimeError fails the round."""
-    for config in part.configs:
-        if config.kind != "null":
-            restore_rw(ws, part)
-        try:
-            with Mount(config, ws, part.files, part.size) as mount:
-                if ready is not None:
-                    ready(mount)
-                for job in part.jobs:
-                    measure_point(mount, job, part, settings, matrix, round_, progress)
-        except RuntimeError as exc:  # the mount itself failed: every job of this round fails with it
-            for job in part.jobs:
-                point = matrix.point(config.key, job.name)
-                if round_ not in point.by_round and not point.failed:
-                    point.add(round_, FioResult(error=f"mount failed: {exc}"))
-                    progress.step(f"{part.key} round {round_ + 1}/{settings.reps} {config.key} {job.label}: "
-                                  f"mount failed: {exc}", ran=False)
-
-
-def busy_runs(matrix: Matrix, part: Part, config: str) -> list[tuple[Job, int]]:
-    return [(job, rnd) for job in part.jobs
-            for rnd, r in matrix.point(config, job.name).by_round.items() if (r.foreign_cpu or 0) > BUSY]
-
-
-def retry_busy(ws: Workspace, part: Part, settings: Settings, matrix: Matrix, deadline: float) -> None:
-    """Others' bursts are transient: measure busy runs again while the budget lasts, keep the quieter."""
-    for config in part.configs:
-        todo = busy_runs(matrix, part, config.key)
-        if not todo or time.monotonic() + settings.runtime + 3 > deadline:
-            continue
-        if config.kind != "null":
-            restore_rw(ws, part)
-        with Mount(config, ws, part.files, part.size) as mount:
-            for job, rnd in todo:
-                if time.monotonic() + settings.runtime + 2 > deadline:
-                    return
-                old = matrix.point(config.key, job.name).by_round[rnd]
-                new = measure_job(mount, job, part, settings, matrix, rnd, tag=".retry")
-                matrix.retried += 1
-                quieter = not new.error and (new.foreign_cpu or 0) < (old.foreign_cpu or 0)
-                if quieter:
-                    matrix.point(config.key, job.name).by_round[rnd] = new
-                    matrix.replaced += 1
-                log(f"retry {part.key} {config.key} {job.label} round {rnd + 1}: others "
-                    f"{old.foreign_cpu or 0:.0%} -> {new.foreign_cpu or 0:.0%}, "
-                    f"{'kept the new run' if quieter else 'kept the old run'}")
-
-
-def measure_point(mount: Mount, job: Job, part: Part, settings: Settings, matrix: Matrix, round_: int,
-                  progress: Progress) -> None:
-    point = matrix.point(mount.config.key, job.name)
-    where = f"{part.key} round {round_ + 1}/{settings.reps} {mount.config.key} {job.label}"
-    if point.failed:
-        progress.step(f"{where}: skipped (failed before)", ran=False)
-        return
-    result = measure_job(mount, job, part, settings, matrix, round_)
-    point.add(round_, result)
-    outcome = result.error or (f"{result.iops / 1000:.1f}k IOPS, {result.bw / MiB:.0f} MiB/s, "
-                               f"others used {result.foreign_cpu or 0:.0%} of a CPU")
-    progress.step(f"{where}: {outcome}")
-
-
 # -- extras: fio's invalidate, a profile, resident memory -----------------------------------
 
 
@@ -879,7 +233,7 @@ class Sensitivity:
 def run_sensitivity(ws: Workspace, configs: Sequence[Config], settings: Settings) -> Sensitivity:
     sens = Sensitivity(COMPARE_JOBS[0])
     for config in configs:
-        with Mount(config, ws) as mount:
+        with Mount(config, ws, (FILE_NAME,)) as mount:
             target = mount.path / FILE_NAME
             read_through(target)
             cmd = fio_command(sens.job, target, settings.runtime, invalidate=1)
@@ -942,7 +296,7 @@ def run_profile(ws: Workspace, config: Config, job: Job, settings: Settings) -> 
     if not pyspy.exists():
         return f"py-spy is not installed ({ws.venv_bin / 'pip'} install py-spy to get a profile)"
     out = ws.raw / f"pyspy.{job.name}.txt"
-    with Mount(config, ws) as mount:
+    with Mount(config, ws, (FILE_NAME,)) as mount:
         read_through(mount.path / FILE_NAME)
         assert mount.pid is not None
         spy_cmd = [str(pyspy), "record", "-p", str(mount.pid), "-d", str(int(settings.runtime) + 2), "-r", "250",
@@ -952,11 +306,7 @@ def run_profile(ws: Workspace, config: Config, job: Job, settings: Settings) -> 
             time.sleep(0.5)
             result = run_fio(fio_command(job, mount.path / FILE_NAME, settings.runtime), None, settings.runtime)
         finally:
-            try:
-                spy.wait(timeout=settings.runtime + 30)
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait()
+            end_process(spy, settings.runtime + 30, ask=False)
     if not out.exists():
         return f"py-spy produced no output ({shlex.join(spy_cmd)})"
     samples, cats, top = summarize_pyspy(out.read_text())
@@ -983,99 +333,24 @@ class RssResult:
         return self.rss_full <= self.limit
 
 
-def status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def measure_rss(ws: Workspace) -> RssResult:
     """Fill a 64M page cache by reading a 256 MiB file through tmemfs, then read /proc/PID/status."""
     make_file(ws.src / RSS_FILE_NAME, RSS_FILE_SIZE)
     options = f"cleancache=none,cache_size={RSS_CACHE // MiB}M"
     config = Config("rss", "tmemfs for the RSS check", "tmemfs", options)
-    with Mount(config, ws) as mount:
+    with Mount(config, ws, (FILE_NAME,)) as mount:
         pid = stat_int(read_stats(mount.path), "fs.pid")
-        idle = status_kib(pid, "VmRSS")
+        idle = proc_status(pid, "VmRSS")
         read_through(mount.path / RSS_FILE_NAME)
         stats = read_stats(mount.path)
-        full, hwm = status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM")
+        full, hwm = proc_status(pid, "VmRSS"), proc_status(pid, "VmHWM")
     return RssResult(options, idle, full, hwm, stat_int(stats, "pagecache.bytes"),
                      stat_int(stats, "pagecache.capacity_pages") * 4096)
 
 
-# -- facts about the machine -------------------------------------------------------------
-
-
-def command_output(cmd: list[str]) -> str:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"({exc})"
-    return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
-
-
-def machine_facts(ws: Workspace) -> dict[str, str]:
-    meminfo = Path("/proc/meminfo").read_text()
-    mem_kib = int(re.search(r"MemTotal:\s+(\d+)", meminfo).group(1))  # type: ignore[union-attr]
-    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
-    return {
-        "nproc": str(os.cpu_count()),
-        "CPU": cpu.group(1) if cpu else platform.processor() or "?",
-        "memory": f"{mem_kib / MiB:.1f} GiB",
-        "kernel": platform.release(),
-        "OS": _os_name(),
-        "SRC file system": " ".join(command_output(["findmnt", "-n", "-o", "FSTYPE,SOURCE,OPTIONS", "-T",
-                                                     str(ws.src)]).split()),
-    }
-
-
-def _os_name() -> str:
-    with suppress(OSError):
-        m = re.search(r'PRETTY_NAME="(.*)"', Path("/etc/os-release").read_text())
-        if m:
-            return m.group(1)
-    return platform.system()
-
-
-def versions() -> dict[str, str]:
-    def pkg(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "python": platform.python_version(),
-        "pyfuse3": pkg("pyfuse3"),
-        "trio": pkg("trio"),
-        "tmemfs": pkg("tmemfs"),
-        "fio": command_output(["fio", "--version"]),
-        "fusermount3 (libfuse)": command_output(["fusermount3", "--version"]),
-        "tmemfs source": git_state(),
-    }
-
-
-def source_digest() -> str:
-    """Hash of tmemfs's Python sources: others edit them, so check they did not change mid-run."""
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for path in sorted([*root.glob("fusefs/**/*.py"), *root.glob("backends/**/*.py")]):
-        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def git_state() -> str:
-    """Which tmemfs was measured: the commit, and whether the working tree differed from it."""
-    head = command_output(["git", "rev-parse", "--short", "HEAD"])
-    try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=30, check=False).stdout.splitlines()
-    except (OSError, subprocess.TimeoutExpired):
-        return head
-    return f"git {head}" + (f" + uncommitted changes in {len(dirty)} files" if dirty else " (clean)")
+def stat_int(stats: dict[str, object], key: str) -> int:
+    """A numeric counter from stats.json (typed as object there)."""
+    return int(str(stats[key]))
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -1108,39 +383,11 @@ class Report:
         return part.key in self.settings.parts and bool(self.results(part).points)
 
 
-def fmt_iops(value: float) -> str:
-    return f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}"
-
-
-def fmt_point(values: Sequence[float], scale: float = 1.0, iops: bool = True) -> str:
-    s = spread([v / scale for v in values])
-    if s is None:
-        return "-"
-    f = fmt_iops if iops else (lambda v: f"{v:.0f}")
-    return f"{f(s[0])} ({f(s[1])}..{f(s[2])})" if len(values) > 1 else f(s[0])
-
-
-def median_iops(point: Point | None) -> float | None:
-    return statistics.median(point.iops()) if point and point.iops() else None
-
-
-def cell(point: Point | None, iops: bool = True) -> str:
-    if point is None:
-        return "-"
-    if point.failed:
-        return "**crashed**" if point.crashed else "**failed**"
-    text = fmt_point(point.iops(), iops=True) if iops else fmt_point(point.bw(), scale=MiB, iops=False)
-    return text + (" †" if point.busy() else "")
-
-
 def results_table(report: Report, part: Part, iops: bool) -> list[str]:
-    head = "| job | " + " | ".join(c.key for c in part.configs) + " |"
-    lines = [head, "|" + "---|" * (len(part.configs) + 1)]
     points = report.results(part).points
-    for job in part.jobs:
-        cells = [cell(points.get((c.key, job.name)), iops) for c in part.configs]
-        lines.append(f"| {job.label} | " + " | ".join(cells) + " |")
-    return lines
+    return table(["job", *(c.key for c in part.configs)],
+                 [[job.label, *(cell(points.get((c.key, job.name)), iops) for c in part.configs)]
+                  for job in part.jobs])
 
 
 # The comparisons the 0.9x target is judged on: tmemfs as mounted by default against the
@@ -1154,19 +401,14 @@ INFORMATIVE = (SUBJECT, BASELINE_1S)
 
 def ratio_rows(points: dict[tuple[str, str], Point]) -> list[tuple[Job, str, str, Ratio | None]]:
     """(job, subject, baseline, ratio) of every judged comparison, in table order."""
-    rows = []
-    for job in COMPARE_JOBS:
-        for subject, base in JUDGED:
-            sp, bp = points.get((subject, job.name)), points.get((base, job.name))
-            rows.append((job, subject, base, ratio(sp, bp) if sp and bp else None))
-    return rows
+    return [(job, subject, base, point_ratio(points, (subject, job.name), (base, job.name)))
+            for job in COMPARE_JOBS for subject, base in JUDGED]
 
 
 def informative_ratios(points: dict[tuple[str, str], Point]) -> list[tuple[Job, Ratio | None]]:
     """(job, ratio) of the INFORMATIVE comparison for every comparison job, in table order."""
     subject, base = INFORMATIVE
-    return [(job, ratio(sp, bp) if (sp := points.get((subject, job.name))) and (bp := points.get((base, job.name)))
-             else None) for job in COMPARE_JOBS]
+    return [(job, point_ratio(points, (subject, job.name), (base, job.name))) for job in COMPARE_JOBS]
 
 
 def ratio_table(report: Report) -> list[str]:
@@ -1186,7 +428,7 @@ def ratio_table(report: Report) -> list[str]:
 def fmt_ratio(r: Ratio | None) -> str:
     if r is None:
         return "n/a (example crashed)"
-    verdict = "ok" if r.meets else "**MISS**"
+    verdict = "ok" if r.meets(TARGET) else "**MISS**"
     if r.lo < TARGET <= r.hi:
         verdict += " (rounds straddle the target)"
     return f"{r.median:.2f}x ({r.lo:.2f}..{r.hi:.2f}) {verdict}"
@@ -1198,32 +440,14 @@ MATRIX_RATIOS: tuple[tuple[str, str], ...] = (
 )
 
 
-def plain_ratio(points: dict[tuple[str, str], Point], subject: str, base: str, job: Job) -> str:
-    """'1.23x (1.10..1.30)', or why there is none."""
-    sp, bp = points.get((subject, job.name)), points.get((base, job.name))
-    for key, p in ((base, bp), (subject, sp)):
-        if p is None or (not p.failed and not p.by_round):
-            return "-"
-        if p.failed:
-            return f"n/a ({key} {'crashed' if p.crashed else 'failed'})"
-    assert sp is not None and bp is not None
-    r = ratio(sp, bp)
-    if r is None:
-        return "-"
-    return f"{r.median:.2f}x ({r.lo:.2f}..{r.hi:.2f})" if r.lo != r.hi else f"{r.median:.2f}x"
-
-
 def matrix_ratio_table(report: Report) -> list[str]:
     pts = report.matrix.points
-    lines = ["| job | " + " | ".join(f"{s} / {b}" for s, b in MATRIX_RATIOS) + " |",
-             "|" + "---|" * (len(MATRIX_RATIOS) + 1)]
-    for job in MATRIX_JOBS:
-        lines.append(f"| {job.label} | " + " | ".join(plain_ratio(pts, s, b, job) for s, b in MATRIX_RATIOS) + " |")
-    return lines
+    return table(["job", *(f"{s} / {b}" for s, b in MATRIX_RATIOS)],
+                 [[job.label, *(plain_ratio(pts, s, b, job.name) for s, b in MATRIX_RATIOS)] for job in MATRIX_JOBS])
 
 
 def misses(points: dict[tuple[str, str], Point]) -> list[tuple[Job, str, str, Ratio]]:
-    return [(j, s, b, r) for j, s, b, r in ratio_rows(points) if r is not None and not r.meets]
+    return [(j, s, b, r) for j, s, b, r in ratio_rows(points) if r is not None and not r.meets(TARGET)]
 
 
 def failed_combinations(part: Part, matrix: Matrix) -> list[tuple[Config, list[Job], str]]:
@@ -1300,7 +524,7 @@ def compare_summary(report: Report) -> list[str]:
 
 def summary_lines(report: Report) -> list[str]:
     lines = [*matrix_summary(report), *compare_summary(report)]
-    runs = all_runs(report.matrix) + all_runs(report.compare)
+    runs = report.matrix.runs() + report.compare.runs()
     busy = [r for r in runs if (r.foreign_cpu or 0) > BUSY]
     if busy:
         lines.append(f"* The machine was shared: in {len(busy)} of {len(runs)} runs other processes used more than "
@@ -1329,7 +553,7 @@ def matrix_method_lines(report: Report) -> list[str]:
     s = report.settings
     return [
         f"* Read jobs use `{TEXT_NAME}`, {FILE_SIZE // MiB} MiB of text-like data (the plain-text corpus of "
-        f"tools/bench_backends.py, about 2x compressible); write jobs use `{RW_NAME}`, a fresh copy of it made "
+        f"tools/corpus.py, about 2x compressible); write jobs use `{RW_NAME}`, a fresh copy of it made "
         "in SRC before every mount (never while mounted), so every round and configuration writes over the same "
         "data. fio's own write buffers are random (incompressible).",
         runs_line(s),
@@ -1381,27 +605,6 @@ def method_lines(report: Report) -> list[str]:
         "stopped with `fusermount3 -u`, and restarted when a job killed them. tmemfs daemonizes once its mount "
         "is live. Every mount is undone in a `finally`, also on Ctrl-C.",
     ]
-
-
-def all_runs(matrix: Matrix) -> list[FioResult]:
-    return [r for p in matrix.points.values() for r in p.by_round.values() if r.foreign_cpu is not None]
-
-
-def noise_lines(matrix: Matrix, what: str = "") -> list[str]:
-    """How much of the machine others used while fio ran (from /proc/stat minus fio's and the daemon's CPU)."""
-    runs = all_runs(matrix)
-    if not runs:
-        return []
-    foreign = [r.foreign_cpu or 0.0 for r in runs]
-    steal = [r.steal or 0.0 for r in runs]
-    busy = sum(f > BUSY for f in foreign)
-    where = f" ({what})" if what else ""
-    return [f"* CPU used by other processes during each run{where} (machine busy time from /proc/stat minus the "
-            f"CPU time of fio and of the daemon under test, in CPUs): median {statistics.median(foreign):.0%}, "
-            f"max {max(foreign):.0%}; hypervisor steal: median {statistics.median(steal):.0%}, "
-            f"max {max(steal):.0%}. † marks a point with a run where others used more than {BUSY:.0%} of a "
-            f"CPU ({busy} of {len(runs)} runs, after {matrix.retried} busy runs were measured again at the end "
-            f"and {matrix.replaced} of them replaced by the quieter re-run)."]
 
 
 def config_table(report: Report, part: Part) -> list[str]:
@@ -1535,17 +738,6 @@ def interpretation_lines(report: Report) -> list[str]:
     return lines
 
 
-def grouped_commands(title: str, matrix: Matrix) -> list[str]:
-    """The command lines of one part in code blocks, one per set of configurations that ran them."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for cmd, users in matrix.commands.items():
-        groups.setdefault(tuple(users), []).append(cmd)
-    lines: list[str] = []
-    for keys, cmds in groups.items():
-        lines += [f"{title}, on {', '.join(keys)}:", "", "```", *cmds, "```", ""]
-    return lines
-
-
 def command_lines(report: Report) -> list[str]:
     """Every fio line of both parts, grouped by the configurations that ran them."""
     lines: list[str] = []
@@ -1587,22 +779,13 @@ def render_report(report: Report) -> str:
         "## fio's --invalidate", "", *sensitivity_lines(report), "",
         "## Resident memory", "", *rss_lines(report), "",
         "## The baseline and the patched examples", "", *example_lines(report), "",
-        "## Machine", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in report.machine.items()], "",
-        "## Versions", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in report.versions.items()], "",
+        "## Machine", "", *facts_table(report.machine), "",
+        "## Versions", "", *facts_table(report.versions), "",
         "## fio command lines, exactly as run", "", *command_lines(report), "",
         "Raw fio JSON of every run, the daemons' logs and the run's numbers (`report.json`, for `--from-json`) "
         "are kept under `bench-results/run/` (not committed).", "",
     ]
-    text = "\n".join(out)
-    return re.sub(r"\n{3,}", "\n\n", text)
-
-
-def write_report(out: Path, text: str) -> None:
-    """Replace everything before the backends markers; tools/bench_backends.py owns what is between them."""
-    old = out.read_text() if out.exists() else ""
-    if BEGIN in old and END in old:
-        text = text.rstrip("\n") + "\n\n" + old[old.index(BEGIN):]
-    out.write_text(text)
+    return markdown(out)
 
 
 # -- charts ----------------------------------------------------------------------------------
@@ -1616,10 +799,7 @@ def make_chart(report: Report, part: Part, path: Path) -> None:
     """IOPS per configuration and workload: one panel per engine/queue depth, one bar per configuration."""
     import textwrap
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.lines import Line2D
 
     matrix, s = report.results(part), report.settings
@@ -1663,10 +843,7 @@ def make_chart(report: Report, part: Part, path: Path) -> None:
     fig.suptitle(f"{part.title}: fio IOPS per configuration and workload\n"
                  f"{mode}{s.reps} run(s) of {fmt_seconds(s.runtime)} per bar, {FILE_SIZE // MiB} MiB file, "
                  f"{report.started}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.01 + 0.032 * rows, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, rect=(0, 0.01 + 0.032 * rows, 1, 1))
 
 
 def make_charts(report: Report, out: Path) -> list[tuple[str, str]]:
@@ -1675,7 +852,7 @@ def make_charts(report: Report, out: Path) -> list[tuple[str, str]]:
     for part in PARTS.values():
         if not report.ran(part):
             continue
-        rel = CHART_SUBDIR / chart_name(part)
+        rel = CHART_DIR / chart_name(part)
         try:
             make_chart(report, part, out.parent / rel)
         except ImportError as exc:
@@ -1685,27 +862,7 @@ def make_charts(report: Report, out: Path) -> list[tuple[str, str]]:
     return made
 
 
-# -- saved numbers (--from-json) ---------------------------------------------------------------
-
-
-def matrix_to_json(m: Matrix) -> dict[str, Any]:
-    return {
-        "points": [{"config": c, "job": j, "runs": {str(r): asdict(res) for r, res in p.by_round.items()},
-                    "failures": p.failures} for (c, j), p in m.points.items()],
-        "commands": m.commands, "crashes": [[c, j, e] for (c, j), e in m.crashes.items()],
-        "retried": m.retried, "replaced": m.replaced,
-    }
-
-
-def matrix_from_json(data: dict[str, Any]) -> Matrix:
-    m = Matrix(commands={k: list(v) for k, v in data["commands"].items()}, retried=data["retried"],
-               replaced=data["replaced"])
-    for p in data["points"]:
-        point = m.point(p["config"], p["job"])
-        point.by_round = {int(r): FioResult(**v) for r, v in p["runs"].items()}
-        point.failures = list(p["failures"])
-    m.crashes = {(c, j): e for c, j, e in data["crashes"]}
-    return m
+# -- saved numbers (--from-json) -------------------------------------------------------------------
 
 
 def report_to_json(r: Report) -> dict[str, Any]:
@@ -1788,32 +945,57 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     0.0 if args.quick else 60.0, wait, parts)
 
 
-def raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def background_cpu(seconds: float = 2.0) -> float:
-    """CPUs' worth used by others while we do nothing."""
-    before = cpu_sample(None)
-    time.sleep(seconds)
-    return with_cpu(FioResult(), before, cpu_sample(None)).foreign_cpu or 0.0
-
-
-def wait_for_quiet(max_wait: float) -> tuple[float, float]:
-    """(background CPU when we started measuring, seconds waited for it to drop below BUSY)."""
-    t0 = time.monotonic()
-    load = background_cpu(2.0 if max_wait > 0 else 0.5)
-    while load > BUSY and time.monotonic() - t0 < max_wait:
-        log(f"other processes use {load:.0%} of a CPU: waiting for quiet "
-            f"({max_wait - (time.monotonic() - t0):.0f} s left)")
-        load = background_cpu(5.0)
-    return load, time.monotonic() - t0
-
-
 def plan(settings: Settings) -> tuple[int, float]:
     """(fio runs, rough seconds) of the main parts."""
     runs = sum(settings.reps * len(PARTS[k].configs) * len(PARTS[k].jobs) for k in settings.parts)
     return runs, runs * (settings.runtime + RUN_OVERHEAD_S)
+
+
+def prepare(ws: Workspace, report: Report) -> None:
+    """The example and its patched copies, the test files, and how each configuration is mounted."""
+    report.example = fetch_example(ws, report.versions["pyfuse3"])
+    make_file(ws.src / FILE_NAME, FILE_SIZE)
+    make_text_file(ws.src / TEXT_NAME, FILE_SIZE)
+    report.mount_commands = {f"{p.key}/{c.key}": shlex.join(mount_argv(c, ws, p.files))
+                             for p in PARTS.values() for c in p.configs if c.kind != "native"}
+
+
+def measure_parts(ws: Workspace, report: Report) -> None:
+    """The parts asked for, in interleaved rounds; then their busy runs again while the retry budget lasts."""
+    settings = report.settings
+    parts = [PARTS[k] for k in settings.parts]
+    runs, estimate = plan(settings)
+    log(f"plan: {runs} fio runs of {fmt_seconds(settings.runtime)} ({', '.join(settings.parts)}; "
+        f"{settings.reps} round(s)), about {estimate / 60:.1f} min, then "
+        + ("the extras (retries of busy runs, profile, --invalidate, RSS)" if not settings.quick
+           else "the RSS check"))
+    progress = Progress(runs, settings.runtime + RUN_OVERHEAD_S)
+    for part in parts:
+        log(f"{part.title}: {len(part.configs)} configurations x {len(part.jobs)} jobs x {settings.reps} "
+            "round(s)")
+        result = run_part(ws, part, settings, progress)
+        if part is MATRIX:
+            report.matrix = result
+        else:
+            report.compare = result
+    deadline = time.monotonic() + settings.retry_budget_s
+    for part in parts:
+        retry_busy(ws, part, settings, report.results(part), deadline)
+
+
+def measure_extras(ws: Workspace, report: Report) -> None:
+    """Profiles of the comparison jobs tmemfs lost, fio's --invalidate=1, and resident memory."""
+    settings = report.settings
+    compared = COMPARE.key in settings.parts
+    if settings.profile and compared:
+        subject = COMPARE.config(SUBJECT)
+        report.profiles = [run_profile(ws, subject, job, settings) for job in jobs_to_profile(report.compare)]
+    if settings.sensitivity and compared:
+        log("fio's --invalidate=1 on the pass-through comparison's first job")
+        keys = (BASELINE, BASELINE_1S, SUBJECT)
+        report.sensitivity = run_sensitivity(ws, [c for c in COMPARE.configs if c.key in keys], settings)
+    log("resident memory check")
+    report.rss = measure_rss(ws)
 
 
 def run(args: argparse.Namespace) -> Report:
@@ -1822,79 +1004,31 @@ def run(args: argparse.Namespace) -> Report:
     settings = settings_from(args)
     ws = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent)
     ws.prepare()
-    report = Report(settings, machine_facts(ws), versions(),
+    report = Report(settings, machine_facts(ws.src), versions(),
                     datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
     start_digest = source_digest()
-    parts = [PARTS[k] for k in settings.parts]
     try:
-        report.example = fetch_example(ws, report.versions["pyfuse3"])
-        make_file(ws.src / FILE_NAME, FILE_SIZE)
-        make_text_file(ws.src / TEXT_NAME, FILE_SIZE)
-        report.mount_commands = {f"{p.key}/{c.key}": shlex.join(mount_argv(c, ws, p.files))
-                                 for p in PARTS.values() for c in p.configs if c.kind != "native"}
-        report.background = wait_for_quiet(settings.wait_quiet_s)
-        runs, estimate = plan(settings)
-        log(f"plan: {runs} fio runs of {fmt_seconds(settings.runtime)} ({', '.join(settings.parts)}; "
-            f"{settings.reps} round(s)), about {estimate / 60:.1f} min, then "
-            + ("the extras (retries of busy runs, profile, --invalidate, RSS)" if not settings.quick
-               else "the RSS check"))
-        progress = Progress(runs, settings.runtime + RUN_OVERHEAD_S)
-        for part in parts:
-            log(f"{part.title}: {len(part.configs)} configurations x {len(part.jobs)} jobs x {settings.reps} "
-                "round(s)")
-            result = run_part(ws, part, settings, progress)
-            if part is MATRIX:
-                report.matrix = result
-            else:
-                report.compare = result
-        deadline = time.monotonic() + settings.retry_budget_s
-        for part in parts:
-            retry_busy(ws, part, settings, report.results(part), deadline)
-        if settings.profile and COMPARE in parts:
-            subject = COMPARE.config(SUBJECT)
-            report.profiles = [run_profile(ws, subject, job, settings) for job in jobs_to_profile(report.compare)]
-        if settings.sensitivity and COMPARE in parts:
-            log("fio's --invalidate=1 on the pass-through comparison's first job")
-            keys = (BASELINE, BASELINE_1S, SUBJECT)
-            report.sensitivity = run_sensitivity(ws, [c for c in COMPARE.configs if c.key in keys], settings)
-        log("resident memory check")
-        report.rss = measure_rss(ws)
+        prepare(ws, report)
+        report.background = wait_for_quiet(settings.wait_quiet_s, log)
+        measure_parts(ws, report)
+        measure_extras(ws, report)
     finally:
         kill_leftovers(ws)
-    report.digests = (start_digest, source_digest())
-    report.versions["tmemfs sources (sha256 of fusefs/ and backends/ *.py)"] = " -> ".join(
-        dict.fromkeys(report.digests))
+    report.digests = note_digests(start_digest, report.versions)
     report.elapsed_s = time.monotonic() - t0
-    return report
-
-
-def measured_or_loaded(args: argparse.Namespace, measure: Callable[[argparse.Namespace], R],
-                       dump: Callable[[R], dict[str, Any]], load: Callable[[dict[str, Any]], R]) -> R | None:
-    """The report of --from-json, or of a run whose numbers are then saved beside its raw output (a quick run
-    never overwrites a full one); None when interrupted (SIGTERM too: everything is undone first)."""
-    if args.from_json:
-        return load(json.loads(args.from_json.read_text()))
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        report = measure(args)
-    except KeyboardInterrupt:
-        log("interrupted: everything is unmounted and stopped, no report written")
-        return None
-    saved = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent).report_json(args.quick)
-    saved.write_text(json.dumps(dump(report), indent=1))
-    log(f"numbers saved in {saved} (--from-json {saved} redraws the report)")
     return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    report = measured_or_loaded(args, run, report_to_json, report_from_json)
+    report = measured_or_loaded(args, run, report_to_json, report_from_json,
+                                run_json(Path(args.results_dir), args.quick))
     if report is None:
         return 130
     report.charts = make_charts(report, out)
-    write_report(out, render_report(report))
-    log(f"wrote {out} and {len(report.charts)} chart(s) in {CHART_SUBDIR}/ (run took "
+    write_head(out, render_report(report), "backends")
+    log(f"wrote {out} and {len(report.charts)} chart(s) in {CHART_DIR}/ (run took "
         f"{report.elapsed_s / 60:.1f} min)")
     for line in summary_lines(report):
         print(line)
@@ -1903,3 +1037,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+

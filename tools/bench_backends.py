@@ -19,38 +19,50 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gzip
 import json
 import os
 import platform
 import random
-import re
 import shlex
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import xxhash
 
-from tools.mounting import is_mounted, signals_deferred, stop_daemon, unmount
+from backends.base import size_in_bytes
+from tools.corpus import elf_corpus, fill, text_corpus
+from tools.fio import fio_report
+from tools.machine import drop_host_cache, load_average, package_version
+from tools.mounting import background, control, counter, is_mounted, read_stats, signals_deferred, unmount
+from tools.report import (
+    CHART_DIR,
+    Progress,
+    bar_groups,
+    human,
+    log,
+    markers,
+    pyplot,
+    save_figure,
+    spread_text,
+    table,
+    write_section,
+)
 
 PAGE = 4096
 MiB = 1 << 20
-BEGIN = "<!-- backends:begin -->"
-END = "<!-- backends:end -->"
+BEGIN, END = markers("backends")
 BACKENDS: tuple[str, ...] = ("none", "tmem", "zcache", "dedup", "zcache+tmem")
 POLICIES: tuple[str, ...] = ("lru", "sieve", "s3fifo", "arc")
 DATASETS: tuple[str, ...] = ("text", "binary", "random", "zero", "dup50")
 ROOT = Path("bench-results/backends")
 CONTROL_DIR = ".tmemfs"
-CHART_DIR = Path("docs/bench")  # relative to the report's directory
 ZCACHE_TARGET = 2.0
 DEDUP_TOLERANCE = 0.05
 BACKING_CUT = 0.90
@@ -81,62 +93,7 @@ def settings_for(quick: bool) -> Settings:
     return Settings(False, 16 * MiB, 256 * MiB, 96 * MiB, 64 * MiB, 4, 3, 8000)
 
 
-def log(message: str) -> None:
-    """Progress goes to stderr so that stdout stays clean."""
-    print(f"[bench_backends {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # -- data sets ------------------------------------------------------------------------
-
-
-def is_text(data: bytes) -> bool:
-    """A file counts as text if its first 8 KiB have no NUL byte and decode as UTF-8-ish."""
-    head = data[:8192]
-    return bool(head) and b"\0" not in head
-
-
-def text_corpus(limit: int) -> bytes:
-    """Uncompressed text from /usr/share/common-licenses and /usr/share/doc (gunzipped .gz if short)."""
-    parts: list[bytes] = []
-    total = 0
-    roots = [Path("/usr/share/common-licenses"), Path("/usr/share/doc")]
-    for gz in (False, True):
-        for path in sorted(p for r in roots for p in r.rglob("*") if p.is_file() and not p.is_symlink()):
-            if (path.suffix == ".gz") != gz:
-                continue
-            with suppress(OSError, EOFError, gzip.BadGzipFile):
-                data = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
-                if is_text(data):
-                    parts.append(data)
-                    total += len(data)
-            if total >= limit:
-                return b"".join(parts)
-    return b"".join(parts)
-
-
-def elf_corpus(limit: int) -> bytes:
-    """ELF shared libraries and executables, concatenated."""
-    parts: list[bytes] = []
-    total = 0
-    for root in (Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/bin")):
-        for path in sorted(root.iterdir()):
-            with suppress(OSError):
-                if path.is_file() and not path.is_symlink():
-                    data = path.read_bytes()
-                    if data[:4] == b"\x7fELF":
-                        parts.append(data)
-                        total += len(data)
-            if total >= limit:
-                return b"".join(parts)
-    return b"".join(parts)
-
-
-def fill(corpus: bytes, size: int) -> bytes:
-    """Repeat a corpus to `size` bytes (repeats are not page-aligned, so they do not dedup)."""
-    if not corpus:
-        raise RuntimeError("empty corpus")
-    reps = size // len(corpus) + 1
-    return (corpus * reps)[:size]
 
 
 def zero_heavy(text: bytes, size: int, rng: random.Random) -> bytes:
@@ -243,51 +200,6 @@ def tree_chunks(d: Path) -> Iterator[bytes]:
         yield p.read_bytes()
 
 
-# -- mounts -------------------------------------------------------------------------
-
-
-@contextmanager
-def mounted(src: Path, mnt: Path, options: str, logfile: Path) -> Iterator[Path]:
-    """tmemfs SRC MNT -o options; always unmounted on the way out, even on Ctrl-C."""
-    mnt.mkdir(parents=True, exist_ok=True)
-    if is_mounted(mnt):
-        unmount(mnt)
-    pid: int | None = None
-    try:
-        cmd = [str(Path(sys.executable).parent / "tmemfs"), str(src), str(mnt), "-o", f"{options},log={logfile}"]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=60)
-        if done.returncode != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} exited {done.returncode}: {done.stderr.strip()[-300:]}")
-        pid = int(str(read_stats(mnt)["fs.pid"]))
-        yield mnt
-    finally:
-        with signals_deferred():
-            unmount(mnt)
-            if pid is not None:
-                stop_daemon(pid)
-
-
-def read_stats(mnt: Path) -> dict[str, object]:
-    data: dict[str, object] = json.loads((mnt / ".tmemfs" / "stats.json").read_text())
-    return data
-
-
-def control(mnt: Path, command: str) -> None:
-    (mnt / ".tmemfs" / "control").write_text(command + "\n")
-
-
-def num(stats: dict[str, object], key: str) -> float:
-    value = stats.get(key, 0)
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
-def drop_host_cache() -> None:
-    """sync; echo 3 > /proc/sys/vm/drop_caches, so SRC reads hit the disk."""
-    os.sync()
-    with suppress(OSError):
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
 def read_tree(d: Path) -> int:
     """Read every file through the mount in 128 KiB requests; returns bytes read."""
     total = 0
@@ -321,26 +233,26 @@ class ReadResult:
 
 
 def hit_ratio(stats: dict[str, object]) -> float:
-    succ, failed = num(stats, "succ_gets"), num(stats, "failed_gets")
+    succ, failed = counter(stats, "succ_gets"), counter(stats, "failed_gets")
     return succ / (succ + failed) if succ + failed else 0.0
 
 
 def backend_sum(stats: dict[str, object], field_name: str) -> int:
     """Sum a backend counter over every chain member (backend.<name>.<field>)."""
-    return int(sum(num(stats, k) for k in stats if k.startswith("backend.") and k.endswith("." + field_name)))
+    return int(sum(counter(stats, k) for k in stats if k.startswith("backend.") and k.endswith("." + field_name)))
 
 
 def read_cycle(src: Path, mnt: Path, dataset: str, backend: str, s: Settings, logfile: Path) -> ReadResult:
     """Read the set, drop_caches (everything is now in the backend), reset counters, read again."""
     drop_host_cache()
-    with mounted(src, mnt, cc_options(backend, s), logfile):
+    with background(src, mnt, cc_options(backend, s), logfile):
         read_tree(mnt / dataset)
         control(mnt, "drop_caches")
         after_fill = read_stats(mnt)
         control(mnt, "reset_stats")
         read_tree(mnt / dataset)
         second = read_stats(mnt)
-    return ReadResult(hit_ratio(second), int(num(second, "backing.read_bytes")),
+    return ReadResult(hit_ratio(second), int(counter(second, "backing.read_bytes")),
                       backend_sum(after_fill, "pool_total_size"), backend_sum(after_fill, "orig_data_size"),
                       backend_sum(after_fill, "unique_data_size"), backend_sum(after_fill, "unique_pages"),
                       backend_sum(after_fill, "reject_compress_poor"))
@@ -357,27 +269,32 @@ def fio_command(path: Path, size: int, runtime: int, zipf: bool = False) -> list
     return [*cmd, "--output-format=json"]
 
 
-def run_fio(cmd: list[str]) -> float:
-    """IOPS of one fio run; a failed run raises with fio's message."""
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+def run_fio(cmd: list[str], env: dict[str, str] | None = None, what: str = "fio") -> list[dict[str, Any]]:
+    """The jobs of one fio run's report; a failed run raises with fio's message."""
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
-        raise RuntimeError(f"fio failed: {(done.stderr or done.stdout).strip()[-300:]}")
-    out = done.stdout[done.stdout.index("{"):]
-    return float(json.loads(out)["jobs"][0]["read"]["iops"])
+        raise RuntimeError(f"{what} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+    jobs: list[dict[str, Any]] = (fio_report(done.stdout) or {})["jobs"]
+    return jobs
+
+
+def read_iops(cmd: list[str]) -> float:
+    """IOPS of one fio run of one read job."""
+    return float(run_fio(cmd)[0]["read"]["iops"])
 
 
 def fio_backend(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, commands: list[str],
                 fio_file: str = "fio/text.dat") -> float:
     """Warm-up pass (cat), then 4k randread QD1 on `fio_file` (relative to the mount)."""
     drop_host_cache()
-    with mounted(src, mnt, cc_options(backend, s), logfile):
+    with background(src, mnt, cc_options(backend, s), logfile):
         path = mnt / fio_file
         with open(path, "rb", buffering=0) as f:
             while f.read(128 * 1024):
                 pass
         cmd = fio_command(path, s.fio_size, s.runtime)
         commands.append(shlex.join(cmd))
-        return run_fio(cmd)
+        return read_iops(cmd)
 
 
 def fio_job(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, commands: list[str],
@@ -390,11 +307,8 @@ def fio_job(src: Path, mnt: Path, backend: str, s: Settings, logfile: Path, comm
     env = {"MNT": str(mnt), "FILE": fio_file, "SIZE": str(s.fio_size)}
     cmd = ["fio", str(job.resolve()), "--output-format=json"]
     commands.append(shlex.join([*(f"{k}={v}" for k, v in env.items()), *cmd]))
-    with mounted(src, mnt, cc_options(backend, s), logfile):
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False, env={**os.environ, **env})
-    if done.returncode != 0:
-        raise RuntimeError(f"fio {job} failed: {(done.stderr or done.stdout).strip()[-300:]}")
-    jobs = json.loads(done.stdout[done.stdout.index("{"):])["jobs"]
+    with background(src, mnt, cc_options(backend, s), logfile):
+        jobs = run_fio(cmd, {**os.environ, **env}, f"fio {job}")
     return float(sum(j[kind]["iops"] for j in jobs for kind in ("read", "write", "trim")))
 
 
@@ -402,14 +316,14 @@ def fio_policy(src: Path, mnt: Path, policy: str, s: Settings, logfile: Path,
                commands: list[str], fio_file: str = "fio/text.dat") -> tuple[float, float]:
     """zipf:1.1 randread with cleancache=none and pc_policy=policy: (IOPS, page-cache hit ratio)."""
     drop_host_cache()
-    with mounted(src, mnt, cc_options("none", s, f"pc_policy={policy}"), logfile):
+    with background(src, mnt, cc_options("none", s, f"pc_policy={policy}"), logfile):
         path = mnt / fio_file
         control(mnt, "reset_stats")
         cmd = fio_command(path, s.fio_size, s.runtime, zipf=True)
         commands.append(shlex.join(cmd))
-        iops = run_fio(cmd)
+        iops = read_iops(cmd)
         st = read_stats(mnt)
-    hits, misses = num(st, "pagecache.hits"), num(st, "pagecache.misses")
+    hits, misses = counter(st, "pagecache.hits"), counter(st, "pagecache.misses")
     return iops, hits / (hits + misses) if hits + misses else 0.0
 
 
@@ -483,16 +397,6 @@ class Results:
     job: str = ""  # the fio job file run per backend instead of the built-in fio runs
 
 
-def spread(values: Sequence[float], fmt: str = "{:.0f}") -> str:
-    """'median (min..max)' when repeated, the value alone otherwise."""
-    if not values:
-        return "-"
-    med = fmt.format(statistics.median(values))
-    if len(values) == 1 or min(values) == max(values):
-        return med
-    return f"{med} ({fmt.format(min(values))}..{fmt.format(max(values))})"
-
-
 def med(values: Sequence[float]) -> float:
     return statistics.median(values) if values else 0.0
 
@@ -562,18 +466,13 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
     return out
 
 
-def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
-
-
 def read_tables(res: Results) -> list[str]:
     rows_hit, rows_bytes = [], []
     for backend in res.backends:
         runs = {ds: res.reads.get((backend, ds), []) for ds in res.datasets}
-        rows_hit.append([backend, *(spread([r.hit_ratio * 100 for r in runs[ds]], "{:.1f}") + " %"
+        rows_hit.append([backend, *(spread_text([r.hit_ratio * 100 for r in runs[ds]], "{:.1f}") + " %"
                                     if runs[ds] else "-" for ds in res.datasets)])
-        rows_bytes.append([backend, *(spread([r.backing_bytes / MiB for r in runs[ds]], "{:.1f}")
+        rows_bytes.append([backend, *(spread_text([r.backing_bytes / MiB for r in runs[ds]], "{:.1f}")
                                       if runs[ds] else "-" for ds in res.datasets)])
     return ["### Second pass after drop_caches: cleancache hit ratio (succ_gets / (succ_gets + failed_gets))", "",
             *table(["backend", *res.datasets], rows_hit), "",
@@ -588,11 +487,11 @@ def ratio_table(res: Results) -> list[str]:
         cells = [ds, f"{res.data_size.get(ds, 0) / MiB:.0f}", f"{total} / {uniq}"]
         for backend in ("zcache", "dedup", "zcache+tmem"):
             runs = res.reads.get((backend, ds), [])
-            cells.append(spread([capacity_ratio(r) for r in runs], "{:.2f}") + "x" if runs else "-")
+            cells.append(spread_text([capacity_ratio(r) for r in runs], "{:.2f}") + "x" if runs else "-")
         dd = res.reads.get(("dedup", ds), [])
-        cells.append(spread([r.pool_bytes / MiB for r in dd], "{:.1f}") if dd else "-")
-        cells.append(spread([r.unique_data / MiB for r in dd], "{:.1f}") if dd else "-")
-        cells.append(spread([r.unique_pages for r in dd]) if dd else "-")
+        cells.append(spread_text([r.pool_bytes / MiB for r in dd], "{:.1f}") if dd else "-")
+        cells.append(spread_text([r.unique_data / MiB for r in dd], "{:.1f}") if dd else "-")
+        cells.append(spread_text([r.unique_pages for r in dd]) if dd else "-")
         cells.append(f"{uniq * PAGE / MiB:.1f}")
         rows.append(cells)
     header = ["data set", "MiB", "pages total / unique (hashed here)", "zcache orig/pool", "dedup orig/pool",
@@ -620,10 +519,10 @@ def dedup_overhead_note(res: Results) -> list[str]:
 
 def fio_tables(res: Results) -> list[str]:
     base = med(res.iops.get("none", []))
-    rows = [[b, spread(res.iops[b]), f"{med(res.iops[b]) / base:.2f}x" if base else "-"]
+    rows = [[b, spread_text(res.iops[b]), f"{med(res.iops[b]) / base:.2f}x" if base else "-"]
             for b in res.backends if res.iops.get(b)]
-    zrows = [[p, spread([v[0] for v in res.zipf[p]]), spread([v[1] * 100 for v in res.zipf[p]], "{:.1f}") + " %"]
-             for p in POLICIES if res.zipf.get(p)]
+    zrows = [[p, spread_text([v[0] for v in res.zipf[p]]),
+              spread_text([v[1] * 100 for v in res.zipf[p]], "{:.1f}") + " %"] for p in POLICIES if res.zipf.get(p)]
     title = (f"### fio job `{res.job}` on a fresh mount per backend (IOPS of all its jobs, reads and writes)"
              if res.job else "### fio 4k randread QD1 psync direct=1 on the text file, after one warm-up pass")
     zipf = ["### fio zipf:1.1 randread, cleancache=none, per page-cache policy", "",
@@ -667,53 +566,11 @@ def report(res: Results) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def replace_between(text: str, body: str, begin: str = BEGIN, end: str = END) -> str:
-    """Replace only what is between the markers; append the markers if absent."""
-    if begin in text and end in text and text.index(begin) < text.index(end):
-        head, rest = text.split(begin, 1)
-        _, tail = rest.split(end, 1)
-        return f"{head}{begin}\n{body}{end}{tail}"
-    sep = "" if not text or text.endswith("\n") else "\n"
-    return f"{text}{sep}\n{begin}\n{body}{end}\n"
-
-
-def write_report(out: Path, body: str, begin: str = BEGIN, end: str = END) -> None:
-    """Write `body` between the markers of `out`, keeping the rest of the file."""
-    text = out.read_text() if out.exists() else ""
-    out.write_text(replace_between(text, body, begin, end))
-
-
 # -- charts ---------------------------------------------------------------------------
 
 
-def bar_groups(ax: object, groups: Sequence[str], series: dict[str, list[float]]) -> None:
-    """Grouped bars: one group per x label, one bar per series."""
-    width = 0.8 / max(1, len(series))
-    for i, (name, values) in enumerate(series.items()):
-        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, values, width, label=name)  # type: ignore[attr-defined]
-    ax.set_xticks(range(len(groups)), groups)  # type: ignore[attr-defined]
-
-
-def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]]:
-    """Four PNGs; small (dpi 80) so each stays well under 150 KB."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.container import BarContainer
-
-    chart_dir.mkdir(parents=True, exist_ok=True)
-    made: list[tuple[str, str]] = []
-    tag = f" ({res.settings.mode} run, {res.settings.data_size // MiB} MiB sets, cache_size "\
-          f"{res.settings.cache_size // MiB} MiB)"
-
-    def save(fig: object, name: str, alt: str) -> None:
-        fig.tight_layout()  # type: ignore[attr-defined]
-        fig.savefig(chart_dir / name, dpi=80)  # type: ignore[attr-defined]
-        plt.close(fig)  # type: ignore[arg-type]
-        made.append((alt, f"{rel}/{name}"))
-
+def reads_chart(plt: Any, res: Results, tag: str, path: Path) -> None:
+    """Hit ratio and backing bytes of the second pass, per backend and data set."""
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
     hit = {b: [med([r.hit_ratio * 100 for r in res.reads.get((b, d), [])]) for d in res.datasets]
            for b in res.backends}
@@ -725,7 +582,12 @@ def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]
     a2.set(title="Bytes read from SRC, 2nd pass", xlabel="data set", ylabel="MiB read (O_DIRECT)")
     a2.legend(title="cleancache", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Read, drop_caches, read again" + tag, fontsize=10)
-    save(fig, "backends-reads.png", "hit ratio and backing bytes per backend and data set")
+    save_figure(fig, path)
+
+
+def capacity_chart(plt: Any, res: Results, tag: str, path: Path) -> None:
+    """Effective capacity per data set of the backends that compress or dedup."""
+    from matplotlib.container import BarContainer
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     cap = {b: [med([capacity_ratio(r) for r in res.reads.get((b, d), [])]) for d in res.datasets]
@@ -741,8 +603,11 @@ def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]
     for c, values in zip(bar_sets, cap.values(), strict=False):
         ax.bar_label(c, labels=[f"{v:.2f}" if v else "refused" for v in values], fontsize=7)
     ax.legend(fontsize=8)
-    save(fig, "backends-capacity.png", "compression / dedup ratio per data set")
+    save_figure(fig, path)
 
+
+def iops_chart(plt: Any, res: Results, tag: str, path: Path) -> None:
+    """fio's IOPS per backend."""
     fig, ax = plt.subplots(figsize=(7, 4))
     names = [b for b in res.backends if res.iops.get(b)]
     bars = ax.bar(names, [med(res.iops[b]) for b in names], color="tab:blue")
@@ -751,10 +616,11 @@ def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]
     ax.set(title=f"fio job {res.job}, {sizes}" if res.job else
            f"fio 4k randread QD1 psync direct=1, {sizes.replace(' file', ' text file')}, after one warm-up read",
            xlabel="cleancache backend", ylabel="IOPS (median)")
-    save(fig, "backends-iops.png", "fio IOPS per backend")
+    save_figure(fig, path)
 
-    if not res.zipf:
-        return made
+
+def zipf_chart(plt: Any, res: Results, tag: str, path: Path) -> None:
+    """zipf IOPS (bars) and page-cache hit ratio (line) per page-cache policy."""
     fig, a1 = plt.subplots(figsize=(7, 4))
     pols = [p for p in POLICIES if res.zipf.get(p)]
     bars = a1.bar(pols, [med([v[0] for v in res.zipf[p]]) for p in pols], color="tab:green", label="IOPS")
@@ -768,7 +634,26 @@ def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]
     a2.plot(pols, hits, "o-", color="tab:red")
     a1.set_xticks(range(len(pols)), [f"{p}\n{h:.1f} % hits" for p, h in zip(pols, hits, strict=True)])
     a2.set_ylabel("page-cache hit ratio (%, line; axis not from 0)")
-    save(fig, "backends-zipf.png", "zipf IOPS and page-cache hit ratio per policy")
+    save_figure(fig, path)
+
+
+CHARTS: tuple[tuple[Callable[[Any, Results, str, Path], None], str, str], ...] = (
+    (reads_chart, "backends-reads.png", "hit ratio and backing bytes per backend and data set"),
+    (capacity_chart, "backends-capacity.png", "compression / dedup ratio per data set"),
+    (iops_chart, "backends-iops.png", "fio IOPS per backend"),
+    (zipf_chart, "backends-zipf.png", "zipf IOPS and page-cache hit ratio per policy"),
+)
+
+
+def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]]:
+    """Four PNGs (the zipf one only when the policies ran); (alt text, path relative to the report)."""
+    plt = pyplot()
+    tag = f" ({res.settings.mode} run, {res.settings.data_size // MiB} MiB sets, cache_size "\
+          f"{res.settings.cache_size // MiB} MiB)"
+    made: list[tuple[str, str]] = []
+    for draw, name, alt in CHARTS if res.zipf else CHARTS[:-1]:
+        draw(plt, res, tag, chart_dir / name)
+        made.append((alt, f"{rel}/{name}"))
     return made
 
 
@@ -777,13 +662,10 @@ def make_charts(res: Results, chart_dir: Path, rel: str) -> list[tuple[str, str]
 
 def machine_info() -> dict[str, str]:
     def version(pkg: str) -> str:
-        try:
-            return metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            return "?"
+        return package_version(pkg, "?")
 
     fio = subprocess.run(["fio", "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = load_average()
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.node()}, {os.cpu_count()} CPU, kernel {platform.release()}",
@@ -927,40 +809,17 @@ def progress(res: Results, job: bool) -> Callable[[str], None]:
     total = s.repeats * (cycles + fio_runs)
     log(f"plan: {total} steps ({s.repeats} repeat(s) of {cycles} read cycles, "
         f"{fio_runs} fio runs{'' if job else f' of {s.runtime} s'}), then the CPU cost per call")
-    done = [0]
-    t0 = time.monotonic()
-
-    def steps(msg: str) -> None:
-        elapsed = time.monotonic() - t0
-        left = elapsed / done[0] * (total - done[0]) if done[0] else 0.0
-        done[0] += 1
-        log(f"[{done[0]}/{total} {done[0] / total:.0%}, {mmss(elapsed)} elapsed"
-            + (f", ~{mmss(left)} left" if done[0] > 1 else "") + f"] {msg}")
-
-    return steps
+    return Progress(total).begin
 
 
 def size_label(s: Settings) -> str:
     return f"{human(s.cache_size)}-{human(s.cc_size)}"
 
 
-def human(size: int) -> str:
-    """16777216 -> 16M (the largest unit that divides the size)."""
-    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
-        if size % (1 << shift) == 0:
-            return f"{size >> shift}{unit}"
-    return str(size)
-
-
 def results_path(s: Settings, custom: bool = False, label: str = "") -> Path:
     """A quick run never overwrites the numbers of a full one, nor a run on the user's data make bench's."""
     name = "-".join(["results", *(["quick"] if s.quick else []), *([label] if label else [])]) + ".json"
     return ROOT / "custom" / name if custom else ROOT / name
-
-
-def mmss(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def save_results(res: Results, path: Path) -> None:
@@ -994,15 +853,12 @@ def load_results(path: Path) -> Results:
     return res
 
 
-SIZE = re.compile(r"(\d+)([KMG]?)", re.IGNORECASE)
-
-
 def parse_size(text: str) -> int:
-    """16M -> 16777216 (K/M/G are powers of 1024, as in mount options); a whole number of pages."""
-    m = SIZE.fullmatch(text.strip())
-    if not m:
-        raise ValueError(f"{text!r} is not a size (a number with K, M or G)")
-    size = int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+    """16M -> 16777216 (as in mount options); a whole number of pages."""
+    try:
+        size = size_in_bytes(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size (a number with K, M or G)") from None
     if size < PAGE or size % PAGE:
         raise ValueError(f"{text!r} is not a whole number of {PAGE}-byte pages")
     return size
@@ -1083,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         res = load_results(args.from_json)
         res.charts = make_charts(res, args.out.resolve().parent / CHART_DIR, CHART_DIR.as_posix())
-        write_report(args.out, report(res))
+        write_section(args.out, report(res), BEGIN, END)
         return 0
     s = settings_for(args.quick)
     mnt = (ROOT / "mnt").resolve()
@@ -1094,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if is_mounted(mnt):
                 unmount(mnt)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_report(args.out, "\n".join(report(res) for res in results))
+    write_section(args.out, "\n".join(report(res) for res in results), BEGIN, END)
     charts = sum(len(res.charts) for res in results)
     log(f"wrote {args.out} and {charts} charts in {sum(res.runtime_s for res in results) / 60:.1f} min")
     return 0

@@ -34,7 +34,6 @@ run made in /dev/shm removed in a finally, also on an error or Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -42,58 +41,81 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tools.bench import (
-    BUSY,
+from tools.corpus import make_file
+from tools.fio import (
     WORKLOAD,
-    CpuSample,
     FioResult,
     Job,
     Point,
-    Workspace,
-    command_output,
-    cpu_sample,
-    fio_report,
-    fio_runtime,
-    fmt_point,
-    machine_facts,
-    make_file,
-    mmss,
-    parse_fio_json,
-    plain_ratio,
-    raise_interrupt,
-    read_through,
-    source_digest,
-    versions,
-    with_cpu,
+    bytes_and_seconds,
+    clat_percentiles_us,
+    fio_command,
+    run_fio_output,
 )
-from tools.bench_backends import control, mounted, num, read_stats, spread
-from tools.bench_backends import write_report as write_section
-from tools.mounting import is_mounted, mount_points, signals_deferred, stop_daemon, unmount
+from tools.machine import (
+    BUSY,
+    cpu_sample,
+    load_average,
+    machine_facts,
+    note_digests,
+    source_digest,
+    start_redis,
+    store_versions,
+)
+from tools.mounting import (
+    Workspace,
+    background,
+    control,
+    counter,
+    end_process,
+    is_mounted,
+    mount_points,
+    read_stats,
+    read_through,
+    signals_deferred,
+    stop_daemon,
+    unmount,
+    wait_store_up,
+)
+from tools.report import (
+    Progress,
+    add_from_json,
+    add_output_options,
+    fmt_point,
+    log,
+    markers,
+    measured_or_loaded,
+    plain_ratio,
+    publish,
+    section_parser,
+    spread_text,
+    subsection,
+    table,
+)
+
+if TYPE_CHECKING:
+    from backends.store import PageStore
 
 PAGE = 4096
 MiB = 1 << 20
-BEGIN = "<!-- cluster:begin -->"
-END = "<!-- cluster:end -->"
+BEGIN, END = markers("cluster")
 ROOT = Path("bench-results/cluster")  # results JSON, raw fio output, daemon logs (not committed)
 READ_TARGET = 1.5  # lmdb second node / cleancache=none
 WRITE_TARGET_US = 200.0  # added to the median 4k write by coherency, 2 nodes
 READ_FILE = "read.dat"
 WRITE_FILE = "write.dat"
 XATTR = "user.tmemfs.pool_uuid"  # where a SRC keeps its pool uuid (fusefs/pooluuid.py)
-REDIS_SERVER = "/usr/bin/redis-server"
 
 NONE, LMDB, REDIS_UNIX, REDIS_TCP = "none", "lmdb", "redis-unix", "redis-tcp"
 STORES: tuple[str, ...] = (NONE, LMDB, REDIS_UNIX, REDIS_TCP)
@@ -171,11 +193,6 @@ def settings_for(quick: bool) -> Settings:
     if quick:
         return Settings(True, 1, 1.0, 1.0, 32 * MiB, 8 * MiB, 8 * MiB, 64 * MiB, 5_000, 1_000, 2_000, 0.3)
     return Settings(False, 3, 3.0, 3.0, 128 * MiB, 32 * MiB, 16 * MiB, 256 * MiB, 100_000, 10_000, 8_000, 1.0)
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr so that stdout stays clean."""
-    print(f"[bench_cluster {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -316,32 +333,6 @@ def results_from_json(data: dict[str, Any]) -> Results:
 # -- parsing -----------------------------------------------------------------------------------
 
 
-def fio_job(stdout: str) -> dict[str, Any] | None:
-    """The first job of fio's JSON report (fio may print error lines before the object)."""
-    report = fio_report(stdout)
-    jobs = report.get("jobs") if report else None
-    return jobs[0] if jobs else None
-
-
-def clat_percentiles_us(stdout: str, direction: str) -> dict[float, float]:
-    """fio's completion latency percentiles (clat_ns) of one direction, in microseconds."""
-    job = fio_job(stdout)
-    if job is None:
-        return {}
-    table = job.get(direction, {}).get("clat_ns", {}).get("percentile", {})
-    return {float(k): float(v) / 1000.0 for k, v in table.items()}
-
-
-def fio_bytes_and_seconds(stdout: str, direction: str) -> tuple[int, float]:
-    """(bytes moved, seconds the job ran) of one direction."""
-    job = fio_job(stdout)
-    if job is None:
-        return 0, 0.0
-    numbers = job.get(direction, {})
-    ms = job.get("job_runtime") or numbers.get("runtime") or 0
-    return int(numbers.get("io_bytes", 0)), float(ms) / 1000.0
-
-
 def write_run(round_: int, result: FioResult, stdout: str) -> WriteRun:
     """A randwrite run from fio's parsed result and its JSON (percentiles missing = an error)."""
     if result.error:
@@ -354,16 +345,16 @@ def write_run(round_: int, result: FioResult, stdout: str) -> WriteRun:
                     foreign_cpu=result.foreign_cpu)
 
 
-def stats_delta(before: dict[str, object], after: dict[str, object], key: str) -> int:
-    return int(num(after, key) - num(before, key))
+def stats_delta(before: Mapping[str, object], after: Mapping[str, object], key: str) -> int:
+    return int(counter(after, key) - counter(before, key))
 
 
-def read_run(round_: int, result: FioResult, stdout: str, before: dict[str, object],
-             after: dict[str, object]) -> ReadRun:
+def read_run(round_: int, result: FioResult, stdout: str, before: Mapping[str, object],
+             after: Mapping[str, object]) -> ReadRun:
     """A read run on B: fio's numbers plus B's counters over the run."""
     if result.error:
         return ReadRun(round_, error=result.error)
-    fio_bytes, seconds = fio_bytes_and_seconds(stdout, "read")
+    fio_bytes, seconds = bytes_and_seconds(stdout, "read")
     return ReadRun(round_, result.iops, result.bw, fio_bytes, seconds,
                    backing_bytes=stats_delta(before, after, "backing.read_bytes"),
                    backing_reads=stats_delta(before, after, "backing.reads"),
@@ -394,10 +385,6 @@ def parse_checker(store: str, command: str, asked_ops: int, stdout: str, returnc
     run.ok = bool(data.get("ok")) and returncode == 0
     run.first_violations = [str(v.get("text", v)) for v in data.get("first_violations", [])[:5]]
     return run
-
-
-def write_report(out: Path, body: str) -> None:
-    write_section(out, body, BEGIN, END)
 
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+\[\d+\] (ERROR|WARNING|CRITICAL) (.*)$")
@@ -444,7 +431,7 @@ def read_point(runs: Sequence[ReadRun]) -> Point:
 
 def read_ratio_text(res: Results, store: str, job: Job) -> str:
     points = {(s, job.name): read_point(res.read_runs(s, job)) for s in (store, NONE)}
-    return plain_ratio(points, store, NONE, job)
+    return plain_ratio(points, store, NONE, job.name)
 
 
 def read_ratio_median(res: Results, store: str, job: Job) -> float | None:
@@ -488,10 +475,10 @@ def read_table(res: Results, job: Job) -> list[str]:
         others = [r.hits_from_others / r.pool_hits * 100 for r in good if r.pool_hits]
         lines.append(
             f"| {STORE_LABEL[store]} | {cell}{busy_mark(runs)}{failed_text(runs)} | {ratio_text} "
-            f"| {spread([r.backing_bytes / MiB for r in good], '{:.1f}')} "
-            f"| {spread([r.backing_share * 100 for r in good], '{:.1f}')} % "
-            f"| {spread([r.pool_hits_per_s for r in good]) if cluster else '-'} "
-            f"| {spread(others, '{:.0f}') + ' %' if cluster and others else '-'} |")
+            f"| {spread_text([r.backing_bytes / MiB for r in good], '{:.1f}')} "
+            f"| {spread_text([r.backing_share * 100 for r in good], '{:.1f}')} % "
+            f"| {spread_text([r.pool_hits_per_s for r in good]) if cluster else '-'} "
+            f"| {spread_text(others, '{:.0f}') + ' %' if cluster and others else '-'} |")
     return lines
 
 
@@ -505,7 +492,7 @@ def added_us(res: Results, key: str, base: str) -> list[float]:
     return [r.p50 - base_by_round[r.round] for r in write_runs_ok(res.writes.get(key, [])) if r.round in base_by_round]
 
 
-def signed_spread(values: Sequence[float]) -> str:
+def signed_spread_text(values: Sequence[float]) -> str:
     if not values:
         return "-"
     med = statistics.median(values)
@@ -525,12 +512,12 @@ def write_table(res: Results) -> list[str]:
         if not good:
             lines.append(f"| {cfg.label} | **failed**: {runs[0].error} | - | - | - | - | - |")
             continue
-        vs_none = "-" if cfg.store == NONE else signed_spread(added_us(res, cfg.key, "none-1"))
+        vs_none = "-" if cfg.store == NONE else signed_spread_text(added_us(res, cfg.key, "none-1"))
         one = f"{cfg.store}-1"
-        vs_one = "-" if cfg.store == NONE or cfg.key == one else signed_spread(added_us(res, cfg.key, one))
+        vs_one = "-" if cfg.store == NONE or cfg.key == one else signed_spread_text(added_us(res, cfg.key, one))
         lines.append(f"| {cfg.label} | {fmt_point([r.iops for r in good])}{busy_mark(runs)}{failed_text(runs)} "
-                     f"| {spread([r.p50 for r in good])} | {spread([r.p90 for r in good])} "
-                     f"| {spread([r.p99 for r in good])} | {vs_none} | {vs_one} |")
+                     f"| {spread_text([r.p50 for r in good])} | {spread_text([r.p90 for r in good])} "
+                     f"| {spread_text([r.p99 for r in good])} | {vs_none} | {vs_one} |")
     return lines
 
 
@@ -543,7 +530,7 @@ def rate_table(res: Results) -> list[str]:
         if store not in res.stores or not rates:
             continue
         one, four = rates.get(1), rates.get(4)
-        mount = [spread([r.pool_hits_per_s for r in ok_runs(res.read_runs(store, job))]) for job in READ_JOBS]
+        mount = [spread_text([r.pool_hits_per_s for r in ok_runs(res.read_runs(store, job))]) for job in READ_JOBS]
         lines.append(f"| {STORE_LABEL[store]} | {f'{one.hits_per_s:,.0f}' if one else '-'} "
                      f"| {f'{four.hits_per_s:,.0f}' if four else 'n/a (gets never wait)'} "
                      f"| {f'{one.us_per_get:.1f}' if one else '-'} "
@@ -582,7 +569,7 @@ def targets(res: Results) -> list[tuple[str, str, bool | None]]:
         added = added_us(res, f"{store}-2", "none-1")
         med = statistics.median(added) if added else None
         rows.append((f"coherency adds < {WRITE_TARGET_US:.0f} us to the median 4k write, 2 nodes, {store} ({kind})",
-                     f"{signed_spread(added)} us" if added else "not measured",
+                     f"{signed_spread_text(added)} us" if added else "not measured",
                      None if med is None else med < WRITE_TARGET_US))
     for c in res.checks:
         full = c.asked_ops >= 100_000
@@ -645,9 +632,8 @@ def report(res: Results) -> str:
               "show the median (min..max) over rounds, ratios are ratios of medians with the range of the "
               "per-round ratios, differences are taken per round",
               *noise_line(res), ""]
-    lines += ["### Targets", "", "| target | measured | result |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {mark(ok)} |" for t, m, ok in targets(res)]
-    lines += [""]
+    lines += ["### Targets", "", *table(["target", "measured", "result"],
+                                        [[t, m, mark(ok)] for t, m, ok in targets(res)]), ""]
     lines += ["### Second node on data the first node already read", "",
               f"Node A reads the whole {s.file_size // MiB} MiB file of random bytes (its page cache holds "
               f"{s.cache_size // MiB} MiB, the rest goes to the pool as it is evicted), then `drop_caches` on A "
@@ -689,8 +675,7 @@ def report(res: Results) -> str:
     bad = [c for c in res.checks if c.first_violations]
     for c in bad:
         lines += [f"First violations ({c.store}):", "", *[f"* {short_violation(v)}" for v in c.first_violations], ""]
-    if res.notes:
-        lines += ["### Notes", "", *[f"- {n}" for n in res.notes], ""]
+    lines += subsection("### Notes", [f"- {n}" for n in res.notes])
     if res.daemon_problems:
         lines += ["### What the node daemons logged", "",
                   "ERROR and WARNING lines and exception lines in the logs of the mounts above (by store and "
@@ -707,29 +692,10 @@ def report(res: Results) -> str:
 # -- measuring ------------------------------------------------------------------------------------
 
 
-def proc_cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime of processes that are not our reaped children (daemons, redis-server)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        with suppress(OSError, IndexError, ValueError):
-            with open(f"/proc/{pid}/stat") as f:
-                after_comm = f.read().rpartition(")")[2].split()
-            total += (int(after_comm[11]) + int(after_comm[12])) / tick
-    return total
-
-
-def sample(pids: Sequence[int]) -> CpuSample:
-    s = cpu_sample(None)
-    return dataclasses.replace(s, ours=s.ours + proc_cpu_seconds(pids))
-
-
 def fio_args(job: Job, filename: Path, size: int, runtime: float) -> list[str]:
-    cmd = ["fio", f"--name={job.name}", f"--filename={filename}", f"--size={size // MiB}M", *job.fio_args(),
-           f"--runtime={fio_runtime(runtime)}", "--time_based", "--invalidate=0"]
-    if job.workload.writes:
-        cmd.append("--percentile_list=" + ":".join(f"{p:g}" for p in PERCENTILES))
-    return [*cmd, "--output-format=json"]
+    """A job's fio command; writes report the latency percentiles the write table shows."""
+    percentiles = ["--percentile_list=" + ":".join(f"{p:g}" for p in PERCENTILES)] if job.workload.writes else []
+    return fio_command(job, filename, runtime, size=size, extra=percentiles)
 
 
 def daemon_error(logs: Sequence[Path]) -> str | None:
@@ -748,25 +714,44 @@ def shown(cmd: Sequence[str], mnt: Path) -> list[str]:
     return [a.replace(str(mnt), "NODE") for a in cmd]
 
 
-def start_redis(stack: ExitStack, root: Path) -> tuple[Any, str | None]:
-    """A tests.redisservers.RedisServer under `root`, stopped when `stack` closes; (None, why) if it cannot run."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        return None, f"{REDIS_SERVER} is not installed"
-    try:
-        from tests.redisservers import redis_server
-
-        return stack.enter_context(redis_server(root, name="redis")), None
-    except (ImportError, OSError, RuntimeError) as exc:
-        return None, f"redis-server did not start ({exc})"
+async def put_pages(st: PageStore, store: str, file: bytes, tag: Any, pages: int) -> None:
+    """Distinct pages 0..pages-1 of `file`, each put once."""
+    page = bytearray(os.urandom(PAGE))
+    for i in range(pages):
+        page[:8] = i.to_bytes(8, "big")
+        if not await st.put(file, tag, i, memoryview(page)):
+            raise RuntimeError(f"{store}: put {i} refused")
 
 
-def wait_store_up(mnt: Path, timeout: float = 10.0) -> None:
-    """A node that has not joined its pool reads SRC uncached: measure it only once its store is up."""
-    deadline = time.monotonic() + timeout
-    while read_stats(mnt).get("backend.cluster.store.state") != "up":
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{mnt}: the Redis store is not up after {timeout:g} s")
-        time.sleep(0.05)
+async def get_rate(st: PageStore, store: str, file: bytes, tag: Any, tasks: int, s: Settings) -> StoreRate:
+    """Gets of the pages put, by `tasks` trio tasks for rate_seconds."""
+    import trio
+
+    counts = [0, 0]  # gets, hits
+
+    async def worker(k: int, deadline: float) -> None:
+        buf = memoryview(bytearray(PAGE))
+        i = k
+        while time.perf_counter() < deadline:
+            putter = await st.get(file, tag, i % s.rate_pages, buf)
+            counts[0] += 1
+            counts[1] += putter is not None
+            i += tasks
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for k in range(tasks):
+            nursery.start_soon(worker, k, t0 + s.rate_seconds)
+    return StoreRate(store, tasks, counts[0], counts[1], time.perf_counter() - t0)
+
+
+async def version_rate(st: PageStore, file: bytes, seconds: float) -> float:
+    """version() calls per second, one task (every read on a cluster node pays one)."""
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        await st.version(file)
+        calls += 1
+    return calls / (time.perf_counter() - t0)
 
 
 class Bench:
@@ -828,9 +813,9 @@ class Bench:
         mnt = self.root / "run" / name
         opts = self.options(store)
         self.res.mount_commands.setdefault(store, shlex.join(["tmemfs", str(self.ws.src), "NODE", "-o", opts]))
-        with mounted(self.ws.src, mnt, opts, self.logs / f"{store}-{name}.log"):
+        with background(self.ws.src, mnt, opts, self.logs / f"{store}-{name}.log") as pid:
             stats = read_stats(mnt)
-            self.daemons[mnt] = int(num(stats, "fs.pid"))
+            self.daemons[mnt] = pid
             try:
                 uuid = stats.get("backend.cluster.pool_uuid")
                 if store == LMDB and isinstance(uuid, str):
@@ -862,15 +847,8 @@ class Bench:
         return [*self.daemons.values(), *self.redis_pids()]
 
     def fio(self, cmd: list[str], raw_name: str, runtime: float) -> tuple[FioResult, str]:
-        """Run fio once (CPU of others accounted); a hang is killed after a generous timeout."""
-        before = sample(self.our_pids())
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=runtime + 60, check=False)
-        except subprocess.TimeoutExpired:
-            return FioResult(error=f"fio did not finish within {runtime + 60:g} s"), ""
-        after = sample(self.our_pids())
-        (self.raw / raw_name).write_text(done.stdout + ("\n# stderr:\n" + done.stderr if done.stderr else ""))
-        return with_cpu(parse_fio_json(done.stdout, done.stderr, done.returncode), before, after), done.stdout
+        """Run fio once; the daemons' and redis-server's CPU counts as ours, not others'."""
+        return run_fio_output(cmd, self.raw / raw_name, runtime, lambda: cpu_sample(self.our_pids()))
 
     # -- 1. second node --
 
@@ -886,7 +864,7 @@ class Bench:
         ready: list[str] = []
         with ExitStack() as a_nodes:
             for store in self.res.stores:
-                steps.step(f"{store}: node A reads the {s.file_size // MiB} MiB file, then drop_caches")
+                steps.begin(f"{store}: node A reads the {s.file_size // MiB} MiB file, then drop_caches")
                 try:
                     a = a_nodes.enter_context(self.node(store, f"a-{store}"))
                     read_through(a / READ_FILE)
@@ -901,7 +879,7 @@ class Bench:
             for round_ in range(s.rounds):
                 for store in self.res.stores:
                     for job in READ_JOBS:
-                        steps.step(f"round {round_ + 1}: {store}, node B {job.label}")
+                        steps.begin(f"round {round_ + 1}: {store}, node B {job.label}")
                         if store in ready:
                             self.res.add_read(store, job, self.measure_b(store, job, round_))
         for store in self.res.stores:
@@ -958,11 +936,7 @@ class Bench:
                     with suppress(ProcessLookupError):
                         proc.terminate()
                 for proc in readers:
-                    try:
-                        proc.wait(timeout=20)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    end_process(proc, 20, ask=False)
         return write_run(round_, result, stdout)
 
     # -- 3. in-process store rates --
@@ -970,64 +944,39 @@ class Bench:
     def measure_rates(self, store: str) -> None:
         import trio
 
-        from backends.lmdbstore import LmdbStore, remove_pool
-        from backends.redisstore import RedisStore
-        from backends.store import PageStore
+        from backends.lmdbstore import remove_pool
 
-        s = self.s
         uuid = os.urandom(16)
-        tasks = (1,) if store == LMDB else (1, 4)
-
-        async def main() -> list[StoreRate]:
-            st: PageStore
-            if store == LMDB:
-                st = LmdbStore(uuid, capacity=2 * s.rate_pages * PAGE + 64 * PAGE)  # /dev/shm, as users get
-            else:
-                st = RedisStore(uuid, self.redis_url(store))
-            try:
-                if await st.join("bench_cluster") < 0:
-                    raise RuntimeError(f"{store}: could not join the pool")
-                file = b"bench-cluster-file"
-                tag = await st.version(file)
-                page = bytearray(os.urandom(PAGE))
-                for i in range(s.rate_pages):
-                    page[:8] = i.to_bytes(8, "big")
-                    if not await st.put(file, tag, i, memoryview(page)):
-                        raise RuntimeError(f"{store}: put {i} refused")
-                out = []
-                for n in tasks:
-                    counts = [0, 0]  # gets, hits
-
-                    async def worker(k: int, n: int, deadline: float, counts: list[int]) -> None:
-                        buf = memoryview(bytearray(PAGE))
-                        i = k
-                        while time.perf_counter() < deadline:
-                            putter = await st.get(file, tag, i % s.rate_pages, buf)
-                            counts[0] += 1
-                            counts[1] += putter is not None
-                            i += n
-
-                    t0 = time.perf_counter()
-                    async with trio.open_nursery() as nursery:
-                        for k in range(n):
-                            nursery.start_soon(worker, k, n, t0 + s.rate_seconds, counts)
-                    out.append(StoreRate(store, n, counts[0], counts[1], time.perf_counter() - t0))
-                calls, t0 = 0, time.perf_counter()
-                while time.perf_counter() - t0 < s.rate_seconds / 2:
-                    await st.version(file)
-                    calls += 1
-                out[0].versions_per_s = calls / (time.perf_counter() - t0)
-                return out
-            finally:
-                await st.leave()
-
         try:
-            self.res.rates += trio.run(main)
+            self.res.rates += trio.run(self.store_rates, store, uuid)
         finally:
             if store == LMDB:
                 remove_pool(uuid)
             else:
                 self.clear_pool(store)
+
+    async def store_rates(self, store: str, uuid: bytes) -> list[StoreRate]:
+        """Join the store's pool, put rate_pages pages, then time gets by 1 (and 4) tasks and version()."""
+        from backends.lmdbstore import LmdbStore
+        from backends.redisstore import RedisStore
+
+        s = self.s
+        st: PageStore
+        if store == LMDB:
+            st = LmdbStore(uuid, capacity=2 * s.rate_pages * PAGE + 64 * PAGE)  # /dev/shm, as users get
+        else:
+            st = RedisStore(uuid, self.redis_url(store))
+        try:
+            if await st.join("bench_cluster") < 0:
+                raise RuntimeError(f"{store}: could not join the pool")
+            file = b"bench-cluster-file"
+            tag = await st.version(file)
+            await put_pages(st, store, file, tag, s.rate_pages)
+            out = [await get_rate(st, store, file, tag, n, s) for n in ((1,) if store == LMDB else (1, 4))]
+            out[0].versions_per_s = await version_rate(st, file, s.rate_seconds / 2)
+            return out
+        finally:
+            await st.leave()
 
     # -- 4. the checker --
 
@@ -1056,14 +1005,8 @@ class Bench:
                         mounts.append(match.group(1))
                 proc.wait(timeout=960)
         finally:
-            if proc is not None and proc.poll() is None:
-                with suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)  # the checker unmounts its nodes on SIGTERM
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc is not None:
+                end_process(proc, 60)  # the checker unmounts its nodes on SIGTERM
             with signals_deferred():
                 for m in mounts:  # what the checker left behind, if it was killed
                     with suppress(Exception):
@@ -1110,84 +1053,62 @@ class Bench:
                 shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Progress:
-    """n of N on stderr, with elapsed time and an estimate of what is left."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.t0 = total, 0, time.monotonic()
-
-    def step(self, message: str) -> None:
-        elapsed = time.monotonic() - self.t0
-        left = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-        self.done += 1
-        log(f"[{self.done}/{self.total} {self.done / max(1, self.total):.0%}, {mmss(elapsed)} elapsed"
-            + (f", ~{mmss(left)} left" if self.done > 1 else "") + f"] {message}")
-
-
-def extra_versions() -> dict[str, str]:
-    def pkg(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    v = versions()
-    v.update({"lmdb": pkg("lmdb"), "coredis": pkg("coredis"),
-              "redis-server": command_output([REDIS_SERVER, "--version"]).split(" sha=")[0]})
-    return v
-
-
 def run(s: Settings, results_dir: Path) -> Results:
     t0 = time.monotonic()
     bench = Bench(s, results_dir)
     res = bench.res
     start_digest = source_digest()
     try:
-        res.machine = machine_facts(bench.ws)
-        res.machine["load average"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-        res.versions = extra_versions()
+        res.machine = machine_facts(bench.ws.src)
+        res.machine["load average"] = load_average()
+        res.versions = store_versions()
         log(f"workspace {bench.root}; writing the {s.file_size // MiB} MiB and {s.write_size // MiB} MiB files")
         make_file(bench.ws.src / READ_FILE, s.file_size)
         make_file(bench.ws.src / WRITE_FILE, s.write_size)
         bench.start_redis()
         res.stores = bench.stores
-        wcfgs = write_configs([st for st in res.stores if st in WRITE_STORES])
-        rate_stores = [st for st in RATE_STORES if st in res.stores]
-        check_stores = [st for st in CHECK_STORES if st in res.stores]
-        total = (len(res.stores) + s.rounds * (len(res.stores) * len(READ_JOBS) + len(wcfgs)) + len(rate_stores)
-                 + len(check_stores))
-        log(f"plan ({s.mode}): {s.rounds} round(s) of {len(res.stores)} stores x {len(READ_JOBS)} read jobs "
-            f"({s.read_runtime:g} s) and {len(wcfgs)} write configurations ({s.write_runtime:g} s), then "
-            f"in-process get rates ({', '.join(rate_stores)}) and the coherency checker "
-            f"({', '.join(check_stores)}): {total} steps")
-        steps = Progress(total)
-        bench.read_phase(steps)
-        for round_ in range(s.rounds):
-            for cfg in wcfgs:
-                steps.step(f"round {round_ + 1}: 4k randwrite on node A, {cfg.label}")
-                bench.measure_write(cfg, round_)
-        for store in rate_stores:
-            steps.step(f"in-process gets, {store}")
-            try:
-                bench.measure_rates(store)
-            except (OSError, RuntimeError) as exc:
-                res.notes.append(f"in-process gets on {store} failed: {type(exc).__name__}: {exc}")
-                log(f"  failed: {res.notes[-1]}")
-        for store in check_stores:
-            ops = s.checker_ops if store == LMDB else s.checker_ops_redis
-            steps.step(f"coherency checker, {store}, {CHECKER_NODES} nodes, {ops:,} ops")
-            res.checks.append(bench.run_checker(store, ops))
+        measure(bench)
     finally:
         bench.close()
     res.daemon_problems = log_problems({p.stem: p.read_text(errors="replace")
                                         for p in sorted(bench.logs.glob("*.log"))})
     res.notes += sanity_notes(res)
-    digests = (start_digest, source_digest())
-    res.versions["tmemfs sources (sha256 of fusefs/ and backends/ *.py)"] = " -> ".join(dict.fromkeys(digests))
+    digests = note_digests(start_digest, res.versions)
     if digests[0] != digests[1]:
         res.notes.append("tmemfs's sources changed during the run (someone edited them): numbers may mix versions")
     res.elapsed_s = time.monotonic() - t0
     return res
+
+
+def measure(bench: Bench) -> None:
+    """Reads on a second node, writes, in-process get rates and the checker, for the stores that can run."""
+    s, res = bench.s, bench.res
+    wcfgs = write_configs([st for st in res.stores if st in WRITE_STORES])
+    rate_stores = [st for st in RATE_STORES if st in res.stores]
+    check_stores = [st for st in CHECK_STORES if st in res.stores]
+    total = (len(res.stores) + s.rounds * (len(res.stores) * len(READ_JOBS) + len(wcfgs)) + len(rate_stores)
+             + len(check_stores))
+    log(f"plan ({s.mode}): {s.rounds} round(s) of {len(res.stores)} stores x {len(READ_JOBS)} read jobs "
+        f"({s.read_runtime:g} s) and {len(wcfgs)} write configurations ({s.write_runtime:g} s), then "
+        f"in-process get rates ({', '.join(rate_stores)}) and the coherency checker "
+        f"({', '.join(check_stores)}): {total} steps")
+    steps = Progress(total)
+    bench.read_phase(steps)
+    for round_ in range(s.rounds):
+        for cfg in wcfgs:
+            steps.begin(f"round {round_ + 1}: 4k randwrite on node A, {cfg.label}")
+            bench.measure_write(cfg, round_)
+    for store in rate_stores:
+        steps.begin(f"in-process gets, {store}")
+        try:
+            bench.measure_rates(store)
+        except (OSError, RuntimeError) as exc:
+            res.notes.append(f"in-process gets on {store} failed: {type(exc).__name__}: {exc}")
+            log(f"  failed: {res.notes[-1]}")
+    for store in check_stores:
+        ops = s.checker_ops if store == LMDB else s.checker_ops_redis
+        steps.begin(f"coherency checker, {store}, {CHECKER_NODES} nodes, {ops:,} ops")
+        res.checks.append(bench.run_checker(store, ops))
 
 
 def results_path(results_dir: Path, quick: bool) -> Path:
@@ -1196,33 +1117,17 @@ def results_path(results_dir: Path, quick: bool) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_cluster",
-                                     description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="1 round, 1.5 s fio runs, a 64 MiB file, 10,000 checker ops: under 3 minutes")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
-                        help="report file; only the cluster section is written (default BENCHMARKS.md)")
-    parser.add_argument("--results-dir", type=Path, default=ROOT, help="raw output, logs, results JSON")
-    parser.add_argument("--from-json", type=Path, metavar="RESULTS",
-                        help="measure nothing: write the report from a saved results JSON")
+    parser = section_parser("bench_cluster", __doc__,
+                            "1 round, 1.5 s fio runs, a 64 MiB file, 10,000 checker ops: under 3 minutes")
+    add_output_options(parser, "cluster", ROOT, "raw output, logs, results JSON")
+    add_from_json(parser, "write the report from a saved results JSON", "RESULTS")
     args = parser.parse_args(argv)
-    if args.from_json:
-        res = results_from_json(json.loads(args.from_json.read_text()))
-    else:
-        signal.signal(signal.SIGTERM, raise_interrupt)
-        try:
-            res = run(settings_for(args.quick), args.results_dir)
-        except KeyboardInterrupt:
-            log("interrupted: everything is unmounted and stopped, no report written")
-            return 130
-        saved = results_path(args.results_dir, args.quick)
-        saved.write_text(json.dumps(results_to_json(res), indent=1))
-        log(f"numbers saved in {saved} (--from-json {saved} rewrites the report)")
-    write_report(args.out, report(res))
-    log(f"wrote the cluster section of {args.out} (run took {mmss(res.elapsed_s)})")
-    for t, m, ok in targets(res):
-        print(f"{mark(ok).strip('*'):7} {t}: {m}")
-    return 0
+    res = measured_or_loaded(args, lambda a: run(settings_for(a.quick), a.results_dir), results_to_json,
+                             results_from_json, results_path(args.results_dir, args.quick))
+    if res is None:
+        return 130
+    return publish(args.out, "cluster", report(res), res.elapsed_s,
+                   (f"{mark(ok).strip('*'):7} {t}: {m}" for t, m, ok in targets(res)))
 
 
 if __name__ == "__main__":

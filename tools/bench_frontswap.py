@@ -45,30 +45,37 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tools.bench import (
-    REPO,
-    Config,
-    Mount,
-    Workspace,
-    command_output,
+from backends.base import size_in_bytes
+from tools.corpus import text_corpus
+from tools.machine import REPO, command_output, machine_facts, source_digest, versions
+from tools.mounting import Config, Mount, Workspace, backend_value, read_stats, signals_deferred
+from tools.report import (
+    add_from_json,
+    add_output_options,
+    draw_chart,
     log,
-    machine_facts,
+    machine_lines,
+    markdown,
+    markers,
     measured_or_loaded,
     mmss,
-    read_stats,
-    source_digest,
-    versions,
+    percentile,
+    placeholders,
+    publish,
+    pyplot,
+    run_json,
+    save_figure,
+    section_parser,
+    subsection,
+    table,
+    verdict_line,
 )
-from tools.bench_backends import CHART_DIR, text_corpus, write_report
-from tools.mounting import signals_deferred
-from tools.nullfs import parse_size
 
 MiB = 1 << 20
 PAGE = 4096
 SECTOR = 512
 MADV_PAGEOUT = 21  # not in Python's mmap module; the value is the kernel's
-BEGIN = "<!-- frontswap:begin -->"
-END = "<!-- frontswap:end -->"
+BEGIN, END = markers("frontswap")
 TITLE = "## Frontswap against zram and zswap (python -m tools.bench_frontswap)"
 CHART = "frontswap.png"
 ROOT = Path("bench-results/frontswap")
@@ -317,13 +324,6 @@ def major_faults() -> int:
     return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[9])
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile of sorted values (0 for none)."""
-    if not sorted_values:
-        return 0.0
-    return float(sorted_values[min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))])
-
-
 def emit(out: IO[str], **event: object) -> None:
     out.write(json.dumps(event) + "\n")
     out.flush()
@@ -339,7 +339,7 @@ def workload_child(argv: Sequence[str]) -> int:
     size = pattern.stat().st_size
     mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     with open(pattern, "rb") as f:
-        f.readinto(mem)  # type: ignore[attr-defined]
+        f.readinto(mem)
     pages = size // PAGE
     zero = bytes(PAGE)
     nonzero = [i for i in range(pages) if mem[i * PAGE:(i + 1) * PAGE] != zero]
@@ -477,12 +477,6 @@ def tmemfs_counters(mnt: Path) -> dict[str, Any]:
             if k.startswith(("frontswap.", "backend.", "backing.write")) and isinstance(v, int | float)}
 
 
-def backend_value(counters: dict[str, Any], name: str) -> int | None:
-    """backend.<any backend>.NAME (one backend in these mounts)."""
-    hits = [v for k, v in counters.items() if k.startswith("backend.") and k.endswith("." + name)]
-    return int(hits[0]) if hits else None
-
-
 def apply_counters(run: Run, counters: dict[str, Any]) -> None:
     """Pages stored, uncompressed and held bytes from each kind's counters."""
     run.counters = counters
@@ -558,7 +552,8 @@ def punch_hole(path: Path) -> bool:
     a discard (swapon --discard). Tried before mkswap, on a fresh sparse file."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        return LIBC.fallocate(fd, FALLOC_PUNCH_HOLE, ctypes.c_long(0), ctypes.c_long(PAGE)) == 0
+        result: int = LIBC.fallocate(fd, FALLOC_PUNCH_HOLE, ctypes.c_long(0), ctypes.c_long(PAGE))
+        return result == 0
     finally:
         os.close(fd)
 
@@ -678,7 +673,7 @@ class Report:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    size = parse_size(args.size) if args.size else (QUICK_SIZE if args.quick else DEFAULT_SIZE)
+    size = size_in_bytes(args.size) if args.size else (QUICK_SIZE if args.quick else DEFAULT_SIZE)
     rounds = args.rounds or (2 if args.quick else 5)
     keys = tuple(args.only.split(",")) if args.only else KEYS
     return Settings(args.quick, size, rounds, keys, args.force)
@@ -689,7 +684,7 @@ def run_all(args: argparse.Namespace) -> Report:
     s = settings_from(args)
     ws = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent)
     ws.prepare()
-    report = Report(s, machine_facts(ws), versions(), datetime.datetime.now(datetime.UTC).strftime(
+    report = Report(s, machine_facts(ws.src), versions(), datetime.datetime.now(datetime.UTC).strftime(
         "%Y-%m-%d %H:%M UTC"))
     report.paths = {"SRC": str(ws.src), "MNT": str(ws.mnt)}
     pattern = ws.cache / f"pattern-{s.size // MiB}M.bin"
@@ -780,7 +775,7 @@ def verdicts(report: Report) -> list[Verdict]:
 
 
 def target_lines(report: Report) -> list[str]:
-    return [f"{v.result:7} {v.label}: {v.measured}" + (f" ({v.why})" if v.why else "") for v in verdicts(report)]
+    return [verdict_line(v.result, v.label, v.measured, v.why) for v in verdicts(report)]
 
 
 # -- the section ---------------------------------------------------------------------------------------------
@@ -877,7 +872,7 @@ def method_lines(report: Report) -> list[str]:
     mix = ", ".join(f"{share:.0%} {kind}" for kind, share in MIX)
     return [
         f"* Workload: one child process, {s.size // MiB} MiB of anonymous memory ({mix} pages, by page, seed "
-        f"{SEED}; text pages are slices of the corpus of tools/bench_backends), {s.rounds} rounds of: stamp the "
+        f"{SEED}; text pages are slices of the text corpus of tools/corpus.py), {s.rounds} rounds of: stamp the "
         "round into every non-zero page, `madvise(MADV_PAGEOUT)` (21) on the whole area, then `memory.force_empty` "
         "of the child's own memory cgroup (v1, no limit set) until mincore shows no page of the area in memory "
         "(on a loop device MADV_PAGEOUT only starts the writes, and the written pages wait in the swap cache, "
@@ -902,13 +897,6 @@ def method_lines(report: Report) -> list[str]:
         *(["* **Quick mode** (`--quick`): a smaller area and fewer rounds; the numbers are rougher."]
           if s.quick else []),
     ]
-
-
-def placeholders(text: str, paths: dict[str, str]) -> str:
-    """Workspace paths as SRC and MNT, so the commands read the same on every machine."""
-    for name, path in sorted(paths.items(), key=lambda kv: -len(kv[1])):
-        text = text.replace(path, name)
-    return text
 
 
 def config_lines(report: Report) -> list[str]:
@@ -939,27 +927,27 @@ def render(report: Report, chart: str | None = None) -> str:
         TITLE, "",
         f"Run {report.started}, `{command_line(s)}`, {s.size // MiB} MiB, {s.rounds} rounds "
         f"({mmss(report.elapsed_s)}).", "",
-        "### Targets (issue 15)", "", "| target | measured | result |", "|---|---|---|",
-        *[f"| {v.label} | {v.measured} | {'**' + v.result + '**' if v.result != 'MET' else v.result}"
-          f"{f' ({v.why})' if v.why else ''} |" for v in verdicts(report)], "",
+        "### Targets (issue 15)", "",
+        *table(["target", "measured", "result"],
+               [[v.label, v.measured, (v.result if v.result == "MET" else f"**{v.result}**")
+                 + (f" ({v.why})" if v.why else "")] for v in verdicts(report)]), "",
         "### Results", "", *results_table(report), "",
         "Ratios are this row's number over (a)'s and over zram's; a disk ratio is `-` where the base wrote under "
         "1 MiB (what else the machine wrote then, not swap).", "",
         *([f"![swap-in latency, disk writes, compression ratio and run time per configuration]({chart})", ""]
           if chart else []),
-        *(["### What the numbers say", "", *cause_lines(report), ""] if cause_lines(report) else []),
+        *subsection("### What the numbers say", cause_lines(report)),
         "### Rounds", "", *rounds_table(report), "",
         "### Counters at the peak (after the last pageout)", "", *counter_lines(report), "",
         "### Configurations", "", *config_lines(report), "",
         "### Method", "", *method_lines(report), "",
-        *(["### Notes", "", *[f"* {n}" for n in report.notes], ""] if report.notes else []),
-        *(["### Failures", "", *failure_lines(report), ""] if failure_lines(report) else []),
-        "### Machine and versions", "", "| | |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in {**report.machine, **report.versions}.items()], "",
+        *subsection("### Notes", [f"* {n}" for n in report.notes]),
+        *subsection("### Failures", failure_lines(report)),
+        *machine_lines(report.machine, report.versions),
         "Raw numbers (`report.json`, for `--from-json`) are kept under `bench-results/frontswap/run/` "
         "(not committed).", "",
     ]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"
+    return markdown(lines)
 
 
 def make_chart(report: Report, path: Path) -> bool:
@@ -967,12 +955,7 @@ def make_chart(report: Report, path: Path) -> bool:
     runs = ok_runs(report)
     if not runs:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     names = [r.key for r in runs]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     (a1, a2), (a3, a4) = axes
@@ -991,9 +974,7 @@ def make_chart(report: Report, path: Path) -> bool:
         ax.set_xticks(list(xs), names)
     fig.suptitle(f"{report.settings.size // MiB} MiB anonymous memory, {report.settings.rounds} MADV_PAGEOUT "
                  f"rounds ({'quick' if report.settings.quick else 'normal'} run)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -1011,18 +992,13 @@ def report_from_json(d: dict[str, Any]) -> Report:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_frontswap",
-                                     description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64 MiB, 2 rounds: about a minute")
+    parser = section_parser("bench_frontswap", __doc__, "64 MiB, 2 rounds: about a minute")
     parser.add_argument("--size", help="anonymous memory the workload touches (default 256M, quick 64M)")
     parser.add_argument("--rounds", type=int, help="MADV_PAGEOUT rounds (default 5, quick 2)")
     parser.add_argument("--only", help=f"comma-separated configurations, of {','.join(KEYS)}")
     parser.add_argument("--force", action="store_true", help="run although the machine has swap active already")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
-                        help="report file; only the frontswap section is written (default BENCHMARKS.md)")
-    parser.add_argument("--results-dir", type=Path, default=ROOT, help="workspace: SRC, mount point, raw numbers")
-    parser.add_argument("--from-json", type=Path, metavar="REPORT_JSON",
-                        help="measure nothing: write the section from a saved report.json")
+    add_output_options(parser, "frontswap", ROOT, "workspace: SRC, mount point, raw numbers")
+    add_from_json(parser)
     return parser.parse_args(argv)
 
 
@@ -1034,7 +1010,7 @@ def check_args(args: argparse.Namespace) -> str | None:
         return "--rounds must be at least 1"
     if args.size:
         try:
-            size = parse_size(args.size)
+            size = size_in_bytes(args.size)
         except (ValueError, argparse.ArgumentTypeError) as exc:
             return f"--size: {exc}"
         if size < MiB or size % PAGE:
@@ -1051,17 +1027,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"bench_frontswap: {problem}", file=sys.stderr)
         return 2
-    report = measured_or_loaded(args, run_all, report_to_json, report_from_json)
+    report = measured_or_loaded(args, run_all, report_to_json, report_from_json,
+                                run_json(args.results_dir, args.quick))
     if report is None:
         return 130
-    chart = args.out.resolve().parent / CHART_DIR / CHART
-    drawn = make_chart(report, chart)
-    write_report(args.out, render(report, f"{CHART_DIR.as_posix()}/{CHART}" if drawn else None), BEGIN, END)
-    log(f"wrote the frontswap section of {args.out}" + (f" and {chart}" if drawn else "")
-        + f" (run took {mmss(report.elapsed_s)})")
-    for line in target_lines(report):
-        print(line)
-    return 0
+    chart, link = draw_chart(args.out, CHART, lambda path: make_chart(report, path))
+    return publish(args.out, "frontswap", render(report, link), report.elapsed_s, target_lines(report), chart)
 
 
 if __name__ == "__main__":

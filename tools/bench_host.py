@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import shlex
 import shutil
 import statistics
@@ -29,16 +28,36 @@ from pathlib import Path
 from typing import Any
 
 from backends.hoststore import HostStore
-from tools import bench
-from tools import bench_backends as bb
-from tools.bench import Workspace, log
-from tools.bench_backends import human, num, table
-from tools.bench_frontswap import backend_value, percentile, placeholders
+from tools.corpus import text_corpus
+from tools.fio import WORKLOAD, FioResult, Job, Workload, fio_command, fio_report, run_fio
+from tools.machine import background_cpu, machine_facts, source_digest, versions
+from tools.mounting import Workspace, backend_value, background, counter, read_stats, read_through
+from tools.report import (
+    add_from_json,
+    add_output_options,
+    bar_groups,
+    draw_chart,
+    human,
+    log,
+    machine_lines,
+    markdown,
+    markers,
+    measured_or_loaded,
+    mmss,
+    percentile,
+    placeholders,
+    publish,
+    pyplot,
+    run_json,
+    save_figure,
+    section_parser,
+    subsection,
+    table,
+)
 
 MiB = 1 << 20
 PAGE = 4096
-BEGIN = "<!-- host:begin -->"
-END = "<!-- host:end -->"
+BEGIN, END = markers("host")
 TITLE = "## One host pool or per-mount backends (issue 16; python -m tools.bench_host)"
 CHART = "host.png"
 ROOT = Path("bench-results/host")
@@ -49,9 +68,9 @@ PER_MOUNT, HOST = "per-mount", "host"
 TIE = 0.01  # hit ratios or fairness indices closer than this are a tie in the verdict
 KEY_PAGES = 1024  # the take-back filler's pages per key (a 4 MiB file each)
 
-HOT = bench.Workload("hot", "4k randread, uniform", ("--rw=randread", "--bs=4k"))
-SCAN = bench.Workload("scan", "128k sequential read, looping", ("--rw=read", "--bs=128k"))
-CLIENTS: dict[str, bench.Workload] = {"hot": HOT, "zipf": bench.WORKLOAD["4k-zipf"], "scan": SCAN}
+HOT = Workload("hot", "4k randread, uniform", ("--rw=randread", "--bs=4k"))
+SCAN = Workload("scan", "128k sequential read, looping", ("--rw=read", "--bs=128k"))
+CLIENTS: dict[str, Workload] = {"hot": HOT, "zipf": WORKLOAD["4k-zipf"], "scan": SCAN}
 
 
 @dataclass(frozen=True)
@@ -203,7 +222,7 @@ def fio_job(ws: Workspace, s: Settings, name: str) -> list[str]:
     """The client's fio job: a fixed amount of reading, not a time (a slower set-up must not simply ask
     for fewer pages: hit ratios compare only for the same requests)."""
     path = ws.mnt / name / data_file(ws, name, s.sizes[name]).name
-    cmd = bench.fio_command(bench.Job(CLIENTS[name], "psync", 1, 1), path, FIO_TIMEOUT_S, size=s.sizes[name])
+    cmd = fio_command(Job(CLIENTS[name], "psync", 1, 1), path, FIO_TIMEOUT_S, size=s.sizes[name])
     return [arg for arg in cmd if arg != "--time_based"] + [f"--io_size={s.work[name]}"]
 
 
@@ -214,11 +233,11 @@ def suffix_delta(before: dict[str, Any], after: dict[str, Any], name: str) -> in
 
 
 def client_numbers(name: str, setup: str, before: dict[str, Any], after: dict[str, Any],
-                   fio: bench.FioResult, raw: Path) -> Client:
+                   fio: FioResult, raw: Path) -> Client:
     def d(key: str) -> int:
-        return int(num(after, key) - num(before, key))
+        return int(counter(after, key) - counter(before, key))
 
-    report, host = bench.fio_report(raw.read_text()), setup == HOST
+    report, host = fio_report(raw.read_text()), setup == HOST
     read = int(report["jobs"][0]["read"]["io_bytes"]) if report else 0
     return Client(name, d("succ_gets"), d("failed_gets"), d("backing.read_bytes"), read, fio.iops,
                   backend_value(after, "client.stored_bytes" if host else "pool_total_size"),
@@ -252,19 +271,19 @@ def measure(ws: Workspace, s: Settings, cell: Cell, tag: str, commands: list[str
     stem = f"{cell.setup}-{cell.backend}-{cell.policy}"
     jobs = {name: fio_job(ws, s, name) for name in CLIENTS}
 
-    def fio(name: str) -> bench.FioResult:
-        return bench.run_fio(jobs[name], ws.raw / f"{stem}-{name}.json", FIO_TIMEOUT_S)  # fio's output kept there
+    def fio(name: str) -> FioResult:
+        return run_fio(jobs[name], ws.raw / f"{stem}-{name}.json", FIO_TIMEOUT_S)  # fio's output kept there
 
     with host_removed(host), ExitStack() as stack, ThreadPoolExecutor(len(CLIENTS)) as pool:
         for name in CLIENTS:
             commands.append(f"tmemfs {ws.src / name} {ws.mnt / name} -o {options}")
-            stack.enter_context(bb.mounted(ws.src / name, ws.mnt / name, options, ws.logs / f"{stem}-{name}.log"))
+            stack.enter_context(background(ws.src / name, ws.mnt / name, options, ws.logs / f"{stem}-{name}.log"))
         # the warm-up: every file read once through its mount, all at once (nobody starts with the pool alone)
-        list(pool.map(bench.read_through, [ws.mnt / n / data_file(ws, n, s.sizes[n]).name for n in CLIENTS]))
+        list(pool.map(read_through, [ws.mnt / n / data_file(ws, n, s.sizes[n]).name for n in CLIENTS]))
         commands.extend(shlex.join(cmd) for cmd in jobs.values())
-        before = {name: bb.read_stats(ws.mnt / name) for name in CLIENTS}
+        before = {name: read_stats(ws.mnt / name) for name in CLIENTS}
         results = dict(zip(jobs, pool.map(fio, jobs), strict=True))
-        after = {name: bb.read_stats(ws.mnt / name) for name in CLIENTS}
+        after = {name: read_stats(ws.mnt / name) for name in CLIENTS}
     failed = [f"{name}: {r.error}" for name, r in results.items() if r.error]
     if failed:
         raise RuntimeError("; ".join(failed))
@@ -345,13 +364,13 @@ def run_all(s: Settings, results_dir: Path, command: str) -> Report:
     """Every backend x policy, per-mount then host, then the take-backs; one failure is reported, not fatal."""
     ws = Workspace(results_dir.resolve(), Path(sys.executable).parent)
     ws.prepare()
-    report = Report(s, bench.machine_facts(ws), bench.versions(),
+    report = Report(s, machine_facts(ws.src), versions(),
                     datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), command)
-    report.machine["other processes at the start"] = f"{bench.background_cpu():.2f} CPUs busy"
+    report.machine["other processes at the start"] = f"{background_cpu():.2f} CPUs busy"
     report.paths = {"SRC": str(ws.src), "MNT": str(ws.mnt)}
-    corpus = bb.text_corpus(8 * MiB)
+    corpus = text_corpus(8 * MiB)
     make_files(ws, s.sizes, corpus)
-    digest, started, tag = bench.source_digest(), time.monotonic(), f"{os.getpid()}-{int(time.time())}"
+    digest, started, tag = source_digest(), time.monotonic(), f"{os.getpid()}-{int(time.time())}"
     commands: list[str] = []
     for backend in s.backends:
         for policy in s.policies:
@@ -370,7 +389,7 @@ def run_all(s: Settings, results_dir: Path, command: str) -> Report:
     except Exception as exc:
         report.takeback_error = str(exc) or type(exc).__name__
     report.commands = list(dict.fromkeys(commands))
-    if bench.source_digest() != digest:
+    if source_digest() != digest:
         report.notes.append("tmemfs's sources changed during the run: the numbers mix two versions")
     report.elapsed_s = time.monotonic() - started
     return report
@@ -499,10 +518,9 @@ def method_lines(report: Report) -> list[str]:
 
 
 def render(report: Report, chart: str | None = None) -> str:
-    failures = [f"* **{c.setup} {c.label}**: {c.error}" for c in report.cells if c.error]
     lines = [
         TITLE, "",
-        f"Run {report.started}, `{report.command}` ({bench.mmss(report.elapsed_s)}).", "",
+        f"Run {report.started}, `{report.command}` ({mmss(report.elapsed_s)}).", "",
         "### What the numbers say", "", *verdict_lines(report), "",
         "### Totals", "", *summary_table(report), "",
         *([f"![hit ratio, fairness, SRC reads per set-up; take-back latency]({chart})", ""] if chart else []),
@@ -510,14 +528,13 @@ def render(report: Report, chart: str | None = None) -> str:
         "### Take-back latency", "", *takeback_lines(report), "",
         "### Method", "", *method_lines(report), "",
         "### Commands", "", "```", *(placeholders(c, report.paths) for c in report.commands), "```", "",
-        *(["### Notes", "", *[f"* {n}" for n in report.notes], ""] if report.notes else []),
-        *(["### Failures", "", *failures, ""] if failures else []),
-        "### Machine and versions", "", "| | |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in {**report.machine, **report.versions}.items()], "",
+        *subsection("### Notes", [f"* {n}" for n in report.notes]),
+        *subsection("### Failures", [f"* **{c.setup} {c.label}**: {c.error}" for c in report.cells if c.error]),
+        *machine_lines(report.machine, report.versions),
         "Raw numbers (`report.json`, for `--from-json`) are kept under `bench-results/host/run/` (not committed).",
         "",
     ]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"
+    return markdown(lines)
 
 
 def make_chart(report: Report, path: Path) -> bool:
@@ -525,12 +542,7 @@ def make_chart(report: Report, path: Path) -> bool:
     both = pairs(report)
     if not both:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
     labels = [h.label for _, h in both]
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     panels: list[tuple[str, str, Callable[[Cell], float]]] = [
@@ -538,16 +550,16 @@ def make_chart(report: Report, path: Path) -> bool:
         ("Fairness (Jain's index of clients' hit ratios)", "index", lambda c: c.fairness),
         ("Read from SRC per byte read", "share", lambda c: c.src_share)]
     for ax, (title, unit, value) in zip(axes[0], panels, strict=True):
-        bb.bar_groups(ax, labels, {PER_MOUNT: [value(p) for p, _ in both], HOST: [value(h) for _, h in both]})
+        bar_groups(ax, labels, {PER_MOUNT: [value(p) for p, _ in both], HOST: [value(h) for _, h in both]})
         ax.set(title=title, ylabel=unit, ylim=(0, 1.3 * max(value(c) for pair in both for c in pair) or 1))
         ax.legend(fontsize=8, ncol=2, loc="upper center")
     for ax, setup in zip(axes[1][:2], (0, 1), strict=True):
-        bb.bar_groups(ax, labels, {name: [pair[setup].clients[i].hit_ratio for pair in both]
+        bar_groups(ax, labels, {name: [pair[setup].clients[i].hit_ratio for pair in both]
                                    for i, name in enumerate(CLIENTS)})
         ax.set(title=f"Each client's hit ratio, {(PER_MOUNT, HOST)[setup]}", ylabel="hit ratio", ylim=(0, 1.25))
         ax.legend(fontsize=8, ncol=3, loc="upper center")
     sizes = [human(tb.size) for tb in report.takeback]
-    bb.bar_groups(axes[1][2], sizes, {"p50": [tb.ms(0.5) for tb in report.takeback],
+    bar_groups(axes[1][2], sizes, {"p50": [tb.ms(0.5) for tb in report.takeback],
                                       "p99": [tb.ms(0.99) for tb in report.takeback]})
     axes[1][2].set(title="Take-back latency", ylabel="ms")
     axes[1][2].legend(fontsize=8)
@@ -555,9 +567,7 @@ def make_chart(report: Report, path: Path) -> bool:
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"hot, zipf and scan clients, {human(report.settings.memory)} of cleancache in total "
                  f"({'quick' if report.settings.quick else 'normal'} run)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -572,13 +582,9 @@ def report_from_json(d: dict[str, Any]) -> Report:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_host", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller files and memory, 3 s runs: about a minute")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
-                        help="report file; only the host section is written (default BENCHMARKS.md)")
-    parser.add_argument("--results-dir", type=Path, default=ROOT, help="workspace: SRCs, mount points, raw numbers")
-    parser.add_argument("--from-json", type=Path, metavar="REPORT_JSON",
-                        help="measure nothing: write the section from a saved report.json")
+    parser = section_parser("bench_host", __doc__, "smaller files and memory, 3 s runs: about a minute")
+    add_output_options(parser, "host", ROOT, "workspace: SRCs, mount points, raw numbers")
+    add_from_json(parser)
     return parser.parse_args(argv)
 
 
@@ -587,8 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = QUICK if args.quick else FULL
     command = shlex.join(["python", "-m", "tools.bench_host", *(sys.argv[1:] if argv is None else argv)])
     try:
-        report = bench.measured_or_loaded(args, lambda a: run_all(settings, Path(a.results_dir), command),
-                                          asdict, report_from_json)
+        report = measured_or_loaded(args, lambda a: run_all(settings, Path(a.results_dir), command),
+                                    asdict, report_from_json, run_json(args.results_dir, args.quick))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if not args.from_json:
             raise
@@ -597,15 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if report is None:
         return 130
-    chart = args.out.resolve().parent / bb.CHART_DIR / CHART
-    drawn = make_chart(report, chart)
-    bb.write_report(args.out, render(report, f"{bb.CHART_DIR.as_posix()}/{CHART}" if drawn else None), BEGIN, END)
-    log(f"wrote the host section of {args.out}" + (f" and {chart}" if drawn else "")
-        + f" (run took {bench.mmss(report.elapsed_s)})")
-    for line in verdict_lines(report):
-        if line:
-            print(line)
-    return 0
+    chart, link = draw_chart(args.out, CHART, lambda path: make_chart(report, path))
+    return publish(args.out, "host", render(report, link), report.elapsed_s, filter(None, verdict_lines(report)),
+                   chart)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import shlex
 import statistics
 import subprocess
@@ -38,52 +37,61 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tools.bench import (
-    RUN_OVERHEAD_S,
+from backends.base import size_in_bytes
+from tools.corpus import make_text_file
+from tools.fio import (
     WORKLOAD,
-    Config,
     FioResult,
     Job,
     Matrix,
-    Mount,
-    Part,
     Point,
-    Progress,
-    Ratio,
-    Settings,
-    Workspace,
-    cell,
-    command_output,
-    cpu_sample,
     fio_command,
-    fio_report,
-    fmt_iops,
-    grouped_commands,
-    kill_leftovers,
-    machine_facts,
-    make_text_file,
+    job_span,
     matrix_from_json,
     matrix_to_json,
-    measure_job,
-    measured_or_loaded,
-    mmss,
-    mount_argv,
-    noise_lines,
     parse_fio_json,
-    plain_ratio,
-    ratio,
-    run_round,
-    source_digest,
-    wait_for_quiet,
     with_cpu,
 )
-from tools.bench_backends import write_report
-from tools.bench_cluster import extra_versions, start_redis, wait_store_up
-from tools.nullfs import parse_size
+from tools.machine import (
+    command_output,
+    cpu_sample,
+    machine_facts,
+    note_digests,
+    source_digest,
+    start_redis,
+    store_versions,
+    wait_for_quiet,
+)
+from tools.mounting import Config, Mount, Workspace, end_process, kill_leftovers, mount_argv, wait_store_up
+from tools.report import (
+    Progress,
+    Ratio,
+    add_from_json,
+    add_output_options,
+    cell,
+    fmt_iops,
+    grouped_commands,
+    log,
+    machine_lines,
+    markdown,
+    markers,
+    measured_or_loaded,
+    mmss,
+    noise_lines,
+    placeholders,
+    plain_ratio,
+    point_ratio,
+    publish,
+    run_json,
+    section_parser,
+    subsection,
+    table,
+    verdict_line,
+)
+from tools.rounds import RUN_OVERHEAD_S, Part, Settings, measure_job, run_round
 
 MiB = 1 << 20
-BEGIN = "<!-- inflight:begin -->"
-END = "<!-- inflight:end -->"
+BEGIN, END = markers("inflight")
 ROOT = Path("bench-results/inflight")  # workspace: SRC, mount point, the built peer, raw output (not committed)
 DEFAULT_SIZE = 256 * MiB
 CLUSTER_SIZE = 32 * MiB  # a cluster node fills Redis at ~0.8 ms a page: 256 MiB would take a minute a round
@@ -212,14 +220,7 @@ class Verdict:
 
 
 def ratio_text(r: Ratio | None) -> str:
-    if r is None:
-        return "-"
-    return f"{r.median:.2f}x" + (f" ({r.lo:.2f}..{r.hi:.2f})" if r.lo != r.hi else "")
-
-
-def point_ratio(points: dict[tuple[str, str], Point], subject: tuple[str, str], base: tuple[str, str]) -> Ratio | None:
-    sp, bp = points.get(subject), points.get(base)
-    return ratio(sp, bp) if sp is not None and bp is not None else None
+    return "-" if r is None else str(r)
 
 
 def judge(target: Target, points: dict[tuple[str, str], Point]) -> Verdict:
@@ -286,30 +287,8 @@ def window_iops(rows: Sequence[tuple[float, float]], start_ms: float, end_ms: fl
     return sum(span * iops for span, iops in kept) / covered, covered / 1000
 
 
-def job_span(stdout: str) -> tuple[float, float] | None:
-    """(epoch seconds when fio's first job started, its runtime in seconds) from fio's JSON report."""
-    report = fio_report(stdout)
-    jobs = report.get("jobs") if report else None
-    if not report or not jobs or not report.get("timestamp_ms") or not jobs[0].get("job_runtime"):
-        return None
-    runtime = float(jobs[0]["job_runtime"]) / 1000
-    return float(report["timestamp_ms"]) / 1000 - runtime, runtime
-
-
 def dd_command(target: Path) -> list[str]:
     return ["dd", "if=/dev/zero", f"of={target}", "bs=1M", f"count={DD_MIB}", "oflag=direct", "conv=fsync"]
-
-
-def stop_process(proc: subprocess.Popen[Any]) -> None:
-    """End a helper we started (fio ends its job cleanly on SIGTERM), and reap it."""
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass(frozen=True)
@@ -328,7 +307,8 @@ def run_beside_dd(fio_cmd: list[str], dd_cmd: list[str], target: Path, raw: Path
     """fio for its fixed runtime, dd started as soon as fio's job has `target` open; wait for both (each stopped
     in a finally). fio's start-up (0.2-0.5 s here) is longer than dd takes on native SRC: dd first could end
     before fio's job began."""
-    before = cpu_sample(daemon_pid)
+    pids = () if daemon_pid is None else (daemon_pid,)
+    before = cpu_sample(pids)
     dd_out, err = raw.with_suffix(".dd.txt"), raw.with_suffix(".err")
     procs: list[subprocess.Popen[bytes]] = []
     with open(raw, "w") as out, open(err, "w") as errf, open(dd_out, "w") as ddf:
@@ -343,10 +323,10 @@ def run_beside_dd(fio_cmd: list[str], dd_cmd: list[str], target: Path, raw: Path
         except subprocess.TimeoutExpired as exc:
             return Beside(FioResult(error=f"{exc.cmd[0]} did not finish within {exc.timeout:g} s"))
         finally:
-            for proc in procs:
-                stop_process(proc)
+            for proc in procs:  # fio ends its job cleanly on SIGTERM
+                end_process(proc)
     stdout = raw.read_text()
-    result = with_cpu(parse_fio_json(stdout, err.read_text(), fio.returncode), before, cpu_sample(daemon_pid))
+    result = with_cpu(parse_fio_json(stdout, err.read_text(), fio.returncode), before, cpu_sample(pids))
     dd_error = None if dd.returncode == 0 else f"dd exited {dd.returncode}: {last_line(dd_out)}"
     return Beside(result, stdout, dd_start, dd_end, dd_error)
 
@@ -522,17 +502,17 @@ def steps_per_round(parts: Sequence[Part]) -> int:
 def run(args: argparse.Namespace) -> Report:
     """The whole benchmark; every mount, daemon and server is undone in the finally (kill_leftovers, the stack)."""
     t0 = time.monotonic()
-    settings, size = settings_from(args), parse_size(args.size)
+    settings, size = settings_from(args), size_in_bytes(args.size)
     ws = Workspace(Path(args.results_dir).resolve(), Path(sys.executable).parent)
     ws.prepare()
-    report = Report(settings, size, machine_facts(ws), extra_versions(),
+    report = Report(settings, size, machine_facts(ws.src), store_versions(),
                     datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"))
     report.paths = {"SRC": str(ws.src), "MNT": str(ws.mnt), "WS": str(ws.root), ".venv/bin": str(ws.venv_bin)}
-    digests = [source_digest()]
+    start_digest = source_digest()
     with ExitStack() as stack:
         try:
             parts, redis = prepare(ws, report, stack)
-            report.background = wait_for_quiet(settings.wait_quiet_s)
+            report.background = wait_for_quiet(settings.wait_quiet_s, log)
             per_round = steps_per_round(parts)
             log(f"plan: {settings.reps} round(s) of {per_round} steps, fio runs of {settings.runtime:g} s, about "
                 f"{mmss(settings.reps * per_round * (settings.runtime + RUN_OVERHEAD_S + 0.4))}")
@@ -541,8 +521,7 @@ def run(args: argparse.Namespace) -> Report:
                 measure_round(ws, parts, settings, report, round_, progress, redis)
         finally:
             kill_leftovers(ws)
-    digests.append(source_digest())
-    report.versions["tmemfs sources (sha256 of fusefs/ and backends/ *.py)"] = " -> ".join(dict.fromkeys(digests))
+    digests = note_digests(start_digest, report.versions)
     if digests[0] != digests[1]:
         report.notes.append("**tmemfs's sources changed while the benchmark ran**: later rounds may have measured "
                             "other code.")
@@ -588,11 +567,6 @@ def measure_round(ws: Workspace, parts: Sequence[Part], settings: Settings, repo
             run_round(ws, part, settings, progress, report.matrix, round_)
 
 
-def log(message: str) -> None:
-    """Progress goes to stderr so that stdout stays clean."""
-    print(f"[bench_inflight {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # -- the report ------------------------------------------------------------------------------------------------
 
 
@@ -605,9 +579,9 @@ def mark(result: str) -> str:
 
 
 def target_table(report: Report) -> list[str]:
-    rows = [f"| {v.target.label} | {v.measured} | {mark(v.result)}" + (f" ({v.why})" if v.why else "") + " |"
-            for v in verdicts(report)]
-    return ["| target | measured: ratio of medians (per-round range) | result |", "|---|---|---|", *rows]
+    return table(["target", "measured: ratio of medians (per-round range)", "result"],
+                 [[v.target.label, v.measured, mark(v.result) + (f" ({v.why})" if v.why else "")]
+                  for v in verdicts(report)])
 
 
 def config_keys(report: Report, part_key: str) -> list[str]:
@@ -640,7 +614,7 @@ def peer_ratio_table(report: Report) -> list[str]:
     lines = ["| job | " + " | ".join(f"{k} / {PEER}" for k in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for job in READ_JOBS:
         lines.append(f"| {job.workload.label} {job.engine} | "
-                     + " | ".join(plain_ratio(report.matrix.points, k, PEER, job) for k in keys) + " |")
+                     + " | ".join(plain_ratio(report.matrix.points, k, PEER, job.name) for k in keys) + " |")
     return lines
 
 
@@ -697,16 +671,9 @@ def config_table(report: Report) -> list[str]:
     lines = ["| key | what | reads come from | mount command |", "|---|---|---|---|"]
     for c in all_configs(report.size):
         if any(k == c.key for k, _ in report.matrix.points):
-            how = shown(report.mount_commands.get(c.key, ""), report.paths)
+            how = placeholders(report.mount_commands.get(c.key, ""), report.paths)
             lines.append(f"| {c.key} | {c.label} | {c.backing} | " + (f"`{how}`" if how else "- (SRC itself)") + " |")
     return lines
-
-
-def shown(text: str, paths: dict[str, str]) -> str:
-    """A command line with the run's paths written as placeholders (SRC, MNT, WS, .venv/bin)."""
-    for name, path in paths.items():
-        text = text.replace(path, name)
-    return text
 
 
 def shown_commands(report: Report) -> Matrix:
@@ -714,7 +681,7 @@ def shown_commands(report: Report) -> Matrix:
     out = Matrix()
     for cmd, users in report.matrix.commands.items():
         for user in users:
-            out.note_command(shlex.split(shown(cmd, report.paths)), user)
+            out.note_command(shlex.split(placeholders(cmd, report.paths)), user)
     return out
 
 
@@ -732,7 +699,7 @@ def method_lines(report: Report) -> list[str]:
         f"jobs once (reads, then the writer, then the cluster node); fio runs of {s.runtime:g} s. Cells: median "
         "(min..max) over rounds; ratios: median over median, with the range of the per-round ratios. "
         "† marks a point with a run where other processes used more than a quarter of a CPU.",
-        f"* The file: `{text_name(report.size)}`, {mib} MiB of text (tools/bench.py's text file maker) in SRC. "
+        f"* The file: `{text_name(report.size)}`, {mib} MiB of text (tools/corpus.py) in SRC. "
         f"The issue measured 1 GiB; {mib} MiB is the default here because the virtual disk is rate-limited: "
         "after a few GB of heavy I/O its 4k QD1 speed fell 10x for minutes (docs/anchors), and every round "
         "reads the file through the mounts that hold it. `--size 1G` measures the issue's size. With "
@@ -743,7 +710,7 @@ def method_lines(report: Report) -> list[str]:
         "* passthrough_ll: libfuse 3's example from Debian's libfuse3-dev, built into the bench workspace "
         "(never the repository) with `gcc -O2 -o passthrough_ll /usr/share/doc/libfuse3-dev/examples/"
         "passthrough_ll.c $(pkg-config fuse3 --cflags --libs)`"
-        + (f", here `{shown(report.peer_build, report.paths)}`" if report.peer_build else "")
+        + (f", here `{placeholders(report.peer_build, report.paths)}`" if report.peer_build else "")
         + ", and mounted `passthrough_ll [-s] -o source=SRC,cache=never MNT` in the foreground (`-f`): "
         "cache=never is direct_io, as tmemfs.",
         f"* The writer: on one mount, fio's {WRITER_JOB.workload.label} {WRITER_JOB.engine} of the file alone "
@@ -777,7 +744,7 @@ def render(report: Report) -> str:
         *(["**Quick mode**: one short round; the numbers show that everything runs, not how fast.", ""]
           if s.quick else []),
         "### Targets (issue 13)", "", *target_table(report), "",
-        *(["Notes:", "", *[f"* {n}" for n in report.notes], ""] if report.notes else []),
+        *subsection("Notes:", [f"* {n}" for n in report.notes]),
         "### Reads: IOPS, median (min..max)", "", *read_table(report), "", *native_lines(report), "",
         "### Reads: against passthrough_ll (threads), ratio of medians (per-round range)", "",
         *peer_ratio_table(report), "",
@@ -786,22 +753,20 @@ def render(report: Report) -> str:
         "### A cluster node on Redis: IOPS", "", *cluster_table(report), "",
         "### Configurations", "", *config_table(report), "",
         "### Method", "", *method_lines(report), "",
-        *(["### Failures", "", *failure_lines(report), ""] if failure_lines(report) else []),
-        "### Machine and versions", "", "| | |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in {**report.machine, **report.versions}.items()], "",
+        *subsection("### Failures", failure_lines(report)),
+        *machine_lines(report.machine, report.versions),
         "### Command lines, exactly as run", "",
         "Paths: " + ", ".join(f"{k} = `{v}`" for k, v in report.paths.items()) + ".", "",
         *grouped_commands("fio and dd", shown_commands(report)),
         "Raw fio JSON and IOPS logs, dd's output, the daemons' logs and the numbers (`report.json`, for "
         "`--from-json`) are kept under `bench-results/inflight/run/` (not committed).", "",
     ]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).rstrip("\n") + "\n"
+    return markdown(lines)
 
 
 def target_lines(report: Report) -> list[str]:
     """What the run prints on stdout: one line per target."""
-    return [f"{v.result:7} {v.target.label}: {v.measured}" + (f" ({v.why})" if v.why else "")
-            for v in verdicts(report)]
+    return [verdict_line(v.result, v.target.label, v.measured, v.why) for v in verdicts(report)]
 
 
 # -- saved numbers (--from-json) -----------------------------------------------------------------------------
@@ -825,32 +790,24 @@ def report_from_json(d: dict[str, Any]) -> Report:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_inflight", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 round of 1 s fio runs: under 3 minutes")
-    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
-                        help="report file; only the inflight section is written (default BENCHMARKS.md)")
-    parser.add_argument("--results-dir", type=Path, default=ROOT, help="workspace: SRC, the peer, raw output")
+    parser = section_parser("bench_inflight", __doc__, "1 round of 1 s fio runs: under 3 minutes")
+    add_output_options(parser, "inflight", ROOT, "workspace: SRC, the peer, raw output")
     parser.add_argument("--size", default=f"{DEFAULT_SIZE // MiB}M",
                         help="the read file's size (default 256M; the issue used 1G, which loads the disk 4x more)")
     parser.add_argument("--runtime", type=float, help="seconds per fio run (default 4, quick 1)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--wait-quiet", type=float, metavar="SECONDS",
                         help="wait up to this long for other processes to go quiet first (default 30, quick 0)")
-    parser.add_argument("--from-json", type=Path, metavar="REPORT_JSON",
-                        help="measure nothing: write the section from a saved report.json")
+    add_from_json(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = measured_or_loaded(args, run, report_to_json, report_from_json)
+    report = measured_or_loaded(args, run, report_to_json, report_from_json, run_json(args.results_dir, args.quick))
     if report is None:
         return 130
-    write_report(args.out, render(report), BEGIN, END)
-    log(f"wrote the inflight section of {args.out} (run took {mmss(report.elapsed_s)})")
-    for line in target_lines(report):
-        print(line)
-    return 0
+    return publish(args.out, "inflight", render(report), report.elapsed_s, target_lines(report))
 
 
 if __name__ == "__main__":

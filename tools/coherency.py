@@ -153,6 +153,7 @@ BARRIER_TIMEOUT = 120.0
 SHOWN = 10  # violations explained in the text output (the JSON has up to 50)
 KINDS = ("lost write", "stale read", "stale size", "stale name", "corrupt", "error")
 LOG, BEHIND = "log", "behind"  # the append-only file; the file written only behind the mounts' back
+CHANGES = ("write", "append", "truncate")  # the data operations that change a file through a mount
 
 # Operation mixes (weights). Writers also read and stat; readers never modify.
 WRITER_MIX = (("write", 46), ("read", 20), ("stat", 6), ("fstat", 4), ("truncate", 13),
@@ -204,6 +205,14 @@ def decode(data: bytes) -> tuple[Run, ...]:
     value seen nowhere else. A short last unit that is a prefix of the
     previous one belongs to it (end of file inside a unit).
     """
+    whole = _uniform(data)
+    if whole is not None:
+        return whole
+    return _runs(_unstamped_resolved(_unit_values(data)), len(data))
+
+
+def _uniform(data: bytes) -> tuple[Run, ...] | None:
+    """Nothing, all zeros, or one stamp throughout (the common reads), said at once; None otherwise."""
     n = len(data)
     if n == 0:
         return ()
@@ -214,30 +223,45 @@ def decode(data: bytes) -> tuple[Run, ...]:
         key = _unit_value(first)
         if key and data == first * (n // UNIT) + first[: n % UNIT]:
             return ((key, 0, n),)
-    units = [data[i : i + UNIT] for i in range(0, n, UNIT)]
+    return None
+
+
+def _unit_values(data: bytes) -> list[int | None]:
+    """Each unit's key (0: zeros; None: no stamp); a short last unit is its predecessor's if it is its prefix."""
     values: list[int | None] = []
-    for i, unit in enumerate(units):
+    for i in range(0, len(data), UNIT):
+        unit = data[i : i + UNIT]
         if len(unit) == UNIT:
             values.append(_unit_value(unit))
         elif unit.count(0) == len(unit):
             values.append(0)
         else:  # end of file inside a unit: the prefix of the previous unit's stamp?
-            prev = values[i - 1] if i else None
+            prev = values[-1] if values else None
             values.append(prev if prev and stamp_unit(prev)[: len(unit)] == unit else None)
+    return values
+
+
+def _unstamped_resolved(values: list[int | None]) -> list[int]:
+    """The values with each stretch of units that are no stamp decided, at its first unit: GARBAGE when longer
+    than two units or between two runs of one stamp, a FRAGMENT otherwise."""
     resolved: list[int] = []
     for i, value in enumerate(values):
         if value is not None:
             resolved.append(value)
-            continue
-        if i and values[i - 1] is None:
+        elif i and values[i - 1] is None:
             resolved.append(resolved[-1])  # the stretch, decided at its first unit
-            continue
-        j = i
-        while j < len(values) and values[j] is None:
-            j += 1
-        before, after = values[i - 1] if i else None, values[j] if j < len(values) else None
-        garbage = j - i > 2 or (before is not None and before == after and before != 0)
-        resolved.append(GARBAGE if garbage else FRAGMENT)
+        else:
+            j = i
+            while j < len(values) and values[j] is None:
+                j += 1
+            before, after = values[i - 1] if i else None, values[j] if j < len(values) else None
+            garbage = j - i > 2 or (before is not None and before == after and before != 0)
+            resolved.append(GARBAGE if garbage else FRAGMENT)
+    return resolved
+
+
+def _runs(resolved: list[int], n: int) -> tuple[Run, ...]:
+    """Runs (key, lo, hi) of equal resolved units, in bytes of the n read."""
     runs: list[Run] = []
     start = 0
     for i in range(1, len(resolved) + 1):
@@ -312,104 +336,6 @@ class History:
     log_blocks: list[int] = field(default_factory=list)
     log_name: int = -1
     behind_name: int = -1
-
-
-class HistoryBuilder:
-    """Hand-made histories (for tests): times are plain integers, in any unit."""
-
-    def __init__(self, names: Sequence[str] = ("f0",)) -> None:
-        self.h = History(list(names), [], [], [])
-        self._ids = itertools.count(1)
-        self._seq: Counter[int] = Counter()
-        self._ino = itertools.count(1000)
-        self.binding: dict[int, int] = {}  # name -> inode number in SRC
-
-    def _name(self, name: str) -> int:
-        return self.h.names.index(name)
-
-    def create(self, name: str, start: int, end: int, node: int = 0, worker: int = -1,
-               ino: int | None = None) -> int:
-        """A new file at `name` (setup create); returns the creator's descriptor."""
-        return self._ns("create", name, None, start, end, node, worker, ino)
-
-    def recreate(self, name: str, start: int, end: int, node: int = 0, worker: int = 0,
-                 ino: int | None = None) -> int:
-        return self._ns("recreate", name, None, start, end, node, worker, ino)
-
-    def rename(self, src: str, dst: str, start: int, end: int, node: int = 0, worker: int = 0,
-               ino: int | None = None) -> int:
-        """src over dst, then a new file at src; returns the new file's descriptor."""
-        return self._ns("rename", src, dst, start, end, node, worker, ino)
-
-    def _ns(self, kind: str, src: str, dst: str | None, start: int, end: int, node: int, worker: int,
-            ino: int | None) -> int:
-        a = self._name(src)
-        b = self._name(dst) if dst is not None else -1
-        nid, oid = next(self._ids), next(self._ids)
-        new = ino if ino is not None else next(self._ino)
-        if b >= 0:
-            self.binding[b] = self.binding[a]
-        self.binding[a] = new
-        truth = ((a, new),) if b < 0 else ((a, new), (b, self.binding[b]))
-        self.h.opens.append(Open(oid, node, worker, a, start, end, new, nid))
-        self.h.ns.append(Ns(nid, kind, node, worker, a, b, start, end, 0, oid, truth))
-        return oid
-
-    def open(self, name: str, start: int, end: int, node: int = 0, worker: int = 0, ino: int | None = None) -> int:
-        """An open of `name` that got inode `ino` (default: the one bound now)."""
-        oid = next(self._ids)
-        got = ino if ino is not None else self.binding.get(self._name(name), -errno.ENOENT)
-        self.h.opens.append(Open(oid, node, worker, self._name(name), start, end, got, -1))
-        return oid
-
-    def write(self, fd: int, block: int, start: int, end: int, node: int = 0, worker: int = 0) -> int:
-        self._seq[worker] += 1
-        key = stamp_key(worker, self._seq[worker])
-        self.h.ops.append(Op("write", node, worker, fd, block, start, end, BLOCK, key, None))
-        return key
-
-    def read(self, fd: int, block: int, start: int, end: int, content: int | Sequence[Run] = 0,
-             n: int = BLOCK, node: int = 1, worker: int = 1) -> None:
-        """A read that returned `n` bytes: all of stamp `content` (0: zeros), or these runs."""
-        runs = tuple(content) if not isinstance(content, int) else ((content, 0, n),) if n else ()
-        self.h.ops.append(Op("read", node, worker, fd, block, start, end, n, 0, runs))
-
-    def truncate(self, fd: int, size: int, start: int, end: int, node: int = 0, worker: int = 0) -> None:
-        self.h.ops.append(Op("truncate", node, worker, fd, size, start, end, 0, 0, None))
-
-    def append(self, fd: int, start: int, end: int, node: int = 0, worker: int = 0, n: int = BLOCK) -> int:
-        """An O_APPEND write of a whole stamped block (where it landed: see log_holds)."""
-        self._seq[worker] += 1
-        key = stamp_key(worker, self._seq[worker])
-        self.h.ops.append(Op("append", node, worker, fd, -1, start, end, n, key, None))
-        return key
-
-    def src_write(self, fd: int, block: int, start: int, end: int, worker: int = 0) -> int:
-        """A write straight to SRC (`fd`: an open with node=-1)."""
-        self._seq[worker] += 1
-        key = stamp_key(worker, self._seq[worker])
-        self.h.ops.append(Op("src_write", -1, worker, fd, block, start, end, BLOCK, key, None))
-        return key
-
-    def log_holds(self, name: str, *keys: int) -> None:
-        """SRC's `name` after the run: these stamps, one a block (0: zeros, -1: no stamp)."""
-        self.h.log_name = self._name(name)
-        self.h.log_blocks = list(keys)
-
-    def behind(self, name: str) -> None:
-        """`name` is written only behind the mounts' back (src_write)."""
-        self.h.behind_name = self._name(name)
-
-    def fstat(self, fd: int, size: int, start: int, end: int, node: int = 1, worker: int = 1) -> None:
-        self.h.ops.append(Op("fstat", node, worker, fd, 0, start, end, size, 0, None))
-
-    def stat(self, name: str, size: int, start: int, end: int, node: int = 1, worker: int = 1,
-             ino: int | None = None) -> None:
-        fd = self.open(name, start, end, node, worker, ino)
-        self.h.ops.append(Op("stat", node, worker, fd, 0, start, end, size, 0, None))
-
-    def history(self) -> History:
-        return self.h
 
 
 # -- the check ---------------------------------------------------------------------------
@@ -572,6 +498,128 @@ def dominance_max(points: Sequence[tuple[int, int, int, int]],
     return out
 
 
+class _Queries:
+    """dominance_max over one set of points, asked query by query and answered all at once."""
+
+    def __init__(self, points: list[tuple[int, int, int, int]]) -> None:
+        self.points = points
+        self.asked: list[tuple[int, int]] = []
+        self.answers: list[tuple[int, int] | None] = []
+
+    def ask(self, t: int, v: int) -> int:
+        self.asked.append((t, v))
+        return len(self.asked) - 1
+
+    def answer(self) -> None:
+        self.answers = dominance_max(self.points, self.asked)
+
+    def __getitem__(self, i: int) -> tuple[int, int] | None:
+        return self.answers[i]
+
+
+@dataclass
+class _FileQueries:
+    """A file's changes, each set asked for the latest one (op index) before a moment among those past a size:
+    what completed before an observation began could have been missed only by a stale one; what began before
+    it ended could have come after what it should have seen."""
+
+    done_truncs: _Queries  # definite truncates (end, size, start): of those done before t below v, the latest begun
+    begun_truncs: _Queries  # every truncate (start, size, end): of those begun before t below v, the latest ended
+    done_setters: _Queries  # definite size setters (end, -size, start): ... done before t, left larger than -v
+    begun_setters: _Queries  # every size setter (start, -size, end): ... begun before t, leaving at least 1 - v
+
+    @classmethod
+    def of(cls, ev: _Events) -> _FileQueries:
+        return cls(_Queries([(e, size, s, i) for s, e, size, i, d in ev.truncs if d]),
+                   _Queries([(s, size, e, i) for s, e, size, i, _ in ev.truncs]),
+                   _Queries([(e, -size, s, i) for s, e, size, i, d in ev.setters if d]),
+                   _Queries([(s, -size, e, i) for s, e, size, i, _ in ev.setters]))
+
+    def answer(self) -> None:
+        for q in (self.done_truncs, self.begun_truncs, self.done_setters, self.begun_setters):
+            q.answer()
+
+
+class _LastWrites:
+    """A file's definite writes of each block, for: the latest-starting write of block b that ended before t."""
+
+    def __init__(self, writes: dict[int, list[tuple[int, int, int]]]) -> None:
+        self.by_block: dict[int, tuple[list[int], list[int], list[int]]] = {}
+        for b, lst in writes.items():
+            lst.sort()
+            ends, best_start, best_idx = [], [], []
+            best, bi = -INF, -1
+            for end, start, idx in lst:
+                if start > best:
+                    best, bi = start, idx
+                ends.append(end)
+                best_start.append(best)
+                best_idx.append(bi)
+            self.by_block[b] = (ends, best_start, best_idx)
+
+    def before(self, b: int, t: int) -> tuple[int, int] | None:
+        """(start, op) of that write, or None."""
+        entry = self.by_block.get(b)
+        if entry is None:
+            return None
+        k = bisect.bisect_left(entry[0], t)
+        return (entry[1][k - 1], entry[2][k - 1]) if k else None
+
+
+class _SrcWrites:
+    """The writes made straight to SRC that wrote a whole block: by block in the order they completed, and by
+    stamp."""
+
+    def __init__(self, ops: Sequence[Op]) -> None:
+        self.by_block: dict[int, list[Op]] = defaultdict(list)
+        self.by_key: dict[int, Op] = {}
+        for op in ops:
+            if op.kind == "src_write" and op.res == BLOCK:
+                self.by_block[op.arg].append(op)
+                self.by_key[op.stamp] = op
+        for lst in self.by_block.values():
+            lst.sort(key=lambda w: w.end)
+        self.ends = {b: [w.end for w in lst] for b, lst in self.by_block.items()}
+
+    def newest_before(self, block: int, t: int) -> Op | None:
+        """The latest-starting write of the block that completed before t."""
+        k = bisect.bisect_left(self.ends.get(block, []), t)
+        return max(self.by_block.get(block, [])[:k], key=lambda w: w.start, default=None)
+
+    def end_of(self, key: int, read: Op) -> int | None:
+        """When the write a read's bytes came from ended (-INF: zeros, what the file held before any write);
+        None when no write of the read's block before it ended made them."""
+        if key == 0:
+            return -INF
+        w = self.by_key.get(key)
+        if w is None or key == GARBAGE or w.arg != read.arg or w.start > read.end:
+            return None
+        return w.end
+
+
+def _unanswered(done: tuple[int, int] | None, later: tuple[int, int] | None) -> tuple[int, int] | None:
+    """A change (start, op) completed before an observation, unless a change that could undo it (`later`:
+    (end, op)) began before the observation ended and could have come after it."""
+    return done if done is not None and (later is None or later[0] < done[0]) else None
+
+
+def _contradicted(asked: tuple[int, int] | None, done: _Queries, later: _Queries) -> tuple[int, int] | None:
+    """The change a size seen contradicts (see _unanswered), when the observation asked (its two queries)."""
+    return None if asked is None else _unanswered(done[asked[0]], later[asked[1]])
+
+
+@dataclass
+class _Observation:
+    """A read, stat or fstat of one file, with the indexes of its queries in the file's _FileQueries."""
+
+    op: Op
+    runs: list[tuple[int, int, int, int]]  # (key, lo, hi, query): what a read returned, a stamp's or zeros' query
+    lo_size: int  # the size it saw was at least this (0: no bound)
+    hi_size: int  # ... and at most this (INF: no bound)
+    larger: tuple[int, int] | None = None  # (done_setters, begun_truncs) queries: was the size left larger?
+    smaller: tuple[int, int] | None = None  # (done_truncs, begun_setters) queries: was it left smaller?
+
+
 class Checker:
     def __init__(self, history: History) -> None:
         self.h = history
@@ -638,55 +686,74 @@ class Checker:
 
     def replay(self) -> None:
         """The namespace, from the serialized namespace operations and SRC's truth."""
-        names = self.h.names
         bind: dict[int, int | None] = {}
         for op in sorted(self.h.ns, key=lambda n: n.start):
             touched = (op.src,) if op.dst < 0 else (op.src, op.dst)
             before = {n: bind.get(n) for n in touched}
-            if op.step < 0:
-                if op.step == -errno.ENOENT and before[op.src] is not None:
-                    self.report.add("stale name", op.start, f"stale name: {self.ns_desc(op)} failed with ENOENT "
-                                    f"but {names[op.src]} was {self.inc_label(before[op.src])}")
-                elif op.step != -errno.ENOENT:
-                    self.report.add("error", op.start, f"error: {self.ns_desc(op)}: {errno.errorcode.get(-op.step)}")
-            new = None
-            if op.created > 0:
-                o = self.opens[op.created]
-                new = self._new_inc(op.src, o.ino, op.start, op.end)
-                self.created[o.id] = new
-            elif op.step >= 0 and op.created == -errno.EEXIST and op.kind != "create":
-                # the unlink or rename said yes, yet the name was still there: the node's kernel saw
-                # no change to make (e.g. both names were one inode in its stale dentries)
-                self.report.add("stale name", op.start, f"stale name: {self.ns_desc(op)} succeeded, then creating "
-                                f"{names[op.src]} failed with EEXIST: the node's view of the names was stale")
-            elif op.step >= 0:
-                self.report.add("error", op.start, f"error: {self.ns_desc(op)}: create failed with "
-                                f"{errno.errorcode.get(-op.created)}")
-            after: dict[int, int | None] = {}
-            for n, ino in op.truth:
-                if ino < 0:
-                    after[n] = None
-                elif new is not None and n == op.src and self.incs[new].ino == ino:
-                    after[n] = new
-                else:
-                    match = [i for i in before.values() if i is not None and self.incs[i].ino == ino]
-                    if match:
-                        after[n] = match[0]
-                    else:
-                        after[n] = self._new_inc(n, ino, op.start, op.end)
-                        self.report.notes.append(f"{names[n]} became an unexpected inode {ino} in {self.ns_desc(op)}")
+            self._judge_step(op, before[op.src])
+            new = self._creation(op)
+            after = self._bound_after(op, before, new)
             for n in touched:
-                now_bound = after.get(n, before[n])
-                states: set[int | None] = {before[n], now_bound}
-                if n == op.src and op.kind != "create":
-                    states.add(None)
-                starts, ends, during, afters, ops = self.timeline.setdefault(n, ([], [], [], [], []))
-                starts.append(op.start)
-                ends.append(op.end)
-                during.append(frozenset(states))
-                afters.append(now_bound)
-                ops.append(op)
-                bind[n] = now_bound
+                bind[n] = self._record(op, n, before[n], after.get(n, before[n]))
+
+    def _judge_step(self, op: Ns, was: int | None) -> None:
+        """The unlink or rename failed: ENOENT while the name was bound is a stale name, any other an error."""
+        if op.step >= 0:
+            return
+        if op.step == -errno.ENOENT and was is not None:
+            self.report.add("stale name", op.start, f"stale name: {self.ns_desc(op)} failed with ENOENT "
+                            f"but {self.h.names[op.src]} was {self.inc_label(was)}")
+        elif op.step != -errno.ENOENT:
+            self.report.add("error", op.start, f"error: {self.ns_desc(op)}: {errno.errorcode.get(-op.step)}")
+
+    def _creation(self, op: Ns) -> int | None:
+        """The incarnation the operation's create made, if it made one; a create that failed after the unlink
+        or rename succeeded is judged."""
+        if op.created > 0:
+            o = self.opens[op.created]
+            new = self._new_inc(op.src, o.ino, op.start, op.end)
+            self.created[o.id] = new
+            return new
+        if op.step >= 0 and op.created == -errno.EEXIST and op.kind != "create":
+            # the unlink or rename said yes, yet the name was still there: the node's kernel saw
+            # no change to make (e.g. both names were one inode in its stale dentries)
+            self.report.add("stale name", op.start, f"stale name: {self.ns_desc(op)} succeeded, then creating "
+                            f"{self.h.names[op.src]} failed with EEXIST: the node's view of the names was stale")
+        elif op.step >= 0:
+            self.report.add("error", op.start, f"error: {self.ns_desc(op)}: create failed with "
+                            f"{errno.errorcode.get(-op.created)}")
+        return None
+
+    def _bound_after(self, op: Ns, before: dict[int, int | None], new: int | None) -> dict[int, int | None]:
+        """The incarnation each name touched is bound to after the operation, from SRC's inode numbers."""
+        after: dict[int, int | None] = {}
+        for n, ino in op.truth:
+            if ino < 0:
+                after[n] = None
+            elif new is not None and n == op.src and self.incs[new].ino == ino:
+                after[n] = new
+            else:
+                match = [i for i in before.values() if i is not None and self.incs[i].ino == ino]
+                if match:
+                    after[n] = match[0]
+                else:
+                    after[n] = self._new_inc(n, ino, op.start, op.end)
+                    self.report.notes.append(f"{self.h.names[n]} became an unexpected inode {ino} in "
+                                             f"{self.ns_desc(op)}")
+        return after
+
+    def _record(self, op: Ns, name: int, was: int | None, now_bound: int | None) -> int | None:
+        """The name's timeline gains the operation: what it may be bound to during it, and after; returns after."""
+        states: set[int | None] = {was, now_bound}
+        if name == op.src and op.kind != "create":
+            states.add(None)
+        starts, ends, during, afters, ops = self.timeline.setdefault(name, ([], [], [], [], []))
+        starts.append(op.start)
+        ends.append(op.end)
+        during.append(frozenset(states))
+        afters.append(now_bound)
+        ops.append(op)
+        return now_bound
 
     def candidates(self, name: int, start: int, end: int) -> tuple[set[int | None], Ns | None]:
         """Incarnations (None: no file) the name may have been bound to during [start, end],
@@ -743,162 +810,164 @@ class Checker:
     # -- data --
 
     def collect(self) -> None:
-        kinds: Counter[str] = Counter(o.kind for o in self.h.ops)
-        kinds.update(n.kind for n in self.h.ns if n.worker >= 0)
-        kinds["open"] = sum(1 for o in self.h.opens if o.created < 0 and o.id not in self.created) - kinds["stat"]
-        self.report.ops_by_kind = {k: v for k, v in kinds.items() if v}
+        """Each data operation as an event of the files its descriptor may be: the changes (writes, appends,
+        truncates) and the observations to check (reads, sizes)."""
+        self._count_kinds()
         for idx, op in enumerate(self.h.ops):
             incs = self.fd_incs.get(op.fd)
             if op.kind == "src_write" or self.opens[op.fd].name == self.h.behind_name:
-                if op.res < 0:
-                    self.report.add("error", op.start, f"error: {self.who(op.node, op.worker)} {op.kind} of "
-                                    f"{BEHIND} {self.span(op.start, op.end)}: {errno.errorcode.get(-op.res, op.res)}")
+                self._judge_behind_failure(op)
                 continue  # judged by check_behind (close-to-open)
-            if op.res < 0:
-                o = self.opens.get(op.fd)
-                if o is None or o.ino >= 0:  # (a failed open was judged as an open)
-                    label = "/".join(self.inc_label(i) for i in incs) if incs else "?"
-                    self.report.add("error", op.start, f"error: {self.who(op.node, op.worker)} {op.kind} of {label} "
-                                    f"{self.span(op.start, op.end)}: {errno.errorcode.get(-op.res, op.res)}")
-                if op.kind not in ("write", "append", "truncate") or not incs:
-                    continue
+            if op.res < 0 and not self._judge_failure(op, incs):
+                continue
             if op.stamp:
                 self.stamps[op.stamp] = idx
             if not incs or op.arg < 0:  # (an append that landed nowhere: see resolve_appends)
                 continue
-            if op.kind in ("write", "append", "truncate"):
-                definite = len(incs) == 1 and op.res == (BLOCK if op.stamp else 0)
-                for inc in incs:
-                    ev = self.events[inc]
-                    if op.stamp:
-                        if definite:
-                            ev.writes[op.arg].append((op.end, op.start, idx))
-                        ev.setters.append((op.start, op.end, (op.arg + 1) * BLOCK, idx, definite))
-                    else:
-                        ev.truncs.append((op.start, op.end, op.arg, idx, definite))
-                        ev.setters.append((op.start, op.end, op.arg, idx, definite))
+            if op.kind in CHANGES:
+                self._add_change(idx, op, incs)
             elif len(incs) == 1:
-                self.events[incs[0]].obs.append(idx)
-                if op.kind == "read" and op.res > 0 and op.fd in self.stale_opens:
-                    self.report.stale_name_reads += 1
+                self._add_observation(idx, op, incs[0])
             else:
                 self.report.unchecked += 1
 
-    def check_file(self, inc: int, ev: _Events) -> None:
-        ops = self.h.ops
-        report = self.report
-        label = self.incs[inc].label
-        block_max: dict[int, tuple[list[int], list[int], list[int]]] = {}
-        for b, lst in ev.writes.items():
-            lst.sort()
-            ends, pm_start, pm_idx = [], [], []
-            best, bi = -INF, -1
-            for end, start, idx in lst:
-                if start > best:
-                    best, bi = start, idx
-                ends.append(end)
-                pm_start.append(best)
-                pm_idx.append(bi)
-            block_max[b] = (ends, pm_start, pm_idx)
+    def _count_kinds(self) -> None:
+        kinds: Counter[str] = Counter(o.kind for o in self.h.ops)
+        kinds.update(n.kind for n in self.h.ns if n.worker >= 0)
+        kinds["open"] = sum(1 for o in self.h.opens if o.created < 0 and o.id not in self.created) - kinds["stat"]
+        self.report.ops_by_kind = {k: v for k, v in kinds.items() if v}
 
-        def last_write(b: int, before: int) -> tuple[int, int] | None:
-            """(start, op) of the latest-starting write of block b that ended before `before`."""
-            entry = block_max.get(b)
-            if entry is None:
-                return None
-            k = bisect.bisect_left(entry[0], before)
-            return (entry[1][k - 1], entry[2][k - 1]) if k else None
+    def _judge_behind_failure(self, op: Op) -> None:
+        if op.res < 0:
+            self.report.add("error", op.start, f"error: {self.who(op.node, op.worker)} {op.kind} of "
+                            f"{BEHIND} {self.span(op.start, op.end)}: {errno.errorcode.get(-op.res, op.res)}")
 
-        # P1: definite truncates (end, size, start); P2: all truncates (start, size, end);
-        # P3: definite size setters (end, -size, start); P4: all setters (start, -size, end).
-        p1 = [(e, size, s, i) for s, e, size, i, d in ev.truncs if d]
-        p2 = [(s, size, e, i) for s, e, size, i, _ in ev.truncs]
-        p3 = [(e, -size, s, i) for s, e, size, i, d in ev.setters if d]
-        p4 = [(s, -size, e, i) for s, e, size, i, _ in ev.setters]
-        q1: list[tuple[int, int]] = []
-        q2: list[tuple[int, int]] = []
-        q3: list[tuple[int, int]] = []
-        q4: list[tuple[int, int]] = []
-        plan = []
-        for idx in ev.obs:
-            op = ops[idx]
-            runs: list[tuple[int, int, int, int]] = []
-            if op.kind == "read":
-                report.reads_checked += 1
-                base = op.arg * BLOCK
-                for key, lo, hi in op.runs or ():
-                    if key == FRAGMENT:
-                        continue
-                    if key == 0:
-                        q2.append((op.end + 1, base + hi))
-                        runs.append((key, lo, hi, len(q2) - 1))
-                    elif key == GARBAGE:
-                        runs.append((key, lo, hi, -1))
-                    else:
-                        q1.append((op.start, base + hi))
-                        runs.append((key, lo, hi, len(q1) - 1))
-                n = op.res
-                lo_size = 0 if n == 0 else base + n if n < BLOCK else base + BLOCK
-                hi_size = base + n if n < BLOCK else INF
+    def _judge_failure(self, op: Op, incs: tuple[int, ...] | None) -> bool:
+        """An operation that failed is an error (a failed open was judged as an open); whether it still counts
+        as a change that may have happened in part."""
+        o = self.opens.get(op.fd)
+        if o is None or o.ino >= 0:
+            label = "/".join(self.inc_label(i) for i in incs) if incs else "?"
+            self.report.add("error", op.start, f"error: {self.who(op.node, op.worker)} {op.kind} of {label} "
+                            f"{self.span(op.start, op.end)}: {errno.errorcode.get(-op.res, op.res)}")
+        return op.kind in CHANGES and bool(incs)
+
+    def _add_change(self, idx: int, op: Op, incs: tuple[int, ...]) -> None:
+        """A write or truncate of every file it may have changed: definite when the file is known and it did all
+        it was asked."""
+        definite = len(incs) == 1 and op.res == (BLOCK if op.stamp else 0)
+        for inc in incs:
+            ev = self.events[inc]
+            if op.stamp:
+                if definite:
+                    ev.writes[op.arg].append((op.end, op.start, idx))
+                ev.setters.append((op.start, op.end, (op.arg + 1) * BLOCK, idx, definite))
             else:
-                lo_size = hi_size = op.res
-            report.sizes_checked += 1
-            lb = ub = None
-            if hi_size < INF:
-                q3.append((op.start, -hi_size))
-                q2.append((op.end + 1, hi_size + 1))
-                lb = (len(q3) - 1, len(q2) - 1)
-            if lo_size > 0:
-                q1.append((op.start, lo_size))
-                q4.append((op.end + 1, -lo_size + 1))
-                ub = (len(q1) - 1, len(q4) - 1)
-            plan.append((idx, runs, lb, ub))
-        r1, r2 = dominance_max(p1, q1), dominance_max(p2, q2)
-        r3, r4 = dominance_max(p3, q3), dominance_max(p4, q4)
+                ev.truncs.append((op.start, op.end, op.arg, idx, definite))
+                ev.setters.append((op.start, op.end, op.arg, idx, definite))
 
-        for idx, runs, lb, ub in plan:
-            op = ops[idx]
-            who = f"{self.who(op.node, op.worker)} {op.kind}"
-            where = (f"{who} of {label} block {op.arg} {self.span(op.start, op.end)}" if op.kind == "read"
-                     else f"{who} of {label} {self.span(op.start, op.end)}")
-            found: tuple[str, str] | None = None
-            for key, lo, hi, qi in runs:
-                part = f"bytes {lo}-{hi - 1}" if (lo, hi) != (0, BLOCK) else "the block"
-                if key == GARBAGE:
-                    found = ("corrupt", f"corrupt: {where}: {part} hold bytes no write made")
-                elif key == 0:
-                    overwrite = last_write(op.arg, op.start)
-                    zeroed = r2[qi]
-                    if overwrite is not None and (zeroed is None or zeroed[0] < overwrite[0]):
-                        found = ("stale read", f"stale read: {where}: {part} read as zeros, but "
-                                 f"{self.desc(overwrite[1], inc)} completed before the read began and after "
-                                 f"anything that could zero them")
-                else:
-                    found = self.check_stamp(inc, op, where, part, key, r1[qi], last_write(op.arg, op.start))
-                if found:
-                    break
-            if found is None and lb is not None:
-                setter = r3[lb[0]]
-                if setter is not None:
-                    shrink = r2[lb[1]]
-                    if shrink is None or shrink[0] < setter[0]:
-                        seen_max = -q3[lb[0]][1]
-                        seen = f"at most {seen_max}" if op.kind == "read" and op.res == 0 < seen_max else f"{seen_max}"
-                        found = ("stale size", f"stale size: {where} saw size {seen}, but {self.desc(setter[1], inc)} "
-                                 f"left it at {self.size_left(setter[1], inc)} before, and no truncate to "
-                                 f"{seen_max} or less could have come after it")
-            if found is None and ub is not None:
-                trunc = r1[ub[0]]
-                if trunc is not None:
-                    grow = r4[ub[1]]
-                    if grow is None or grow[0] < trunc[0]:
-                        seen_min = q1[ub[0]][1]
-                        seen = f"at least {seen_min}" if op.kind == "read" and op.res == BLOCK else f"{seen_min}"
-                        found = ("stale size", f"stale size: {where} saw size {seen}, but {self.desc(trunc[1], inc)} "
-                                 f"completed before, and no write or truncate reaching {seen_min} could have "
-                                 f"come after it")
+    def _add_observation(self, idx: int, op: Op, inc: int) -> None:
+        self.events[inc].obs.append(idx)
+        if op.kind == "read" and op.res > 0 and op.fd in self.stale_opens:
+            self.report.stale_name_reads += 1
+
+    def check_file(self, inc: int, ev: _Events) -> None:
+        """Every observation of one file against the file's changes (see the rules in the docstring)."""
+        queries = _FileQueries.of(ev)
+        seen = [self._ask(self.h.ops[idx], queries) for idx in ev.obs]
+        queries.answer()
+        writes = _LastWrites(ev.writes)
+        for obs in seen:
+            found = self._judge(inc, obs, queries, writes)
             if found:
-                report.add(found[0], op.start, found[1])
+                self.report.add(found[0], obs.op.start, found[1])
+
+    def _ask(self, op: Op, q: _FileQueries) -> _Observation:
+        """The queries an observation needs: for each stamp it read, a truncate that cut it; for each range of
+        zeros, a truncate that could have zeroed it; for the size it saw, what left the file larger or smaller."""
+        if op.kind == "read":
+            self.report.reads_checked += 1
+            base = op.arg * BLOCK
+            runs = [self._ask_run(key, lo, hi, base, op, q) for key, lo, hi in op.runs or () if key != FRAGMENT]
+            n = op.res
+            obs = _Observation(op, runs, 0 if n == 0 else base + n if n < BLOCK else base + BLOCK,
+                               base + n if n < BLOCK else INF)
+        else:
+            obs = _Observation(op, [], op.res, op.res)
+        self.report.sizes_checked += 1
+        if obs.hi_size < INF:
+            obs.larger = (q.done_setters.ask(op.start, -obs.hi_size), q.begun_truncs.ask(op.end + 1, obs.hi_size + 1))
+        if obs.lo_size > 0:
+            obs.smaller = (q.done_truncs.ask(op.start, obs.lo_size), q.begun_setters.ask(op.end + 1, -obs.lo_size + 1))
+        return obs
+
+    @staticmethod
+    def _ask_run(key: int, lo: int, hi: int, base: int, op: Op, q: _FileQueries) -> tuple[int, int, int, int]:
+        if key == 0:
+            return key, lo, hi, q.begun_truncs.ask(op.end + 1, base + hi)
+        if key == GARBAGE:
+            return key, lo, hi, -1
+        return key, lo, hi, q.done_truncs.ask(op.start, base + hi)
+
+    def _judge(self, inc: int, obs: _Observation, q: _FileQueries, writes: _LastWrites) -> tuple[str, str] | None:
+        """The first violation an observation shows: in what it read, then in the size it saw."""
+        op = obs.op
+        who = f"{self.who(op.node, op.worker)} {op.kind}"
+        label = self.incs[inc].label
+        where = (f"{who} of {label} block {op.arg} {self.span(op.start, op.end)}" if op.kind == "read"
+                 else f"{who} of {label} {self.span(op.start, op.end)}")
+        return (self._judge_content(inc, obs, where, q, writes) or self._judge_smaller_than_left(inc, obs, where, q)
+                or self._judge_larger_than_cut(inc, obs, where, q))
+
+    def _judge_content(self, inc: int, obs: _Observation, where: str, q: _FileQueries,
+                       writes: _LastWrites) -> tuple[str, str] | None:
+        """Garbage, a stamp that is no write of this block or was superseded, or zeros over a completed write."""
+        op = obs.op
+        for key, lo, hi, qi in obs.runs:
+            part = f"bytes {lo}-{hi - 1}" if (lo, hi) != (0, BLOCK) else "the block"
+            if key == GARBAGE:
+                return "corrupt", f"corrupt: {where}: {part} hold bytes no write made"
+            if key == 0:
+                found = self._judge_zeros(inc, where, part, writes.before(op.arg, op.start), q.begun_truncs[qi])
+            else:
+                found = self.check_stamp(inc, op, where, part, key, q.done_truncs[qi], writes.before(op.arg, op.start))
+            if found:
+                return found
+        return None
+
+    def _judge_zeros(self, inc: int, where: str, part: str, overwrite: tuple[int, int] | None,
+                     zeroed: tuple[int, int] | None) -> tuple[str, str] | None:
+        """Zeros are stale when a write of the block completed before the read began, after anything that could
+        zero them."""
+        write = _unanswered(overwrite, zeroed)
+        if write is None:
+            return None
+        return "stale read", (f"stale read: {where}: {part} read as zeros, but {self.desc(write[1], inc)} "
+                              "completed before the read began and after anything that could zero them")
+
+    def _judge_smaller_than_left(self, inc: int, obs: _Observation, where: str,
+                                 q: _FileQueries) -> tuple[str, str] | None:
+        """A size below what a completed write or truncate left, with no truncate that could have come after."""
+        setter = _contradicted(obs.larger, q.done_setters, q.begun_truncs)
+        if setter is None:
+            return None
+        op, seen_max = obs.op, obs.hi_size
+        seen = f"at most {seen_max}" if op.kind == "read" and op.res == 0 < seen_max else f"{seen_max}"
+        return "stale size", (f"stale size: {where} saw size {seen}, but {self.desc(setter[1], inc)} left it at "
+                              f"{self.size_left(setter[1], inc)} before, and no truncate to {seen_max} or less could "
+                              "have come after it")
+
+    def _judge_larger_than_cut(self, inc: int, obs: _Observation, where: str,
+                               q: _FileQueries) -> tuple[str, str] | None:
+        """A size above what a completed truncate left, with no write or truncate reaching it that could have come
+        after."""
+        trunc = _contradicted(obs.smaller, q.done_truncs, q.begun_setters)
+        if trunc is None:
+            return None
+        op, seen_min = obs.op, obs.lo_size
+        seen = f"at least {seen_min}" if op.kind == "read" and op.res == BLOCK else f"{seen_min}"
+        return "stale size", (f"stale size: {where} saw size {seen}, but {self.desc(trunc[1], inc)} completed "
+                              f"before, and no write or truncate reaching {seen_min} could have come after it")
 
     def size_left(self, idx: int, inc: int) -> int:
         if idx < 0:
@@ -913,19 +982,26 @@ class Checker:
         if widx is None:
             return "corrupt", f"corrupt: {where}: {got}, a write that never happened"
         w = self.h.ops[widx]
-        if w.arg != op.arg:
-            return "corrupt", f"corrupt: {where}: {got}, which wrote block {w.arg}"
-        if inc not in self.fd_incs.get(w.fd, ()):
-            files = "/".join(self.inc_label(i) for i in self.fd_incs.get(w.fd, ())) or "an unknown file"
-            return "corrupt", f"corrupt: {where}: {got}, which wrote {files}"
-        if w.start > op.end:
-            return "corrupt", f"corrupt: {where}: {got}, which began after the read ended"
+        elsewhere = self._written_elsewhere(inc, op, w)
+        if elsewhere:
+            return "corrupt", f"corrupt: {where}: {got}, {elsewhere}"
         if overwrite is not None and overwrite[0] > w.end:
             return "stale read", (f"stale read: {where}: {got} ({self.desc(widx, inc)}), but "
                                   f"{self.desc(overwrite[1], inc)} came after it and completed before the read began")
         if trunc is not None and trunc[0] > w.end:
             return "stale read", (f"stale read: {where}: {got} ({self.desc(widx, inc)}), but "
                                   f"{self.desc(trunc[1], inc)} cut them after it and completed before the read began")
+        return None
+
+    def _written_elsewhere(self, inc: int, read: Op, w: Op) -> str | None:
+        """Why the write whose stamp a read returned cannot be what it read: another block or file, or later."""
+        if w.arg != read.arg:
+            return f"which wrote block {w.arg}"
+        if inc not in self.fd_incs.get(w.fd, ()):
+            files = "/".join(self.inc_label(i) for i in self.fd_incs.get(w.fd, ())) or "an unknown file"
+            return f"which wrote {files}"
+        if w.start > read.end:
+            return "which began after the read ended"
         return None
 
     def resolve_appends(self) -> None:
@@ -962,54 +1038,45 @@ class Checker:
         name = self.h.behind_name
         if name < 0:
             return
-        ops = self.h.ops
-        writes: dict[int, list[int]] = defaultdict(list)  # block -> src_write op indexes by end
-        by_key: dict[int, int] = {}
-        for idx, op in enumerate(ops):
-            if op.kind == "src_write" and op.res == BLOCK:
-                writes[op.arg].append(idx)
-                by_key[op.stamp] = idx
-        for lst in writes.values():
-            lst.sort(key=lambda i: ops[i].end)
-        ends = {b: [ops[i].end for i in lst] for b, lst in writes.items()}
-        for op in ops:
+        src = _SrcWrites(self.h.ops)
+        for op in self.h.ops:
             if op.kind == "src_write" or op.res < 0 or self.opens[op.fd].name != name:
                 continue
-            opened = self.opens[op.fd].start
-            where = f"{self.who(op.node, op.worker)} {op.kind} of {BEHIND}"
             self.report.sizes_checked += 1
-            if op.kind != "read":
-                if op.res != self.h.file_size:
-                    self.report.add("stale size", op.start, f"stale size: {where} {self.span(op.start, op.end)} "
-                                    f"saw size {op.res}; it is always {self.h.file_size}")
+            if op.kind == "read":
+                self._check_behind_read(op, src)
+            elif op.res != self.h.file_size:
+                self.report.add("stale size", op.start, f"stale size: {self.who(op.node, op.worker)} {op.kind} of "
+                                f"{BEHIND} {self.span(op.start, op.end)} saw size {op.res}; it is always "
+                                f"{self.h.file_size}")
+
+    def _check_behind_read(self, op: Op, src: _SrcWrites) -> None:
+        """A read of `behind` returns the newest write of the block done before its descriptor was opened, or a
+        later one: never bytes no write of the block made."""
+        self.report.reads_checked += 1
+        opened = self.opens[op.fd].start
+        where = (f"{self.who(op.node, op.worker)} {op.kind} of {BEHIND} block {op.arg} {self.span(op.start, op.end)} "
+                 f"(opened at {self.t(opened)} ms)")
+        if op.res != BLOCK:
+            self.report.add("stale size", op.start, f"stale size: {where} read {op.res} bytes of a block "
+                            f"that always exists")
+            return
+        newest = src.newest_before(op.arg, opened)
+        for key, lo, hi in op.runs or ():
+            if key == FRAGMENT:
                 continue
-            self.report.reads_checked += 1
-            where += f" block {op.arg} {self.span(op.start, op.end)} (opened at {self.t(opened)} ms)"
-            if op.res != BLOCK:
-                self.report.add("stale size", op.start, f"stale size: {where} read {op.res} bytes of a block "
-                                f"that always exists")
-                continue
-            k = bisect.bisect_left(ends.get(op.arg, []), opened)  # writes of the block done before the open
-            newest = max((ops[i] for i in writes[op.arg][:k]), key=lambda w: w.start, default=None)
-            for key, lo, hi in op.runs or ():
-                if key == FRAGMENT:
-                    continue
-                if key == 0:  # what the file held before any write
-                    got_end = -INF
-                elif key == GARBAGE or key not in by_key or ops[by_key[key]].arg != op.arg \
-                        or ops[by_key[key]].start > op.end:
-                    self.report.add("corrupt", op.start, f"corrupt: {where}: bytes {lo}-{hi - 1} hold bytes no "
-                                    f"write of this block made")
-                    break
-                else:
-                    got_end = ops[by_key[key]].end
-                if newest is not None and newest.start > got_end:
-                    got = "zeros" if key == 0 else key_label(key)
-                    self.report.add("stale read", op.start, f"stale read: {where}: bytes {lo}-{hi - 1} hold "
-                                    f"{got}, but src write {key_label(newest.stamp)} "
-                                    f"{self.span(newest.start, newest.end)} came after it and completed "
-                                    "before the descriptor was opened")
-                    break
+            got_end = src.end_of(key, op)
+            if got_end is None:
+                self.report.add("corrupt", op.start, f"corrupt: {where}: bytes {lo}-{hi - 1} hold bytes no "
+                                f"write of this block made")
+                return
+            if newest is not None and newest.start > got_end:
+                got = "zeros" if key == 0 else key_label(key)
+                self.report.add("stale read", op.start, f"stale read: {where}: bytes {lo}-{hi - 1} hold "
+                                f"{got}, but src write {key_label(newest.stamp)} "
+                                f"{self.span(newest.start, newest.end)} came after it and completed "
+                                "before the descriptor was opened")
+                return
 
     def run(self) -> Report:
         started = time.monotonic()
@@ -1138,47 +1205,51 @@ class _Worker:
         self.kept[name] = entry
 
     def data(self, kind: str, name: int) -> None:
-        rng = self.rng
-        fresh = kind != "fstat" and rng.random() < self.s.fresh
-        if fresh:
-            fd, oid, direct = self.open(name)
-        else:
-            kept = self.kept.get(name)
-            if kept is not None and rng.random() < 0.08:  # reopen now and then
-                with suppress(OSError):
-                    os.close(kept[0])
-                del self.kept[name]
-                kept = None
-            if kept is None:
-                kept = self.open(name)
-                if kept[0] >= 0:
-                    self.kept[name] = kept
-            fd, oid, direct = kept
-        s = self.s
+        """A read, write, truncate or fstat through a descriptor opened for it alone, or a kept one."""
+        fresh = kind != "fstat" and self.rng.random() < self.s.fresh
+        fd, oid, direct = self.open(name) if fresh else self.kept_descriptor(name)
         if fd < 0:
             o = self.opens[-1]
-            self.ops.append(Op(kind, s.node, s.worker, oid, 0, o.start, o.end, o.ino, 0, None))
+            self.ops.append(Op(kind, self.s.node, self.s.worker, oid, 0, o.start, o.end, o.ino, 0, None))
             return
         try:
             if kind == "write":
-                self.write(fd, oid, direct, rng.randrange(self.blocks))
-            elif kind == "read" and name == s.log:
-                self.read(fd, oid, direct, self.log_block(fd, oid))
+                self.write(fd, oid, direct, self.rng.randrange(self.blocks))
             elif kind == "read":
-                self.read(fd, oid, direct, rng.randrange(self.blocks))
+                self.read(fd, oid, direct, self.log_block(fd, oid) if name == self.s.log
+                          else self.rng.randrange(self.blocks))
             elif kind == "truncate":
                 self.truncate(fd, oid)
             else:
-                start = now()
-                try:
-                    res = os.fstat(fd).st_size
-                except OSError as exc:
-                    res = -(exc.errno or errno.EIO)
-                self.ops.append(Op("fstat", s.node, s.worker, oid, 0, start, now(), res, 0, None))
+                self.fstat(fd, oid)
         finally:
             if fresh:
                 with suppress(OSError):
                     os.close(fd)
+
+    def kept_descriptor(self, name: int) -> tuple[int, int, bool]:
+        """The descriptor kept open on the name (reopened now and then), opened if there is none."""
+        kept = self.kept.get(name)
+        if kept is not None and self.rng.random() < 0.08:  # reopen now and then
+            with suppress(OSError):
+                os.close(kept[0])
+            del self.kept[name]
+            kept = None
+        if kept is None:
+            kept = self.open(name)
+            if kept[0] >= 0:
+                self.kept[name] = kept
+        return kept
+
+    def fstat(self, fd: int, oid: int) -> int:
+        """The size fstat says (or -errno), recorded."""
+        start = now()
+        try:
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            size = -(exc.errno or errno.EIO)
+        self.ops.append(Op("fstat", self.s.node, self.s.worker, oid, 0, start, now(), size, 0, None))
+        return size
 
     def write(self, fd: int, oid: int, direct: bool, block: int) -> None:
         key = stamp_key(self.s.worker, next(self.writes))
@@ -1196,13 +1267,7 @@ class _Worker:
     def log_block(self, fd: int, oid: int) -> int:
         """A block of the log to read, most often its last (the append the others just made):
         the size is asked first (and checked, as any fstat)."""
-        start = now()
-        try:
-            size = os.fstat(fd).st_size
-        except OSError as exc:
-            size = -(exc.errno or errno.EIO)
-        self.ops.append(Op("fstat", self.s.node, self.s.worker, oid, 0, start, now(), size, 0, None))
-        last = max(0, size) // BLOCK
+        last = max(0, self.fstat(fd, oid)) // BLOCK
         return last - self.rng.randrange(2) if last and self.rng.random() < 0.6 else self.rng.randrange(last + 1)
 
     def append(self) -> None:
@@ -1414,87 +1479,21 @@ def run_workload(mounts: Sequence[Path], src: Path, params: Params,
                  progress: Callable[[str], None] | None = None) -> History:
     """Run the workers on the mounts (node i = mounts[i]) and return their history."""
     workname = f".coherency-{os.getpid()}-{params.seed}"
-    weights = dict(params.mix)
-    names = [f"f{i}" for i in range(params.files)]
-    log = len(names) if weights.get("append") else -1
-    names += [LOG] if log >= 0 else []
-    behind = len(names) if weights.get("src_write") else -1
-    names += [BEHIND] if behind >= 0 else []
-    root0 = mounts[0] / workname
-    nodes = len(mounts)
-    nworkers = nodes * params.workers_per_node
-    history = History(names, [], [], [], nodes=nodes, workers=nworkers, seed=params.seed,
-                      file_size=params.file_size, log_name=log, behind_name=behind)
+    history = new_history(len(mounts), params)
     procs: list[multiprocessing.process.BaseProcess] = []
     logdir = Path(tempfile.mkdtemp(prefix="tmemfs-coherency-logs-"))
     made = False
     try:
-        os.mkdir(root0)
+        os.mkdir(mounts[0] / workname)
         made = True
-        if not (src / workname).is_dir():
-            raise SetupError(f"{mounts[0]} is not a mount of {src}")
-        for mnt in mounts[1:]:
-            if not (mnt / workname).is_dir():
-                raise SetupError(f"{mnt} does not show what {mounts[0]} wrote: not the same SRC")
-        for i, name in enumerate(names):  # the first incarnations, made through node 0
-            start = now()
-            fd = os.open(root0 / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            end = now()
-            ino = os.fstat(fd).st_ino
-            if i == behind:  # full size from the start: only writes behind the mounts' back change it
-                os.ftruncate(fd, params.file_size)
-            os.close(fd)
-            truth = os.stat(src / workname / name).st_ino
-            seen = {os.stat(mnt / workname / name).st_ino for mnt in mounts}
-            if seen != {truth} or ino != truth:
-                raise SetupError(f"the mounts show inode numbers {sorted(seen)} for a file whose inode in SRC is "
-                                 f"{truth}: the checker needs st_ino to be SRC's")
-            history.opens.append(Open(2 * i + 2, 0, -1, i, start, end, ino, 2 * i + 1))
-            history.ns.append(Ns(2 * i + 1, "create", 0, -1, i, -1, start, end, 0, 2 * i + 2, ((i, truth),)))
-        ctx = multiprocessing.get_context("fork")
-        lock = ctx.Lock()
-        barrier = ctx.Barrier(nworkers + 1)
-        specs = []
-        for w in range(nworkers):
-            node, k = divmod(w, params.workers_per_node)
-            role = "writer" if k < max(1, params.workers_per_node // 2) else "reader"
-            ops = params.ops // nworkers + (1 if w < params.ops % nworkers else 0)
-            specs.append(WorkerSpec(w, node, role, str(mounts[node] / workname), str(src / workname), names,
-                                    params.file_size, ops, params.seed, params.direct, params.fresh,
-                                    str(logdir / f"w{w}.pickle"), params.mix, params.files, log, behind))
-        for spec in specs:
-            procs.append(ctx.Process(target=_worker_main, args=(spec, lock, barrier), daemon=True))
-            procs[-1].start()
-        barrier.wait(timeout=BARRIER_TIMEOUT)
-        started = time.monotonic()
-        history.t0 = now()
-        if progress:
-            progress(f"{nworkers} workers on {nodes} nodes running {params.ops:,} operations")
-        deadline = started + params.timeout
-        while True:
-            alive = [p for p in procs if p.exitcode is None]
-            if not alive:
-                break
-            if time.monotonic() > deadline:
-                raise RunError(f"{len(alive)} workers still running after {params.timeout:.0f} s (a hang?)")
-            wait_sentinels([p.sentinel for p in alive], timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+        check_shared(mounts, src, workname)
+        create_files(history, mounts, src, workname)
+        specs = worker_specs(history, mounts, src, workname, params, logdir)
+        started = start_workers(specs, procs, history, progress)
+        wait_workers(procs, params.timeout, started + params.timeout)
         history.elapsed = time.monotonic() - started
-        failures = []
-        for spec, proc in zip(specs, procs, strict=True):
-            try:
-                with open(spec.out, "rb") as f:
-                    opens, ops, ns, error = pickle.load(f)
-            except (OSError, EOFError, pickle.UnpicklingError):
-                failures.append(f"worker {spec.worker} (node {spec.node}) left no log (exit status {proc.exitcode})")
-                continue
-            if error is not None:
-                failures.append(f"worker {spec.worker} (node {spec.node}) failed:\n{error}")
-            history.opens += opens
-            history.ops += ops
-            history.ns += ns
-        if failures:
-            raise RunError("\n".join(failures))
-        if log >= 0:
+        gather(history, specs, procs)
+        if history.log_name >= 0:
             history.log_blocks = log_content(src / workname / LOG)
         return history
     finally:
@@ -1505,7 +1504,108 @@ def run_workload(mounts: Sequence[Path], src: Path, params: Params,
             proc.join(10)
         shutil.rmtree(logdir, ignore_errors=True)
         if made:
-            shutil.rmtree(root0, ignore_errors=True)
+            shutil.rmtree(mounts[0] / workname, ignore_errors=True)
+
+
+def new_history(nodes: int, params: Params) -> History:
+    """An empty history of the run's files: the regular ones, then `log` and `behind` if their operations run."""
+    weights = dict(params.mix)
+    names = [f"f{i}" for i in range(params.files)]
+    log = len(names) if weights.get("append") else -1
+    names += [LOG] if log >= 0 else []
+    behind = len(names) if weights.get("src_write") else -1
+    names += [BEHIND] if behind >= 0 else []
+    return History(names, [], [], [], nodes=nodes, workers=nodes * params.workers_per_node, seed=params.seed,
+                   file_size=params.file_size, log_name=log, behind_name=behind)
+
+
+def check_shared(mounts: Sequence[Path], src: Path, workname: str) -> None:
+    """What node 0 made must be in SRC and on every other node."""
+    if not (src / workname).is_dir():
+        raise SetupError(f"{mounts[0]} is not a mount of {src}")
+    for mnt in mounts[1:]:
+        if not (mnt / workname).is_dir():
+            raise SetupError(f"{mnt} does not show what {mounts[0]} wrote: not the same SRC")
+
+
+def create_files(history: History, mounts: Sequence[Path], src: Path, workname: str) -> None:
+    """The first incarnations, made through node 0; every node must show SRC's inode numbers."""
+    for i, name in enumerate(history.names):
+        start = now()
+        fd = os.open(mounts[0] / workname / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        end = now()
+        ino = os.fstat(fd).st_ino
+        if i == history.behind_name:  # full size from the start: only writes behind the mounts' back change it
+            os.ftruncate(fd, history.file_size)
+        os.close(fd)
+        truth = os.stat(src / workname / name).st_ino
+        seen = {os.stat(mnt / workname / name).st_ino for mnt in mounts}
+        if seen != {truth} or ino != truth:
+            raise SetupError(f"the mounts show inode numbers {sorted(seen)} for a file whose inode in SRC is "
+                             f"{truth}: the checker needs st_ino to be SRC's")
+        history.opens.append(Open(2 * i + 2, 0, -1, i, start, end, ino, 2 * i + 1))
+        history.ns.append(Ns(2 * i + 1, "create", 0, -1, i, -1, start, end, 0, 2 * i + 2, ((i, truth),)))
+
+
+def worker_specs(history: History, mounts: Sequence[Path], src: Path, workname: str, params: Params,
+                 logdir: Path) -> list[WorkerSpec]:
+    """Per node, half the workers writers (at least one), the others readers; the operations shared out."""
+    specs = []
+    nworkers = history.workers
+    for w in range(nworkers):
+        node, k = divmod(w, params.workers_per_node)
+        role = "writer" if k < max(1, params.workers_per_node // 2) else "reader"
+        ops = params.ops // nworkers + (1 if w < params.ops % nworkers else 0)
+        specs.append(WorkerSpec(w, node, role, str(mounts[node] / workname), str(src / workname), history.names,
+                                params.file_size, ops, params.seed, params.direct, params.fresh,
+                                str(logdir / f"w{w}.pickle"), params.mix, params.files, history.log_name,
+                                history.behind_name))
+    return specs
+
+
+def start_workers(specs: list[WorkerSpec], procs: list[multiprocessing.process.BaseProcess], history: History,
+                  progress: Callable[[str], None] | None) -> float:
+    """Fork the workers (into `procs`) and let them all go at once; when they went (time.monotonic())."""
+    ctx = multiprocessing.get_context("fork")
+    lock = ctx.Lock()
+    barrier = ctx.Barrier(len(specs) + 1)
+    for spec in specs:
+        procs.append(ctx.Process(target=_worker_main, args=(spec, lock, barrier), daemon=True))
+        procs[-1].start()
+    barrier.wait(timeout=BARRIER_TIMEOUT)
+    started = time.monotonic()
+    history.t0 = now()
+    if progress:
+        progress(f"{history.workers} workers on {history.nodes} nodes running {sum(s.ops for s in specs):,} "
+                 "operations")
+    return started
+
+
+def wait_workers(procs: list[multiprocessing.process.BaseProcess], timeout: float, deadline: float) -> None:
+    """Until every worker has ended; RunError if some still run at the deadline (a hang)."""
+    while alive := [p for p in procs if p.exitcode is None]:
+        if time.monotonic() > deadline:
+            raise RunError(f"{len(alive)} workers still running after {timeout:.0f} s (a hang?)")
+        wait_sentinels([p.sentinel for p in alive], timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def gather(history: History, specs: list[WorkerSpec], procs: list[multiprocessing.process.BaseProcess]) -> None:
+    """Every worker's log into the history; RunError naming each worker that failed or left none."""
+    failures = []
+    for spec, proc in zip(specs, procs, strict=True):
+        try:
+            with open(spec.out, "rb") as f:
+                opens, ops, ns, error = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            failures.append(f"worker {spec.worker} (node {spec.node}) left no log (exit status {proc.exitcode})")
+            continue
+        if error is not None:
+            failures.append(f"worker {spec.worker} (node {spec.node}) failed:\n{error}")
+        history.opens += opens
+        history.ops += ops
+        history.ns += ns
+    if failures:
+        raise RunError("\n".join(failures))
 
 
 def log_content(path: Path) -> list[int]:
@@ -1553,24 +1653,13 @@ def mounted_nodes(src: Path, count: int, options: str, problems: list[str],
     release: Callable[[], None] | None = None
     try:
         for i in range(count):
-            mnt, log = base / f"node{i}", base / f"node{i}.log"
-            mnt.mkdir()
             node_options = options
             if slow_join and i == count - 1 and i > 0:
                 node_options, release = hold_join(started[0][0], options, held)
-            args = [*TMEMFS, str(src), str(mnt), "-f"] + (["-o", node_options] if node_options else [])
-            with open(log, "wb") as out:
-                # its own session: a Ctrl-C at the terminal reaches the checker only, which unmounts
-                started.append((mnt, subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                                      start_new_session=True), log))
-            wait_live(mnt, started[-1][1], log)
-            if progress:
-                progress(f"node{i}: {mnt} (-o {node_options or 'defaults'}, pid {started[-1][1].pid})")
+            started.append(spawn_node(base, i, src, node_options))
+            wait_node(*started[-1], node_options, progress)
         if release is not None:
-            timer = threading.Timer(slow_join, release)
-            timer.daemon = True
-            held.callback(timer.cancel)
-            timer.start()
+            release_later(release, slow_join, held)
             if progress:
                 progress(f"node{count - 1} cannot join its pool for {slow_join:g} s")
         yield [mnt for mnt, _, _ in started]
@@ -1579,19 +1668,53 @@ def mounted_nodes(src: Path, count: int, options: str, problems: list[str],
             release()  # (a proxy stays until the nodes are gone: they may still use it)
         with signals_deferred():
             for mnt, proc, log in reversed(started):
-                try:
-                    stop_foreground(mnt, proc)
-                except Exception as exc:
-                    problems.append(f"{mnt}: could not stop: {exc}")
-                if proc.returncode not in (0, None):
-                    problems.append(f"{mnt}: tmemfs exited with {proc.returncode}")
-                with suppress(OSError):
-                    text = log.read_text(errors="replace")
-                    if "internal error" in text or "Traceback" in text:
-                        problems.append(f"{mnt}: tmemfs logged an error:\n{text[-3000:]}")
+                problems += stop_node(mnt, proc, log)
             held.close()
             if not any(is_mounted(mnt) for mnt, _, _ in started):
                 shutil.rmtree(base, ignore_errors=True)
+
+
+def spawn_node(base: Path, i: int, src: Path, options: str) -> tuple[Path, subprocess.Popen[bytes], Path]:
+    """Node i's daemon mounting base/node<i>: (mount point, daemon, its log)."""
+    mnt, log = base / f"node{i}", base / f"node{i}.log"
+    mnt.mkdir()
+    args = [*TMEMFS, str(src), str(mnt), "-f"] + (["-o", options] if options else [])
+    with open(log, "wb") as out:
+        # its own session: a Ctrl-C at the terminal reaches the checker only, which unmounts
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return mnt, proc, log
+
+
+def wait_node(mnt: Path, proc: subprocess.Popen[bytes], log: Path, options: str,
+              progress: Callable[[str], None] | None) -> None:
+    """Until the node answers; then say so."""
+    wait_live(mnt, proc, log)
+    if progress:
+        progress(f"{mnt.name}: {mnt} (-o {options or 'defaults'}, pid {proc.pid})")
+
+
+def release_later(release: Callable[[], None], seconds: float, held: ExitStack) -> None:
+    """Call `release` in `seconds`, unless `held` closes first."""
+    timer = threading.Timer(seconds, release)
+    timer.daemon = True
+    held.callback(timer.cancel)
+    timer.start()
+
+
+def stop_node(mnt: Path, proc: subprocess.Popen[bytes], log: Path) -> list[str]:
+    """Unmount a node and reap its daemon: what went wrong, or what it logged as an error."""
+    problems = []
+    try:
+        stop_foreground(mnt, proc)
+    except Exception as exc:
+        problems.append(f"{mnt}: could not stop: {exc}")
+    if proc.returncode not in (0, None):
+        problems.append(f"{mnt}: tmemfs exited with {proc.returncode}")
+    with suppress(OSError):
+        text = log.read_text(errors="replace")
+        if "internal error" in text or "Traceback" in text:
+            problems.append(f"{mnt}: tmemfs logged an error:\n{text[-3000:]}")
+    return problems
 
 
 # -- the command line ---------------------------------------------------------------------

@@ -311,6 +311,27 @@ def run(directory: Path, src: Path | None, procs: int, ops: int, seed: int,
     root.mkdir()
     if not src_root.is_dir():
         raise StressFailure(f"{src_root}: not there after mkdir {root} (is --src right?)")
+    results = _run_workers(root, procs, ops, seed, timeout)
+    time.sleep(settle)  # the kernel may keep attributes for attr_timeout
+    diffs = compare(root, src_root)
+    if diffs:
+        raise StressFailure(f"seed {seed}: {len(diffs)} differences between mount and SRC:\n" +
+                            "\n".join(diffs[:50]))
+    objects = len(snapshot(src_root))
+    _remove_through_mount(root, src_root, seed)
+    errors_after = mount_stats(directory).get("fs.internal_errors", 0)
+    if errors_after != errors_before:
+        raise StressFailure(f"seed {seed}: tmemfs counted internal errors ({errors_before} -> {errors_after})")
+    succeeded: Counter[str] = Counter()
+    expected: Counter[str] = Counter()
+    for r in results:
+        succeeded.update(r.ops)
+        expected.update(r.expected)
+    return StressReport(seed, procs, procs * ops, succeeded, expected, objects, time.monotonic() - started)
+
+
+def _run_workers(root: Path, procs: int, ops: int, seed: int, timeout: float) -> list[WorkerResult]:
+    """The workers' results; StressFailure with every failure if any worker failed, crashed or hung."""
     results: list[WorkerResult] = []
     failures: list[str] = []
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -330,26 +351,16 @@ def run(directory: Path, src: Path | None, procs: int, ops: int, seed: int,
         failures.extend(r.failures)
     if failures:
         raise StressFailure(f"seed {seed}: " + "\n".join(failures))
-    time.sleep(settle)  # the kernel may keep attributes for attr_timeout
-    diffs = compare(root, src_root)
-    if diffs:
-        raise StressFailure(f"seed {seed}: {len(diffs)} differences between mount and SRC:\n" +
-                            "\n".join(diffs[:50]))
-    objects = len(snapshot(src_root))
+    return results
+
+
+def _remove_through_mount(root: Path, src_root: Path, seed: int) -> None:
+    """rm -rf through the mount must take the tree out of SRC too."""
     rm = subprocess.run(["rm", "-rf", "--", str(root)], capture_output=True, text=True)
     if rm.returncode != 0:
         raise StressFailure(f"seed {seed}: rm -rf {root} failed: {rm.stderr.strip()}")
     if root.exists() or src_root.exists():
         raise StressFailure(f"seed {seed}: {src_root} still exists after rm -rf through the mount")
-    errors_after = mount_stats(directory).get("fs.internal_errors", 0)
-    if errors_after != errors_before:
-        raise StressFailure(f"seed {seed}: tmemfs counted internal errors ({errors_before} -> {errors_after})")
-    succeeded: Counter[str] = Counter()
-    expected: Counter[str] = Counter()
-    for r in results:
-        succeeded.update(r.ops)
-        expected.update(r.expected)
-    return StressReport(seed, procs, procs * ops, succeeded, expected, objects, time.monotonic() - started)
 
 
 def main(argv: list[str] | None = None) -> int:

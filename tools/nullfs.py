@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 import pyfuse3
 import trio
 
+from backends.base import size_in_bytes
 from fusefs.options import MountConfig
 from fusefs.polling import RequestPoller
 
@@ -35,15 +36,6 @@ TIMEOUT_S = 1.0  # tmemfs's default entry_timeout and attr_timeout
 MAX_TASKS = 1  # as tmemfs: handlers never wait, so one task serves every request
 FUSE_OPTIONS = ("default_permissions", "fsname=nullfs", "subtype=nullfs")
 DEFAULT_FILE = "bench-64M.dat"
-
-
-def parse_size(text: str) -> int:
-    """64M, 1G, 4096, 512K -> bytes."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper()
-    if text and text[-1] in units:
-        return int(text[:-1]) * units[text[-1]]
-    return int(text)
 
 
 class NullOperations(pyfuse3.Operations):
@@ -179,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any("/" in n or n in ("", ".", "..") for n in names):
         parser.error("file names must be plain names")
     try:
-        size = parse_size(args.size)
+        size = size_in_bytes(args.size)
     except ValueError:
         parser.error(f"--size {args.size}: not a size")
     options = {*FUSE_OPTIONS, *(o for o in args.options.split(",") if o)}

@@ -45,12 +45,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backends.base import size_in_bytes
 from tools import concurrentmodel, metastress
+from tools.machine import proc_status
 from tools.modelcheck import Mismatch, ModelCheck
 from tools.mounting import Foreground, foreground, is_mounted
 
 ROOT = Path(__file__).resolve().parent.parent
-KiB, MiB = 1 << 10, 1 << 20
+MiB = 1 << 20
 BACKENDS = ["none", "tmem", "zcache", "dedup", "zcache+tmem"]
 # (cache_size, cc_size): one page, smaller than the data, larger than the data
 # (the model check's files grow to 4 x 256 KiB).
@@ -87,7 +89,7 @@ class Run:
         """cache_size + cc_size for each backend member: what the caches may hold."""
         opts = dict(o.partition("=")[::2] for o in self.options.split(","))
         members = 0 if opts.get("cleancache", "zcache") == "none" else len(opts["cleancache"].split("+"))
-        return size(opts["cache_size"]) + members * size(opts["cc_size"])
+        return size_in_bytes(opts["cache_size"]) + members * size_in_bytes(opts["cc_size"])
 
 
 @dataclass
@@ -114,11 +116,6 @@ class Result:
     inodes_after: int = 0
     ok: bool = False
     errors: list[str] = field(default_factory=list)
-
-
-def size(text: str) -> int:
-    scale = {"K": KiB, "M": MiB, "G": 1 << 30}
-    return int(text[:-1]) * scale[text[-1]] if text[-1] in scale else int(text)
 
 
 def plan(quick: bool) -> list[Run]:
@@ -173,16 +170,8 @@ def plan(quick: bool) -> list[Run]:
 # -- a mount --------------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    src: Path
-    mnt: Path
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def stats(self) -> dict[str, object]:
-        result: dict[str, object] = json.loads((self.mnt / ".tmemfs" / "stats.json").read_text())
-        return result
+class Daemon(Foreground):
+    """The foreground tmemfs of a run, with what the run measures of it."""
 
     def control(self, text: str) -> None:
         (self.mnt / ".tmemfs" / "control").write_text(text)
@@ -195,12 +184,7 @@ class Daemon:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def status(self, key: str) -> int:
-        """A /proc/PID/status memory line (VmHWM, VmRSS), in bytes."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * KiB
-        raise KeyError(key)
+        return proc_status(self.pid, key)
 
 
 @contextmanager
@@ -213,9 +197,8 @@ def mounted(work: Path, options: str, plugins: bool) -> Iterator[Daemon]:
     for option in options.split(","):
         if option.startswith("cc_dir="):
             Path(option.removeprefix("cc_dir=")).mkdir(parents=True, exist_ok=True)
-    with foreground(Foreground, src, mnt, work / "tmemfs.log", options, plugins=plugins, cwd=ROOT,
-                    error=StressError, stop_timeout=30, check_end=False) as started:
-        daemon = Daemon(src, mnt, started.proc, started.log)
+    with foreground(Daemon, src, mnt, work / "tmemfs.log", options, plugins=plugins, cwd=ROOT,
+                    error=StressError, stop_timeout=30, check_end=False) as daemon:
         if daemon.stats()["fs.pid"] != daemon.pid:
             raise StressError("stats.json fs.pid is not the daemon's pid")
         yield daemon
@@ -292,6 +275,8 @@ def wait_idle(daemon: Daemon, run: Run, drop_host: bool) -> dict[str, object]:
 
 
 def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
+    """One run on a fresh mount: the checks at once (and fio), then nothing may be left; any failure is kept in
+    the result with the daemon's log."""
     result = Result(run, seed)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="tmemfs-stress-", dir=base))
@@ -299,61 +284,19 @@ def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
         with mounted(work, run.options, plugins=run.fault is not None) as daemon:
             result.fds_mounted = daemon.fds()
             result.rss_mounted = daemon.status("VmRSS")
-            inodes_mounted = int(daemon.stats()["fs.inodes"])  # type: ignore[call-overload]
+            inodes_mounted = int(daemon.stats()["fs.inodes"])
             for name in ("data", "conc", "meta"):
                 (daemon.mnt / name).mkdir()
             fio = start_fio(daemon.mnt, work / "fio.json", run.fio) if run.fio else None
             try:
-                pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
-                try:
-                    model = pool.submit(_model, str(daemon.mnt / "data"), seed, run.data_ops)
-                    conc = pool.submit(_concurrent, str(daemon.mnt / "conc"), str(daemon.src / "conc"), seed,
-                                       run.client_ops)
-                    try:
-                        report = metastress.run(daemon.mnt / "meta", daemon.src / "meta", PROCS, run.meta_ops,
-                                                seed, timeout=1800)
-                    except metastress.StressFailure as exc:
-                        raise StressError(f"metadata stress: {exc}") from None
-                    mismatch, result.data_seconds = model.result(timeout=3600)
-                    if mismatch is not None:
-                        raise StressError(f"model check: {mismatch}")
-                    concurrent = conc.result(timeout=3600)
-                    if not concurrent.ok:
-                        raise StressError(f"concurrent model check: {concurrent.failure()}")
-                finally:
-                    if not (model.done() and conc.done()):  # a failure or a hang: do not wait, so the mount can go
-                        for proc in list(getattr(pool, "_processes", {}).values()):
-                            proc.kill()
-                    pool.shutdown(wait=False, cancel_futures=True)
+                report, concurrent = run_checks(daemon, run, seed, result)
             finally:
                 if fio is not None:
                     result.fio_ios = stop_fio(fio, work / "fio.json")
-            result.data_ops = run.data_ops
-            result.conc_ops, result.conc_reads = concurrent.total_ops, concurrent.reads
-            result.conc_seconds = concurrent.seconds
-            result.meta_ops = report.ops
-            result.meta_seconds = report.seconds
-            result.meta_ok = sum(report.succeeded.values())
-            result.meta_expected = sum(report.expected_errors.values())
-            result.objects = report.objects
-            stats = wait_idle(daemon, run, drop_host)
-            result.inodes_after = int(stats["fs.inodes"])  # type: ignore[call-overload]
-            result.fds_after = daemon.fds()
-            leaked = result.fds_after - result.fds_mounted - (result.inodes_after - inodes_mounted)
-            if leaked > 0:
-                raise StressError(f"{leaked} descriptors more than after mounting "
-                                  f"({result.fds_mounted} -> {result.fds_after}, fs.inodes {result.inodes_after})")
-            result.faults = sum(int(stats.get(k, 0)) for k in FAULT_COUNTERS)  # type: ignore[call-overload]
-            if not run.faults_expected and result.faults:
-                raise StressError(f"backend faults without injection: {[(k, stats.get(k)) for k in FAULT_COUNTERS]}")
-            if run.faults_expected and not result.faults:
-                raise StressError(f"fault={run.fault} was injected but no fault was counted")
+            note_checks(result, report, concurrent)
+            check_idle(daemon, run, drop_host, result, inodes_mounted)
             result.hwm = daemon.status("VmHWM")
-        if daemon.proc.returncode != 0:
-            raise StressError(f"tmemfs exited with {daemon.proc.returncode}")
-        log = daemon.log.read_text()
-        if "internal error" in log or ("Traceback" in log and not run.faults_expected):
-            raise StressError(f"tmemfs logged an error:\n{log[-3000:]}")
+        check_end(daemon, run)
         result.ok = True
     except Exception as exc:
         result.errors.append(f"{type(exc).__name__}: {exc}")
@@ -366,6 +309,71 @@ def execute(run: Run, seed: int, base: Path, drop_host: bool) -> Result:
         if not is_mounted(work / "mnt"):
             shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def run_checks(daemon: Daemon, run: Run, seed: int,
+               result: Result) -> tuple[metastress.StressReport, concurrentmodel.ConcurrentReport]:
+    """The data model check and the concurrent one in child processes, the metadata stress here, all at once;
+    StressError on the first that fails."""
+    pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+    try:
+        model = pool.submit(_model, str(daemon.mnt / "data"), seed, run.data_ops)
+        conc = pool.submit(_concurrent, str(daemon.mnt / "conc"), str(daemon.src / "conc"), seed, run.client_ops)
+        try:
+            report = metastress.run(daemon.mnt / "meta", daemon.src / "meta", PROCS, run.meta_ops, seed,
+                                    timeout=1800)
+        except metastress.StressFailure as exc:
+            raise StressError(f"metadata stress: {exc}") from None
+        mismatch, result.data_seconds = model.result(timeout=3600)
+        if mismatch is not None:
+            raise StressError(f"model check: {mismatch}")
+        concurrent = conc.result(timeout=3600)
+        if not concurrent.ok:
+            raise StressError(f"concurrent model check: {concurrent.failure()}")
+        return report, concurrent
+    finally:
+        if not (model.done() and conc.done()):  # a failure or a hang: do not wait, so the mount can go
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def note_checks(result: Result, report: metastress.StressReport, concurrent: concurrentmodel.ConcurrentReport) -> None:
+    """What the checks did, into the result."""
+    result.data_ops = result.run.data_ops
+    result.conc_ops, result.conc_reads = concurrent.total_ops, concurrent.reads
+    result.conc_seconds = concurrent.seconds
+    result.meta_ops = report.ops
+    result.meta_seconds = report.seconds
+    result.meta_ok = sum(report.succeeded.values())
+    result.meta_expected = sum(report.expected_errors.values())
+    result.objects = report.objects
+
+
+def check_idle(daemon: Daemon, run: Run, drop_host: bool, result: Result, inodes_mounted: int) -> None:
+    """Back to idle: no descriptor beyond one per inode the kernel still knows, and backend faults counted
+    exactly when they were injected."""
+    stats = wait_idle(daemon, run, drop_host)
+    result.inodes_after = int(stats["fs.inodes"])  # type: ignore[call-overload]
+    result.fds_after = daemon.fds()
+    leaked = result.fds_after - result.fds_mounted - (result.inodes_after - inodes_mounted)
+    if leaked > 0:
+        raise StressError(f"{leaked} descriptors more than after mounting "
+                          f"({result.fds_mounted} -> {result.fds_after}, fs.inodes {result.inodes_after})")
+    result.faults = sum(int(stats.get(k, 0)) for k in FAULT_COUNTERS)  # type: ignore[call-overload]
+    if not run.faults_expected and result.faults:
+        raise StressError(f"backend faults without injection: {[(k, stats.get(k)) for k in FAULT_COUNTERS]}")
+    if run.faults_expected and not result.faults:
+        raise StressError(f"fault={run.fault} was injected but no fault was counted")
+
+
+def check_end(daemon: Daemon, run: Run) -> None:
+    """The daemon exited cleanly and logged no error (a Traceback is expected only with injected faults)."""
+    if daemon.proc.returncode != 0:
+        raise StressError(f"tmemfs exited with {daemon.proc.returncode}")
+    log = daemon.log.read_text()
+    if "internal error" in log or ("Traceback" in log and not run.faults_expected):
+        raise StressError(f"tmemfs logged an error:\n{log[-3000:]}")
 
 
 # -- the whole stress -----------------------------------------------------------------

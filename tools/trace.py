@@ -167,48 +167,57 @@ def load_trace(path: str) -> Trace:
 def replay(policy: Policy[Hashable], trace: Trace, capacity: int) -> Result:
     """Drive a simulated cache of `capacity` keys; KeyError if a victim was not resident."""
     resident: set[Hashable] = set()
-    touch, insert, victim, remove = policy.touch, policy.insert, policy.victim, policy.remove
-    add, drop = resident.add, resident.remove
-    misses = held = 0
+    cuts = [i for i, gone in enumerate(trace.invalidate) if gone] if trace.invalidate else []
     enabled = gc.isenabled()
     gc.disable()  # as timeit does: collections would land on whichever policy runs
     try:
         start = time.perf_counter()
-        if trace.invalidate is None:
-            for key in trace.keys:
-                if key in resident:
-                    touch(key)
-                    continue
-                misses += 1
-                if held >= capacity:
-                    drop(victim())
-                else:
-                    held += 1
-                insert(key)
-                add(key)
-        else:
-            for key, gone in zip(trace.keys, trace.invalidate, strict=True):
-                if gone:
-                    if key in resident:
-                        remove(key)
-                        drop(key)
-                        held -= 1
-                elif key in resident:
-                    touch(key)
-                else:
-                    misses += 1
-                    if held >= capacity:
-                        drop(victim())
-                    else:
-                        held += 1
-                    insert(key)
-                    add(key)
+        misses, held = _replay_keys(policy, trace.keys, cuts, capacity, resident)
         seconds = time.perf_counter() - start
     finally:
         if enabled:
             gc.enable()
     assert len(policy) == held == len(resident), (policy.name, len(policy), held)
     return Result(policy.name, trace.accesses, misses, seconds)
+
+
+def _replay_keys(policy: Policy[Hashable], keys: Sequence[Hashable], cuts: Sequence[int], capacity: int,
+                 resident: set[Hashable]) -> tuple[int, int]:
+    """The accesses between the invalidations (at `cuts`), and each invalidated key out of the cache:
+    (misses, keys held at the end)."""
+    if not cuts:
+        return _accesses(policy, keys, capacity, resident, 0)
+    misses = held = 0
+    start = 0
+    for cut in [*cuts, len(keys)]:
+        more, held = _accesses(policy, keys[start:cut], capacity, resident, held)
+        misses += more
+        if cut < len(keys) and keys[cut] in resident:
+            policy.remove(keys[cut])
+            resident.remove(keys[cut])
+            held -= 1
+        start = cut + 1
+    return misses, held
+
+
+def _accesses(policy: Policy[Hashable], keys: Sequence[Hashable], capacity: int, resident: set[Hashable],
+              held: int) -> tuple[int, int]:
+    """The hot loop: accesses alone, `held` keys in the cache at the start: (misses, keys held at the end)."""
+    touch, insert, victim = policy.touch, policy.insert, policy.victim
+    add, drop = resident.add, resident.remove
+    misses = 0
+    for key in keys:
+        if key in resident:
+            touch(key)
+            continue
+        misses += 1
+        if held >= capacity:
+            drop(victim())
+        else:
+            held += 1
+        insert(key)
+        add(key)
+    return misses, held
 
 
 def compare(trace: Trace, names: Sequence[str], capacity: int, repeat: int = 1) -> list[Result]:
