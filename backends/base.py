@@ -47,7 +47,7 @@ def size_in_bytes(text: str) -> int:
     number, scale = m.group(1), _SCALE[m.group(2).lower()]
     if "." in number:
         whole, _, fraction = number.partition(".")
-        value = (int(whole + fraction) * scale) // 10 ** len(fraction)  # exact: no float rounding
+        value: int = (int(whole + fraction) * scale) // 10 ** len(fraction)  # exact: no float rounding
     else:
         value = int(number) * scale
     if value > MAX_SIZE:

@@ -25,9 +25,14 @@ page, so it stays in the member that took it until invalidated.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 
 from backends.base import Backend, FileVersions, StatValue
+
+if TYPE_CHECKING:
+    from backends.ram import Spill
 
 
 class ChainBackend(Backend):
@@ -50,7 +55,7 @@ class ChainBackend(Backend):
             if hasattr(member, "spill"):
                 member.spill = self._spiller(position)
 
-    def _spiller(self, position: int):  # type: ignore[no-untyped-def]
+    def _spiller(self, position: int) -> Spill:
         async def spill(member_pool: int, key: bytes, index: int, data: bytes) -> None:
             pool = self._owner[position].get(member_pool)
             if pool is None:

@@ -240,10 +240,7 @@ class DedupBackend(Backend):
         old = self._handle(dpool, key, index)
         if old != NO:
             if self._hslot[old] == slot:  # the same content again: the handle stays as it is
-                self.duplicate_entry += 1
-                self.dup_puts_replaced += 1
-                if not dpool.persistent:
-                    self._touch(slot)
+                self._put_again(dpool, slot)
                 return True
             self._drop(old)  # put-put-get: the old content never returns
         blob = b"" if slot else self._pack(raw, page)
@@ -251,46 +248,70 @@ class DedupBackend(Backend):
         handle = self._new_handle(pool, dpool, key, index) if fits else NO
         spilled: list[Spilled] = []
         if handle != NO:
-            # Room is made before the copy enters (so that no policy can pick it) and after the
-            # arrays it needs have grown (so that what they cost is counted).
-            chunk = handle >> SHIFT
-            self._used[chunk] += 1  # pins the chunk: evictions must not free it
-            cost = 0 if slot else self._room_for(blob)
-            if self.held + cost > self.capacity:  # the pool is full (see memory_stats)
-                self.pool_limit_hit += 1
-            while self.held + cost > self.capacity and self.stored_pages > self.persistent_pages:
-                self.evicted_pages += self._drop_copy(self._victim(), spilled if self.spill is not None else None)
-                if slot and not self._refs[slot]:  # the copy found was evicted: store the page anew
-                    slot, blob = 0, self._pack(raw, page)
-                    cost = self._room_for(blob)
-            self._used[chunk] -= 1
-            if self.held + cost > self.capacity:  # too big even alone
-                if not self._used[chunk]:
-                    self._free_chunk_of(chunk)
-                handle = NO
+            handle, slot, blob = self._make_room(handle, slot, blob, raw, page, spilled)
         if handle == NO:
-            self.rejected_puts += 1
-            if old != NO:
-                self.dup_puts_flushed += 1
-            self._tidy()
+            self._refuse_put(old)
         else:
-            if old != NO:
-                self.dup_puts_replaced += 1
-            if slot:
-                self.duplicate_entry += 1
-            else:
-                slot = self._store(hashed, blob)
-            self._link(handle, slot)
-            if not dpool.persistent:
-                if self._refs[slot] - self._pins[slot] == 1:  # its first ephemeral handle: it becomes evictable
-                    self._order_insert(slot)
-                else:
-                    self._touch(slot)
-            self.held_max = max(self.held_max, self.held)
+            self._accept_put(dpool, handle, slot, blob, hashed, old)
         for item in spilled:
             if self.spill is not None:
                 await self.spill(*item)
         return handle != NO
+
+    def _put_again(self, dpool: DedupPool, slot: int) -> None:
+        """A put of the content the handle has already: counted, and refreshed if evictable."""
+        self.duplicate_entry += 1
+        self.dup_puts_replaced += 1
+        if not dpool.persistent:
+            self._touch(slot)
+
+    def _make_room(self, handle: int, slot: int, blob: bytes, raw: bytes, page: memoryview,
+                   spilled: list[Spilled]) -> tuple[int, int, bytes]:
+        """Evict until the new handle (and its copy, unless it shares `slot`) fits: (the handle, or
+        NO if it is too big even alone; the slot it shares, 0 if that copy was evicted meanwhile;
+        the blob to store then).
+
+        Room is made before the copy enters (so that no policy can pick it) and after the
+        arrays it needs have grown (so that what they cost is counted)."""
+        chunk = handle >> SHIFT
+        self._used[chunk] += 1  # pins the chunk: evictions must not free it
+        cost = 0 if slot else self._room_for(blob)
+        if self.held + cost > self.capacity:  # the pool is full (see memory_stats)
+            self.pool_limit_hit += 1
+        while self.held + cost > self.capacity and self.stored_pages > self.persistent_pages:
+            self.evicted_pages += self._drop_copy(self._victim(), spilled if self.spill is not None else None)
+            if slot and not self._refs[slot]:  # the copy found was evicted: store the page anew
+                slot, blob = 0, self._pack(raw, page)
+                cost = self._room_for(blob)
+        self._used[chunk] -= 1
+        if self.held + cost > self.capacity:  # too big even alone
+            if not self._used[chunk]:
+                self._free_chunk_of(chunk)
+            handle = NO
+        return handle, slot, blob
+
+    def _refuse_put(self, old: int) -> None:
+        """A put that does not fit: refused (the older content it replaced is gone too)."""
+        self.rejected_puts += 1
+        if old != NO:
+            self.dup_puts_flushed += 1
+        self._tidy()
+
+    def _accept_put(self, dpool: DedupPool, handle: int, slot: int, blob: bytes, hashed: int, old: int) -> None:
+        """Link the new handle to the copy it shares (`slot`), or to a new copy of `blob`."""
+        if old != NO:
+            self.dup_puts_replaced += 1
+        if slot:
+            self.duplicate_entry += 1
+        else:
+            slot = self._store(hashed, blob)
+        self._link(handle, slot)
+        if not dpool.persistent:
+            if self._refs[slot] - self._pins[slot] == 1:  # its first ephemeral handle: it becomes evictable
+                self._order_insert(slot)
+            else:
+                self._touch(slot)
+        self.held_max = max(self.held_max, self.held)
 
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         return self._get(pool, key, index, out, False)
@@ -406,7 +427,7 @@ class DedupBackend(Backend):
     def _pack(self, raw: bytes, page: memoryview) -> bytes:
         """What a new copy keeps: the page, or its lz4 block with dd_compress=lz4 if smaller."""
         if self.compress:
-            packed = lz4.block.compress(page, store_size=False)
+            packed: bytes = lz4.block.compress(page, store_size=False)
             if len(packed) < PAGE_SIZE:
                 return packed
         return raw

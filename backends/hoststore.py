@@ -343,7 +343,8 @@ def _punch(fd: int, freed: set[int] | list[int]) -> None:
 def _ofd_free(fd: int, offset: int) -> bool:
     """Whether no other open file holds the OFD lock on this byte (our own never conflicts)."""
     probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
-    return _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))[0] == fcntl.F_UNLCK
+    lock_type: int = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))[0]
+    return lock_type == fcntl.F_UNLCK
 
 
 def _slots_in_use(path: str) -> bool:
@@ -472,7 +473,7 @@ class _Host:
         for f, size in ((fd, _frames_bytes(frames)), (sfd, frames * PAGE_SIZE)):
             if os.fstat(f).st_size != size:
                 raise HostError(f"{self.who}: {self.path}: a file of {os.fstat(f).st_size} bytes, expected {size}")
-        self.frames = frames
+        self.frames: int = frames
         meta = self._map(fd, _frames_bytes(frames), True)
         self.gens = meta[HEADER : HEADER + frames * 16].cast("Q")  # [frame * 2 + slot]
         refs_start = HEADER + _pages(frames * 16)
@@ -856,6 +857,7 @@ class HostStore:
 
     def __init__(self, name: str, directory: str = "/dev/shm", node_timeout: float = 5.0,
                  lock_wait: float = 0.05) -> None:
+        # (A mount takes the default lock_wait; the tests lengthen or shorten it to stage contention.)
         self.name = name
         self.directory = os.fspath(directory)
         self.path = host_directory(name, self.directory)
@@ -967,36 +969,48 @@ class HostStore:
         """The host directory checked (made if `create`), and its init lock held: the descriptor."""
         for _attempt in range(3):
             if create:
-                try:
-                    os.mkdir(self.path, 0o700)
-                except FileExistsError:
-                    pass
-                except PermissionError:
-                    raise HostError(f"{self.who}: permission denied: cannot create {self.path}") from None
-            try:
-                st = os.lstat(self.path)
-            except FileNotFoundError:
-                raise self._no_host() from None
-            except PermissionError:
-                raise HostError(f"{self.who}: permission denied: {self.path}") from None
-            if not stat.S_ISDIR(st.st_mode):
-                raise HostError(f"{self.who}: {self.path} is not a directory")
-            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o700:
-                os.chmod(self.path, 0o700)
-            flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-            try:
-                fd = os.open(os.path.join(self.path, "init.lock"), flags, 0o600)
-            except PermissionError:
-                raise HostError(f"{self.who}: permission denied: {self.path} is owned by uid {st.st_uid}") from None
-            except FileNotFoundError:
-                raise self._no_host() from None
-            if not _flock_wait(fd, INIT_WAIT):
-                os.close(fd)
-                raise HostError(f"{self.who}: another client has been creating the host for {INIT_WAIT} s")
+                self._make_directory()
+            fd = self._lock_init(self._checked_directory(), create)
             if os.fstat(fd).st_nlink:
                 return fd
             os.close(fd)  # the last client out removed the host meanwhile: make it afresh
         raise HostError(f"{self.who}: the host keeps being removed while joining")
+
+    def _make_directory(self) -> None:
+        try:
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            pass
+        except PermissionError:
+            raise HostError(f"{self.who}: permission denied: cannot create {self.path}") from None
+
+    def _checked_directory(self) -> os.stat_result:
+        """The host directory's status, once it is known to be a directory (made 0700 if ours)."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            raise self._no_host() from None
+        except PermissionError:
+            raise HostError(f"{self.who}: permission denied: {self.path}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise HostError(f"{self.who}: {self.path} is not a directory")
+        if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(self.path, 0o700)
+        return st
+
+    def _lock_init(self, st: os.stat_result, create: bool) -> int:
+        """The init lock of the directory `st` describes, opened (made if `create`) and held."""
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        try:
+            fd = os.open(os.path.join(self.path, "init.lock"), flags, 0o600)
+        except PermissionError:
+            raise HostError(f"{self.who}: permission denied: {self.path} is owned by uid {st.st_uid}") from None
+        except FileNotFoundError:
+            raise self._no_host() from None
+        if not _flock_wait(fd, INIT_WAIT):
+            os.close(fd)
+            raise HostError(f"{self.who}: another client has been creating the host for {INIT_WAIT} s")
+        return fd
 
     def _claim(self, host: _Host) -> int:
         for client in range(MAX_CLIENTS):
@@ -1189,36 +1203,17 @@ class HostStore:
         if old is not None:
             w.drop(ikey, old, evicted=False)  # a put that fails leaves no older version either
         ckey = _CONTENT + _b8(digest)
-        while True:
-            copy, index_it = self._copy_of(w, ckey, page) if dedup else (None, False)
-            enc = (LZ4 if blob is not None else RAW) if copy is None else copy[2]
-            charge = PAGE_SIZE if enc == RAW else HALF
-            if copy is None and not self._room_possible(w, enc):
-                return False
-            evictions = meta.evictions
-            if not self._within_cap(w, charge):
-                self.cap_hits += 1
-                return False
-            if copy is None or meta.evictions == evictions:
-                break  # else the cap's evictions may have dropped that very copy: look again
+        room = self._room_for_put(w, ckey, page, blob, dedup)
+        if room is None:
+            return False
+        copy, index_it, enc, charge = room
         if copy is not None:
-            frame, slot, enc, length, gen, refs, prefs = copy
-            if persistent and prefs == 0:
-                w.pin(frame, slot, True)
-            txn.put(ckey, _CONTENT_VALUE.pack(frame, slot, enc, length, gen, refs + 1, prefs + persistent))
-            meta.dedup_pages += 1
+            where = self._share_copy(w, ckey, copy, persistent)
         else:
-            place = self._place(w, enc)
-            if place is None:
+            stored = self._store_copy(w, ckey, page, blob, enc, persistent, index_it)
+            if stored is None:
                 return False
-            frame, slot = place
-            data = blob if blob is not None else page
-            gen, length = w.write_slot(frame, slot, data), len(data)
-            meta.stored += 1
-            if persistent:
-                w.pin(frame, slot, True)
-            if index_it:
-                txn.put(ckey, _CONTENT_VALUE.pack(frame, slot, enc, length, gen, 1, int(persistent)))
+            where = stored
         seq = 0
         if not persistent:
             seq = meta.seq
@@ -1226,13 +1221,58 @@ class HostStore:
             txn.put(_ORDER + _b8(seq), ikey)
             txn.put(_OWN + _b2(client) + _b8(seq), b"")
         shared = copy is not None or index_it
-        txn.put(ikey, _ENTRY.pack(frame, slot, enc, length, gen, digest, seq, shared))
+        txn.put(ikey, _ENTRY.pack(*where, digest, seq, shared))
         counts = w.count(client)
         counts[0] += 1
         counts[1] += charge
         counts[2] += persistent
         meta.persistent += persistent
         return True
+
+    def _room_for_put(self, w: _Write, ckey: bytes, page: memoryview, blob: bytes | None,
+                      dedup: bool) -> tuple[tuple[int, ...] | None, bool, int, int] | None:
+        """Room made within the client's cap for a put: (the stored copy it shares or None,
+        whether a new copy is to be indexed, its encoding, what it is charged); None if refused."""
+        while True:
+            copy, index_it = self._copy_of(w, ckey, page) if dedup else (None, False)
+            enc = (LZ4 if blob is not None else RAW) if copy is None else copy[2]
+            charge = PAGE_SIZE if enc == RAW else HALF
+            if copy is None and not self._room_possible(w, enc):
+                return None
+            evictions = w.meta.evictions
+            if not self._within_cap(w, charge):
+                self.cap_hits += 1
+                return None
+            if copy is None or w.meta.evictions == evictions:
+                return copy, index_it, enc, charge
+            # else the cap's evictions may have dropped that very copy: look again
+
+    @staticmethod
+    def _share_copy(w: _Write, ckey: bytes, copy: tuple[int, ...], persistent: bool) -> tuple[int, ...]:
+        """One more reference to a stored copy (pinned if it is the first persistent one): where it is."""
+        frame, slot, enc, length, gen, refs, prefs = copy
+        if persistent and prefs == 0:
+            w.pin(frame, slot, True)
+        w.txn.put(ckey, _CONTENT_VALUE.pack(frame, slot, enc, length, gen, refs + 1, prefs + persistent))
+        w.meta.dedup_pages += 1
+        return frame, slot, enc, length, gen
+
+    def _store_copy(self, w: _Write, ckey: bytes, page: memoryview, blob: bytes | None, enc: int,
+                    persistent: bool, index_it: bool) -> tuple[int, ...] | None:
+        """A new copy of the page (`blob` if compressed) written to a free slot: where it is, or
+        None if no slot can be had."""
+        place = self._place(w, enc)
+        if place is None:
+            return None
+        frame, slot = place
+        data = blob if blob is not None else page
+        gen, length = w.write_slot(frame, slot, data), len(data)
+        w.meta.stored += 1
+        if persistent:
+            w.pin(frame, slot, True)
+        if index_it:
+            w.txn.put(ckey, _CONTENT_VALUE.pack(frame, slot, enc, length, gen, 1, int(persistent)))
+        return frame, slot, enc, length, gen
 
     def _copy_of(self, w: _Write, ckey: bytes, page: memoryview) -> tuple[tuple[int, ...] | None, bool]:
         """(the stored copy of exactly this page, or None; whether a new copy is to be indexed).
@@ -1355,7 +1395,12 @@ class HostStore:
 
     # -- weights, caps, dead clients -----------------------------------------------------------
 
+    # TEST ONLY: set_weight and set_cap change a live client's share. A mount fixes cc_weight and
+    # cc_cap when it joins (no control command changes them); the tests use these to show that the
+    # shares and caps follow a change at once, without a rejoin that would drop the client's pages.
+
     def set_weight(self, weight: int) -> None:
+        """A new weight; the shares follow from the next eviction on."""
         host = self._joined()
         self._check_weight(weight)
         host.cq[host.slot(self.client) + _WEIGHT] = weight

@@ -314,6 +314,7 @@ class RedisStore(PageStore):
         self.uuid = uuid
         self.node_timeout = node_timeout
         self.retry_interval = retry_interval
+        # (A mount takes the default timeouts; the tests shorten or lengthen them around stalled servers.)
         self.connect_timeout = connect_timeout
         self.op_timeout = op_timeout
         u = uuid.hex().encode()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ssl
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,35 +77,53 @@ def parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int] | None:
     end = buf.find(b"\r\n", pos)
     if end < 0:
         return None
-    kind = buf[pos]
-    if kind == 0x24:  # $ bulk string
-        size = int(buf[pos + 1 : end])
-        if size < 0:
-            return None, end + 2
-        stop = end + 2 + size
-        if len(buf) < stop + 2:
+    read = _READERS.get(buf[pos])
+    if read is None:
+        raise ConnectionLost(f"not a RESP2 reply (type byte {buf[pos]:#x})")
+    return read(buf, pos, end)
+
+
+def _bulk_string(buf: bytes | bytearray, pos: int, end: int) -> tuple[Any, int] | None:
+    size = int(buf[pos + 1 : end])
+    if size < 0:
+        return None, end + 2
+    stop = end + 2 + size
+    if len(buf) < stop + 2:
+        return None
+    return buf[end + 2 : stop], stop + 2
+
+
+def _array(buf: bytes | bytearray, pos: int, end: int) -> tuple[Any, int] | None:
+    count = int(buf[pos + 1 : end])
+    if count < 0:
+        return None, end + 2
+    items = []
+    pos = end + 2
+    for _ in range(count):
+        item = parse(buf, pos)
+        if item is None:
             return None
-        return buf[end + 2 : stop], stop + 2
-    if kind == 0x2A:  # * array
-        count = int(buf[pos + 1 : end])
-        if count < 0:
-            return None, end + 2
-        items = []
-        pos = end + 2
-        for _ in range(count):
-            item = parse(buf, pos)
-            if item is None:
-                return None
-            items.append(item[0])
-            pos = item[1]
-        return items, pos
-    if kind == 0x3A:  # : integer
-        return int(buf[pos + 1 : end]), end + 2
-    if kind == 0x2B:  # + simple string
-        return buf[pos + 1 : end], end + 2
-    if kind == 0x2D:  # - error
-        return RespError(buf[pos + 1 : end].decode(errors="replace")), end + 2
-    raise ConnectionLost(f"not a RESP2 reply (type byte {kind:#x})")
+        items.append(item[0])
+        pos = item[1]
+    return items, pos
+
+
+def _integer(buf: bytes | bytearray, pos: int, end: int) -> tuple[Any, int] | None:
+    return int(buf[pos + 1 : end]), end + 2
+
+
+def _simple_string(buf: bytes | bytearray, pos: int, end: int) -> tuple[Any, int] | None:
+    return buf[pos + 1 : end], end + 2
+
+
+def _error(buf: bytes | bytearray, pos: int, end: int) -> tuple[Any, int] | None:
+    return RespError(buf[pos + 1 : end].decode(errors="replace")), end + 2
+
+
+# A reply's first byte says its type: $ bulk string, * array, : integer, + simple string, - error.
+_READERS: dict[int, Callable[[bytes | bytearray, int, int], tuple[Any, int] | None]] = {
+    0x24: _bulk_string, 0x2A: _array, 0x3A: _integer, 0x2B: _simple_string, 0x2D: _error,
+}
 
 
 class _Slot:

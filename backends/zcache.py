@@ -131,7 +131,7 @@ class ZcacheBackend(RamBackend):
         fill = fill_byte(page)
         if fill is not None:
             return fill
-        packed = lz4.block.compress(page, store_size=False)
+        packed: bytes = lz4.block.compress(page, store_size=False)
         if len(packed) <= self.zc_max and len(packed) < PAGE_SIZE:  # (a block of a page saves nothing)
             return packed
         if self.zc_poor == "raw":

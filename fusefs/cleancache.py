@@ -299,6 +299,18 @@ class Cleancache:
         if self._run_scope is not None:
             self._run_scope.cancel()
             self._run_scope = None
+        await self._drain_calls(old)
+        await self._destroy_pools(old)
+        self.retired_stats = self._backend_stats(old)
+        try:
+            await self._call(old, old.close)
+        except Exception:
+            self._fault("close", old)
+        log.info("backend %s unregistered; pools are placeholders until one registers", old.name)
+        return old
+
+    async def _drain_calls(self, old: Backend) -> None:
+        """Wait a while for the calls in flight into `old` to end before it is closed."""
         with trio.move_on_after(DRAIN_CALLS * self.timeout):
             while self._hooks_in_flight:
                 self._drained = trio.Event()
@@ -308,6 +320,9 @@ class Cleancache:
             log.warning("unregister: %d cleancache call(s) of %s still in flight after %.1f s; "
                         "closing it anyway (they end as misses)", self._hooks_in_flight, old.name,
                         DRAIN_CALLS * self.timeout)
+
+    async def _destroy_pools(self, old: Backend) -> None:
+        """Make every pool a placeholder (with an empty ledger), then destroy its pool in `old`."""
         live = [p.backend_pool for p in self.pools.values() if p.backend_pool is not None]
         for pool in self.pools.values():
             pool.backend_pool = None
@@ -318,13 +333,6 @@ class Cleancache:
                 await self._call(old, old.destroy_pool, backend_pool)
             except Exception:
                 self._fault("destroy_pool", old)
-        self.retired_stats = self._backend_stats(old)
-        try:
-            await self._call(old, old.close)
-        except Exception:
-            self._fault("close", old)
-        log.info("backend %s unregistered; pools are placeholders until one registers", old.name)
-        return old
 
     async def set_cc_size(self, nbytes: int) -> None:
         """Resize the live backend's pool (cc_size) without flushing it: the backend evicts at

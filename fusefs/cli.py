@@ -30,7 +30,7 @@ from fusefs.datapath import DataPath
 from fusefs.logs import LEVELS, LogFile, log_handler, open_private, reopen_logs, setup_logging
 from fusefs.metrics import MetricsServer
 from fusefs.operations import TmemOperations, request_log, with_request_log
-from fusefs.options import CORE_HELP, MountConfig, OptionError, parse_options
+from fusefs.options import CORE_OPTIONS, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
 from fusefs.polling import RequestPoller, fuse_device_fd
 from fusefs.pooluuid import PoolUuidError, effective_uuid, src_pool_uuid
@@ -45,7 +45,7 @@ USAGE = "tmemfs SRC MNT [-o opt[,opt...]] [-f] [-d] [--help] [--version]"
 
 def manual() -> str:
     """The --help text, in the shape of a man page."""
-    core = "\n".join(f"    {k:<28} {v}" for k, v in CORE_HELP.items())
+    core = "\n".join(f"    {o.usage:<28} {o.help}" for o in CORE_OPTIONS.values())
     backends = registry.describe("    ")
     return f"""NAME
     tmemfs - pass-through FUSE filesystem with a page cache and cleancache backends
@@ -378,12 +378,8 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str,
-                ready: Callable[[], None] | None, metrics: MetricsServer | None = None) -> None:
-    cleancache = Cleancache(backend, config.cc_timeout)
-    pagecache = PageCache(config.cache_size, config.pc_policy)
-    tracer = Tracer(config.trace_file, src) if config.trace_file else None
-    cleancache.tracer = pagecache.tracer = tracer
+async def open_data_path(config: MountConfig, pagecache: PageCache, cleancache: Cleancache, src: str) -> DataPath:
+    """The data path over this mount's pool (on a cluster node, the shared pool of SRC's uuid)."""
     if config.shared and config.pool_uuid is not None:
         pool = await cleancache.init_shared_fs(effective_uuid(config.pool_uuid))
     else:
@@ -392,6 +388,17 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
     io = SrcIO(threads=config.max_requests, slow_metadata=slow_metadata(src))
     data = DataPath(pagecache, cleancache, pool, node=config.shared, join_wait=join_wait, io=io)
     data.frontswap.files = set(config.frontswap_files)
+    return data
+
+
+async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str,
+                ready: Callable[[], None] | None, metrics: MetricsServer | None = None) -> None:
+    cleancache = Cleancache(backend, config.cc_timeout)
+    pagecache = PageCache(config.cache_size, config.pc_policy)
+    tracer = Tracer(config.trace_file, src) if config.trace_file else None
+    cleancache.tracer = pagecache.tracer = tracer
+    data = await open_data_path(config, pagecache, cleancache, src)
+    io = data.io
     if config.mlock:
         lock_memory()
     if not data.coherency.caches:

@@ -106,11 +106,12 @@ class DataPath:
                  max_idle_files: int = 65536, node: bool = False, join_wait: float = 5.0,
                  io: SrcIO | None = None) -> None:
         self.pc = pagecache
-        self.io = io if io is not None else SrcIO(threads=4)
+        self.io = io if io is not None else SrcIO(threads=4)  # (a mount passes its own; unit tests need not)
         self.cc = cleancache
         self.pool = pool
         # Files we know, oldest first; idle ones (no pages, not open) are
-        # trimmed past max_idle_files (the coherency rules say what the pool keeps of them).
+        # trimmed past max_idle_files (the coherency rules say what the pool keeps of them;
+        # a mount takes the default, a test a few files to reach the trimming).
         self.files: OrderedDict[bytes, CachedFile] = OrderedDict()
         self.max_idle_files = max_idle_files
         # Slots holding a page got from a shared pool and unchanged since: the pool
@@ -404,17 +405,26 @@ class DataPath:
             base = slot << PAGE_SHIFT
             return self.pc.view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
         loaded_through = -1  # pages installed by this very read: not hits
-        if not cached.any_cached(first, last):  # a read in order: around the cache, or loaded in one go
-            served = await self._bypass(cached, fd, first, last, offset, end)
+        if not cached.any_cached(first, last):
+            served, loaded_through = await self._read_in_order(cached, fd, first, last, offset, end)
             if served is not None:
                 return served
-            slot, loaded_through = await self._page(cached, fd, first, last)
-            end = min(end, cached.size)  # a read from SRC may have found it shorter
-            if slot < 0 or offset >= end:
-                return b""
-            if loaded_through >= last:
-                return self._assemble(cached.slots_of(first, (end - 1) >> PAGE_SHIFT), offset, end)
         return await self._read_pages(cached, fd, first, last, offset, end, loaded_through)
+
+    async def _read_in_order(self, cached: CachedFile, fd: int, first: int, last: int, offset: int,
+                                 end: int) -> tuple[bytes | memoryview | None, int]:
+        """Pages first..last, none of them cached (a read in order): served around the cache, or
+        loaded in one go. (The bytes, or None if the load stopped short; the last page loaded.)"""
+        served = await self._bypass(cached, fd, first, last, offset, end)
+        if served is not None:
+            return served, -1
+        slot, loaded_through = await self._page(cached, fd, first, last)
+        end = min(end, cached.size)  # a read from SRC may have found it shorter
+        if slot < 0 or offset >= end:
+            return b"", loaded_through
+        if loaded_through >= last:
+            return self._assemble(cached.slots_of(first, (end - 1) >> PAGE_SHIFT), offset, end), loaded_through
+        return None, loaded_through
 
     async def _bypass(self, cached: CachedFile, fd: int, first: int, last: int, offset: int,
                       end: int) -> memoryview | None:

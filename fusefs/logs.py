@@ -17,9 +17,10 @@ import re
 import sys
 from typing import TextIO
 
-# The syslog socket. An environment variable so that tests can force the "no syslog" case
-# on a machine that has one (TMEMFS_SYSLOG_SOCKET=/nonexistent).
-SYSLOG_SOCKET = os.environ.get("TMEMFS_SYSLOG_SOCKET", "/dev/log")
+# TEST ONLY: the syslog socket is /dev/log; tests name a missing one in this variable to reach the
+# "no syslog" fallback (a log file named after MNT) on a machine that has syslog. No user sets it.
+TEST_SYSLOG_ENV = "TMEMFS_TEST_ONLY_SYSLOG_SOCKET"
+SYSLOG_SOCKET = os.environ.get(TEST_SYSLOG_ENV, "/dev/log")
 ROOT_LOG_DIR = "/var/log/tmemfs"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _FORMAT = "%(asctime)s tmemfs[%(process)d] %(levelname)s %(name)s: %(message)s"

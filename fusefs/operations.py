@@ -243,7 +243,7 @@ class TmemOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         if isinstance(value, OpenDir) or value is None:
-            self.dirs[fh] = value  # type: ignore[assignment]
+            self.dirs[fh] = value
         else:
             self.handles[fh] = value  # type: ignore[assignment]
         return fh
@@ -544,13 +544,13 @@ class TmemOperations(pyfuse3.Operations):
     ) -> bytes | bytearray | memoryview:
         handle = self.handles[fh]
         if handle.__class__ is OpenFile:
-            if handle.kernel_cached and handle.cached.changing:  # type: ignore[union-attr]
+            if handle.kernel_cached and handle.cached.changing:
                 # The write's page may have been dropped by the kernel (a revalidation) and read
                 # again while the write is on its way: our reply would outlive the write there.
-                await handle.cached.changes_landed()  # type: ignore[union-attr]
-            return await self.data.read(handle.cached, handle.read_fd, off, size)  # type: ignore[union-attr]
+                await handle.cached.changes_landed()
+            return await self.data.read(handle.cached, handle.read_fd, off, size)
         if handle.__class__ is SwapHandle:
-            return await self.data.frontswap.read(handle.area, off, size)  # type: ignore[union-attr]
+            return await self.data.frontswap.read(handle.area, off, size)
         return handle.read(off, size)  # type: ignore[union-attr]
 
     @handler

@@ -26,41 +26,6 @@ IGNORED_FLAGS = {"rw", "defaults", "auto", "noauto", "user", "nouser", "users", 
 IGNORED_PREFIXES = ("x-", "comment=")
 
 
-CORE_HELP = {
-    "cleancache=NAME[+NAME...]": "backend, or a chain tried in order (`tmemctl backends` lists them); "
-                                 "default zcache",
-    "cache_size=SIZE": "page cache size (K/M/G/T suffixes, powers of 1024); default 64M",
-    "cc_size=SIZE": "cleancache backend capacity; default 256M",
-    "kernel_cache": "let the kernel cache file data too (no direct_io): faster re-reads, "
-                    "shared writable mmap, but tmemfs sees fewer reads",
-    "attr_timeout=SECS": "how long the kernel trusts attributes; default 1 (0 on cluster nodes)",
-    "entry_timeout=SECS": "how long the kernel trusts name lookups; default 1 (0 on cluster nodes)",
-    "pool_uuid=32HEX": "the shared pool's 16-byte uuid (cluster); default: kept on SRC's root in the "
-                       "user.tmemfs.pool_uuid attribute, created once; all ones (ff...ff) = private",
-    "pc_policy=NAME": "page cache eviction policy: lru (default), sieve, s3fifo, arc",
-    "cc_timeout=SECS": "longest wait for a backend that does I/O; then it is a miss; default 1",
-    "backing_io=cached|direct": "read SRC through the host page cache or with O_DIRECT "
-                                "(real disk reads); default cached",
-    "poll_us=N": "after each request, poll for the next one for up to N microseconds before "
-                 "sleeping: much lower latency, up to one CPU spent while busy; 0 = off; default 50",
-    "max_requests=N": "FUSE requests served at once (1 = one at a time, as before); blocking calls on "
-                      "SRC run off the loop while others wait; default 16",
-    "log=FILE": "log file (created 0600; SIGHUP reopens it); default: stderr with -f, else syslog, "
-                "else a file named after MNT (see FILES)",
-    "log_level=LEVEL": "debug, info (default), warning or error; debug logs every request, as -d does, "
-                       "but in the background too",
-    "metrics=HOST:PORT": "serve the counters for Prometheus at http://HOST:PORT/metrics (e.g. "
-                         "127.0.0.1:9567; [::1]:9567); a busy port is refused before mounting",
-    "frontswap=RELPATH[:RELPATH...]": "files of SRC (each a whole number of 4 KiB pages) that are swap areas: "
-                                      "their pages go to a persistent pool of the backend, ahead of cleancache "
-                                      "(swapon a loop device on MNT/RELPATH); repeatable",
-    "mlock": "lock the daemon's memory as it is used (mlockall): it is never swapped out, least of all "
-             "through itself (frontswap=); cache_size cannot shrink on the live mount then",
-    "trace=FILE": "record page-level events (hit, miss, get, put, invalidate) for tools/trace.py "
-                  "(created 0600)",
-}
-
-
 class OptionError(ValueError):
     """A bad mount option; the message names it, on one line (control characters escaped)."""
 
@@ -154,116 +119,224 @@ def split_options(groups: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
-def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]] | None = None) -> MountConfig:
-    """Validate every option; `load_backend` finds a backend class by name (KeyError if none)."""
+def need(key: str, value: str | None) -> str:
+    """The value of a key that must have one."""
+    if value is None or value == "":
+        raise OptionError(f"{key}: needs a value ({key}=...)")
+    return value
+
+
+def _flag(key: str, value: str | None, _config: MountConfig) -> bool:
+    """A key that only switches something on."""
+    if value is not None:
+        raise OptionError(f"{key}={value}: {key} takes no value")
+    return True
+
+
+def _backend_names(key: str, value: str | None, _config: MountConfig) -> list[str]:
+    names = need(key, value).split("+")
+    if any(not n for n in names):
+        raise OptionError(f"cleancache={value}: empty backend name")
+    return names
+
+
+def _cache_size(key: str, value: str | None, config: MountConfig) -> int:
+    """The page cache is memory: at least one page, at most this machine's."""
+    size = parse_size(key, need(key, value))
+    if size < PAGE_SIZE:
+        raise OptionError(f"cache_size={value}: must be at least one page ({PAGE_SIZE} bytes)")
+    if size > physical_memory():
+        raise OptionError(f"cache_size={value}: more than this machine's memory "
+                          f"({physical_memory() / (1 << 30):.1f}G)")
+    return whole_pages(key, need(key, value), size, config.warnings)
+
+
+def _cc_size(key: str, value: str | None, _config: MountConfig) -> int:
+    """Only parsed here: checked (check_cc_size) once every option has said which backend it is for."""
+    return parse_size(key, need(key, value))
+
+
+def _seconds(key: str, value: str | None, _config: MountConfig) -> float:
+    return parse_seconds(key, need(key, value))
+
+
+def _pool_uuid(key: str, value: str | None, _config: MountConfig) -> bytes:
+    try:
+        return parse_pool_uuid(need(key, value))
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None
+
+
+def _pc_policy(key: str, value: str | None, _config: MountConfig) -> str:
     from backends.eviction import POLICIES
+
+    policy = need(key, value)
+    if policy not in POLICIES:
+        raise OptionError(f"pc_policy={value}: unknown policy (known: {', '.join(POLICIES)})")
+    return policy
+
+
+def _backing_direct(_key: str, value: str | None, _config: MountConfig) -> bool:
+    if value not in ("cached", "direct"):
+        raise OptionError(f"backing_io={value}: must be cached or direct")
+    return value == "direct"
+
+
+def _poll_us(key: str, value: str | None, _config: MountConfig) -> int:
+    return parse_poll_us(need(key, value))
+
+
+def _max_requests(key: str, value: str | None, _config: MountConfig) -> int:
+    return parse_max_requests(need(key, value))
+
+
+def _absolute_path(key: str, value: str | None, _config: MountConfig) -> str:
+    """A file the daemon opens: absolute, as the daemon runs in /."""
+    return os.path.abspath(need(key, value))
+
+
+def _log_level(key: str, value: str | None, _config: MountConfig) -> str:
     from fusefs.logs import LEVELS
 
+    level = need(key, value).lower()
+    if level not in LEVELS:
+        raise OptionError(f"log_level={value}: must be one of {', '.join(LEVELS)}")
+    return level
+
+
+def _metrics_address(key: str, value: str | None, _config: MountConfig) -> tuple[str, int]:
+    try:
+        return parse_metrics_address(need(key, value))
+    except ValueError as exc:
+        raise OptionError(str(exc)) from None  # (it names metrics=VALUE)
+
+
+def _more_frontswap(key: str, value: str | None, config: MountConfig) -> list[str]:
+    """frontswap= is repeatable: its paths add to those given before."""
+    paths = need(key, value).split(":")
+    if not all(paths):
+        raise OptionError(f"frontswap={value}: empty path")
+    return config.frontswap + paths
+
+
+@dataclass(frozen=True)
+class CoreOption:
+    """One of tmemfs's own keys: the MountConfig field it sets, how, and what --help says of it."""
+
+    usage: str  # the key, then =VALUE unless it is a flag
+    target: str
+    parse: Callable[[str, str | None, MountConfig], object]  # (key, value, config so far) -> the field's value
+    help: str
+
+    @property
+    def key(self) -> str:
+        return self.usage.partition("=")[0]
+
+
+CORE_OPTIONS = {option.key: option for option in (  # in the order --help lists them
+    CoreOption("cleancache=NAME[+NAME...]", "cleancache", _backend_names,
+               "backend, or a chain tried in order (`tmemctl backends` lists them); default zcache"),
+    CoreOption("cache_size=SIZE", "cache_size", _cache_size,
+               "page cache size (K/M/G/T suffixes, powers of 1024); default 64M"),
+    CoreOption("cc_size=SIZE", "cc_size", _cc_size, "cleancache backend capacity; default 256M"),
+    CoreOption("kernel_cache", "kernel_cache", _flag,
+               "let the kernel cache file data too (no direct_io): faster re-reads, "
+               "shared writable mmap, but tmemfs sees fewer reads"),
+    CoreOption("attr_timeout=SECS", "attr_timeout", _seconds,
+               "how long the kernel trusts attributes; default 1 (0 on cluster nodes)"),
+    CoreOption("entry_timeout=SECS", "entry_timeout", _seconds,
+               "how long the kernel trusts name lookups; default 1 (0 on cluster nodes)"),
+    CoreOption("pool_uuid=32HEX", "pool_uuid", _pool_uuid,
+               "the shared pool's 16-byte uuid (cluster); default: kept on SRC's root in the "
+               "user.tmemfs.pool_uuid attribute, created once; all ones (ff...ff) = private"),
+    CoreOption("pc_policy=NAME", "pc_policy", _pc_policy,
+               "page cache eviction policy: lru (default), sieve, s3fifo, arc"),
+    CoreOption("cc_timeout=SECS", "cc_timeout", _seconds,
+               "longest wait for a backend that does I/O; then it is a miss; default 1"),
+    CoreOption("backing_io=cached|direct", "backing_direct", _backing_direct,
+               "read SRC through the host page cache or with O_DIRECT (real disk reads); default cached"),
+    CoreOption("poll_us=N", "poll_us", _poll_us,
+               "after each request, poll for the next one for up to N microseconds before "
+               "sleeping: much lower latency, up to one CPU spent while busy; 0 = off; default 50"),
+    CoreOption("max_requests=N", "max_requests", _max_requests,
+               "FUSE requests served at once (1 = one at a time, as before); blocking calls on "
+               "SRC run off the loop while others wait; default 16"),
+    CoreOption("log=FILE", "log_file", _absolute_path,
+               "log file (created 0600; SIGHUP reopens it); default: stderr with -f, else syslog, "
+               "else a file named after MNT (see FILES)"),
+    CoreOption("log_level=LEVEL", "log_level", _log_level,
+               "debug, info (default), warning or error; debug logs every request, as -d does, "
+               "but in the background too"),
+    CoreOption("metrics=HOST:PORT", "metrics_address", _metrics_address,
+               "serve the counters for Prometheus at http://HOST:PORT/metrics (e.g. "
+               "127.0.0.1:9567; [::1]:9567); a busy port is refused before mounting"),
+    CoreOption("frontswap=RELPATH[:RELPATH...]", "frontswap", _more_frontswap,
+               "files of SRC (each a whole number of 4 KiB pages) that are swap areas: "
+               "their pages go to a persistent pool of the backend, ahead of cleancache "
+               "(swapon a loop device on MNT/RELPATH); repeatable"),
+    CoreOption("mlock", "mlock", _flag,
+               "lock the daemon's memory as it is used (mlockall): it is never swapped out, least of all "
+               "through itself (frontswap=); cache_size cannot shrink on the live mount then"),
+    CoreOption("trace=FILE", "trace_file", _absolute_path,
+               "record page-level events (hit, miss, get, put, invalidate) for tools/trace.py (created 0600)"),
+)}
+
+
+def parse_options(groups: list[str], load_backend: Callable[[str], type[Backend]] | None = None) -> MountConfig:
+    """Validate every option; `load_backend` finds a backend class by name (KeyError if none)."""
     config = MountConfig()
-    explicit: set[str] = set()
-    items = split_options(groups)
-    deferred: list[tuple[str, str | None]] = []
-    cc_size: tuple[str, int] | None = None
-
-    def need(key: str, value: str | None) -> str:
-        if value is None or value == "":
-            raise OptionError(f"{key}: needs a value ({key}=...)")
-        return value
-
-    def flag(key: str, value: str | None) -> None:
-        if value is not None:
-            raise OptionError(f"{key}={value}: {key} takes no value")
-
-    for key, value in items:
-        if key == "cleancache":
-            names = need(key, value).split("+")
-            if any(not n for n in names):
-                raise OptionError(f"cleancache={value}: empty backend name")
-            config.cleancache = names
-        elif key == "cache_size":
-            size = parse_size(key, need(key, value))
-            if size < PAGE_SIZE:
-                raise OptionError(f"cache_size={value}: must be at least one page ({PAGE_SIZE} bytes)")
-            if size > physical_memory():  # the page cache is memory: more cannot be had
-                raise OptionError(f"cache_size={value}: more than this machine's memory "
-                                  f"({physical_memory() / (1 << 30):.1f}G)")
-            config.cache_size = whole_pages(key, need(key, value), size, config.warnings)
-        elif key == "cc_size":
-            cc_size = (need(key, value), parse_size(key, need(key, value)))  # checked once cleancache= is known
-        elif key == "kernel_cache":
-            flag(key, value)
-            config.kernel_cache = True
-        elif key == "mlock":
-            flag(key, value)
-            config.mlock = True
-        elif key == "frontswap":
-            paths = need(key, value).split(":")
-            if not all(paths):
-                raise OptionError(f"frontswap={value}: empty path")
-            config.frontswap += paths
-        elif key in ("attr_timeout", "entry_timeout", "cc_timeout"):
-            setattr(config, key, parse_seconds(key, need(key, value)))
-            explicit.add(key)
-        elif key == "pool_uuid":
-            try:
-                config.pool_uuid = parse_pool_uuid(need(key, value))
-            except ValueError as exc:
-                raise OptionError(str(exc)) from None
-        elif key == "pc_policy":
-            if need(key, value) not in POLICIES:
-                raise OptionError(f"pc_policy={value}: unknown policy (known: {', '.join(POLICIES)})")
-            config.pc_policy = value  # type: ignore[assignment]
-        elif key == "backing_io":
-            if value not in ("cached", "direct"):
-                raise OptionError(f"backing_io={value}: must be cached or direct")
-            config.backing_direct = value == "direct"
-        elif key == "poll_us":
-            config.poll_us = parse_poll_us(need(key, value))
-        elif key == "max_requests":
-            config.max_requests = parse_max_requests(need(key, value))
-        elif key == "log":
-            config.log_file = os.path.abspath(need(key, value))  # the daemon runs in /
-        elif key == "log_level":
-            level = need(key, value).lower()
-            if level not in LEVELS:
-                raise OptionError(f"log_level={value}: must be one of {', '.join(LEVELS)}")
-            config.log_level = level
-        elif key == "trace":
-            config.trace_file = os.path.abspath(need(key, value))
-        elif key == "metrics":
-            try:
-                config.metrics_address = parse_metrics_address(need(key, value))
-            except ValueError as exc:
-                raise OptionError(str(exc)) from None  # (it names metrics=VALUE)
-        elif key in PASS_THROUGH_FLAGS:
-            flag(key, value)
-            config.fuse_options.add(key)
-        elif key in PASS_THROUGH_VALUES:
-            config.fuse_options.add(f"{key}={need(key, value)}")
-        elif key in IGNORED_FLAGS or key.startswith(IGNORED_PREFIXES) or f"{key}=".startswith(IGNORED_PREFIXES):
-            continue
-        else:
+    given: dict[str, str | None] = {}  # tmemfs's own keys the command line set, with their last value
+    deferred: list[tuple[str, str | None]] = []  # the backends' keys, or unknown ones
+    for key, value in split_options(groups):
+        option = CORE_OPTIONS.get(key)
+        if option is not None:
+            setattr(config, option.target, option.parse(key, value, config))
+            given[key] = value
+        elif not _fuse_option(config, key, value):
             deferred.append((key, value))
-
+    cc_size = given.get("cc_size")
     if cc_size is not None:
-        config.cc_size = check_cc_size(config.cleancache, *cc_size, config.warnings)
+        config.cc_size = check_cc_size(config.cleancache, cc_size, config.cc_size, config.warnings)
     if load_backend is not None:
-        config.backend_options = parse_backend_options(config.cleancache, deferred, load_backend)
-        config.shared = any(load_backend(n).shared for n in config.cleancache if n != "none")
-        if config.frontswap:
-            check_frontswap_backend(config.frontswap, config.cleancache, load_backend)
+        _parse_backends(config, deferred, load_backend)
     elif deferred:
         raise OptionError(f"{deferred[0][0]}: unknown option (see tmemfs --help)")
     if config.shared:
-        # A cluster node must not trust the kernel's caches of data or attributes:
-        # other nodes change files without this kernel knowing (docs/coherency.md).
-        if config.kernel_cache:
-            raise OptionError(f"kernel_cache: not with cleancache={'+'.join(config.cleancache)} "
-                              "(the kernel would serve data other nodes have changed)")
-        for key in ("attr_timeout", "entry_timeout"):
-            if key not in explicit:
-                setattr(config, key, 0.0)
+        _as_cluster_node(config, given)
     return config
+
+
+def _fuse_option(config: MountConfig, key: str, value: str | None) -> bool:
+    """Take a FUSE or mount(8) key: passed through to FUSE or ignored; False if it is none of them."""
+    if key in PASS_THROUGH_FLAGS:
+        _flag(key, value, config)
+        config.fuse_options.add(key)
+    elif key in PASS_THROUGH_VALUES:
+        config.fuse_options.add(f"{key}={need(key, value)}")
+    elif not (key in IGNORED_FLAGS or key.startswith(IGNORED_PREFIXES) or f"{key}=".startswith(IGNORED_PREFIXES)):
+        return False
+    return True
+
+
+def _parse_backends(config: MountConfig, items: list[tuple[str, str | None]],
+                    load_backend: Callable[[str], type[Backend]]) -> None:
+    """The chosen backends' own options, whether they make this mount a cluster node, and
+    whether they can hold frontswap's pages."""
+    config.backend_options = parse_backend_options(config.cleancache, items, load_backend)
+    config.shared = any(load_backend(n).shared for n in config.cleancache if n != "none")
+    if config.frontswap:
+        check_frontswap_backend(config.frontswap, config.cleancache, load_backend)
+
+
+def _as_cluster_node(config: MountConfig, given: dict[str, str | None]) -> None:
+    """A cluster node must not trust the kernel's caches of data or attributes: other nodes
+    change files without this kernel knowing (docs/coherency.md)."""
+    if config.kernel_cache:
+        raise OptionError(f"kernel_cache: not with cleancache={'+'.join(config.cleancache)} "
+                          "(the kernel would serve data other nodes have changed)")
+    for key in ("attr_timeout", "entry_timeout"):
+        if key not in given:
+            setattr(config, key, 0.0)
 
 
 def check_frontswap_backend(paths: list[str], names: list[str],
@@ -313,10 +386,9 @@ def parse_backend_options(names: list[str], items: list[tuple[str, str | None]],
         spec = specs.get(key)
         if spec is None:
             raise OptionError(unknown_option(key, names, load_backend))
-        if not value:
-            raise OptionError(f"{key}: needs a value ({key}=...)")
+        text = need(key, value)
         try:
-            options[key] = spec.parse(value)
+            options[key] = spec.parse(text)
         except ValueError as exc:
             raise OptionError(f"{key}={value}: {exc}") from None
     return options

@@ -288,6 +288,8 @@ class PageCache:
     """Bounded set of clean pages with hit/miss/eviction counters."""
 
     def __init__(self, capacity_bytes: int, policy: str = "lru", limit_bytes: int | None = None) -> None:
+        # limit_bytes: how large it may grow. A mount leaves it to this machine's memory; the tests
+        # give a small one to reach the limit.
         self.capacity = max(1, capacity_bytes // PAGE_SIZE)
         self._mem, self.limit, self._limit_reason = _reserve(self.capacity, limit_bytes)
         self.view = memoryview(self._mem)

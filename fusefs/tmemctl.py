@@ -66,7 +66,8 @@ def control_dir(mnt: str) -> Path:
 
 
 def read_stats(mnt: str) -> dict[str, object]:
-    return json.loads((control_dir(mnt) / "stats.json").read_text())
+    stats: dict[str, object] = json.loads((control_dir(mnt) / "stats.json").read_text())
+    return stats
 
 
 def _ratio(num: float, den: float) -> str:

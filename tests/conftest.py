@@ -8,14 +8,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
 from tools.mounting import TMEMFS as TMEMFS  # re-exported: tests run the command line with it
 from tools.mounting import Foreground, foreground
+from tools.mounting import Stats as Stats  # re-exported: stats.json as the tests read it
 
 # A test that requests one of these (itself or through another fixture) mounts tmemfs or starts redis-server
 # (`srv` is test_redisstore's): it is marked `mount`.
@@ -56,12 +58,16 @@ class Mount(Foreground):
     def control(self, command: str) -> None:
         (self.mnt / ".tmemfs" / "control").write_text(command + "\n")
 
-    def counters(self, *names: str) -> dict[str, object]:
+    def counters(self, *names: str) -> Stats:
         stats = self.stats()
         return {n: stats[n] for n in names}
 
 
-MountFactory = Callable[..., AbstractContextManager[Mount]]  # the mount_factory fixture's factory
+class MountFactory(Protocol):
+    """The mount_factory fixture: mount_factory(options) is a context manager yielding a Mount."""
+
+    def __call__(self, options: str = "", src: Path | None = None, extra_args: tuple[str, ...] = (),
+                 plugins: bool = False, env: dict[str, str] | None = None) -> AbstractContextManager[Mount]: ...
 
 
 @contextmanager
@@ -102,12 +108,12 @@ def src(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mount_factory(tmp_path: Path) -> Iterator[object]:
+def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
     """mount_factory(options="...") -> context manager yielding a Mount of tmp_path/src."""
     counter = iter(range(1000))
 
-    def factory(options: str = "", src: Path | None = None, extra_args: tuple[str, ...] = (),  # type: ignore[no-untyped-def]
-                plugins: bool = False, env: dict[str, str] | None = None):
+    def factory(options: str = "", src: Path | None = None, extra_args: tuple[str, ...] = (),
+                plugins: bool = False, env: dict[str, str] | None = None) -> AbstractContextManager[Mount]:
         source = src or tmp_path / "src"
         source.mkdir(exist_ok=True)
         return mounted(source, tmp_path / f"mnt{next(counter)}", options, extra_args, plugins, env)

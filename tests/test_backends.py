@@ -17,6 +17,7 @@ from backends.chain import ChainBackend
 from backends.dedup import DedupBackend
 from backends.tmem import TmemBackend
 from backends.zcache import ZcacheBackend
+from tests.conftest import Mount, MountFactory, Stats
 from tools.modelcheck import ModelCheck
 
 PAGE = 4096
@@ -39,7 +40,7 @@ def text_pages(n: int) -> bytes:
     return bytes(out[: n * PAGE])
 
 
-def put_all_pages(m, name: str, data: bytes) -> dict:  # type: ignore[no-untyped-def]
+def put_all_pages(m: Mount, name: str, data: bytes) -> Stats:
     """Write `data` to SRC, read it through the mount, then evict it all (N puts)."""
     (m.src / name).write_bytes(data)
     assert (m.mnt / name).read_bytes() == data
@@ -47,7 +48,7 @@ def put_all_pages(m, name: str, data: bytes) -> dict:  # type: ignore[no-untyped
     return m.stats()
 
 
-def test_zcache_same_filled_pages_cost_no_payload(mount_factory) -> None:
+def test_zcache_same_filled_pages_cost_no_payload(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=zcache") as m:
         s = put_all_pages(m, "zeros", bytes(N * PAGE) + b"\xab" * (N * PAGE))
         z = {k.removeprefix("backend.zcache."): v for k, v in s.items() if k.startswith("backend.zcache.")}
@@ -61,11 +62,11 @@ def test_zcache_same_filled_pages_cost_no_payload(mount_factory) -> None:
         assert s["backing.reads"] == reads  # all served by zcache
 
 
-def zcache_stats(m) -> dict:  # type: ignore[no-untyped-def]
+def zcache_stats(m: Mount) -> Stats:
     return {k.removeprefix("backend.zcache."): v for k, v in m.stats().items() if k.startswith("backend.zcache.")}
 
 
-def test_zcache_counters_exact_on_a_scripted_sequence(mount_factory) -> None:
+def test_zcache_counters_exact_on_a_scripted_sequence(mount_factory: MountFactory) -> None:
     """Every zcache counter after each step of: fill four files' pages into the pool, overwrite
     a whole page, write one byte, delete a file, read a file back."""
     text, noise = text_pages(N), os.urandom(N * PAGE)
@@ -108,7 +109,7 @@ def test_zcache_counters_exact_on_a_scripted_sequence(mount_factory) -> None:
         check()
 
 
-def test_zcache_evicts_exactly_what_cc_size_needs(mount_factory) -> None:
+def test_zcache_evicts_exactly_what_cc_size_needs(mount_factory: MountFactory) -> None:
     """Same-filled pages cost ENTRY_OVERHEAD each: a one-page cc_size holds PAGE // OVERHEAD
     of them, and keeps the last ones."""
     fits = PAGE // OVERHEAD
@@ -126,7 +127,7 @@ def test_zcache_evicts_exactly_what_cc_size_needs(mount_factory) -> None:
 
 
 @pytest.mark.parametrize("policy", ["reject", "raw"])
-def test_zcache_poorly_compressing_pages(mount_factory, policy: str) -> None:
+def test_zcache_poorly_compressing_pages(mount_factory: MountFactory, policy: str) -> None:
     data = os.urandom(N * PAGE)
     with mount_factory(f"cleancache=zcache,zc_poor={policy}") as m:
         s = put_all_pages(m, "random", data)
@@ -141,7 +142,7 @@ def test_zcache_poorly_compressing_pages(mount_factory, policy: str) -> None:
         assert m.stats()["succ_gets"] == (0 if policy == "reject" else N)
 
 
-def test_zcache_text_compresses_and_changed_content_is_never_stale(mount_factory) -> None:
+def test_zcache_text_compresses_and_changed_content_is_never_stale(mount_factory: MountFactory) -> None:
     data = text_pages(N)
     with mount_factory("cleancache=zcache,zc_max=4096") as m:
         s = put_all_pages(m, "text", data)
@@ -160,7 +161,7 @@ def test_zcache_text_compresses_and_changed_content_is_never_stale(mount_factory
         assert s["invalidates"] == 1 and s["cleancache.verify_failures"] == 0
 
 
-def test_zcache_capacity_is_enforced_in_bytes(mount_factory) -> None:
+def test_zcache_capacity_is_enforced_in_bytes(mount_factory: MountFactory) -> None:
     data = text_pages(4 * N)
     with mount_factory(f"cleancache=zcache,cc_size={8 * PAGE}") as m:
         s = put_all_pages(m, "text", data)
@@ -171,7 +172,7 @@ def test_zcache_capacity_is_enforced_in_bytes(mount_factory) -> None:
         assert (m.mnt / "text").read_bytes() == data
 
 
-def test_dedup_keeps_one_copy_per_content(mount_factory) -> None:
+def test_dedup_keeps_one_copy_per_content(mount_factory: MountFactory) -> None:
     unique = os.urandom(N // 2 * PAGE)
     data = unique + unique  # half of the pages are duplicates
     with mount_factory("cleancache=dedup") as m:
@@ -195,7 +196,7 @@ def test_dedup_keeps_one_copy_per_content(mount_factory) -> None:
         assert s["backend.dedup.unique_pages"] == 0 and s["backend.dedup.pool_total_size"] == 0  # refcounts reached 0
 
 
-def test_dedup_forced_collisions_never_return_another_page(mount_factory) -> None:
+def test_dedup_forced_collisions_never_return_another_page(mount_factory: MountFactory) -> None:
     """Every page hashes the same in `weakdedup`: the byte compare keeps them apart."""
     data = os.urandom(N * PAGE)
     with mount_factory("cleancache=weakdedup", plugins=True) as m:
@@ -206,7 +207,7 @@ def test_dedup_forced_collisions_never_return_another_page(mount_factory) -> Non
         assert m.stats()["cleancache.verify_failures"] == 0
 
 
-def test_chain_overflow_goes_to_the_next_member(mount_factory) -> None:
+def test_chain_overflow_goes_to_the_next_member(mount_factory: MountFactory) -> None:
     """Incompressible pages are refused by zcache and land in tmem; a get finds them there."""
     data = os.urandom(N * PAGE)
     with mount_factory("cleancache=zcache+tmem") as m:
@@ -217,7 +218,7 @@ def test_chain_overflow_goes_to_the_next_member(mount_factory) -> None:
         assert s["backend.tmem.stored_pages"] == 0 and s["succ_gets"] == N  # exclusive in B too
 
 
-def test_chain_evictions_spill_to_the_next_member(mount_factory) -> None:
+def test_chain_evictions_spill_to_the_next_member(mount_factory: MountFactory) -> None:
     data = text_pages(4 * N)
     with mount_factory(f"cleancache=zcache+tmem,cc_size={16 * PAGE}") as m:
         s = put_all_pages(m, "f", data)
@@ -227,7 +228,7 @@ def test_chain_evictions_spill_to_the_next_member(mount_factory) -> None:
 
 
 @pytest.mark.parametrize("backend", ["tmem", "zcache,zc_poor=raw", "dedup", "zcache+tmem"])
-def test_a_scan_of_a_private_pool_is_served_around_the_page_cache(mount_factory, backend: str) -> None:
+def test_a_scan_of_a_private_pool_is_served_around_the_page_cache(mount_factory: MountFactory, backend: str) -> None:
     """Sequential bypass on a private pool: past half the page cache a read in order is
     served by peeking into the pool, so the pool keeps the pages and the page cache keeps
     what it had; a page written meanwhile is read back new."""
@@ -248,7 +249,7 @@ def test_a_scan_of_a_private_pool_is_served_around_the_page_cache(mount_factory,
 
 
 @pytest.mark.parametrize("fault", ["raise", "corrupt", "stall", "stale", "flaky", "block"])
-def test_misbehaving_backend_never_breaks_reads_or_writes(mount_factory, fault: str) -> None:
+def test_misbehaving_backend_never_breaks_reads_or_writes(mount_factory: MountFactory, fault: str) -> None:
     seed = random.randrange(1 << 32)
     options = f"cleancache=faulty,fault={fault},cache_size={4 * PAGE},cc_timeout=0.02"
     with mount_factory(options, plugins=True) as m:
@@ -273,7 +274,7 @@ def test_misbehaving_backend_never_breaks_reads_or_writes(mount_factory, fault: 
                                      "cleancache=zcache,zc_poor=raw,cache_size=4K",
                                      "cleancache=cluster,cache_size=8K,cc_size=64K",
                                      "cleancache=zcache+cluster,cache_size=8K,cc_size=24K"])
-def test_model_check_with_every_backend(mount_factory, tmp_path: Path, options: str) -> None:
+def test_model_check_with_every_backend(mount_factory: MountFactory, tmp_path: Path, options: str) -> None:
     """tmem's runs are in tests/test_modelcheck.py; a cluster node here is a single node."""
     seed = int(os.environ.get("TMEMFS_SEED", random.randrange(1 << 32)))
     if "cluster" in options:
@@ -313,7 +314,8 @@ async def test_zcache_corrupt_entry_is_a_counted_miss() -> None:
     pool = await z.create_pool(None)
     await z.put_page(pool, b"f", 0, memoryview(text_pages(1)))
     entries = z._pools[pool].files[b"f"]
-    entries[0] = type(entries[0])(b"\x00garbage" * 10)
+    assert isinstance(entries[0], bytes)  # an lz4 block
+    entries[0] = b"\x00garbage" * 10
     out = memoryview(bytearray(PAGE))
     assert not await z.get_page(pool, b"f", 0, out)
     s = z.stats()

@@ -27,6 +27,7 @@ class LyingBackend(TmemBackend):
         data = ram_pool.files.get(key, {}).get(index) if ram_pool is not None else None
         if data is None:
             return False
+        assert isinstance(data, bytes)  # tmem keeps pages as they are
         out[:] = data if self.mode != "corrupt" else bytes(PAGE)
         return True  # never drops the copy
 
@@ -65,10 +66,10 @@ async def test_frontend_enforces_put_put_get() -> None:
 
 
 async def test_frontend_rejects_corrupt_pages() -> None:
-    cc, _, pool = await frontend("honest")
+    cc, backend, pool = await frontend("honest")
     out = memoryview(bytearray(PAGE))
     await cc.put_page(pool, b"f", 0, page(5))
-    cc.backend.mode = "corrupt"  # type: ignore[attr-defined]
+    backend.mode = "corrupt"
     assert not await cc.get_page(pool, b"f", 0, out)
     assert cc.verify_failures == 1 and cc.failed_gets == 1
 
@@ -171,7 +172,7 @@ class PausedPeekTmem(TmemBackend):
     copied already (`copy_first`), or copying them only then, as a store's reply arrives after
     the requests that ran meanwhile."""
 
-    awaits_io = True  # type: ignore[misc]
+    awaits_io = True
 
     def __init__(self, capacity: int, copy_first: bool) -> None:
         super().__init__(capacity)

@@ -17,7 +17,7 @@ import pytest
 
 from backends.base import physical_memory
 from fusefs.options import OptionError, parse_options, parse_size
-from tests.conftest import TMEMFS, mounted
+from tests.conftest import TMEMFS, Mount, MountFactory, Stats, mounted
 from tools.mounting import is_mounted, unmount
 
 # option -> words its one line must say (besides the option's key)
@@ -102,7 +102,7 @@ def test_cache_size_the_kernel_will_not_map_exits_2(tmp_path: Path) -> None:
     assert not is_mounted(tmp_path / "mnt")
 
 
-def test_cc_size_0_is_fine_without_a_backend(mount_factory) -> None:
+def test_cc_size_0_is_fine_without_a_backend(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=none,cc_size=0") as m:
         (m.src / "f").write_text("no backend")
         assert (m.mnt / "f").read_text() == "no backend"
@@ -150,7 +150,7 @@ def test_non_empty_mnt_mounts_with_a_warning(tmp_path: Path) -> None:
     assert (mnt / "hidden").read_text() == "under the mount"
 
 
-def test_already_mounted_mnt_has_its_own_message(mount_factory) -> None:
+def test_already_mounted_mnt_has_its_own_message(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem") as m:
         result = run_tmemfs(str(m.src), str(m.mnt), "-o", "cleancache=tmem")
         assert result.returncode == 2
@@ -159,7 +159,7 @@ def test_already_mounted_mnt_has_its_own_message(mount_factory) -> None:
         assert (m.mnt / ".tmemfs" / "stats").exists()  # the first mount is untouched
 
 
-def test_dead_mount_has_its_own_message(mount_factory) -> None:
+def test_dead_mount_has_its_own_message(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem") as m:
         m.kill()  # ENOTCONN from now on; the fixture's finally runs fusermount3 -u
         for args in ((str(m.src), str(m.mnt)), (str(m.mnt), str(m.src.parent / "other"))):
@@ -209,12 +209,13 @@ def test_help_and_version() -> None:
     assert run_tmemfs("--version").stdout.startswith("tmemfs ")
 
 
-def _stats(mnt: Path) -> dict[str, object]:
-    return json.loads((mnt / ".tmemfs" / "stats.json").read_text())  # type: ignore[no-any-return]
+def _stats(mnt: Path) -> Stats:
+    stats: Stats = json.loads((mnt / ".tmemfs" / "stats.json").read_text())
+    return stats
 
 
 def _daemon_pid(mnt: Path) -> int:
-    return int(_stats(mnt)["fs.pid"])  # type: ignore[call-overload]
+    return int(_stats(mnt)["fs.pid"])
 
 
 def _wait_gone(pid: int) -> None:
@@ -263,7 +264,7 @@ def test_mount_t_fuse_tmemfs(tmp_path: Path) -> None:
     _wait_gone(pid)
 
 
-def test_control_rejects_bad_commands_and_changes_nothing(mnt) -> None:
+def test_control_rejects_bad_commands_and_changes_nothing(mnt: Mount) -> None:
     (mnt.mnt / "f").write_bytes(b"z" * 8192)
     (mnt.mnt / "f").read_bytes()
     before = mnt.stats()["pagecache.pages"]
@@ -293,7 +294,7 @@ def test_control_dir_permissions(world_dir: Path) -> None:
         assert os.stat(m.mnt / ".tmemfs").st_mode & 0o777 == 0o555
 
 
-def test_sigkill_keeps_acknowledged_writes(tmp_path: Path, mount_factory) -> None:
+def test_sigkill_keeps_acknowledged_writes(tmp_path: Path, mount_factory: MountFactory) -> None:
     data = os.urandom(256 * 1024)
     with mount_factory("cleancache=tmem,cache_size=64K") as m:
         fd = os.open(m.mnt / "f", os.O_WRONLY | os.O_CREAT, 0o644)

@@ -14,14 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fusefs.pooluuid import TEST_BUG_ENV, XATTR
-from tests.conftest import Mount
+from tests.conftest import Mount, MountFactory, Stats
 
 MiB = 1 << 20
 PAGE = 4096
@@ -36,20 +37,20 @@ def node_options(tmp_path: Path, extra: str = "") -> str:
 
 
 @contextmanager
-def mount_nodes(mount_factory: Callable[..., object], options: str, count: int,
+def mount_nodes(mount_factory: MountFactory, options: str, count: int,
                 env: dict[str, str] | None = None) -> Iterator[list[Mount]]:
     """`count` mounts of the test's SRC with the same options, all unmounted at the end."""
     with ExitStack() as stack:
-        yield [stack.enter_context(mount_factory(options, env=env))  # type: ignore[call-overload]
+        yield [stack.enter_context(mount_factory(options, env=env))
                for _ in range(count)]
 
 
-def nodes(mount_factory: Callable[..., object], tmp_path: Path, count: int, extra: str = "",
+def nodes(mount_factory: MountFactory, tmp_path: Path, count: int, extra: str = "",
           env: dict[str, str] | None = None) -> contextlib.AbstractContextManager[list[Mount]]:
     return mount_nodes(mount_factory, node_options(tmp_path, extra), count, env)
 
 
-def backend(m: Mount, name: str) -> object:
+def backend(m: Mount, name: str) -> Any:
     return m.stats()[f"backend.cluster.{name}"]
 
 
@@ -63,7 +64,7 @@ def read_all(path: Path) -> bytes:
         return f.read()
 
 
-def test_second_node_reads_from_the_pool(mount_factory, tmp_path, src):
+def test_second_node_reads_from_the_pool(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     data = pattern(1)
     (src / "f").write_bytes(data)
     with nodes(mount_factory, tmp_path, 2) as (a, b):
@@ -78,7 +79,8 @@ def test_second_node_reads_from_the_pool(mount_factory, tmp_path, src):
         assert a.stats()["backend.cluster.succ_gets"] == 0  # A's own reads came from SRC
 
 
-def test_a_scan_is_served_around_the_page_cache_and_stays_coherent(mount_factory, tmp_path, src):
+def test_a_scan_is_served_around_the_page_cache_and_stays_coherent(mount_factory: MountFactory, tmp_path: Path,
+                                                                   src: Path) -> None:
     """Sequential bypass: once a read in order has gone past half the page cache, runs
     the pool holds are served from it without being installed (the page cache keeps
     what it had, the pool keeps the pages), and another node's write is still seen by
@@ -100,7 +102,7 @@ def test_a_scan_is_served_around_the_page_cache_and_stays_coherent(mount_factory
         assert read_all(b.mnt / "f") == data[: 900 * PAGE] + b"X" * PAGE + data[901 * PAGE :]
 
 
-def test_three_nodes_share_and_list_members(mount_factory, tmp_path, src):
+def test_three_nodes_share_and_list_members(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     data = pattern(2)
     (src / "f").write_bytes(data)
     with nodes(mount_factory, tmp_path, 3) as (a, b, c):
@@ -110,8 +112,8 @@ def test_three_nodes_share_and_list_members(mount_factory, tmp_path, src):
         assert read_all(c.mnt / "f") == data
         assert backend(c, "hits_from_others") >= FILE_PAGES - 8
 
-        def member_puts(s: dict[str, object]) -> int:
-            return sum(int(v) for k, v in s.items()  # type: ignore[call-overload]
+        def member_puts(s: Stats) -> int:
+            return sum(int(v) for k, v in s.items()
                        if k.startswith("backend.cluster.member.") and k.endswith(".puts"))
 
         deadline = time.monotonic() + 6
@@ -126,7 +128,8 @@ def test_three_nodes_share_and_list_members(mount_factory, tmp_path, src):
         assert member_puts(s) >= FILE_PAGES - 8
 
 
-def test_write_on_one_node_is_seen_by_the_next_read_on_another(mount_factory, tmp_path, src):
+def test_write_on_one_node_is_seen_by_the_next_read_on_another(mount_factory: MountFactory, tmp_path: Path,
+                                                               src: Path) -> None:
     """Hazard: B's page cache keeps the page A just overwrote."""
     (src / "f").write_bytes(pattern(3, 16))
     with nodes(mount_factory, tmp_path, 2) as (a, b):
@@ -140,7 +143,7 @@ def test_write_on_one_node_is_seen_by_the_next_read_on_another(mount_factory, tm
         assert b.stats()["pagecache.remote_changes"] >= 19
 
 
-def test_stale_put_after_invalidate_is_never_served(mount_factory, tmp_path, src):
+def test_stale_put_after_invalidate_is_never_served(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     """Hazard: a node puts a page it read before another node's write."""
     old = pattern(4, 64)
     (src / "f").write_bytes(old)
@@ -154,7 +157,7 @@ def test_stale_put_after_invalidate_is_never_served(mount_factory, tmp_path, src
         assert read_all(b.mnt / "f") == new
 
 
-def test_size_changes_are_seen_at_once(mount_factory, tmp_path, src):
+def test_size_changes_are_seen_at_once(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     """Hazard: the other kernel's attribute cache (cluster nodes default to 0 s timeouts)."""
     (src / "f").write_bytes(pattern(6, 4))
     with nodes(mount_factory, tmp_path, 2) as (a, b):
@@ -169,7 +172,7 @@ def test_size_changes_are_seen_at_once(mount_factory, tmp_path, src):
         assert read_all(b.mnt / "f") == pattern(6, 2)[: PAGE + 7]
 
 
-def test_replace_by_rename_and_by_recreate(mount_factory, tmp_path, src):
+def test_replace_by_rename_and_by_recreate(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     (src / "f").write_bytes(pattern(7, 8))
     with nodes(mount_factory, tmp_path, 2) as (a, b):
         assert read_all(b.mnt / "f") == pattern(7, 8)
@@ -184,7 +187,8 @@ def test_replace_by_rename_and_by_recreate(mount_factory, tmp_path, src):
             (b.mnt / "f").stat()
 
 
-def test_delete_from_a_node_that_cached_nothing_flushes_the_pool(mount_factory, tmp_path, src):
+def test_delete_from_a_node_that_cached_nothing_flushes_the_pool(mount_factory: MountFactory, tmp_path: Path,
+                                                                 src: Path) -> None:
     """CVE-2018-16862: deleting must flush the file in the pool even where nothing is cached,
     so a new file reusing the inode number never reads the old pages."""
     old = pattern(10, 64)
@@ -205,7 +209,8 @@ def test_delete_from_a_node_that_cached_nothing_flushes_the_pool(mount_factory, 
         assert b.stats()["backend.cluster.hits_from_others"] == 0
 
 
-def test_pool_uuid_is_kept_on_src_and_hidden_from_the_mount(mount_factory, tmp_path, src):
+def test_pool_uuid_is_kept_on_src_and_hidden_from_the_mount(mount_factory: MountFactory, tmp_path: Path,
+                                                            src: Path) -> None:
     with nodes(mount_factory, tmp_path, 1) as (a,):
         kept = os.getxattr(src, XATTR).decode()
         assert len(kept) == 32 and backend(a, "pool_uuid") == kept
@@ -217,7 +222,7 @@ def test_pool_uuid_is_kept_on_src_and_hidden_from_the_mount(mount_factory, tmp_p
         assert backend(a, "pool_uuid") == kept  # the next mount finds the same pool
 
 
-def test_given_pool_uuid_and_the_private_uuid(mount_factory, tmp_path, src):
+def test_given_pool_uuid_and_the_private_uuid(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     (src / "f").write_bytes(pattern(12, 64))
     given = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
     with nodes(mount_factory, tmp_path, 1, f"pool_uuid={given}") as (a,):
@@ -230,13 +235,13 @@ def test_given_pool_uuid_and_the_private_uuid(mount_factory, tmp_path, src):
         assert backend(b, "hits_from_others") == 0
 
 
-def test_ocfs2_4byte_uuid_bug_splits_the_pool(mount_factory, tmp_path, src):
+def test_ocfs2_4byte_uuid_bug_splits_the_pool(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     """The 2011 ocfs2 hook bug: 12 bytes of garbage in the uuid give each node its own pool.
     The real path (test_second_node_reads_from_the_pool) shares."""
     data = pattern(13, 256)
     (src / "f").write_bytes(data)
     with nodes(mount_factory, tmp_path, 2, env={TEST_BUG_ENV: "1"}) as (a, b):
-        assert backend(a, "pool_uuid")[:8] == backend(b, "pool_uuid")[:8]  # type: ignore[index]
+        assert backend(a, "pool_uuid")[:8] == backend(b, "pool_uuid")[:8]
         assert backend(a, "pool_uuid") != backend(b, "pool_uuid")
         read_all(a.mnt / "f")
         a.control("drop_caches")
@@ -245,7 +250,7 @@ def test_ocfs2_4byte_uuid_bug_splits_the_pool(mount_factory, tmp_path, src):
         assert b.stats()["backing.read_bytes"] >= len(data)
 
 
-def test_cluster_refuses_kernel_cache(tmp_path, src):
+def test_cluster_refuses_kernel_cache(tmp_path: Path, src: Path) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()
     done = subprocess.run([sys.executable, "-m", "fusefs.cli", str(src), str(mnt), "-o",
@@ -255,7 +260,7 @@ def test_cluster_refuses_kernel_cache(tmp_path, src):
 
 
 @pytest.mark.parametrize("bad", ["abc", "0" * 31, "0" * 33, "g" * 32])
-def test_malformed_pool_uuid_is_refused(tmp_path, src, bad):
+def test_malformed_pool_uuid_is_refused(tmp_path: Path, src: Path, bad: str) -> None:
     mnt = tmp_path / "m"
     mnt.mkdir()
     done = subprocess.run([sys.executable, "-m", "fusefs.cli", str(src), str(mnt), "-o",
@@ -264,11 +269,11 @@ def test_malformed_pool_uuid_is_refused(tmp_path, src, bad):
     assert "pool_uuid" in done.stderr
 
 
-def test_chain_with_a_local_tier_stays_coherent(mount_factory, tmp_path, src):
+def test_chain_with_a_local_tier_stays_coherent(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     """zcache+cluster (RAMster-like): B's private zcache tier must not serve what A changed."""
     (src / "f").write_bytes(pattern(14, 64))
     with ExitStack() as stack:
-        a, b = (stack.enter_context(mount_factory(  # type: ignore[operator]
+        a, b = (stack.enter_context(mount_factory(
             node_options(tmp_path).replace("cleancache=cluster", "cleancache=zcache+cluster")))
             for _ in range(2))
         read_all(b.mnt / "f")
@@ -290,7 +295,8 @@ def write_loop(path: Path, seconds: float) -> int:
     return done
 
 
-def test_a_stopped_node_blocks_nobody_and_drops_its_cache(mount_factory, tmp_path, src):
+def test_a_stopped_node_blocks_nobody_and_drops_its_cache(mount_factory: MountFactory, tmp_path: Path,
+                                                          src: Path) -> None:
     (src / "f").write_bytes(pattern(16, 64))
     with nodes(mount_factory, tmp_path, 2, "node_timeout=1") as (a, b):
         read_all(b.mnt / "f")
@@ -308,7 +314,7 @@ def test_a_stopped_node_blocks_nobody_and_drops_its_cache(mount_factory, tmp_pat
         assert s["pagecache.cut_offs"] >= 1 and s["backend.cluster.cut_offs"] >= 1
 
 
-def test_a_killed_node_blocks_nobody(mount_factory, tmp_path, src):
+def test_a_killed_node_blocks_nobody(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     (src / "f").write_bytes(pattern(17, 64))
     with nodes(mount_factory, tmp_path, 2, "node_timeout=1") as (a, b):
         read_all(b.mnt / "f")
@@ -324,16 +330,16 @@ def test_a_killed_node_blocks_nobody(mount_factory, tmp_path, src):
             assert backend(c, "members_alive") == 2
 
 
-def test_a_node_without_its_pool_caches_nothing(mount_factory, tmp_path, src):
+def test_a_node_without_its_pool_caches_nothing(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     """A cluster node whose pool cannot be made must not fall back to a private cache:
     it would never hear of the other nodes' writes."""
     (src / "f").write_bytes(pattern(18, 16))
     with ExitStack() as stack:
         # /proc: a directory no pool can be made in
-        lost = stack.enter_context(mount_factory(  # type: ignore[operator]
+        lost = stack.enter_context(mount_factory(
             node_options(tmp_path).replace(f"cc_dir={tmp_path / 'pools'}", "cc_dir=/proc")))
         lost.faults_expected = True  # the failed pool is logged with its traceback
-        (other,) = (stack.enter_context(mount_factory(node_options(tmp_path))),)  # type: ignore[operator]
+        (other,) = (stack.enter_context(mount_factory(node_options(tmp_path))),)
         assert lost.stats()["cleancache.placeholder_pools"] == 1
         assert read_all(lost.mnt / "f") == pattern(18, 16)
         with open(lost.mnt / "f", "rb") as held:
@@ -345,29 +351,29 @@ def test_a_node_without_its_pool_caches_nothing(mount_factory, tmp_path, src):
         assert s["backing.uncached_reads"] >= 3 and s["pagecache.pages"] == 0
 
 
-def run_checker(src: Path, options: str, nodes: int, ops: int, *extra: str) -> dict[str, object]:
+def run_checker(src: Path, options: str, nodes: int, ops: int, *extra: str) -> dict[str, Any]:
     """tools/coherency.py against `nodes` fresh mounts of `src` (it mounts and unmounts them)."""
     import json
 
     done = subprocess.run([sys.executable, "-m", "tools.coherency", "--mount", str(src), "--nodes", str(nodes),
                            "--options", options, "--ops", str(ops), "--json", "--timeout", "240", *extra],
                           capture_output=True, text=True, timeout=300)
-    summary: dict[str, object] = json.loads(done.stdout)
+    summary: dict[str, Any] = json.loads(done.stdout)  # the checker's --json summary
     assert done.returncode == 0, (summary, done.stderr[-2000:])
     return summary
 
 
-def test_randomized_checker_finds_no_stale_read_across_three_nodes(tmp_path, src):
+def test_randomized_checker_finds_no_stale_read_across_three_nodes(tmp_path: Path, src: Path) -> None:
     """The default mix (appends from every node and writes behind the mounts' back among
     them), the third node kept out of the pool for its first second."""
     summary = run_checker(src, node_options(tmp_path), 3, 4000, "--slow-join", "1")
-    assert summary["violations"] == 0 and summary["reads_checked"] > 1000  # type: ignore[operator]
-    assert summary["ops"] >= 4000  # type: ignore[operator]
+    assert summary["violations"] == 0 and summary["reads_checked"] > 1000
+    assert summary["ops"] >= 4000
     kinds = summary["ops_by_kind"]
-    assert kinds["append"] > 20 and kinds["src_write"] > 20  # type: ignore[index]
+    assert kinds["append"] > 20 and kinds["src_write"] > 20
 
 
-def test_tmemctl_shows_the_pool_and_its_members(mount_factory, tmp_path, src):
+def test_tmemctl_shows_the_pool_and_its_members(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     (src / "f").write_bytes(pattern(19, 64))
     with nodes(mount_factory, tmp_path, 2) as (a, b):
         read_all(a.mnt / "f")
@@ -385,7 +391,8 @@ def test_tmemctl_shows_the_pool_and_its_members(mount_factory, tmp_path, src):
         assert len(member_rows) == 2
 
 
-def test_a_writers_pages_go_back_to_the_pool_under_the_new_version(mount_factory, tmp_path, src):
+def test_a_writers_pages_go_back_to_the_pool_under_the_new_version(mount_factory: MountFactory, tmp_path: Path,
+                                                                   src: Path) -> None:
     """The writer's cached pages survive its write (retagged); the pool's copies of the old
     version went with the flush, so evicting them must put them again."""
     (src / "f").write_bytes(pattern(20, 64))

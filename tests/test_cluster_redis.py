@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Mount
+from tests.conftest import Mount, MountFactory
 from tests.redisservers import RedisServer, redis_cluster, redis_server
 from tests.test_cluster import PAGE, mount_nodes, pattern, read_all, run_checker
 from tests.test_redisstore import commands_run
@@ -22,7 +22,7 @@ def redis_options(url: str, extra: str = "") -> str:
     return f"{options},{extra}" if extra else options
 
 
-def redis_nodes(mount_factory: Callable[..., object], url: str, count: int, extra: str = "",
+def redis_nodes(mount_factory: MountFactory, url: str, count: int, extra: str = "",
                 env: dict[str, str] | None = None) -> contextlib.AbstractContextManager[list[Mount]]:
     return mount_nodes(mount_factory, redis_options(url, extra), count, env)
 
@@ -40,7 +40,7 @@ def store_state(m: Mount) -> object:
     return m.stats()["backend.cluster.store.state"]
 
 
-def test_second_node_reads_from_redis_and_sees_writes(mount_factory, tmp_path, src):
+def test_second_node_reads_from_redis_and_sees_writes(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     data = pattern(21, 256)
     (src / "f").write_bytes(data)
     with redis_server(tmp_path) as server, redis_nodes(mount_factory, server.unix_url, 2) as (a, b):
@@ -62,7 +62,7 @@ def test_second_node_reads_from_redis_and_sees_writes(mount_factory, tmp_path, s
         assert read_all(a.mnt / "f") == bytes(expected)
 
 
-def test_a_node_asks_redis_once_per_run_of_pages(mount_factory, tmp_path, src):
+def test_a_node_asks_redis_once_per_run_of_pages(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     """A node fills a run of missing pages with one HMGET and puts what one eviction takes of a
     file back in one script: Redis sees a few commands per read of 128 KiB, not a get and a
     put per page."""
@@ -79,7 +79,7 @@ def test_a_node_asks_redis_once_per_run_of_pages(mount_factory, tmp_path, src):
         assert read_all(a.mnt / "f") == data  # warm: from the pool
 
 
-def test_store_down_at_mount_then_up(mount_factory, tmp_path, src):
+def test_store_down_at_mount_then_up(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     """Lazy init: the mount works on misses and joins when the store comes up."""
     data = pattern(22, 64)
     (src / "f").write_bytes(data)
@@ -100,7 +100,7 @@ def test_store_down_at_mount_then_up(mount_factory, tmp_path, src):
         server.cleanup()
 
 
-def test_store_dies_mid_run_and_recovers(mount_factory, tmp_path, src):
+def test_store_dies_mid_run_and_recovers(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     data = pattern(23, 64)
     (src / "f").write_bytes(data)
     with redis_server(tmp_path) as server, redis_nodes(mount_factory, server.url, 2) as (a, b):
@@ -121,7 +121,7 @@ def test_store_dies_mid_run_and_recovers(mount_factory, tmp_path, src):
         assert read_all(a.mnt / "f") == new
 
 
-def test_password_from_a_file_never_shows(mount_factory, tmp_path, src):
+def test_password_from_a_file_never_shows(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     (src / "f").write_bytes(pattern(25, 16))
     secret_file = tmp_path / "redis.pw"
     secret_file.write_text(SECRET + "\n")
@@ -136,7 +136,7 @@ def test_password_from_a_file_never_shows(mount_factory, tmp_path, src):
     assert SECRET not in a.log.read_text()
 
 
-def test_password_in_the_url_is_not_in_ps(mount_factory, tmp_path, src):
+def test_password_in_the_url_is_not_in_ps(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     (src / "f").write_bytes(pattern(26, 16))
     with redis_server(tmp_path, password=SECRET) as server:
         url = server.url.replace("redis://", f"redis://:{SECRET}@")
@@ -148,7 +148,7 @@ def test_password_in_the_url_is_not_in_ps(mount_factory, tmp_path, src):
         assert SECRET not in a.log.read_text()
 
 
-def test_wrong_password_degrades_to_misses(mount_factory, tmp_path, src):
+def test_wrong_password_degrades_to_misses(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     data = pattern(27, 16)
     (src / "f").write_bytes(data)
     with redis_server(tmp_path, password=SECRET) as server, \
@@ -158,7 +158,7 @@ def test_wrong_password_degrades_to_misses(mount_factory, tmp_path, src):
         assert "not-the-Pa55" not in (a.mnt / ".tmemfs" / "stats").read_text()
 
 
-def test_redis_cluster_nodes_share(mount_factory, tmp_path, src):
+def test_redis_cluster_nodes_share(mount_factory: MountFactory, tmp_path: Path, src: Path) -> None:
     files = {f"f{n}": pattern(30 + n, 32) for n in range(6)}  # several files: several slots
     for name, data in files.items():
         (src / name).write_bytes(data)
@@ -176,14 +176,14 @@ def test_redis_cluster_nodes_share(mount_factory, tmp_path, src):
 
 
 
-def test_randomized_checker_on_redis_nodes(tmp_path, src):
+def test_randomized_checker_on_redis_nodes(tmp_path: Path, src: Path) -> None:
     with redis_server(tmp_path) as server:
         summary = run_checker(src, redis_options(server.unix_url), nodes=2, ops=800)
-    assert summary["violations"] == 0 and summary["reads_checked"] > 100  # type: ignore[operator]
+    assert summary["violations"] == 0 and summary["reads_checked"] > 100
 
 
-def test_randomized_checker_on_redis_nodes_with_a_slow_join(tmp_path, src):
+def test_randomized_checker_on_redis_nodes_with_a_slow_join(tmp_path: Path, src: Path) -> None:
     """The second node reaches Redis through a proxy that answers nothing for a second."""
     with redis_server(tmp_path) as server:
         summary = run_checker(src, redis_options(server.url), 2, 800, "--slow-join", "1")
-    assert summary["violations"] == 0 and summary["reads_checked"] > 100  # type: ignore[operator]
+    assert summary["violations"] == 0 and summary["reads_checked"] > 100

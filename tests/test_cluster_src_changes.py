@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import threading
 import time
@@ -21,13 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests.conftest import Mount, MountFactory
 from tests.redisservers import RedisServer, redis_server
 from tests.test_cluster import PAGE, node_options, pattern, read_all
 from tests.test_cluster_redis import redis_options, wait_for
 from tools.stallingproxy import StallingProxy
-
-MountFactory = Callable[..., object]
 
 
 @dataclass
@@ -42,16 +41,16 @@ class Store:
 @pytest.fixture(params=["lmdb", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "lmdb":
-        yield Store("lmdb", lambda extra="": node_options(tmp_path, extra))
+        yield Store("lmdb", functools.partial(node_options, tmp_path))
         return
     with redis_server(tmp_path) as server:
-        yield Store("redis", lambda extra="": redis_options(server.url, extra), server)
+        yield Store("redis", functools.partial(redis_options, server.url), server)
 
 
 @contextmanager
 def mounted_nodes(mount_factory: MountFactory, options: list[str]) -> Iterator[list[Mount]]:
     with ExitStack() as stack:
-        yield [stack.enter_context(mount_factory(o)) for o in options]  # type: ignore[operator]
+        yield [stack.enter_context(mount_factory(o)) for o in options]
 
 
 def record(node: int, n: int, size: int) -> bytes:
@@ -107,7 +106,7 @@ def test_an_append_lands_after_what_was_appended_behind_the_mounts_back(
     append into it at the offset it guessed, and would serve that to the next read."""
     (src / "log").write_bytes(b"x" * 5000)
     options = "cleancache=tmem,cache_size=1M,max_requests=16" + (",kernel_cache" if kernel_cache else "")
-    with mount_factory(options) as m:  # type: ignore[operator]
+    with mount_factory(options) as m:
         fd = os.open(m.mnt / "log", os.O_RDWR | os.O_APPEND)
         try:
             expected = bytearray(b"x" * 5000)
@@ -242,9 +241,9 @@ def test_a_node_that_has_not_joined_holds_its_changes_until_it_has(
     (src / "f").write_bytes(old)
     with ExitStack() as stack:
         join = SlowJoin(store, tmp_path, stack)
-        a = stack.enter_context(mount_factory(join.ready))  # type: ignore[operator]
+        a = stack.enter_context(mount_factory(join.ready))
         join.hold()
-        b = stack.enter_context(mount_factory(join.late))  # type: ignore[operator]
+        b = stack.enter_context(mount_factory(join.late))
         assert read_all(a.mnt / "f") == old  # A caches every page of f
         assert read_all(b.mnt / "f") == old  # from SRC
         assert b.stats()["backing.uncached_reads"] >= 1
@@ -260,7 +259,7 @@ def test_a_node_that_has_not_joined_holds_its_changes_until_it_has(
         assert read_all(b.mnt / "f") == expected
         s = b.stats()
         assert s["cleancache.placeholder_pools"] == 0 and s["fs.fenced_changes"] == 0
-        assert s["backend.cluster.node"] >= 0  # type: ignore[operator]
+        assert s["backend.cluster.node"] >= 0
         b.control("drop_caches")  # B caches and shares like any node now
         a.control("drop_caches")
         assert read_all(a.mnt / "f") == expected
@@ -275,18 +274,19 @@ def test_a_change_on_a_node_that_cannot_join_fails_and_leaves_src_alone(
     (src / "g").write_bytes(b"g")
     with ExitStack() as stack:
         join = SlowJoin(store, tmp_path, stack, "node_timeout=1")
-        a = stack.enter_context(mount_factory(join.ready))  # type: ignore[operator]
+        a = stack.enter_context(mount_factory(join.ready))
         join.hold()
-        b = stack.enter_context(mount_factory(join.late))  # type: ignore[operator]
+        b = stack.enter_context(mount_factory(join.late))
         assert read_all(a.mnt / "f") == old
         started = time.monotonic()
         with pytest.raises(OSError) as caught, open(b.mnt / "f", "r+b") as f:
             os.pwrite(f.fileno(), b"n" * 10, 0)
         assert caught.value.errno == errno.EIO
         assert time.monotonic() - started >= 0.9  # it waited for the join first
-        for change in (lambda: os.truncate(b.mnt / "f", 1), lambda: os.unlink(b.mnt / "f"),
-                       lambda: os.rename(b.mnt / "g", b.mnt / "f"),
-                       lambda: open(b.mnt / "f", "wb").close()):
+        changes: list[Callable[[], None]] = [lambda: os.truncate(b.mnt / "f", 1), lambda: os.unlink(b.mnt / "f"),
+                                             lambda: os.rename(b.mnt / "g", b.mnt / "f"),
+                                             lambda: open(b.mnt / "f", "wb").close()]
+        for change in changes:
             with pytest.raises(OSError) as caught:
                 change()
             assert caught.value.errno == errno.EIO
@@ -301,7 +301,7 @@ def test_a_change_on_a_node_that_cannot_join_fails_and_leaves_src_alone(
             assert s["backend.cluster.store.state"] == "down" and s["backend.cluster.node"] == -1
         join.release()
         assert wait_for(lambda: b.stats()["cleancache.placeholder_pools"] == 0
-                        and int(b.stats().get("backend.cluster.node", -1)) >= 0)  # type: ignore[call-overload]
+                        and int(b.stats().get("backend.cluster.node", -1)) >= 0)
         with open(b.mnt / "f", "r+b") as f:
             os.pwrite(f.fileno(), b"n" * 10, 0)
         assert read_all(a.mnt / "f") == b"n" * 10 + old[10:]

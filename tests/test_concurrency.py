@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MountFactory
+
 PAGE = 4096
 PAGES = 1024  # a 4 MiB file; the page cache below holds a quarter of it
 
@@ -31,7 +33,7 @@ def run_threads(targets: list[threading.Thread]) -> None:
 @pytest.mark.parametrize("options", ["cleancache=tmem,backing_io=direct", "cleancache=zcache",
                                      "cleancache=none,backing_io=direct"])
 def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_written(
-        mount_factory, options: str) -> None:  # type: ignore[no-untyped-def]
+        mount_factory: MountFactory, options: str) -> None:
     """Eight readers read random pages while a writer rewrites every page in turn, at least
     twice and until the readers have read 1000 pages (so they raced it however slow the
     machine). Each page read is one of the generations written to it (never a mix, never
@@ -90,10 +92,10 @@ def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_writt
         # Requests were served side by side: some SRC reads took the routes for a busy loop
         # (off it, or RWF_NOWAIT inline; 4 KiB writes run inline whatever is in flight).
         routed = ("backing.thread_calls", "backing.aio_reads", "backing.nowait_reads")
-        assert sum(int(stats[key]) for key in routed) > 0  # type: ignore[call-overload]
+        assert sum(int(stats[key]) for key in routed) > 0
 
 
-def test_readers_go_on_while_another_file_is_written_and_fsynced(mount_factory) -> None:  # type: ignore[no-untyped-def]
+def test_readers_go_on_while_another_file_is_written_and_fsynced(mount_factory: MountFactory) -> None:
     """A large write with fsync runs off the loop: reads of another file are answered
     meanwhile (counted: reads completed while the fsync was in flight), and are right."""
     with mount_factory("cleancache=tmem,backing_io=direct,cache_size=4M,max_requests=16") as m:
@@ -134,10 +136,10 @@ def test_readers_go_on_while_another_file_is_written_and_fsynced(mount_factory) 
         run_threads([threading.Thread(target=reader), threading.Thread(target=writer)])
         assert not errors
         assert during[0] > 0  # answered while the fsync was in flight
-        assert m.stats()["backing.thread_calls"] > 0  # type: ignore[operator]
+        assert m.stats()["backing.thread_calls"] > 0
 
 
-def test_max_requests_is_an_option(mount_factory) -> None:  # type: ignore[no-untyped-def]
+def test_max_requests_is_an_option(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem,max_requests=1") as m:
         (m.mnt / "f").write_bytes(b"x" * 10000)
         assert (m.mnt / "f").read_bytes() == b"x" * 10000

@@ -86,8 +86,8 @@ def scan_backend(kind: str) -> Backend:
     capacity = 1024 * ENTRY
     if kind == "zcache+tmem":  # random pages: zcache refuses them, tmem keeps them
         return ChainBackend([ZcacheBackend(capacity), TmemBackend(capacity)])
-    classes = {"zcache": ZcacheBackend, "zcache refusing": ZcacheBackend, "dedup": DedupBackend,
-               "nopeek": NoPeekTmem, "lying": LyingPeekTmem}
+    classes: dict[str, type[Backend]] = {"zcache": ZcacheBackend, "zcache refusing": ZcacheBackend,
+                                         "dedup": DedupBackend, "nopeek": NoPeekTmem, "lying": LyingPeekTmem}
     return classes.get(kind, TmemBackend)(capacity)
 
 

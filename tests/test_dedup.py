@@ -13,6 +13,7 @@ import pytest
 from backends.chain import ChainBackend
 from backends.dedup import CHUNK, NO, SHIFT, DedupBackend, unpack
 from backends.tmem import TmemBackend
+from tests.unithelpers import counts
 
 PAGE = 4096
 SHARED = b"\x01" * 16
@@ -107,7 +108,7 @@ async def test_pool_total_size_is_the_memory_allocated_and_near_the_unique_conte
     views = [memoryview(p) for p in pages]
     d = DedupBackend(1 << 34, cc_policy=policy)
     used = await traced_fill(d, views, 1000)
-    s = d.stats()
+    s = counts(d.stats())
     unique = s["unique_pages"] * PAGE
     assert s["stored_pages"] == 6000 and s["unique_pages"] == 3000 and s["unique_data_size"] == unique
     assert used <= s["pool_total_size"] < used + 0.01 * unique
@@ -120,7 +121,7 @@ async def test_every_configuration_charges_at_least_what_it_allocates(policy: st
     views = [memoryview(p) for p in pages]
     d = DedupBackend(1 << 34, cc_policy=policy, dd_compress=compress)
     used = await traced_fill(d, views, 500)
-    s = d.stats()
+    s = counts(d.stats())
     assert used <= s["pool_total_size"] < 1.1 * used
     if compress == "lz4":
         assert s["unique_data_size"] < s["unique_pages"] * PAGE / 4
@@ -130,10 +131,10 @@ async def test_pool_total_size_returns_to_zero() -> None:
     d = DedupBackend(1 << 24)
     pool = await d.create_pool(None)
     await put_all(d, pool, dup50(200), 3)
-    assert d.stats()["pool_total_size"] > 100 * PAGE
+    assert counts(d.stats())["pool_total_size"] > 100 * PAGE
     await d.invalidate_inode(pool, b"file-0")
     await d.destroy_pool(pool)
-    s = d.stats()
+    s = counts(d.stats())
     assert s["stored_pages"] == s["unique_pages"] == s["pool_total_size"] == 0
 
 
@@ -147,21 +148,21 @@ async def test_a_copy_is_freed_with_its_last_handle() -> None:
     out = memoryview(bytearray(PAGE))
     for index in range(3):
         await d.put_page(pool, b"f", index, a)
-    assert d.stats()["unique_pages"] == 1 and d.stats()["stored_pages"] == 3
+    assert counts(d.stats())["unique_pages"] == 1 and counts(d.stats())["stored_pages"] == 3
     await d.put_page(pool, b"f", 0, a)  # the same content again: nothing changes
-    assert d.stats()["unique_pages"] == 1 and d.stats()["dup_puts_replaced"] == 1
+    assert counts(d.stats())["unique_pages"] == 1 and counts(d.stats())["dup_puts_replaced"] == 1
     await d.put_page(pool, b"f", 0, b)  # replaced: a keeps two handles
     await d.invalidate_page(pool, b"f", 1)
-    s = d.stats()
+    s = counts(d.stats())
     assert s["unique_pages"] == 2 and s["stored_pages"] == 2 and s["dup_puts_replaced"] == 2
     assert await d.get_page(pool, b"f", 0, out) and bytes(out) == bytes(b)  # put-put-get
     assert not await d.get_page(pool, b"f", 1, out)
     await d.put_page(pool, b"f", 2, b)  # a's last handle replaced: a is freed
-    s = d.stats()
+    s = counts(d.stats())
     assert s["unique_pages"] == 1 and s["unique_data_size"] == PAGE and s["saved_bytes"] == PAGE
     assert set(handles(d).values()) == {bytes(b)}
     await d.invalidate_inode(pool, b"f")
-    assert d.stats()["pool_total_size"] == 0
+    assert counts(d.stats())["pool_total_size"] == 0
 
 
 async def test_exclusive_gets_on_private_pools_only() -> None:
@@ -172,15 +173,15 @@ async def test_exclusive_gets_on_private_pools_only() -> None:
     for pool in (private, shared):
         await d.put_page(pool, b"f", 0, page)
         await d.put_page(pool, b"f", 1, page)
-    assert d.stats()["unique_pages"] == 1 and d.stats()["stored_pages"] == 4
+    assert counts(d.stats())["unique_pages"] == 1 and counts(d.stats())["stored_pages"] == 4
     assert await d.get_page(private, b"f", 0, out) and bytes(out) == bytes(page)
     assert not await d.get_page(private, b"f", 0, out)  # moved back to the page cache
     for _ in range(2):
         assert await d.get_page(shared, b"f", 0, out) and bytes(out) == bytes(page)
-    assert d.stats()["stored_pages"] == 3 and d.stats()["unique_pages"] == 1
+    assert counts(d.stats())["stored_pages"] == 3 and counts(d.stats())["unique_pages"] == 1
     assert await d.get_page(private, b"f", 1, out)
     await d.destroy_pool(shared)
-    s = d.stats()
+    s = counts(d.stats())
     assert s["stored_pages"] == s["unique_pages"] == s["pool_total_size"] == 0 and s["succ_gets"] == 4
 
 
@@ -190,7 +191,7 @@ async def test_a_page_larger_than_the_capacity_is_refused_and_the_old_one_goes()
     out = memoryview(bytearray(PAGE))
     assert await d.put_page(pool, b"f", 0, memoryview(text_page(1)))
     assert not await d.put_page(pool, b"f", 0, memoryview(os.urandom(PAGE)))
-    s = d.stats()
+    s = counts(d.stats())
     assert s["rejected_puts"] == 1 and s["dup_puts_flushed"] == 1 and s["stored_pages"] == 0
     assert not await d.get_page(pool, b"f", 0, out)
 
@@ -199,9 +200,9 @@ async def test_reset_stats_keeps_levels() -> None:
     d = DedupBackend(1 << 20)
     pool = await d.create_pool(None)
     await put_all(d, pool, dup50(40), 2)
-    levels = {k: d.stats()[k] for k in ("stored_pages", "unique_pages", "pool_total_size", "unique_data_size")}
+    levels = {k: counts(d.stats())[k] for k in ("stored_pages", "unique_pages", "pool_total_size", "unique_data_size")}
     d.reset_stats()
-    s = d.stats()
+    s = counts(d.stats())
     assert s["puts"] == s["duplicate_entry"] == 0 and {k: s[k] for k in levels} == levels
 
 
@@ -218,8 +219,8 @@ async def test_evicting_a_copy_drops_every_handle_that_shares_it(policy: str) ->
     for n, data in enumerate(contents):
         for copy in range(3):
             assert await d.put_page(pool, b"f%d" % copy, n, memoryview(data))
-        assert d.stats()["pool_total_size"] <= 10 * PAGE
-    s = d.stats()
+        assert counts(d.stats())["pool_total_size"] <= 10 * PAGE
+    s = counts(d.stats())
     assert s["evicted_pages"] > 0 and s["evicted_pages"] % 3 == 0
     assert s["stored_pages"] + s["evicted_pages"] == 90
     live = handles(d)
@@ -239,7 +240,7 @@ async def test_a_used_copy_outlives_an_unused_older_one(policy: str) -> None:
     await d.put_page(pool, b"f", 1, memoryview(text_page(1)))
     assert await d.get_page(pool, b"f", 0, out)  # a use: lru moves it up, sieve marks it
     n = 2
-    while not d.stats()["evicted_pages"]:
+    while not counts(d.stats())["evicted_pages"]:
         await d.put_page(pool, b"f", n, memoryview(text_page(n)))
         n += 1
     assert await d.get_page(pool, b"f", 0, out) and bytes(out) == text_page(0)
@@ -256,7 +257,7 @@ async def test_colliding_copies_stay_apart() -> None:
     for n, data in enumerate(contents):
         await d.put_page(pool, b"a", n, memoryview(data))
         await d.put_page(pool, b"b", n, memoryview(data))  # a duplicate still finds its copy
-    s = d.stats()
+    s = counts(d.stats())
     assert s["hash_collisions"] == 19 and s["unique_pages"] == 20 and s["duplicate_entry"] == 20
     for n in (0, 7, 19):  # out of the middle and both ends of the one bucket
         await d.invalidate_page(pool, b"a", n)
@@ -265,7 +266,7 @@ async def test_colliding_copies_stay_apart() -> None:
     for n, data in enumerate(contents):
         hit = await d.get_page(pool, b"b", n, out)
         assert hit == (n not in (0, 7, 19)) and (not hit or bytes(out) == data)
-    assert d.stats()["unique_pages"] == 17
+    assert counts(d.stats())["unique_pages"] == 17
     handles(d)
 
 
@@ -276,16 +277,16 @@ async def test_a_corrupt_copy_is_dropped_with_all_its_handles() -> None:
     for index in range(2):
         await d.put_page(pool, b"f", index, text)
     await d.put_page(pool, b"f", 2, noise)  # incompressible: kept raw
-    s = d.stats()
+    s = counts(d.stats())
     assert s["unique_pages"] == 2 and s["unique_data_size"] < PAGE + PAGE // 4
     slot = d._hslot[d._handle(d._pools[pool], b"f", 0)]
     d._data[slot] = b"\xff" * len(d._data[slot])  # same length, so the accounting stays whole
     out = memoryview(bytearray(PAGE))
     assert not await d.get_page(pool, b"f", 1, out)
-    s = d.stats()
+    s = counts(d.stats())
     assert s["corrupt_pages"] == 1 and s["failed_gets"] == 1 and s["stored_pages"] == 1
     assert await d.get_page(pool, b"f", 2, out) and bytes(out) == bytes(noise)
-    assert d.stats()["pool_total_size"] == 0
+    assert counts(d.stats())["pool_total_size"] == 0
 
 
 # -- everything at once, against a model -------------------------------------------------
@@ -330,7 +331,7 @@ async def test_random_operations_never_return_another_page(cls: type[DedupBacken
             await d.destroy_pool(pool)
             model = {h: v for h, v in model.items() if h[0] != pool}
             pools[slot] = await d.create_pool(SHARED if slot else None)
-    assert d.stats()["evicted_pages"] > 0
+    assert counts(d.stats())["evicted_pages"] > 0
 
 
 # -- chains --------------------------------------------------------------------------------
@@ -344,8 +345,8 @@ async def test_every_handle_of_an_evicted_copy_spills_to_the_next_member() -> No
     for n, data in enumerate(contents):
         for copy in range(3):
             assert await chain.put_page(pool, b"f%d" % copy, n, memoryview(data))
-    evicted = a.stats()["evicted_pages"]
-    assert evicted > 0 and evicted % 3 == 0 and b.stats()["stored_pages"] == evicted
+    evicted = counts(a.stats())["evicted_pages"]
+    assert evicted > 0 and evicted % 3 == 0 and counts(b.stats())["stored_pages"] == evicted
     out = memoryview(bytearray(PAGE))
     for n, data in enumerate(contents):
         for copy in range(3):

@@ -383,9 +383,9 @@ def test_real_swap(mount_factory, src: Path, tmp_path: Path, backend: str) -> No
             stats = m.stats()
             assert stats["frontswap.succ_stores"] > 0 and stats["frontswap.loads"] > 0
             assert stats["frontswap.load_errors"] == 0
-            assert stats["backing.write_bytes"] <= stats["frontswap.failed_stores"] * PAGE  # type: ignore[operator]
+            assert stats["backing.write_bytes"] <= stats["frontswap.failed_stores"] * PAGE
             if cgroup is not None:
-                assert stats["frontswap.loads"] >= stats["frontswap.succ_stores"] // 2  # type: ignore[operator]
+                assert stats["frontswap.loads"] >= stats["frontswap.succ_stores"] // 2
             if backend == "tmem":
                 assert stats["frontswap.failed_stores"] == 0
         finally:

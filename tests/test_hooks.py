@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import MountFactory, Stats
+
 PAGE = 4096
 N = 16  # page cache size in pages for these tests
 
@@ -19,7 +21,7 @@ def read_pages(path: Path, pages: int) -> bytes:
         os.close(fd)
 
 
-def delta(before: dict, after: dict) -> dict:
+def delta(before: Stats, after: Stats) -> Stats:
     return {k: after[k] - before[k] for k in before}
 
 
@@ -27,7 +29,7 @@ KEYS = ("puts", "succ_gets", "failed_gets", "backing.reads", "pagecache.hits", "
         "invalidates", "cleancache.inode_invalidates")
 
 
-def test_read_twice_through_small_cache(src: Path, mount_factory) -> None:
+def test_read_twice_through_small_cache(src: Path, mount_factory: MountFactory) -> None:
     """2N pages through an N-page cache, twice: the second pass is served by cleancache."""
     data = os.urandom(2 * N * PAGE)
     (src / "f").write_bytes(data)
@@ -46,7 +48,7 @@ def test_read_twice_through_small_cache(src: Path, mount_factory) -> None:
                  "cleancache.inode_invalidates": 0}
 
 
-def test_none_backend_reads_everything_from_src(src: Path, mount_factory) -> None:
+def test_none_backend_reads_everything_from_src(src: Path, mount_factory: MountFactory) -> None:
     (src / "f").write_bytes(os.urandom(2 * N * PAGE))
     with mount_factory(f"cleancache=none,cache_size={N * PAGE}") as m:
         read_pages(m.mnt / "f", 2 * N)
@@ -55,7 +57,7 @@ def test_none_backend_reads_everything_from_src(src: Path, mount_factory) -> Non
     assert c["succ_gets"] == 0 and c["backing.reads"] == 4 * N and c["puts"] == 3 * N
 
 
-def test_write_invalidates_exactly_the_pages_it_covers(src: Path, mount_factory) -> None:
+def test_write_invalidates_exactly_the_pages_it_covers(src: Path, mount_factory: MountFactory) -> None:
     (src / "f").write_bytes(bytes(8 * PAGE))
     with mount_factory("cleancache=tmem") as m:
         before = m.counters(*KEYS)
@@ -69,7 +71,7 @@ def test_write_invalidates_exactly_the_pages_it_covers(src: Path, mount_factory)
     assert delta(before, after)["invalidates"] == 5
 
 
-def test_write_updates_cached_and_pooled_pages(src: Path, mount_factory) -> None:
+def test_write_updates_cached_and_pooled_pages(src: Path, mount_factory: MountFactory) -> None:
     """A page in the page cache is updated in place; one in the pool is invalidated there."""
     (src / "f").write_bytes(bytes(4 * N * PAGE))
     with mount_factory(f"cleancache=tmem,cache_size={N * PAGE}") as m:
@@ -88,7 +90,7 @@ def test_write_updates_cached_and_pooled_pages(src: Path, mount_factory) -> None
 
 
 @pytest.mark.parametrize("how", ["truncate", "o_trunc", "unlink", "rename_over"])
-def test_inode_invalidated_even_with_nothing_cached(src: Path, mount_factory, how: str) -> None:
+def test_inode_invalidated_even_with_nothing_cached(src: Path, mount_factory: MountFactory, how: str) -> None:
     """invalidate_inode at start and end, whether or not a page is cached (CVE-2018-16862)."""
     (src / "victim").write_bytes(b"v" * 3 * PAGE)
     (src / "other").write_bytes(b"o" * PAGE)
@@ -108,7 +110,7 @@ def test_inode_invalidated_even_with_nothing_cached(src: Path, mount_factory, ho
     assert delta(before, after)["pagecache.misses"] == 0  # nothing was read
 
 
-def test_unlink_of_one_of_two_links_keeps_the_pool(src: Path, mount_factory) -> None:
+def test_unlink_of_one_of_two_links_keeps_the_pool(src: Path, mount_factory: MountFactory) -> None:
     (src / "a").write_bytes(b"x" * PAGE)
     os.link(src / "a", src / "b")
     with mount_factory("cleancache=tmem") as m:
@@ -119,7 +121,7 @@ def test_unlink_of_one_of_two_links_keeps_the_pool(src: Path, mount_factory) -> 
     assert delta(before, after)["cleancache.inode_invalidates"] == 0
 
 
-def test_recreated_file_never_reads_old_bytes(src: Path, mount_factory) -> None:
+def test_recreated_file_never_reads_old_bytes(src: Path, mount_factory: MountFactory) -> None:
     """Delete a file whose pages are in the pool, create another (often reusing the
     inode number): not one old byte may come back."""
     with mount_factory(f"cleancache=tmem,cache_size={2 * PAGE}") as m:
@@ -139,7 +141,7 @@ def test_recreated_file_never_reads_old_bytes(src: Path, mount_factory) -> None:
         assert m.stats()["cleancache.verify_failures"] == 0
 
 
-def test_drop_caches_puts_every_page_and_flush_empties_the_pool(src: Path, mount_factory) -> None:
+def test_drop_caches_puts_every_page_and_flush_empties_the_pool(src: Path, mount_factory: MountFactory) -> None:
     data = os.urandom(10 * PAGE)
     (src / "f").write_bytes(data)
     with mount_factory("cleancache=tmem") as m:
@@ -162,7 +164,7 @@ def test_drop_caches_puts_every_page_and_flush_empties_the_pool(src: Path, mount
         assert s["puts"] == 0 and s["backing.reads"] == 0 and s["pagecache.pages"] == 10
 
 
-def test_external_change_is_seen_at_next_open(src: Path, mount_factory) -> None:
+def test_external_change_is_seen_at_next_open(src: Path, mount_factory: MountFactory) -> None:
     """Close-to-open: a file changed in SRC behind tmemfs's back is re-read at open."""
     (src / "f").write_bytes(b"1" * PAGE)
     with mount_factory("cleancache=tmem") as m:
@@ -173,7 +175,7 @@ def test_external_change_is_seen_at_next_open(src: Path, mount_factory) -> None:
 
 
 def test_a_change_behind_the_back_is_seen_at_next_open_while_the_file_is_held_open(src: Path,
-                                                                                 mount_factory) -> None:
+                                                                                 mount_factory: MountFactory) -> None:
     """Every open checks, as on NFS, also while another descriptor holds the file; the
     mount's own metadata changes (ctime moves) are not taken for external ones."""
     (src / "f").write_bytes(b"1" * 4 * PAGE)
@@ -193,7 +195,8 @@ def test_a_change_behind_the_back_is_seen_at_next_open_while_the_file_is_held_op
         assert m.stats()["pagecache.external_changes"] == 1
 
 
-def test_kernel_cache_keeps_the_kernels_copy_only_while_src_is_unchanged(src: Path, mount_factory) -> None:
+def test_kernel_cache_keeps_the_kernels_copy_only_while_src_is_unchanged(src: Path,
+                                                                         mount_factory: MountFactory) -> None:
     """kernel_cache, close-to-open for the kernel's copy: reopening an unchanged file is
     served by the kernel (no read reaches tmemfs); once SRC changed behind the mount's
     back, even at the same size, the open drops the kernel's copy and the new bytes show."""
@@ -201,7 +204,7 @@ def test_kernel_cache_keeps_the_kernels_copy_only_while_src_is_unchanged(src: Pa
     with mount_factory("cleancache=tmem,kernel_cache") as m:
 
         def reads_seen() -> int:
-            return sum(m.counters("pagecache.hits", "pagecache.misses").values())  # type: ignore[arg-type]
+            return sum(m.counters("pagecache.hits", "pagecache.misses").values())
 
         assert (m.mnt / "f").read_bytes() == b"1" * 4 * PAGE
         seen = reads_seen()
@@ -215,7 +218,7 @@ def test_kernel_cache_keeps_the_kernels_copy_only_while_src_is_unchanged(src: Pa
         assert reads_seen() > seen and m.stats()["pagecache.external_changes"] == 1
 
 
-def test_trace_records_every_hook_and_replays(src: Path, mount_factory, tmp_path: Path) -> None:
+def test_trace_records_every_hook_and_replays(src: Path, mount_factory: MountFactory, tmp_path: Path) -> None:
     """-o trace=FILE: one line per event, matching the counters; tools/trace.py replays it."""
     from tools.trace import compare, load_trace
 
@@ -240,7 +243,8 @@ def test_trace_records_every_hook_and_replays(src: Path, mount_factory, tmp_path
     assert results[0].miss_ratio == 1.0  # 2N pages cycling through N: LRU misses every time
 
 
-def test_a_trace_of_many_requests_in_flight_matches_the_counters(src: Path, mount_factory, tmp_path: Path) -> None:
+def test_a_trace_of_many_requests_in_flight_matches_the_counters(src: Path, mount_factory: MountFactory,
+                                                                 tmp_path: Path) -> None:
     """Eight readers at once (scans the pool serves around the page cache, and random
     pages) with trace= on: every byte right, the bypass taken as without a trace, and
     one trace line per page cache lookup and cleancache get that the counters count."""
@@ -282,7 +286,7 @@ def test_a_trace_of_many_requests_in_flight_matches_the_counters(src: Path, moun
     assert ops.count("put") == stats["puts"]
 
 
-def test_large_reads_count_each_page_once(src: Path, mount_factory) -> None:
+def test_large_reads_count_each_page_once(src: Path, mount_factory: MountFactory) -> None:
     """A 128 KiB read of uncached pages: 32 misses, one cleancache get each, no hits."""
     (src / "f").write_bytes(os.urandom(64 * PAGE))
     with mount_factory("cleancache=tmem") as m:

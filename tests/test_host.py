@@ -8,12 +8,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Mount
+from tests.conftest import Mount, MountFactory, Stats
 
 TMEMCTL = [sys.executable, "-m", "fusefs.tmemctl"]
 TMEMFS = [sys.executable, "-m", "fusefs.cli"]
@@ -50,7 +49,7 @@ def cycle(m: Mount, names: list[str]) -> dict[str, bytes]:
     return got
 
 
-def host_stats(m: Mount, mode: str = "tmem") -> dict[str, object]:
+def host_stats(m: Mount, mode: str = "tmem") -> Stats:
     prefix = f"backend.{mode}."
     return {k.removeprefix(prefix): v for k, v in m.stats().items() if k.startswith(prefix)}
 
@@ -67,7 +66,7 @@ def options(hostdir: Path, mode: str = "tmem", host: str = "lab", extra: str = "
 
 
 def test_two_mounts_of_different_srcs_are_clients_of_one_host(tmp_path: Path, hostdir: Path,
-                                                              mount_factory: Callable[..., object]) -> None:
+                                                              mount_factory: MountFactory) -> None:
     """Each client gets its own pages back (hits, no read of SRC), the host counts both, each
     client counts its own, and tmemctl host lists both with their mount points."""
     a_data, b_data = pages_of(b"a", 64), pages_of(b"b", 32)
@@ -95,7 +94,7 @@ def test_two_mounts_of_different_srcs_are_clients_of_one_host(tmp_path: Path, ho
 
 
 def test_a_client_never_sees_another_clients_pages(tmp_path: Path, hostdir: Path,
-                                                   mount_factory: Callable[..., object]) -> None:
+                                                   mount_factory: MountFactory) -> None:
     """Two SRCs holding files of the same names and sizes but other bytes: each mount reads its
     own, whatever the other put into the host under the same names."""
     src_a = make_src(tmp_path, "a", {f"f{n}": pages_of(b"A%d" % n, 8) for n in range(8)})
@@ -111,7 +110,7 @@ def test_a_client_never_sees_another_clients_pages(tmp_path: Path, hostdir: Path
 
 
 def test_dedup_clients_store_a_shared_page_once_and_both_count_it(tmp_path: Path, hostdir: Path,
-                                                                 mount_factory: Callable[..., object]) -> None:
+                                                                 mount_factory: MountFactory) -> None:
     shared = pages_of(b"shared", 32)
     src_a = make_src(tmp_path, "a", {"f": shared + pages_of(b"a", 16)})
     src_b = make_src(tmp_path, "b", {"g": shared + pages_of(b"b", 16)})
@@ -127,7 +126,7 @@ def test_dedup_clients_store_a_shared_page_once_and_both_count_it(tmp_path: Path
 
 
 def test_zcache_clients_pack_two_compressed_pages_a_frame(tmp_path: Path, hostdir: Path,
-                                                          mount_factory: Callable[..., object]) -> None:
+                                                          mount_factory: MountFactory) -> None:
     data = pages_of(b"z", 64)
     src = make_src(tmp_path, "a", {"f": data})
     with mount_factory(options(hostdir, "zcache", extra="cc_size=8M"), src=src) as m:
@@ -137,7 +136,7 @@ def test_zcache_clients_pack_two_compressed_pages_a_frame(tmp_path: Path, hostdi
         assert (m.mnt / "f").read_bytes() == data
 
 
-def test_take_back_and_give_back(tmp_path: Path, hostdir: Path, mount_factory: Callable[..., object]) -> None:
+def test_take_back_and_give_back(tmp_path: Path, hostdir: Path, mount_factory: MountFactory) -> None:
     """The donor takes memory back at once through tmemctl (no client asked) or the control file:
     pages go, the budget shrinks, reads stay correct; give-back returns at most what was taken."""
     data = pages_of(b"t", 512)  # 2 MiB
@@ -160,7 +159,7 @@ def test_take_back_and_give_back(tmp_path: Path, hostdir: Path, mount_factory: C
 
 
 def test_take_back_never_drops_frontswap_pages(tmp_path: Path, hostdir: Path,
-                                               mount_factory: Callable[..., object]) -> None:
+                                               mount_factory: MountFactory) -> None:
     """A host client's frontswap pages are persistent: a take-back of everything takes only the
     ephemeral pages, says so, and every stored swap page reads back intact, never from SRC."""
     src = make_src(tmp_path, "a", {"swap": bytes(64 * PAGE), "f": pages_of(b"e", 64)})
@@ -184,7 +183,7 @@ def test_take_back_never_drops_frontswap_pages(tmp_path: Path, hostdir: Path,
 
 
 def test_a_killed_clients_pages_are_reclaimed_within_node_timeout(tmp_path: Path, hostdir: Path,
-                                                                  mount_factory: Callable[..., object]) -> None:
+                                                                  mount_factory: MountFactory) -> None:
     src_a = make_src(tmp_path, "a", {"f": pages_of(b"a", 64)})
     src_b = make_src(tmp_path, "b", {"f": pages_of(b"b", 8)})
     with mount_factory(options(hostdir, extra="cc_size=8M,node_timeout=0.5"), src=src_a) as a, \
@@ -226,7 +225,7 @@ def test_bad_host_options_are_one_line_and_status_2(tmp_path: Path, hostdir: Pat
     ("cc_policy=sieve", "cc_policy=sieve: host lab evicts by lru (its first client's)"),
 ])
 def test_a_mount_the_existing_host_cannot_take_is_refused_before_mounting(
-        tmp_path: Path, hostdir: Path, mount_factory: Callable[..., object], extra: str, message: str) -> None:
+        tmp_path: Path, hostdir: Path, mount_factory: MountFactory, extra: str, message: str) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "mnt-b").mkdir()
     with mount_factory(options(hostdir, extra="cc_size=2M")) as m:
@@ -247,7 +246,7 @@ def test_tmemctl_on_an_unknown_host_is_one_line_and_status_1(hostdir: Path) -> N
 
 
 def test_set_cc_size_on_any_client_changes_the_hosts_budget(tmp_path: Path, hostdir: Path,
-                                                            mount_factory: Callable[..., object]) -> None:
+                                                            mount_factory: MountFactory) -> None:
     """The host's budget is every client's: tmemctl set on one client evicts down to it at once,
     and the other client sees the new budget."""
     src_a = make_src(tmp_path, "a", {"f": pages_of(b"a", 256)})

@@ -434,7 +434,12 @@ def test_an_exclusive_get_writes_nothing_until_the_next_put(make: Factory, monke
         assert a.put(pool, b"f", i, pattern(b"f", i))
     writes: list[str] = []
     real_write = a._write
-    monkeypatch.setattr(a, "_write", lambda wait, work: writes.append("w") or real_write(wait, work))
+
+    def counted_write(wait: float | None, work: Callable[[Any], object]) -> tuple[bool, object]:
+        writes.append("w")
+        return real_write(wait, work)
+
+    monkeypatch.setattr(a, "_write", counted_write)
     out = memoryview(bytearray(PAGE))
     assert a.get(pool, b"f", 0, out) and bytes(out) == bytes(pattern(b"f", 0))
     assert read(a, pool, b"f", 0) == b"" and writes == []  # gone for this client, nothing written

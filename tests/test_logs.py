@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fusefs.logs import default_log_file, mount_name
-from tests.conftest import TMEMFS
+from fusefs.logs import TEST_SYSLOG_ENV, default_log_file, mount_name
+from tests.conftest import TMEMFS, MountFactory
 from tools.mounting import stop_daemon, unmount
 
 # A read as -d logs it: opcode, handle and its inode, offset, size, result, microseconds.
@@ -53,7 +53,7 @@ def test_without_syslog_the_log_goes_to_a_file_named_after_mnt(tmp_path: Path) -
     expected = Path(default_log_file(str(mnt)))
     assert expected.parent == Path("/var/log/tmemfs")  # the tests run as root
     try:
-        with background(tmp_path, "cleancache=tmem", env={"TMEMFS_SYSLOG_SOCKET": "/nonexistent"}) as (_, stderr):
+        with background(tmp_path, "cleancache=tmem", env={TEST_SYSLOG_ENV: "/nonexistent"}) as (_, stderr):
             assert stderr.splitlines() == [f"tmemfs: logging to {expected}"]
             assert "INFO tmemfs: mounted " in expected.read_text()
             assert os.stat(expected).st_mode & 0o777 == 0o600
@@ -114,7 +114,7 @@ def test_log_level_debug_logs_requests_in_the_background(tmp_path: Path) -> None
     assert re.search(r"lookup parent_inode=1: ENOENT \d+us$", text, re.MULTILINE), text
 
 
-def test_debug_flag_logs_requests(mount_factory) -> None:
+def test_debug_flag_logs_requests(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem", extra_args=("-d",)) as m:
         _read_page_two(m.mnt)
         text = wait_for(m.log, "off=4096")

@@ -21,6 +21,7 @@ from prometheus_client.samples import Sample
 
 from fusefs import __version__, counters
 from fusefs.metrics import MetricsServer, exposition, parse_metrics_address
+from tests.conftest import MountFactory
 
 README = Path(__file__).parent.parent / "README.md"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
@@ -68,7 +69,7 @@ def test_readme_counter_reference_is_the_table() -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_every_stats_key_is_documented_and_exported(mount_factory, backend: str) -> None:
+def test_every_stats_key_is_documented_and_exported(mount_factory: MountFactory, backend: str) -> None:
     with mount_factory(f"cleancache={backend}") as mount:
         read_through(mount)
         stats = mount.stats()
@@ -92,7 +93,7 @@ def test_every_stats_key_is_documented_and_exported(mount_factory, backend: str)
         assert [s.labels["pool_uuid"] for s in info] == [stats["backend.cluster.pool_uuid"]]
 
 
-def test_two_mounts_of_one_src_never_collide(mount_factory) -> None:
+def test_two_mounts_of_one_src_never_collide(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem") as a, mount_factory("cleancache=tmem") as b:
         read_through(a)
         both = exposition(a.stats()) + exposition(b.stats())
@@ -102,7 +103,7 @@ def test_two_mounts_of_one_src_never_collide(mount_factory) -> None:
     assert {s.labels["src"] for s in samples(both)} == {str(a.src)}
 
 
-def test_info_metric_carries_version_and_backend(mount_factory) -> None:
+def test_info_metric_carries_version_and_backend(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=zcache+tmem") as mount:
         text = exposition(mount.stats())
     info = [s for s in samples(text) if s.name == "tmemfs_info"]
@@ -211,7 +212,8 @@ async def test_server_scrapes_a_snapshot_taken_on_the_loop() -> None:
     check_exposition(first, "/m")
     values = {s.name: s.value for s in samples(second)}
     assert values["tmemfs_puts_total"] == 2 and values["tmemfs_pagecache_bytes"] == 8192
-    families = {f.name: f for f in openmetrics_families(openmetrics.decode())}  # what Prometheus asks for first
+    # (what Prometheus asks for first; prometheus_client's openmetrics parser has no annotations)
+    families = {f.name: f for f in openmetrics_families(openmetrics.decode())}  # type: ignore[no-untyped-call]
     assert families["tmemfs"].type == "info" and families["tmemfs_puts"].samples[0].value == 3
 
 
@@ -298,7 +300,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_a_mount_with_metrics_serves_its_counters(mount_factory) -> None:
+def test_a_mount_with_metrics_serves_its_counters(mount_factory: MountFactory) -> None:
     """-o metrics=HOST:PORT: Prometheus scrapes the mount's own counters over HTTP."""
     port = free_port()
     with mount_factory(f"cleancache=tmem,metrics=127.0.0.1:{port}") as mount:

@@ -34,7 +34,7 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("options", CONFIGS)
-def test_random_io_matches_model(mount_factory, options: str) -> None:
+def test_random_io_matches_model(mount_factory: MountFactory, options: str) -> None:
     seed = int(os.environ.get("TMEMFS_SEED", random.randrange(1 << 32)))
     with mount_factory(options) as m:
         try:

@@ -88,6 +88,41 @@ def _snapshot(top: Path, skip: Path) -> dict[str, tuple[int, int, int, int]]:
     return out
 
 
+def _make_links(m: Mount) -> None:
+    """Links through the mount that climb out of MNT (and would climb elsewhere from SRC)."""
+    os.symlink("../probe", m.mnt / "up")
+    (m.mnt / "sub").mkdir()
+    os.symlink("../../probe", m.mnt / "sub" / "upup")
+    os.symlink("/etc/passwd", m.mnt / "passwd")
+    os.symlink("../" * 40 + "etc/passwd", m.mnt / "sub" / "chain")
+    os.symlink("../created-by-open", m.mnt / "dangling")
+    os.symlink("../probe", m.mnt / "sub" / "again")
+    for name in ("up", "sub/upup", "passwd", "sub/chain", "dangling"):
+        assert stat.S_ISLNK(os.lstat(m.mnt / name).st_mode)
+        assert stat.S_ISLNK(os.lstat(m.src / name).st_mode)
+    assert os.readlink(m.mnt / "sub" / "upup") == "../../probe"
+
+
+def _check_operations_stay_on_links(m: Mount) -> None:
+    """chown, utime, link, xattrs, unlink and rename of a link act on the link, not its target."""
+    src = m.src
+    os.chown(m.mnt / "up", USER, GROUP, follow_symlinks=False)
+    os.utime(m.mnt / "sub" / "again", ns=(5, 7), follow_symlinks=False)
+    os.chown(m.mnt / "passwd", USER, GROUP, follow_symlinks=False)
+    os.link(m.mnt / "up", m.mnt / "up-hardlink", follow_symlinks=False)
+    assert errno_of(os.setxattr, m.mnt / "passwd", "user.x", b"1", follow_symlinks=False) in (
+        errno.EPERM, errno.ENOTSUP)
+    assert os.listxattr(m.mnt / "passwd", follow_symlinks=False) == []
+    assert os.lstat(src / "up").st_uid == USER
+    assert os.lstat(src / "passwd").st_uid == USER
+    assert os.lstat(src / "sub" / "again").st_mtime_ns == 7
+    assert os.lstat(src / "up-hardlink").st_nlink == 2
+    assert os.readlink(src / "up-hardlink") == "../probe"
+    os.unlink(m.mnt / "up")
+    os.rename(m.mnt / "sub" / "upup", m.mnt / "moved")
+    assert os.readlink(src / "moved") == "../../probe"
+
+
 def test_symlinks_are_followed_by_the_kernel_not_tmemfs(mount_factory: MountFactory, tmp_path: Path) -> None:
     """SRC sits deeper than MNT, so `..` chains resolve to different places from each.
 
@@ -105,17 +140,7 @@ def test_symlinks_are_followed_by_the_kernel_not_tmemfs(mount_factory: MountFact
     before = _snapshot(tmp_path / "deep", src)
     with mount_factory("cleancache=tmem", src=src) as m:
         assert m.mnt.parent == tmp_path
-        os.symlink("../probe", m.mnt / "up")
-        (m.mnt / "sub").mkdir()
-        os.symlink("../../probe", m.mnt / "sub" / "upup")
-        os.symlink("/etc/passwd", m.mnt / "passwd")
-        os.symlink("../" * 40 + "etc/passwd", m.mnt / "sub" / "chain")
-        os.symlink("../created-by-open", m.mnt / "dangling")
-        os.symlink("../probe", m.mnt / "sub" / "again")
-        for name in ("up", "sub/upup", "passwd", "sub/chain", "dangling"):
-            assert stat.S_ISLNK(os.lstat(m.mnt / name).st_mode)
-            assert stat.S_ISLNK(os.lstat(src / name).st_mode)
-        assert os.readlink(m.mnt / "sub" / "upup") == "../../probe"
+        _make_links(m)
         # reads follow the links relative to MNT, in the kernel
         assert (m.mnt / "up").read_bytes() == b"next to MNT"
         assert (m.mnt / "sub" / "upup").read_bytes() == b"next to MNT"
@@ -129,22 +154,7 @@ def test_symlinks_are_followed_by_the_kernel_not_tmemfs(mount_factory: MountFact
         os.close(os.open(m.mnt / "dangling", os.O_CREAT | os.O_WRONLY, 0o644))
         assert (tmp_path / "created-by-open").exists()
         assert not (tmp_path / "deep" / "er" / "created-by-open").exists()
-        # operations on the links themselves stay on the links
-        os.chown(m.mnt / "up", USER, GROUP, follow_symlinks=False)
-        os.utime(m.mnt / "sub" / "again", ns=(5, 7), follow_symlinks=False)
-        os.chown(m.mnt / "passwd", USER, GROUP, follow_symlinks=False)
-        os.link(m.mnt / "up", m.mnt / "up-hardlink", follow_symlinks=False)
-        assert errno_of(os.setxattr, m.mnt / "passwd", "user.x", b"1", follow_symlinks=False) in (
-            errno.EPERM, errno.ENOTSUP)
-        assert os.listxattr(m.mnt / "passwd", follow_symlinks=False) == []
-        assert os.lstat(src / "up").st_uid == USER
-        assert os.lstat(src / "passwd").st_uid == USER
-        assert os.lstat(src / "sub" / "again").st_mtime_ns == 7
-        assert os.lstat(src / "up-hardlink").st_nlink == 2
-        assert os.readlink(src / "up-hardlink") == "../probe"
-        os.unlink(m.mnt / "up")
-        os.rename(m.mnt / "sub" / "upup", m.mnt / "moved")
-        assert os.readlink(src / "moved") == "../../probe"
+        _check_operations_stay_on_links(m)
         answers(m)
     assert near_src.read_bytes() == b"next to SRC"
     assert _snapshot(tmp_path / "deep", src) == before

@@ -171,7 +171,8 @@ async def test_no_page_read_before_a_write_is_installed_after_it(tmp_path: Path)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(dp.read, cached, fd, 0, PAGE)
             await backend.reached.wait()  # the get has copied the old page
-            backend.gate, gate = None, backend.gate
+            gate, backend.gate = backend.gate, None
+            assert gate is not None
             assert await dp.write(cached, fd, 0, new) == (0, PAGE)
             gate.set()
         assert dp.fill_conflicts == 1

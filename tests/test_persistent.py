@@ -118,7 +118,7 @@ async def test_an_ephemeral_put_never_evicts_a_persistent_page(kind: str) -> Non
     swap = await backend.create_persistent_pool()
     cache = await backend.create_pool(None)
     n = await fill_persistent(backend, swap)
-    assert await backend.invalidate_page(swap, b"swap", n - 1) is None  # room for one ephemeral page
+    await backend.invalidate_page(swap, b"swap", n - 1)  # room for one ephemeral page
     for i in range(20):  # each takes the room the one before it had, or is refused
         await backend.put_page(cache, b"file", i, noise(100 + i))
     s = stats(backend)

@@ -8,14 +8,15 @@ import subprocess
 from pathlib import Path
 
 import pyfuse3
+import pytest
 
 from fusefs.polling import RequestPoller, fuse_device_fd
-from tests.conftest import TMEMFS
+from tests.conftest import TMEMFS, MountFactory
 from tests.test_hooks import PAGE, read_pages  # one read(2) per page, back to back
 from tools.mounting import is_mounted, wait_live
 
 
-def test_polling_finds_requests_and_serves_the_same_bytes(src: Path, mount_factory) -> None:
+def test_polling_finds_requests_and_serves_the_same_bytes(src: Path, mount_factory: MountFactory) -> None:
     data = os.urandom(256 * PAGE)
     (src / "f").write_bytes(data)
     with mount_factory("cleancache=tmem,poll_us=5000") as m:
@@ -28,7 +29,7 @@ def test_polling_finds_requests_and_serves_the_same_bytes(src: Path, mount_facto
         assert m.stats()["fuse.polled"] <= 10  # only the requests of the control write and stats read
 
 
-def test_poll_us_0_leaves_pyfuse3_waiting_its_own_way(src: Path, mount_factory) -> None:
+def test_poll_us_0_leaves_pyfuse3_waiting_its_own_way(src: Path, mount_factory: MountFactory) -> None:
     data = os.urandom(64 * PAGE)
     (src / "f").write_bytes(data)
     with mount_factory("cleancache=none,poll_us=0") as m:
@@ -71,7 +72,7 @@ def test_without_a_fuse_descriptor_nothing_is_replaced() -> None:
     assert poller.stats()["fuse.poll_us"] == 0
 
 
-def test_install_and_uninstall_swap_pyfuse3s_wait(monkeypatch) -> None:
+def test_install_and_uninstall_swap_pyfuse3s_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     original = pyfuse3._wait_fuse_readable  # type: ignore[attr-defined]
     read_end, write_end = os.pipe()
     try:
@@ -88,7 +89,7 @@ def test_install_and_uninstall_swap_pyfuse3s_wait(monkeypatch) -> None:
         pyfuse3._wait_fuse_readable = original  # type: ignore[attr-defined]
 
 
-def test_wait_polls_a_ready_descriptor_and_sleeps_in_trio_on_its_turn(monkeypatch) -> None:
+def test_wait_polls_a_ready_descriptor_and_sleeps_in_trio_on_its_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     import trio
 
     read_end, write_end = os.pipe()
@@ -122,7 +123,7 @@ def test_wait_polls_a_ready_descriptor_and_sleeps_in_trio_on_its_turn(monkeypatc
         os.close(write_end)
 
 
-def test_pauses_between_requests_reclaim_pages_ahead_of_misses(src: Path, mount_factory) -> None:
+def test_pauses_between_requests_reclaim_pages_ahead_of_misses(src: Path, mount_factory: MountFactory) -> None:
     """kswapd's job: between requests a few pages are evicted (and put) so a miss finds a free
     slot; what they put is served back from the pool, byte for byte."""
     data = os.urandom(4096 * PAGE)  # 16 MiB through an 8 MiB page cache (2048 pages: 32 kept free)

@@ -6,14 +6,17 @@ import errno
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
+
+from tests.conftest import Mount, MountFactory
 
 PAGE = 4096
 N = 16
 
 
-def command(m, text: str) -> None:  # type: ignore[no-untyped-def]
+def command(m: Mount, text: str) -> None:
     fd = os.open(m.mnt / ".tmemfs" / "control", os.O_WRONLY)
     try:
         os.write(fd, text.encode() + b"\n")
@@ -21,13 +24,13 @@ def command(m, text: str) -> None:  # type: ignore[no-untyped-def]
         os.close(fd)
 
 
-def refused(m, text: str) -> int:  # type: ignore[no-untyped-def]
+def refused(m: Mount, text: str) -> int | None:
     with pytest.raises(OSError) as info:
         command(m, text)
     return info.value.errno
 
 
-def test_placeholder_pool_then_register(src, mount_factory) -> None:
+def test_placeholder_pool_then_register(src: Path, mount_factory: MountFactory) -> None:
     data = os.urandom(2 * N * PAGE)
     (src / "f").write_bytes(data)
     with mount_factory(f"cleancache=none,cache_size={N * PAGE}") as m:
@@ -49,7 +52,7 @@ def test_placeholder_pool_then_register(src, mount_factory) -> None:
         assert s["succ_gets"] > 0 and s["backend.tmem.capacity_bytes"] == 64 << 20
 
 
-def test_register_over_live_backend_is_ebusy_replace_works(mount_factory) -> None:
+def test_register_over_live_backend_is_ebusy_replace_works(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=zcache") as m:
         (m.mnt / "f").write_bytes(bytes(N * PAGE))
         (m.mnt / "f").read_bytes()
@@ -71,13 +74,13 @@ def test_register_over_live_backend_is_ebusy_replace_works(mount_factory) -> Non
 @pytest.mark.parametrize("bad", ["register", "register nosuch", "register zcache zc_max=lots",
                                  "register zcache frob=1", "register none", "unregister now",
                                  "register tmem\nflush", "replace"])
-def test_bad_register_commands_are_einval(mount_factory, bad: str) -> None:
+def test_bad_register_commands_are_einval(mount_factory: MountFactory, bad: str) -> None:
     with mount_factory("cleancache=none") as m:
         assert refused(m, bad) == errno.EINVAL
         assert m.stats()["cleancache.backend"] == "none"
 
 
-def test_two_mounts_use_different_backends(src, mount_factory) -> None:
+def test_two_mounts_use_different_backends(src: Path, mount_factory: MountFactory) -> None:
     (src / "f").write_bytes(bytes(4 * PAGE))
     with mount_factory("cleancache=zcache") as a, mount_factory("cleancache=dedup") as b:
         for m in (a, b):
@@ -87,7 +90,41 @@ def test_two_mounts_use_different_backends(src, mount_factory) -> None:
         assert b.stats()["backend.dedup.stored_pages"] == 4
 
 
-def test_switching_backends_under_load_is_safe(src, mount_factory) -> None:
+def _read_static(path: Path, static: bytes, stop: threading.Event, errors: list[str]) -> None:
+    """Random pages of a file nobody changes, each checked, until `stop`."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while not stop.is_set():
+            index = int.from_bytes(os.urandom(2)) % 64
+            if os.pread(fd, PAGE, index * PAGE) != static[index * PAGE : (index + 1) * PAGE]:
+                errors.append(f"reader: page {index} wrong")
+    except OSError as exc:
+        errors.append(f"reader: {exc}")
+    finally:
+        os.close(fd)
+
+
+def _write_and_read_back(path: Path, stop: threading.Event, errors: list[str]) -> None:
+    """Write a new generation of one page after another, each read back at once, until `stop`."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        generation = 0
+        while not stop.is_set():
+            generation += 1
+            index = generation % 64
+            page = generation.to_bytes(8) * (PAGE // 8)
+            os.pwrite(fd, page, index * PAGE)
+            for probe in (index, (index + 32) % 64):
+                got = os.pread(fd, PAGE, probe * PAGE)
+                if probe == index and got != page:
+                    errors.append(f"writer: page {index} reads back stale")
+    except OSError as exc:
+        errors.append(f"writer: {exc}")
+    finally:
+        os.close(fd)
+
+
+def test_switching_backends_under_load_is_safe(src: Path, mount_factory: MountFactory) -> None:
     """A reader and a writer run while backends come and go: no error, no stale byte."""
     static = os.urandom(64 * PAGE)
     (src / "static").write_bytes(static)
@@ -95,38 +132,8 @@ def test_switching_backends_under_load_is_safe(src, mount_factory) -> None:
     errors: list[str] = []
     stop = threading.Event()
     with mount_factory(f"cleancache=tmem,cache_size={8 * PAGE}") as m:
-
-        def reader() -> None:
-            fd = os.open(m.mnt / "static", os.O_RDONLY)
-            try:
-                while not stop.is_set():
-                    index = int.from_bytes(os.urandom(2)) % 64
-                    if os.pread(fd, PAGE, index * PAGE) != static[index * PAGE : (index + 1) * PAGE]:
-                        errors.append(f"reader: page {index} wrong")
-            except OSError as exc:
-                errors.append(f"reader: {exc}")
-            finally:
-                os.close(fd)
-
-        def writer() -> None:
-            fd = os.open(m.mnt / "moving", os.O_RDWR)
-            try:
-                generation = 0
-                while not stop.is_set():
-                    generation += 1
-                    index = generation % 64
-                    page = generation.to_bytes(8) * (PAGE // 8)
-                    os.pwrite(fd, page, index * PAGE)
-                    for probe in (index, (index + 32) % 64):
-                        got = os.pread(fd, PAGE, probe * PAGE)
-                        if probe == index and got != page:
-                            errors.append(f"writer: page {index} reads back stale")
-            except OSError as exc:
-                errors.append(f"writer: {exc}")
-            finally:
-                os.close(fd)
-
-        threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
+        threads = [threading.Thread(target=_read_static, args=(m.mnt / "static", static, stop, errors)),
+                   threading.Thread(target=_write_and_read_back, args=(m.mnt / "moving", stop, errors))]
         for t in threads:
             t.start()
         try:

@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fusefs.control import Commands, Refused, parse_commands
-from tests.conftest import mounted
+from tests.conftest import Mount, MountFactory, mounted
 
 TMEMCTL = [sys.executable, "-m", "fusefs.tmemctl"]
 PAGE = 4096
@@ -34,7 +34,7 @@ def one_line(text: str) -> str:
     return text
 
 
-def test_tmemctl(mnt) -> None:
+def test_tmemctl(mnt: Mount) -> None:
     tmemctl = TMEMCTL
     (mnt.mnt / "f").write_bytes(b"q" * 4096)
     (mnt.mnt / "f").read_bytes()
@@ -50,7 +50,7 @@ def test_tmemctl(mnt) -> None:
     assert "tmem" in backends and "none" in backends
 
 
-def test_tmemctl_prometheus_register_and_watch(mount_factory) -> None:
+def test_tmemctl_prometheus_register_and_watch(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=none") as m:
         mnt = str(m.mnt)
         ok = tmemctl("register", mnt, "zcache+tmem", "cc_size=8M")
@@ -74,7 +74,7 @@ def test_tmemctl_prometheus_register_and_watch(mount_factory) -> None:
 # -- refusals and their reasons -------------------------------------------------------------
 
 
-def test_refused_commands_print_the_daemons_reason(mount_factory) -> None:
+def test_refused_commands_print_the_daemons_reason(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=none") as m:
         mnt = str(m.mnt)
         bad = tmemctl("register", mnt, "zcache", "zc_max=lots")
@@ -102,7 +102,7 @@ def refused_write(fd: int, data: bytes) -> int:
     return info.value.errno or 0
 
 
-def test_control_file_answers_each_handle_with_its_last_outcome(mnt) -> None:
+def test_control_file_answers_each_handle_with_its_last_outcome(mnt: Mount) -> None:
     control = mnt.mnt / ".tmemfs" / "control"
     assert stat.S_IMODE(control.stat().st_mode) == 0o600
     (mnt.mnt / "f").write_bytes(b"z" * 4 * PAGE)
@@ -128,7 +128,7 @@ def test_control_file_answers_each_handle_with_its_last_outcome(mnt) -> None:
     assert 'control: refused "drop_caches\\nbogus": unknown command "bogus"' in mnt.log.read_text()
 
 
-def test_echo_into_control_still_works(mnt) -> None:
+def test_echo_into_control_still_works(mnt: Mount) -> None:
     """A writer that opens O_WRONLY (and O_TRUNC), as the shell does, is served as before."""
     (mnt.mnt / "f").write_bytes(b"z" * 4 * PAGE)
     (mnt.mnt / "f").read_bytes()
@@ -143,7 +143,7 @@ def test_echo_into_control_still_works(mnt) -> None:
 # -- set -----------------------------------------------------------------------------------
 
 
-def test_bad_set_is_einval_with_the_reason(mount_factory) -> None:
+def test_bad_set_is_einval_with_the_reason(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem,cache_size=256K") as m:
         mnt = str(m.mnt)
         for args, reason in ((["cache_size=lots"], "cache_size=lots: not a size"),
@@ -156,7 +156,7 @@ def test_bad_set_is_einval_with_the_reason(mount_factory) -> None:
         assert tmemctl("set", mnt).returncode == 2  # no KEY=SIZE: usage
 
 
-def test_set_cache_size_changes_the_live_page_cache(mount_factory) -> None:
+def test_set_cache_size_changes_the_live_page_cache(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem,cache_size=256K") as m:
         mnt = str(m.mnt)
         data = os.urandom(48 * PAGE)
@@ -218,7 +218,7 @@ def busy(m) -> None:  # type: ignore[no-untyped-def]
     (m.mnt / "f").read_bytes()
 
 
-def test_record_csv_and_jsonl(mount_factory) -> None:
+def test_record_csv_and_jsonl(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem") as m:
         busy(m)
         out = tmemctl("record", str(m.mnt), "--count", "3", "--interval", "0.2", "--format", "csv")
@@ -239,7 +239,7 @@ def test_record_csv_and_jsonl(mount_factory) -> None:
         assert all(isinstance(line["puts_per_s"], (int, float)) and line["pagecache.pages"] == 8 for line in lines)
 
 
-def test_record_stops_on_ctrl_c_and_when_the_mount_goes(mount_factory) -> None:
+def test_record_stops_on_ctrl_c_and_when_the_mount_goes(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem") as m:
         rec = subprocess.Popen([*TMEMCTL, "record", str(m.mnt), "--interval", "0.1", "--format", "jsonl"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
+from backends.base import StatValue
 from backends.tmem import TmemBackend
 from fusefs.pagecache import Eviction, PageCache
 
 PAGE = 4096
 ENTRY = PAGE + TmemBackend.ENTRY_OVERHEAD  # what one stored page costs tmem
+
+
+def counts(stats: Mapping[str, StatValue]) -> dict[str, int | float]:
+    """The numeric counters of a backend's (or store's) stats(), for tests to compare (the others are names)."""
+    return {k: v for k, v in stats.items() if not isinstance(v, str)}
 
 
 def page(byte: int) -> memoryview:

@@ -44,7 +44,7 @@ class FaultyBackend(TmemBackend):
         self.calls = 0
         self.first: dict[tuple[int, bytes, int], bytes] = {}
 
-    async def put_page(self, pool, key, index, page):  # type: ignore[no-untyped-def]
+    async def put_page(self, pool: int, key: bytes, index: int, page: memoryview) -> bool:
         self.calls += 1
         if self.fault == "raise" or (self.fault == "flaky" and self.calls % 3 == 0):
             raise RuntimeError("injected put fault")
@@ -54,14 +54,14 @@ class FaultyBackend(TmemBackend):
             await trio.sleep(0)
         return await super().put_page(pool, key, index, page)
 
-    async def get_page(self, pool, key, index, out):  # type: ignore[no-untyped-def]
+    async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         return await self._get_with_faults(pool, key, index, out, False)
 
-    async def peek_pages(self, pool, key, first, outs):  # type: ignore[no-untyped-def]
+    async def peek_pages(self, pool: int, key: bytes, first: int, outs: list[memoryview]) -> list[bool]:
         """Peeks (the sequential bypass) fail the same ways as gets."""
         return [await self._get_with_faults(pool, key, first + n, out, True) for n, out in enumerate(outs)]
 
-    async def _get_with_faults(self, pool, key, index, out, peek):  # type: ignore[no-untyped-def]
+    async def _get_with_faults(self, pool: int, key: bytes, index: int, out: memoryview, peek: bool) -> bool:
         self.calls += 1
         if self.fault == "raise" or (self.fault == "flaky" and self.calls % 3 == 0):
             raise RuntimeError("injected get fault")
