@@ -27,7 +27,15 @@ from backends.cluster import NODE_TIMEOUT_S, PASSWORD_ENV
 from fusefs import PAGE_SIZE, __version__
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
-from fusefs.logs import LEVELS, LogFile, log_handler, open_private, reopen_logs, setup_logging
+from fusefs.logs import (
+    LEVELS,
+    LogFile,
+    dump_stacks_on_signal,
+    log_handler,
+    open_private,
+    reopen_logs,
+    setup_logging,
+)
 from fusefs.metrics import MetricsServer
 from fusefs.operations import TmemOperations, request_log, with_request_log
 from fusefs.options import CORE_OPTIONS, MountConfig, OptionError, parse_options
@@ -134,6 +142,8 @@ SIGNALS (the daemon's pid is fs.pid in MNT/.tmemfs/stats)
     SIGHUP           reopen the log file (for logrotate without copytruncate);
                      with no log file (-f, logging to stderr) it unmounts
     SIGTERM, SIGINT  unmount and exit
+    SIGUSR1          write every thread's Python stack to the log (a daemon that
+                     hangs or does not exit); ignored when the log is syslog
 
 FILES
     MNT/.tmemfs/stats, MNT/.tmemfs/stats.json, MNT/.tmemfs/control
@@ -525,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0)  # modes arrive already masked by the kernel
     raise_fd_limit()
     setup_logging(handler, logging.DEBUG if args.debug else LEVELS[config.log_level])
+    dump_stacks_on_signal(handler)
     if foreground:
         return _run(config, backend, src, mnt, None, metrics)
     read_end, write_end = os.pipe()

@@ -5,15 +5,18 @@ syslog if its socket exists, else a file named after the mount point
 (/var/log/tmemfs for root, $XDG_STATE_HOME/tmemfs for other users), because
 containers and minimal VMs have no syslog and a NullHandler would discard
 every line. Files are created 0600 whatever the umask (tmemfs runs with
-umask 0), and SIGHUP reopens them for logrotate.
+umask 0), and SIGHUP reopens them for logrotate. SIGUSR1 writes every
+thread's stack into the same place, for a daemon that hangs.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import logging.handlers
 import os
 import re
+import signal
 import sys
 from typing import TextIO
 
@@ -63,6 +66,7 @@ class LogFile(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.dumps_stacks = False  # SIGUSR1 writes the threads' stacks here (dump_stacks_on_signal)
         super().__init__(open_private(path))
 
     def reopen(self) -> None:
@@ -74,6 +78,8 @@ class LogFile(logging.StreamHandler):  # type: ignore[type-arg]
                                               self.path, exc.strerror)
             return
         old = self.setStream(stream)
+        if self.dumps_stacks:  # moved before the old descriptor is closed, and maybe reused
+            faulthandler.register(STACKS_SIGNAL, file=stream, all_threads=True)
         if old is not None:
             old.close()
 
@@ -109,6 +115,22 @@ def setup_logging(handler: logging.Handler, level: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+
+
+STACKS_SIGNAL = signal.SIGUSR1
+
+
+def dump_stacks_on_signal(handler: logging.Handler) -> None:
+    """SIGUSR1 writes every thread's Python stack to the log file, or to stderr in the foreground:
+    where a daemon that does not answer or does not exit is stuck. faulthandler writes from the
+    signal handler, in C, so it works even when the event loop itself is blocked. Syslog takes no
+    raw writes: there the signal is ignored rather than left to kill the daemon."""
+    if not isinstance(handler, logging.StreamHandler):  # syslog
+        signal.signal(STACKS_SIGNAL, signal.SIG_IGN)
+        return
+    faulthandler.register(STACKS_SIGNAL, file=handler.stream, all_threads=True)
+    if isinstance(handler, LogFile):
+        handler.dumps_stacks = True
 
 
 def reopen_logs() -> bool:

@@ -1,5 +1,5 @@
 """Logs are never lost: the file fallback without syslog, 0600 files, SIGHUP reopens the log,
-and -d / log_level=debug log one line per request."""
+-d / log_level=debug log one line per request, and SIGUSR1 writes the threads' stacks there."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -95,6 +96,46 @@ def test_sighup_reopens_the_log(tmp_path: Path) -> None:
         assert (mnt / "f").read_text() == "still here"  # SIGHUP did not unmount
     assert "unmounted" in wait_for(log, "unmounted")
     assert "mounted" in (tmp_path / "log.1").read_text() and "unmounted" not in (tmp_path / "log.1").read_text()
+
+
+STACK_HEADER = "thread 0x"  # faulthandler's header of each thread's stack: "Current thread 0x..." or "Thread 0x..."
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_follows_a_reopen(tmp_path: Path) -> None:
+    log, rotated = tmp_path / "log", tmp_path / "log.1"
+    with background(tmp_path, f"cleancache=tmem,log={log}") as (mnt, _):
+        (mnt.parent / "src" / "f").write_text("still here")
+        pid = int(json.loads((mnt / ".tmemfs" / "stats.json").read_text())["fs.pid"])
+        os.kill(pid, signal.SIGUSR1)
+        dump = wait_for(log, "most recent call first").lower()
+        assert STACK_HEADER in dump and "trio" in dump  # the loop's thread, where it waits
+        assert (mnt / "f").read_text() == "still here"  # the signal did not end the daemon
+        log.rename(rotated)
+        os.kill(pid, signal.SIGHUP)
+        wait_for(log, "log file reopened")
+        before = rotated.read_text()
+        os.kill(pid, signal.SIGUSR1)
+        assert STACK_HEADER in wait_for(log, "most recent call first").lower()  # the new file, not the old fd
+        assert rotated.read_text() == before
+        assert (mnt / "f").read_text() == "still here"
+
+
+def test_sigusr1_in_the_foreground_writes_the_stacks_to_stderr(mount_factory: MountFactory) -> None:
+    with mount_factory("cleancache=none") as m:
+        os.kill(m.proc.pid, signal.SIGUSR1)
+        assert STACK_HEADER in wait_for(m.log, "most recent call first").lower()
+        assert m.stats()["fs.pid"] == m.proc.pid
+
+
+def test_sigusr1_is_ignored_when_the_log_is_syslog(tmp_path: Path) -> None:
+    syslog = tmp_path / "syslog.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(syslog))
+        with background(tmp_path, "cleancache=none", env={TEST_SYSLOG_ENV: str(syslog)}) as (mnt, _):
+            pid = int(json.loads((mnt / ".tmemfs" / "stats.json").read_text())["fs.pid"])
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(0.2)
+            assert json.loads((mnt / ".tmemfs" / "stats.json").read_text())["fs.pid"] == pid  # still serving
 
 
 def _read_page_two(mnt: Path) -> None:

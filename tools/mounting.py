@@ -20,11 +20,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, TypeVar
 
+from fusefs.logs import STACKS_SIGNAL
+
 REPO = Path(__file__).resolve().parent.parent
 TMEMFS = [sys.executable, "-m", "fusefs.cli"]  # the real command line, run by this interpreter
 PLUGINS = REPO / "tests" / "plugins"  # fault-injecting test backends (entry points)
 MiB = 1 << 20
 Stats = dict[str, Any]  # stats.json: JSON numbers and strings
+STACKS_WAIT_S = 2.0  # for a lingering daemon to write its stacks before it is killed
 PEER_BINARY = "passthrough_ll"  # libfuse's C pass-through, built by tools/bench_inflight.py into the workspace
 
 
@@ -121,11 +124,17 @@ def end_process(proc: subprocess.Popen[Any], timeout: float = 10.0, ask: bool = 
 
 
 def stop_foreground(mnt: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Unmount, then reap the foreground daemon (killed if it lingers)."""
+    """Unmount, then reap the foreground daemon. One that lingers is asked where its threads are (SIGUSR1:
+    their stacks go to its log, which a failed stress run keeps) before it is killed."""
     try:
         unmount(mnt)
     finally:
-        end_process(proc, timeout, ask=False)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                proc.send_signal(STACKS_SIGNAL)
+            end_process(proc, STACKS_WAIT_S, ask=False)
 
 
 @dataclass(eq=False)
