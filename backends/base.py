@@ -188,6 +188,16 @@ class Backend(abc.ABC):
         """Return at most what was taken back to a host pool's budget; the bytes given."""
         raise ValueError(f"backend {self.name} is not a host pool client (cc_host=): nothing to give back")
 
+    def set_weight(self, weight: int) -> int:
+        """A host client's share of the budget under contention, changed live (as Xen's
+        `xm tmem-set -w`); the weight before. ValueError (one line) for other backends."""
+        raise ValueError(f"backend {self.name} is not a host pool client (cc_host=): it has no cc_weight")
+
+    def set_cap(self, cap: int | None) -> int | None:
+        """The most a host client may hold (None: no cap), changed live (as `xm tmem-set -c`);
+        the cap before. ValueError (one line) for other backends."""
+        raise ValueError(f"backend {self.name} is not a host pool client (cc_host=): it has no cc_cap")
+
     async def run(self) -> None:
         """Background work while mounted (heartbeats); cancelled at unmount."""
 

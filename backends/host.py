@@ -183,6 +183,24 @@ class HostBackend(Backend):
         self.capacity = store.host_stats()["budget_bytes"]
         return taken
 
+    def set_weight(self, weight: int) -> int:
+        before, self.weight = self.weight, weight
+        try:
+            self._joined().set_weight(weight)
+        except HostError as exc:
+            self.weight = before
+            raise ValueError(str(exc)) from None
+        return before
+
+    def set_cap(self, cap: int | None) -> int | None:
+        before, self.cap = self.cap, cap
+        try:
+            self._joined().set_cap(cap)
+        except HostError as exc:
+            self.cap = before
+            raise ValueError(str(exc)) from None
+        return before
+
     def give_back(self, nbytes: int) -> int:
         store = self._joined()
         given = store.give_back(nbytes)

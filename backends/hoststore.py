@@ -1395,10 +1395,8 @@ class HostStore:
 
     # -- weights, caps, dead clients -----------------------------------------------------------
 
-    # TEST ONLY: set_weight and set_cap change a live client's share. A mount fixes cc_weight and
-    # cc_cap when it joins (no control command changes them); the tests use these to show that the
-    # shares and caps follow a change at once, without a rejoin that would drop the client's pages.
-
+    # set_weight and set_cap change a live client's share (the control file's `set cc_weight=`, `set cc_cap=`):
+    # the shares and caps follow at once, without a rejoin that would drop the client's pages.
     def set_weight(self, weight: int) -> None:
         """A new weight; the shares follow from the next eviction on."""
         host = self._joined()

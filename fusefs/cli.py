@@ -128,9 +128,11 @@ CONTROL COMMANDS (echo CMD > MNT/.tmemfs/control; root or the mount owner)
     replace NAME[+NAME] [opts]
                      flush and close the live backend, then register another
     unregister       flush and close the live backend; reads go on from SRC
-    set KEY=SIZE [KEY=SIZE]
+    set KEY=VALUE [KEY=VALUE]
                      resize the live mount: cache_size (shrinking evicts, each
-                     page put as reclaim does), cc_size; nothing is flushed
+                     page put as reclaim does), cc_size; nothing is flushed.
+                     A host client (cc_host=): cc_weight=1-1000, cc_cap=SIZE
+                     or cc_cap=none, at once, keeping its pages
     take-back SIZE   a host client (cc_host=): lower the host's budget by SIZE
                      now, dropping ephemeral pages (never frontswap's)
     give-back SIZE   return up to SIZE taken back to the host's budget

@@ -24,6 +24,7 @@ import pyfuse3
 
 from backends import registry
 from backends.base import StatValue
+from backends.host import parse_cap, parse_weight
 from fusefs import PAGE_SHIFT
 from fusefs.cleancache import BackendBusy
 from fusefs.inodes import RESERVED_BASE
@@ -50,13 +51,15 @@ COMMANDS = {
     "register": "register NAME[+NAME] [cc_size=SIZE] [opt=value ...]: make a backend live (EBUSY if one is)",
     "replace": "replace NAME[+NAME] [opts]: flush and close the live backend, register another",
     "unregister": "flush and close the live backend (frontswap's pages go back to SRC first); reads go on from SRC",
-    "set": "set KEY=SIZE [KEY=SIZE]: resize the live mount's cache_size and/or cc_size",
+    "set": "set KEY=VALUE [KEY=VALUE]: change the live mount's cache_size or cc_size (SIZE), or a host client's "
+           "cc_weight (1-1000) or cc_cap (SIZE, or none)",
     "take-back": "take-back SIZE: a host client (cc_host=): the host's budget shrinks by SIZE now, ephemeral pages go",
     "give-back": "give-back SIZE: a host client: return up to SIZE taken back to the host's budget",
 }
 TAKES_ARGS = {"register", "replace", "set", "take-back", "give-back"}
 ALONE = {"register", "replace", "unregister", "set", "take-back", "give-back"}  # must be the only command of a write
-SETTINGS = ("cache_size", "cc_size")  # what `set` changes
+SETTINGS = ("cache_size", "cc_size", "cc_weight", "cc_cap")  # what `set` changes
+Setting = int | None  # bytes, a weight, or None: no cc_cap
 MAX_WRITE = 4096  # a write this size is one FUSE request (max_write is never below a page): all or nothing
 SHOWN = 200  # characters of a refused write quoted in the log
 MAX_REASON = 1000  # characters of a reason (one quoting a long word of the write is cut)
@@ -241,20 +244,29 @@ def parse_amount(words: list[str]) -> int:
     return nbytes
 
 
-def parse_set(words: list[str]) -> dict[str, int]:
-    """`set`'s KEY=SIZE words as bytes by key, sizes as the mount options take them."""
-    sizes: dict[str, int] = {}
+def parse_set(words: list[str]) -> dict[str, Setting]:
+    """`set`'s KEY=VALUE words by key, values as the mount options take them (cc_cap=none: no cap)."""
+    values: dict[str, Setting] = {}
     for word in words:
         key, sep, value = word.partition("=")
         if not sep or key not in SETTINGS:
-            raise Refused(f'set: "{word}" is not KEY=SIZE with KEY one of {", ".join(SETTINGS)}')
-        if key in sizes:
+            raise Refused(f'set: "{word}" is not KEY=VALUE with KEY one of {", ".join(SETTINGS)}')
+        if key in values:
             raise Refused(f"set: {key} is given twice")
-        try:
-            sizes[key] = parse_size(key, value)
-        except OptionError as exc:
-            raise Refused(f"set: {exc}") from None
-    return sizes
+        values[key] = _setting(key, value)
+    return values
+
+
+def _setting(key: str, value: str) -> Setting:
+    if key == "cc_cap" and value == "none":
+        return None
+    parse = {"cc_weight": parse_weight, "cc_cap": parse_cap}.get(key)
+    try:
+        return parse(value) if parse is not None else parse_size(key, value)
+    except OptionError as exc:
+        raise Refused(f"set: {exc}") from None
+    except ValueError as exc:
+        raise Refused(f"set: {key}={value}: {exc}") from None
 
 
 class Commands:
@@ -321,35 +333,46 @@ class Commands:
             raise Refused(str(exc), errno.EBUSY) from None
         self.sizes["cc_size"] = cc_size
 
-    async def set(self, sizes: dict[str, int]) -> None:
-        """Resize each setting in turn; when one is refused, those already changed go back."""
-        done: list[tuple[str, int]] = []
-        for key, nbytes in sizes.items():
+    async def set(self, values: dict[str, Setting]) -> None:
+        """Change each setting in turn; when one is refused, those already changed go back."""
+        done: list[tuple[str, Setting]] = []
+        for key, value in values.items():
             try:
-                await self.resize(key, nbytes)
+                before = await self.change(key, value)
             except ValueError as exc:
                 undone = await self.undo(done)
                 reason = str(exc) if str(exc).startswith(key) else f"{key}: {exc}"
                 raise Refused(reason + undone) from None
-            done.append((key, self.sizes[key]))
-            self.sizes[key] = nbytes
-        if "cc_size" in sizes:
-            self.cc_size = sizes["cc_size"]
+            done.append((key, before))
+        cc_size = values.get("cc_size")
+        if cc_size is not None:
+            self.cc_size = cc_size
 
-    async def resize(self, key: str, nbytes: int) -> None:
+    async def change(self, key: str, value: Setting) -> Setting:
+        """One setting changed; what it was (ValueError, one line, if refused)."""
+        if key in ("cc_weight", "cc_cap"):
+            backend = self.data.cc.backend
+            if backend is None:
+                raise ValueError("no backend is registered")
+            if key == "cc_cap":
+                return backend.set_cap(value)
+            assert value is not None  # only cc_cap may be none (parse_set)
+            return backend.set_weight(value)
+        assert value is not None
         if key == "cache_size":
-            if self.locked and nbytes < self.sizes["cache_size"]:
+            if self.locked and value < self.sizes["cache_size"]:
                 raise ValueError("cache_size cannot shrink on a mount with mlock (its memory is locked); remount")
-            await self.data.set_cache_size(nbytes)
+            await self.data.set_cache_size(value)
         else:
-            await self.data.cc.set_cc_size(nbytes)
+            await self.data.cc.set_cc_size(value)
+        before, self.sizes[key] = self.sizes[key], value
+        return before
 
-    async def undo(self, done: list[tuple[str, int]]) -> str:
+    async def undo(self, done: list[tuple[str, Setting]]) -> str:
         """Put back what a refused `set` changed; what could not be put back, for the reason."""
-        for key, nbytes in reversed(done):
+        for key, value in reversed(done):
             try:
-                await self.resize(key, nbytes)
+                await self.change(key, value)
             except ValueError as exc:
                 return f" (and {key} stays changed: putting it back was refused: {exc})"
-            self.sizes[key] = nbytes
         return ""

@@ -397,9 +397,10 @@ def build_parser() -> Parser:
                        ("replace", "flush and close the live backend, then register SPEC")):
         command(name, help).add_argument("spec", nargs="+", metavar="SPEC",
                                          help="NAME[+NAME] [cc_size=SIZE] [opt=value ...] (tmemctl backends)")
-    command("set", "change cache_size and/or cc_size of the live mount (shrinking evicts; "
-                   "nothing is flushed)").add_argument("settings", nargs="+", metavar="KEY=SIZE",
-                                                       help="cache_size=SIZE, cc_size=SIZE (as the mount options)")
+    command("set", "change cache_size and/or cc_size of the live mount (shrinking evicts; nothing is flushed), or "
+                   "a host client's cc_weight and cc_cap").add_argument(
+        "settings", nargs="+", metavar="KEY=VALUE",
+        help="cache_size=SIZE, cc_size=SIZE, cc_weight=1-1000, cc_cap=SIZE|none (as the mount options)")
     command("backends", "installed cleancache backends and their options", mnt=False)
     host_help = (("host", "a host pool's budget, pages and evictions, and each client's pages, puts, gets, hits, "
                           "weight and cap"),

@@ -261,3 +261,30 @@ def test_set_cc_size_on_any_client_changes_the_hosts_budget(tmp_path: Path, host
         assert sa["host.budget_bytes"] == 512 * 1024 and sa["host.used_bytes"] <= 512 * 1024
         assert sa["client.evictions"] >= 128
         assert (a.mnt / "f").read_bytes() == (src_a / "f").read_bytes()
+
+
+def test_set_cc_weight_and_cc_cap_on_a_live_client(tmp_path: Path, hostdir: Path,
+                                                   mount_factory: MountFactory) -> None:
+    """As Xen's `xm tmem-set -w/-c`: a live client's weight and cap change at once and it keeps its
+    pages; a lower cap holds from its next put; a refused key puts back what the same set changed."""
+    data = pages_of(b"w", 64)
+    src = make_src(tmp_path, "a", {"f": data})
+    with mount_factory(options(hostdir, extra="cc_size=4M"), src=src) as m:
+        cycle(m, ["f"])
+        out = tmemctl("set", str(m.mnt), "cc_weight=3", "cc_cap=1M")
+        assert out.returncode == 0, out.stderr
+        s = host_stats(m)
+        assert (s["client.weight"], s["client.cap"], s["client.stored_pages"]) == (3, MiB, 64)
+        m.control("set cc_cap=64K")
+        more = pages_of(b"g", 64)
+        (src / "g").write_bytes(more)
+        assert cycle(m, ["g"]) == {"g": more}  # 64 new puts under the new cap: the client evicts its own
+        s = host_stats(m)
+        assert s["client.stored_pages"] <= 16 and s["client.evictions"] >= 48
+        bad = tmemctl("set", str(m.mnt), "cc_weight=5", "cc_cap=8M")  # more than the host's budget
+        assert bad.returncode == 1 and "budget" in one_line(bad.stderr), bad.stderr
+        assert (host_stats(m)["client.weight"], host_stats(m)["client.cap"]) == (3, 64 * 1024)  # put back
+        m.control("set cc_cap=none")
+        assert host_stats(m)["client.cap"] == 0
+        assert cycle(m, ["f"]) == {"f": data}
+        assert host_stats(m)["client.stored_pages"] > 16  # no cap any more

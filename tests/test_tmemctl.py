@@ -147,9 +147,13 @@ def test_bad_set_is_einval_with_the_reason(mount_factory: MountFactory) -> None:
     with mount_factory("cleancache=tmem,cache_size=256K") as m:
         mnt = str(m.mnt)
         for args, reason in ((["cache_size=lots"], "cache_size=lots: not a size"),
-                             (["cache_size=1M", "flavour=2"], '"flavour=2" is not KEY=SIZE'),
+                             (["cache_size=1M", "flavour=2"], '"flavour=2" is not KEY=VALUE'),
                              (["cc_size=1M", "cc_size=2M"], "cc_size is given twice"),
-                             (["cache_size"], '"cache_size" is not KEY=SIZE')):
+                             (["cache_size"], '"cache_size" is not KEY=VALUE'),
+                             (["cc_weight=0"], "cc_weight=0: must be a whole number from 1 to 1000"),
+                             (["cc_cap=1"], "cc_cap=1: must be at least one page"),
+                             (["cc_weight=2"], "not a host pool client (cc_host=): it has no cc_weight"),
+                             (["cc_cap=none"], "not a host pool client (cc_host=): it has no cc_cap")):
             bad = tmemctl("set", mnt, *args)
             assert bad.returncode == 1 and reason in one_line(bad.stderr), (args, bad.stderr)
         assert m.stats()["pagecache.capacity_pages"] == 64
