@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import trio
@@ -66,6 +68,15 @@ HOST_OPTIONS: dict[str, OptionSpec] = {
     "node_timeout": OptionSpec(parse_positive_seconds,
                                "a killed host client's pages are reclaimed within this; default 5"),
 }
+
+
+@contextmanager
+def _refusal() -> Iterator[None]:
+    """The store's HostError as the one-line ValueError the control file refuses a command with."""
+    try:
+        yield
+    except HostError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class HostBackend(Backend):
@@ -173,39 +184,36 @@ class HostBackend(Backend):
     async def set_capacity(self, nbytes: int) -> None:
         """The host's budget (every client's), as tmemctl set cc_size asks of this client."""
         self.check_capacity(nbytes)
-        self._joined().set_budget(nbytes)
+        with _refusal():
+            self._joined().set_budget(nbytes)
         self.capacity = nbytes
 
     def take_back(self, nbytes: int) -> int:
         """The donor takes `nbytes` of the host's budget back now (the control file's take-back)."""
-        store = self._joined()
-        taken = store.take_back(nbytes)
+        with _refusal():
+            store = self._joined()
+            taken = store.take_back(nbytes)
         self.capacity = store.host_stats()["budget_bytes"]
         return taken
 
+    def give_back(self, nbytes: int) -> int:
+        with _refusal():
+            store = self._joined()
+            given = store.give_back(nbytes)
+        self.capacity = store.host_stats()["budget_bytes"]
+        return given
+
     def set_weight(self, weight: int) -> int:
-        before, self.weight = self.weight, weight
-        try:
+        with _refusal():
             self._joined().set_weight(weight)
-        except HostError as exc:
-            self.weight = before
-            raise ValueError(str(exc)) from None
+        before, self.weight = self.weight, weight
         return before
 
     def set_cap(self, cap: int | None) -> int | None:
-        before, self.cap = self.cap, cap
-        try:
+        with _refusal():
             self._joined().set_cap(cap)
-        except HostError as exc:
-            self.cap = before
-            raise ValueError(str(exc)) from None
+        before, self.cap = self.cap, cap
         return before
-
-    def give_back(self, nbytes: int) -> int:
-        store = self._joined()
-        given = store.give_back(nbytes)
-        self.capacity = store.host_stats()["budget_bytes"]
-        return given
 
     def stats(self) -> dict[str, StatValue]:
         out: dict[str, StatValue] = {"host_name": self.host}
