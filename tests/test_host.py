@@ -3,6 +3,8 @@ clients of one tmem, their accounting, tmemctl host / take-back / give-back, and
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import subprocess
@@ -288,3 +290,28 @@ def test_set_cc_weight_and_cc_cap_on_a_live_client(tmp_path: Path, hostdir: Path
         assert host_stats(m)["client.cap"] == 0
         assert cycle(m, ["f"]) == {"f": data}
         assert host_stats(m)["client.stored_pages"] > 16  # no cap any more
+
+
+def test_a_busy_host_refuses_a_live_change_with_the_reason(tmp_path: Path, hostdir: Path,
+                                                          mount_factory: MountFactory) -> None:
+    """With the host's write lock held elsewhere, give-back and set cc_size are refused with EINVAL
+    and the reason, not an internal error or a backend fault; once the lock is free they work."""
+    src = make_src(tmp_path, "a", {"f": pages_of(b"l", 16)})
+    with mount_factory(options(hostdir, extra="cc_size=4M"), src=src) as m:
+        cycle(m, ["f"])
+        m.control("take-back 1M")
+        [lock] = hostdir.rglob("write.lock")
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: the mount's own flock fails
+            for command in ("give-back 1M", "set cc_size=2M"):
+                with pytest.raises(OSError) as refused:
+                    m.control(command)
+                assert refused.value.errno == errno.EINVAL, command
+        finally:
+            os.close(fd)
+        assert "write lock stayed busy" in m.log.read_text()
+        stats = m.stats()
+        assert stats["fs.internal_errors"] == 0 and stats["cleancache.backend_errors"] == 0
+        m.control("give-back 1M")
+        assert host_stats(m)["host.budget_bytes"] == 4 * MiB
