@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from backends.base import Backend, physical_memory, size_in_bytes
 from fusefs import PAGE_SIZE
+from fusefs.logs import LEVELS
 from fusefs.metrics import parse_metrics_address
 from fusefs.pooluuid import parse_pool_uuid
 
@@ -196,8 +197,6 @@ def _absolute_path(key: str, value: str | None, _config: MountConfig) -> str:
 
 
 def _log_level(key: str, value: str | None, _config: MountConfig) -> str:
-    from fusefs.logs import LEVELS
-
     level = need(key, value).lower()
     if level not in LEVELS:
         raise OptionError(f"log_level={value}: must be one of {', '.join(LEVELS)}")
