@@ -3,6 +3,7 @@ section it writes, and one real quick run that must leave no swap area, loop dev
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tools import bench_frontswap as bf
-from tools.mounting import Workspace
+from tools.mounting import Workspace, is_mounted
 
 MiB = 1 << 20
 
@@ -92,6 +93,22 @@ def test_zswap_configuration_is_undone_last_first(tmp_path: Path) -> None:
         f"losetup --find --show --direct-io=on {env.swapfile}", "mkswap -f /dev/loop7", "swapon --discard /dev/loop7",
         "swapoff /dev/loop7", "losetup -d /dev/loop7"]  # debugfs was mounted already: not mounted, not unmounted
     assert run.algorithm == "lz4"
+
+
+def test_the_loop_floor_swaps_to_a_tmpfs_of_its_own_unmounted_after(tmp_path: Path) -> None:
+    root = fake_root(tmp_path)
+    env, cmds = fake_env(tmp_path, root), FakeCommands()
+    with bf.kernel(root, cmds) as k:
+        run = bf.Run(bf.LOOP_RAM)
+        dev, counters = bf.setup(bf.LOOP_RAM, k, env, run)
+        k.swapon(dev, discard=True)
+        assert (env.ram / bf.SWAP_NAME).stat().st_size == env.swap_size and not env.swapfile.exists()
+        assert counters() == {}
+    ram, swapfile = env.ram, env.ram / bf.SWAP_NAME
+    assert cmds.calls == [
+        f"mount -t tmpfs -o size={env.swap_size + MiB} tmpfs {ram}", f"losetup --find --show --direct-io=on {swapfile}",
+        "mkswap -f /dev/loop7", "swapon --discard /dev/loop7", "swapoff /dev/loop7", "losetup -d /dev/loop7",
+        f"umount {ram}"]
 
 
 def test_a_failure_in_the_middle_restores_everything(tmp_path: Path) -> None:
@@ -197,6 +214,15 @@ def test_counters_of_each_kind() -> None:
     assert bf.Run(bf.DISK).ratio is None
 
 
+def test_kernel_options_from_the_running_kernels_config(tmp_path: Path) -> None:
+    assert bf.kernel_options(bf.USER_BLOCK_DEVICES, tmp_path) == {}  # a kernel without /proc/config.gz says nothing
+    (tmp_path / "proc").mkdir()
+    (tmp_path / bf.KERNEL_CONFIG).write_bytes(gzip.compress(
+        b"CONFIG_IO_URING=y\n# CONFIG_BLK_DEV_NBD is not set\nCONFIG_BLK_DEV_UBLK=m\nCONFIG_BLK_DEV_UBLK_X=y\n"))
+    assert bf.kernel_options(bf.USER_BLOCK_DEVICES, tmp_path) == {"CONFIG_BLK_DEV_UBLK": "m",
+                                                                   "CONFIG_BLK_DEV_NBD": "not set"}
+
+
 def test_the_pattern_has_the_stated_mix(tmp_path: Path) -> None:
     kinds = bf.page_kinds(1000)
     assert (kinds.count("text"), kinds.count("zero"), kinds.count("random")) == (600, 200, 200)
@@ -215,7 +241,7 @@ def test_command_line_checks(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     monkeypatch.setattr(bf, "active_swaps", lambda root=None: [])
     assert bf.main(["--only", "disk,floppy"]) == 2
     assert capsys.readouterr().err.strip() == "bench_frontswap: --only takes some of " \
-        "disk,fs-zcache,fs-tmem,zram,zswap, not disk,floppy"
+        "disk,fs-zcache,fs-tmem,zram,zswap,loop-ram, not disk,floppy"
     assert bf.main(["--size", "1000"]) == 2
     assert "multiple of 4 KiB" in capsys.readouterr().err
     assert bf.main(["--rounds", "0"]) == 2
@@ -238,6 +264,7 @@ def synthetic() -> bf.Report:
         bf.FS_TMEM: (40.0, 0, 200 * MiB, 210 * MiB),  # 1.5x faster: missed
         bf.ZRAM: (6.0, 0, 200 * MiB, 120 * MiB),  # ratio 1.67: zcache within 4%
         bf.ZSWAP: (7.0, 0, 200 * MiB, 118 * MiB),
+        bf.LOOP_RAM: (20.0, 0, None, None),  # the loop device alone
     }
     for key, (p50, disk, orig, pool) in numbers.items():
         report.runs[key] = bf.Run(key, elapsed_s=10.0, p50_us=p50, p99_us=2 * p50, disk_bytes=disk, orig_bytes=orig,
@@ -247,6 +274,7 @@ def synthetic() -> bf.Report:
                                   pageout_s=[0.1], touch_s=[1.0], swapped_kib=[262144], major_faults=[65536],
                                   passes=[2], still_cached=[0], round_p50_us=[p50])
     report.paths = {"SRC": "/w/run/src", "MNT": "/w/run/mnt"}
+    report.kernel_config = {"CONFIG_BLK_DEV_UBLK": "not set", "CONFIG_BLK_DEV_NBD": "not set"}
     return report
 
 
@@ -275,6 +303,17 @@ def test_targets_without_numbers() -> None:
     assert (tmem.result, tmem.why) == ("MISSED", "fs-tmem failed: mount failed")
 
 
+def test_the_floor_says_when_the_loop_device_alone_is_slower_than_the_target() -> None:
+    runs = {key: bf.Run(key, p50_us=p50) for key, p50 in ((bf.DISK, 56.0), (bf.FS_TMEM, 58.0), (bf.LOOP_RAM, 38.0))}
+    assert bf.floor_lines(runs, 28.0, {"CONFIG_BLK_DEV_UBLK": "m", "CONFIG_BLK_DEV_NBD": "not set"}) == [
+        "* The floor: (f), the same loop device with its file in memory, answers a swap-in in 38.0 us p50. A load 2x "
+        "faster than (a) is 28.0 us, below what the loop device alone costs here; tmemfs adds fs-tmem 20.0 us to it "
+        "(the /dev/fuse round trip and the daemon).",
+        "* This kernel has CONFIG_BLK_DEV_UBLK: a user-space block device could serve swap without a loop device."]
+    del runs[bf.LOOP_RAM]
+    assert bf.floor_lines(runs, 28.0, {}) == []  # neither measured nor known: nothing said
+
+
 def test_render_and_from_json(tmp_path: Path) -> None:
     report = synthetic()
     text = bf.render(report, "docs/bench/frontswap.png")
@@ -286,6 +325,11 @@ def test_render_and_from_json(tmp_path: Path) -> None:
     assert "  losetup --find --show --direct-io=on SRC/swapfile" in text and "/w/run" not in text
     assert "* Loads: a frontswap load is a round trip" in text and "(a): 60.0 us p50" in text
     assert "* tmem keeps pages uncompressed" in text and "held 51200 pages" not in text  # as many as zram
+    assert "* The floor: (f), the same loop device with its file in memory, answers a swap-in in 20.0 us p50. A load " \
+           "2x faster than (a) is 30.0 us, above what the loop device alone costs here; tmemfs adds fs-zcache 5.0 " \
+           "us, fs-tmem 20.0 us to it (the /dev/fuse round trip and the daemon)." in text
+    assert "* This kernel has no user-space block device that could serve swap without a loop device " \
+           "(CONFIG_BLK_DEV_UBLK and CONFIG_BLK_DEV_NBD not set)." in text
     assert "![swap-in latency" in text and "Quick mode" not in text and "\n\n\n" not in text
     saved = tmp_path / "report.json"
     saved.write_text(json.dumps(bf.report_to_json(report)))
@@ -317,7 +361,7 @@ def test_quick_run_measures_and_leaves_nothing_behind(tmp_path: Path) -> None:
         pytest.skip("no zram-control in this kernel")
     if bf.active_swaps():
         pytest.skip(f"swap already active on this machine ({bf.active_swaps()}): the benchmark would refuse")
-    keys = ["disk", "zram", "fs-zcache"]
+    keys = ["disk", "zram", "fs-zcache", "loop-ram"]
     before = kernel_state()
     out = tmp_path / "BENCHMARKS.md"
     try:
@@ -325,6 +369,7 @@ def test_quick_run_measures_and_leaves_nothing_behind(tmp_path: Path) -> None:
                         "--results-dir", str(tmp_path / "ws")]) == 0
     finally:
         assert kernel_state() == before
+        assert not is_mounted(tmp_path / "ws/run/mnt") and not is_mounted(tmp_path / "ws/run/ram")
     report = bf.report_from_json(json.loads((tmp_path / "ws/run/report-quick.json").read_text()))
     assert set(report.runs) == set(keys)
     for run in report.runs.values():

@@ -15,11 +15,13 @@ swaps to, one swap area at a time:
 * disk: a swap file on SRC (ext4) through a plain loop device (direct I/O: the disk, not the page cache);
 * fs-zcache / fs-tmem: that file served by tmemfs with frontswap (`-o frontswap=swapfile`), through a loop device;
 * zram: a zram device added for the run (lz4, as zcache, else lzo-rle), removed after;
-* zswap: zswap (lz4 if the kernel has it) in front of the disk configuration.
+* zswap: zswap (lz4 if the kernel has it) in front of the disk configuration;
+* loop-ram: the swap file on a tmpfs mounted for the run, through a plain loop device: what a swap-in costs
+  through a loop device whose file answers from memory, the floor under (a), fs-zcache and fs-tmem alike.
 
 Every kernel setting touched (zswap's parameters, vm.page-cluster, zram devices, loop devices, swap areas, a
-debugfs mount, the tmemfs mount) is undone in a finally, last first, also on Ctrl-C or an error. A machine with
-swap already active is refused (--force runs beside it, untouched). Only the text between
+debugfs mount, the tmpfs and tmemfs mounts) is undone in a finally, last first, also on Ctrl-C or an error. A
+machine with swap already active is refused (--force runs beside it, untouched). Only the text between
 `<!-- frontswap:begin -->` and `<!-- frontswap:end -->` is written; the chart goes to docs/bench/frontswap.png.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import gzip
 import json
 import mmap
 import os
@@ -90,18 +93,21 @@ LIBC = ctypes.CDLL(None, use_errno=True)
 FALLOC_PUNCH_HOLE = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 SETTLE_S = 5.0  # how long counters may take to settle after MADV_PAGEOUT returns (the loop device is async)
 
-DISK, FS_ZCACHE, FS_TMEM, ZRAM, ZSWAP = "disk", "fs-zcache", "fs-tmem", "zram", "zswap"
-KEYS = (DISK, FS_ZCACHE, FS_TMEM, ZRAM, ZSWAP)
+DISK, FS_ZCACHE, FS_TMEM, ZRAM, ZSWAP, LOOP_RAM = "disk", "fs-zcache", "fs-tmem", "zram", "zswap", "loop-ram"
+KEYS = (DISK, FS_ZCACHE, FS_TMEM, ZRAM, ZSWAP, LOOP_RAM)
 LABELS = {
     DISK: "(a) swap file on SRC (ext4), plain loop device",
     FS_ZCACHE: "(b) tmemfs frontswap, cleancache=zcache",
     FS_TMEM: "(c) tmemfs frontswap, cleancache=tmem",
     ZRAM: "(d) the kernel's zram",
     ZSWAP: "(e) the kernel's zswap in front of (a)",
+    LOOP_RAM: "(f) the swap file in memory (tmpfs), plain loop device: the floor of a loop device",
 }
 FRONTSWAP_KEYS = (FS_ZCACHE, FS_TMEM)
 
 ZSWAP_PARAMS = Path("sys/module/zswap/parameters")
+KERNEL_CONFIG = Path("proc/config.gz")
+USER_BLOCK_DEVICES = ("CONFIG_BLK_DEV_UBLK", "CONFIG_BLK_DEV_NBD")  # what could serve swap without a loop device
 ZRAM_CONTROL = Path("sys/class/zram-control")
 PAGE_CLUSTER = Path("proc/sys/vm/page-cluster")
 DEBUGFS = Path("sys/kernel/debug")
@@ -185,6 +191,11 @@ class Kernel:
                         str(file)]).strip()
         self.callback(f"losetup -d {dev}", lambda: self.run(["losetup", "-d", dev]))
         return dev
+
+    def tmpfs(self, path: Path, size: int) -> None:
+        """A tmpfs of `size` bytes mounted on `path`, unmounted on close."""
+        self.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)])
+        self.callback(f"umount {path}", lambda: self.run(["umount", str(path)]))
 
     def swapon(self, dev: str, discard: bool) -> None:
         self.run(["mkswap", "-f", dev])
@@ -426,6 +437,11 @@ class Env:
         return self.ws.src / SWAP_NAME
 
     @property
+    def ram(self) -> Path:
+        """Where loop-ram mounts its tmpfs (a directory of its own: a leftover mount never hides SRC or MNT)."""
+        return self.ws.root / "run" / "ram"
+
+    @property
     def swap_size(self) -> int:
         return 2 * self.size  # room for every page twice over: the kernel frees slots lazily
 
@@ -517,6 +533,13 @@ def setup(key: str, k: Kernel, env: Env, run: Run) -> tuple[str, Callable[[], di
         return dev, lambda: zram_counters(dev, env.root)
     if key in FRONTSWAP_KEYS:
         return setup_frontswap(key, k, env, run)
+    if key == LOOP_RAM:
+        env.ram.mkdir(exist_ok=True)
+        k.tmpfs(env.ram, env.swap_size + MiB)  # (a MiB for tmpfs's own blocks)
+        swapfile = env.ram / SWAP_NAME
+        k.note(f"fallocate -l {env.swap_size // MiB}M {swapfile}")
+        new_swapfile(swapfile, env.swap_size, sparse=False)
+        return loop_device(k, swapfile, run), lambda: {}
     k.callback(f"rm {env.swapfile}", lambda: env.swapfile.unlink(missing_ok=True))
     k.note(f"fallocate -l {env.swap_size // MiB}M SRC/{SWAP_NAME}")
     new_swapfile(env.swapfile, env.swap_size, sparse=False)
@@ -670,6 +693,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     paths: dict[str, str] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    kernel_config: dict[str, str] = field(default_factory=dict)  # USER_BLOCK_DEVICES in the running kernel
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -686,7 +710,8 @@ def run_all(args: argparse.Namespace) -> Report:
     ws.prepare()
     report = Report(s, machine_facts(ws.src), versions(), datetime.datetime.now(datetime.UTC).strftime(
         "%Y-%m-%d %H:%M UTC"))
-    report.paths = {"SRC": str(ws.src), "MNT": str(ws.mnt)}
+    report.paths = {"SRC": str(ws.src), "MNT": str(ws.mnt), "RAM": str(ws.root / "run" / "ram")}
+    report.kernel_config = kernel_options(USER_BLOCK_DEVICES)
     pattern = ws.cache / f"pattern-{s.size // MiB}M.bin"
     make_pattern(pattern, s.size, text_corpus(8 * MiB))
     env = Env(ws, s.size, s.rounds, pattern, disk_stat_of(ws.src))
@@ -827,6 +852,8 @@ def cause_lines(report: Report) -> list[str]:
                      f"Python daemon and back, and costs about what a direct read of this disk does ((a): "
                      f"{runs[DISK].p50_us:.1f} us p50)" + (f"; the kernel's own stores answer in-kernel ({kernel})"
                                                             if kernel else "") + ".")
+    if slow and DISK in runs:
+        lines += floor_lines(runs, runs[DISK].p50_us / 2, report.kernel_config)
     for key in FRONTSWAP_KEYS:
         r, z = runs.get(key), runs.get(ZRAM)
         if r is None or z is None or not r.stored_pages or not z.stored_pages or r.stored_pages < 1.02 * z.stored_pages:
@@ -838,6 +865,36 @@ def cause_lines(report: Report) -> list[str]:
     if FS_TMEM in runs and (runs[FS_TMEM].ratio or 0) < 1:
         lines.append("* tmem keeps pages uncompressed: with its per-entry overhead its ratio is below 1.")
     return lines
+
+
+def floor_lines(runs: dict[str, Run], goal_us: float, kernel_config: dict[str, str]) -> list[str]:
+    """Why a load target is missed when the loop device alone costs more than the target allows."""
+    lines = []
+    floor = runs.get(LOOP_RAM)
+    if floor is not None:
+        over = ", ".join(f"{key} {runs[key].p50_us - floor.p50_us:.1f} us" for key in FRONTSWAP_KEYS if key in runs)
+        lines.append(f"* The floor: (f), the same loop device with its file in memory, answers a swap-in in "
+                     f"{floor.p50_us:.1f} us p50. A load 2x faster than (a) is {goal_us:.1f} us, "
+                     + ("below" if floor.p50_us > goal_us else "above")
+                     + " what the loop device alone costs here" + (f"; tmemfs adds {over} to it (the /dev/fuse round "
+                                                                  "trip and the daemon)" if over else "") + ".")
+    if kernel_config:
+        present = [name for name, value in kernel_config.items() if value in ("y", "m")]
+        lines.append("* " + (f"This kernel has {', '.join(present)}: a user-space block device could serve swap "
+                             "without a loop device" if present else
+                             "This kernel has no user-space block device that could serve swap without a loop device "
+                             f"({' and '.join(kernel_config)} not set)") + ".")
+    return lines
+
+
+def kernel_options(names: Sequence[str], root: Path = Path("/")) -> dict[str, str]:
+    """Each option's value in the running kernel's config ("not set" when absent); empty when it does not say."""
+    try:
+        text = gzip.decompress((root / KERNEL_CONFIG).read_bytes()).decode()
+    except OSError:
+        return {}
+    found = dict(re.findall(r"^(CONFIG_\w+)=(\S+)$", text, re.MULTILINE))
+    return {name: found.get(name, "not set") for name in names}
 
 
 def fmt(xs: Sequence[float]) -> str:
@@ -988,7 +1045,8 @@ def report_to_json(r: Report) -> dict[str, Any]:
 def report_from_json(d: dict[str, Any]) -> Report:
     settings = Settings(**{**d["settings"], "keys": tuple(d["settings"]["keys"])})
     runs = {k: Run(**v) for k, v in d["runs"].items()}
-    return Report(settings, d["machine"], d["versions"], d["started"], runs, d["notes"], d["paths"], d["elapsed_s"])
+    return Report(settings, d["machine"], d["versions"], d["started"], runs, d["notes"], d["paths"], d["elapsed_s"],
+                  d.get("kernel_config", {}))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
