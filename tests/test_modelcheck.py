@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tools import concurrentmodel
-from tools.concurrentmodel import APPEND, INF, TRUNCATE, WRITE, Change, ConcurrentReport, FileModel, size_seen
+from tools.concurrentmodel import (
+    APPEND,
+    INF,
+    OPEN_TRUNC,
+    TRUNCATE,
+    WRITE,
+    Change,
+    ConcurrentReport,
+    FileModel,
+    size_seen,
+)
 from tools.modelcheck import ModelCheck
 
 if TYPE_CHECKING:
@@ -218,3 +228,22 @@ def test_oracle_lets_an_append_of_unknown_offset_explain_a_size_past_a_truncate(
     seen = size_seen(32768, 11011, 11011)  # a whole read ending at 43779
     assert "STALE SIZE" in str(_model(write, cut).check_size(*seen, 50, 60))
     assert _model(write, cut, lost).check_size(*seen, 50, 60) is None
+
+
+def test_a_stale_size_names_the_o_trunc_open_before_it_and_what_raced_it() -> None:
+    """The kernel_cache window (README): an append racing an O_TRUNC open can leave the kernel a size from
+    before for a moment; the report shows the open and the race, so that the times say whether it explains it."""
+    ms = 1_000_000
+    trunc = Change(OPEN_TRUNC, 3, 7, 0, INF, 10 * ms, 12 * ms)
+    racing = Change(APPEND, 2, 5, 0, 5000, 11 * ms, 13 * ms, data=bytes(5000))
+    later = Change(APPEND, 2, 6, 5000, 21782, 14 * ms, 15 * ms, data=bytes(16782))
+    model = _model(trunc, racing, later)
+    model.settle(16 * ms)
+    problem = str(model.check_size(*size_seen(10884, 9596, 0), int(16.5 * ms), 17 * ms))
+    assert problem.startswith("STALE SIZE: size in 0..10884, but append [5000, 21782) by client 2 (its change #6)")
+    assert problem.endswith("; the last O_TRUNC open before it: O_TRUNC open to size 0 by client 3 (its change #7), "
+                            "10.000 ms..12.000 ms, 4.5 ms before the read began, raced by append [0, 5000) by client 2 "
+                            "(its change #5), 11.000 ms..13.000 ms")
+    alone = _model(_write(0, 9000, 10, 20, 1))
+    alone.settle(30)
+    assert str(alone.check_size(4096, 4096, 30, 40)).endswith("; no O_TRUNC open of the file came before the read")

@@ -45,7 +45,10 @@ with it. The appender therefore finds where its bytes landed in SRC (read
 directly), and counts the appends the kernel placed elsewhere; if none of
 them is there and no other change of the file ran meanwhile, the append is
 a LOST APPEND. (One whose bytes another change cut or overwrote first may
-be read anywhere while it runs, nowhere after it.) Ops per client are drawn
+be read anywhere while it runs, nowhere after it.) Under kernel_cache the
+same race can leave the kernel a stale size for a moment (README), so a
+STALE SIZE names the last O_TRUNC open before the read and the writes and
+appends that ran during it: the times tell whether that window explains it. Ops per client are drawn
 from "SEED:N", so a seed replays the same per-client operation sequences
 (the interleaving differs from run to run):
 
@@ -84,8 +87,9 @@ WAIT_S = 120.0  # for a change in flight to end, or for the other clients at a b
 MIX = (("write_own", 20), ("write_any", 10), ("pread", 24), ("direct_read", 8), ("whole_read", 4), ("fstat", 4),
        ("truncate", 5), ("append", 6), ("reopen", 3), ("reopen_trunc", 1))
 
-WRITE, APPEND, TRUNCATE, BASE = 1, 2, 3, 4
-KIND_NAMES = {WRITE: "write", APPEND: "append", TRUNCATE: "truncate", BASE: "checkpoint"}
+WRITE, APPEND, TRUNCATE, BASE, OPEN_TRUNC = 1, 2, 3, 4, 5
+KIND_NAMES = {WRITE: "write", APPEND: "append", TRUNCATE: "truncate", BASE: "checkpoint", OPEN_TRUNC: "O_TRUNC open"}
+TRUNCATES = (TRUNCATE, OPEN_TRUNC)  # an O_TRUNC open is a truncate to 0 the kernel does not serialise with writes
 FIELDS = 8  # kind, file, offset, length, landed, start, end, failed
 F_LANDED, F_START, F_END, F_FAILED = 4, 5, 6, 7
 
@@ -158,8 +162,8 @@ class Change:
     reach: int = field(init=False)  # the size it leaves (at least this, for a write)
 
     def __post_init__(self) -> None:
-        self.cuts = self.kind in (TRUNCATE, BASE)
-        self.reach = len(self.data) if self.kind == BASE else self.lo if self.kind == TRUNCATE \
+        self.cuts = self.kind in (*TRUNCATES, BASE)
+        self.reach = len(self.data) if self.kind == BASE else self.lo if self.kind in TRUNCATES \
             else INF if self.floating else self.hi
 
     def content(self, lo: int, hi: int) -> bytes:
@@ -173,7 +177,7 @@ class Change:
         what = KIND_NAMES[self.kind]
         if self.kind == BASE:
             return f"checkpoint content ({len(self.data)} bytes) at {ms(self.start, t0)}"
-        span = f"to size {self.lo}" if self.kind == TRUNCATE else \
+        span = f"to size {self.lo}" if self.kind in TRUNCATES else \
             f"of {len(self.data)} bytes, landed who knows where" if self.floating else f"[{self.lo}, {self.hi})"
         flag = " FAILED" if self.failed else ""
         return f"{what}{flag} {span} by client {self.client} (its change #{self.index}), " \
@@ -192,7 +196,7 @@ def pattern(seed: int, client: int, index: int, length: int) -> bytes:
 def change_of(seed: int, client: int, index: int, record: list[int], landed: int, end: int,
               failed: int) -> Change:
     kind, _, offset, length, _, start = record[:6]
-    if kind == TRUNCATE:
+    if kind in TRUNCATES:
         return Change(kind, client, index, offset, INF, start, end, bool(failed))
     data = pattern(seed, client, index, length)
     if landed < 0:  # an append that failed, or whose bytes were gone before its writer looked
@@ -302,14 +306,28 @@ class FileModel:
         for x in history:
             if x.end < start and x.reach > high and x.start >= last_low and not x.floating:
                 return f"STALE SIZE: {seen}, but {x.label(self.t0)} left it at {x.reach} before the read began, " \
-                       f"and no truncate to {high} or less may have come after it"
+                       f"and no truncate to {high} or less may have come after it{self.open_trunc_note(start)}"
         highs = [x.end for x in history if x.reach >= low]
         last_high = max(highs, default=-1)
         for x in history:
             if x.cuts and x.end < start and x.reach < low and x.start >= last_high:
                 return f"STALE SIZE: {seen}, but {x.label(self.t0)} left it at {x.reach} before the read began, " \
-                       f"and no change reaching {low} may have come after it"
+                       f"and no change reaching {low} may have come after it{self.open_trunc_note(start)}"
         return None
+
+    def open_trunc_note(self, start: int) -> str:
+        """The last O_TRUNC open of the file before a read that saw a stale size, and the changes that raced it:
+        the kernel_cache window README describes (the kernel truncates at that open without its inode lock, so
+        a write racing it can leave the kernel a size guessed from before), or not, shown by the times."""
+        opens = [x for x in self.history if x.kind == OPEN_TRUNC and x.start < start]
+        if not opens:
+            return "; no O_TRUNC open of the file came before the read"
+        last = max(opens, key=lambda x: x.start)
+        racing = [x for x in self.history if x.kind in (WRITE, APPEND) and x.start < last.end and x.end > last.start]
+        when = f"{(start - last.end) / 1e6:.1f} ms before the read began" if last.end <= start else \
+            "in flight when the read began"
+        return f"; the last O_TRUNC open before it: {last.label(self.t0)}, {when}, raced by " + \
+               (", ".join(x.label(self.t0) for x in racing[:3]) if racing else "no write or append")
 
     def explain(self, at: int, got: bytes, options: list[Change], start: int) -> str:
         """Why the bytes at `at` are wrong: whose they are, and what replaced them."""
@@ -559,12 +577,12 @@ class Client:
         if self.rng.random() < 0.5:  # read after write: every reader must see it from now on
             self.read(file, max(0, offset - self.rng.choice((0, 1, 100))), length + self.rng.choice((0, 1, 200)))
 
-    def truncate(self, file: int, size: int, do: Callable[[], None]) -> None:
+    def truncate(self, file: int, size: int, do: Callable[[], None], kind: int = TRUNCATE) -> None:
         def run(data: bytes) -> int:
             do()
             return size
 
-        self.change(file, TRUNCATE, size, 0, run)
+        self.change(file, kind, size, 0, run)
 
     # -- operations -----------------------------------------------------------------------
 
@@ -688,7 +706,7 @@ class Client:
             os.close(self.fds[file])
             self.fds[file] = fd
 
-        self.truncate(file, 0, do)
+        self.truncate(file, 0, do, OPEN_TRUNC)
 
     # -- checkpoints ----------------------------------------------------------------------
 
