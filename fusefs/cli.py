@@ -101,7 +101,10 @@ OPTIONS
     -o opt[,opt...]  mount options (below); may be repeated
     -f, --foreground stay in the foreground, log to stderr
     -d, --debug      log every request, one line each: opcode, inode or handle,
-                     offset, size, result (ok or errno name), microseconds
+                     offset, size, result (ok with the bytes read or written,
+                     the file size and handle the kernel was given; or the
+                     errno name), microseconds; and every append that landed
+                     elsewhere than the kernel's offset
                      (implies -f; log_level=debug does it in the background)
     --version        print the version
     --help           print this text

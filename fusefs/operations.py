@@ -93,7 +93,8 @@ _SHOWN_ARGS = {"inode", "parent_inode", "parent_inode_old", "parent_inode_new", 
 
 
 def _logging_twin(name: str, wrapper: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """`wrapper`, logging one line per request: opcode, arguments, result (ok or errno name), microseconds."""
+    """`wrapper`, logging one line per request: opcode, arguments, result (see _outcome, or the errno name),
+    microseconds."""
     params = list(inspect.signature(wrapper).parameters)[1:]  # after self
     shown = [(i, p) for i, p in enumerate(params, 1) if p in _SHOWN_ARGS]
 
@@ -103,7 +104,9 @@ def _logging_twin(name: str, wrapper: Callable[P, Coroutine[Any, Any, T]]) -> Ca
         described = _describe(args, shown)  # before the call: release forgets the handle
         result = "ok"
         try:
-            return await wrapper(*args, **kwargs)
+            value = await wrapper(*args, **kwargs)
+            result = _outcome(value)
+            return value
         except FUSEError as exc:
             result = errno.errorcode.get(exc.errno, str(exc.errno))
             raise
@@ -114,6 +117,24 @@ def _logging_twin(name: str, wrapper: Callable[P, Coroutine[Any, Any, T]]) -> Ca
             request_log.debug("%s%s: %s %dus", name, described, result, (time.perf_counter_ns() - start) // 1000)
 
     return logged
+
+
+def _outcome(value: object) -> str:
+    """What a request returned, as libfuse -d shows it: the bytes read or written, the size and handle the
+    kernel was given (and whether it may keep its cached copy), so that a log explains what the kernel saw."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"ok {len(value)} bytes"
+    if isinstance(value, int):
+        return f"ok {value}"
+    parts = value if isinstance(value, tuple) else (value,)
+    words = ["ok"]
+    for part in parts:
+        if isinstance(part, pyfuse3.FileInfo):
+            words.append(f"fh={part.fh}" + (" keep_cache" if part.keep_cache else "")
+                         + (" direct_io" if part.direct_io else ""))
+        elif isinstance(part, pyfuse3.EntryAttributes):
+            words.append(f"ino={part.st_ino} size={part.st_size}")
+    return " ".join(words)
 
 
 def _describe(args: tuple[Any, ...], shown: list[tuple[int, str]]) -> str:
@@ -560,8 +581,11 @@ class TmemOperations(pyfuse3.Operations):
             if handle.kill_priv:
                 self._kill_priv(handle.inode, handle.fd)
             landed, done = await self.data.write(handle.cached, handle.fd, off, buf, handle.append)
-            if landed != off and self.config.kernel_cache:
-                self._after_reply(self._forget_kernel_copy, handle.inode.nodeid)
+            if landed != off:
+                request_log.debug("write fh=%d inode=%d: appended at %d, not at the kernel's %d", fh,
+                                  handle.inode.nodeid, landed, off)
+                if self.config.kernel_cache:
+                    self._after_reply(self._forget_kernel_copy, handle.inode.nodeid)
             return done
         if isinstance(handle, SwapHandle):
             return await self.data.frontswap.write(handle.area, off, buf)

@@ -19,7 +19,8 @@ from tests.conftest import TMEMFS, MountFactory
 from tools.mounting import stop_daemon, unmount
 
 # A read as -d logs it: opcode, handle and its inode, offset, size, result, microseconds.
-READ_LINE = re.compile(r"tmemfs\.requests: read fh=\d+ inode=\d+ off=4096 size=\d+: ok \d+us$", re.MULTILINE)
+READ_LINE = re.compile(r"tmemfs\.requests: read fh=\d+ inode=\d+ off=4096 size=\d+: ok 4096 bytes \d+us$",
+                       re.MULTILINE)
 
 
 @contextmanager
@@ -153,6 +154,26 @@ def test_log_level_debug_logs_requests_in_the_background(tmp_path: Path) -> None
         text = wait_for(log, "off=4096")
     assert READ_LINE.search(text), text
     assert re.search(r"lookup parent_inode=1: ENOENT \d+us$", text, re.MULTILINE), text
+
+
+def test_the_request_log_shows_what_the_kernel_was_told(tmp_path: Path) -> None:
+    """Sizes in attributes, handles, bytes read and written, and an append that landed elsewhere than the
+    kernel's offset: what explains a stale size seen through the mount."""
+    log = tmp_path / "log"
+    src = tmp_path / "src"
+    with background(tmp_path, f"cleancache=tmem,log={log},log_level=debug") as (mnt, _):
+        (src / "f").write_bytes(b"a" * 16384)
+        assert (mnt / "f").stat().st_size == 16384  # the kernel keeps that size for attr_timeout
+        with open(src / "f", "ab") as f:
+            f.write(b"b" * 100)  # behind the mount's back
+        with open(mnt / "f", "ab") as f:
+            assert f.write(b"c" * 10) == 10
+        text = wait_for(log, "not at the kernel's")
+    assert re.search(r"lookup parent_inode=1: ok ino=\d+ size=16384 \d+us$", text, re.MULTILINE), text
+    assert re.search(r"open inode=\d+: ok fh=\d+ direct_io \d+us$", text, re.MULTILINE), text
+    assert re.search(r"write fh=\d+ inode=\d+ off=16384 size=10: ok 10 \d+us$", text, re.MULTILINE), text
+    assert re.search(r"write fh=\d+ inode=\d+: appended at 16484, not at the kernel's 16384$", text, re.MULTILINE), text
+    assert (src / "f").read_bytes() == b"a" * 16384 + b"b" * 100 + b"c" * 10
 
 
 def test_debug_flag_logs_requests(mount_factory: MountFactory) -> None:
