@@ -241,9 +241,14 @@ def test_a_stale_size_names_the_o_trunc_open_before_it_and_what_raced_it() -> No
     model.settle(16 * ms)
     problem = str(model.check_size(*size_seen(10884, 9596, 0), int(16.5 * ms), 17 * ms))
     assert problem.startswith("STALE SIZE: size in 0..10884, but append [5000, 21782) by client 2 (its change #6)")
-    assert problem.endswith("; the last O_TRUNC open before it: O_TRUNC open to size 0 by client 3 (its change #7), "
-                            "10.000 ms..12.000 ms, 4.5 ms before the read began, raced by append [0, 5000) by client 2 "
-                            "(its change #5), 11.000 ms..13.000 ms")
+    assert problem.endswith("; the last O_TRUNC open before it ended: O_TRUNC open to size 0 by client 3 "
+                            "(its change #7), 10.000 ms..12.000 ms, 4.5 ms before the read began, raced by append "
+                            "[0, 5000) by client 2 (its change #5), 11.000 ms..13.000 ms")
+    during = _model(_write(0, 9000, 10, 20, 1), Change(OPEN_TRUNC, 3, 8, 0, INF, 42, 48), _write(0, 9000, 44, 46, 2))
+    during.settle(30)
+    assert "; the last O_TRUNC open before it ended: O_TRUNC open to size 0 by client 3 (its change #8), 0.000 ms.." \
+           "0.000 ms, begun during the read, raced by write [0, 9000) by client 0 (its change #2)" in \
+           str(during.check_size(*size_seen(8900, 200, 200), 30, 50))  # 100 bytes past any end the file had
     alone = _model(_write(0, 9000, 10, 20, 1))
     alone.settle(30)
     assert str(alone.check_size(4096, 4096, 30, 40)).endswith("; no O_TRUNC open of the file came before the read")

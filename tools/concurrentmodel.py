@@ -306,27 +306,28 @@ class FileModel:
         for x in history:
             if x.end < start and x.reach > high and x.start >= last_low and not x.floating:
                 return f"STALE SIZE: {seen}, but {x.label(self.t0)} left it at {x.reach} before the read began, " \
-                       f"and no truncate to {high} or less may have come after it{self.open_trunc_note(start)}"
+                       f"and no truncate to {high} or less may have come after it{self.open_trunc_note(start, end)}"
         highs = [x.end for x in history if x.reach >= low]
         last_high = max(highs, default=-1)
         for x in history:
             if x.cuts and x.end < start and x.reach < low and x.start >= last_high:
                 return f"STALE SIZE: {seen}, but {x.label(self.t0)} left it at {x.reach} before the read began, " \
-                       f"and no change reaching {low} may have come after it{self.open_trunc_note(start)}"
+                       f"and no change reaching {low} may have come after it{self.open_trunc_note(start, end)}"
         return None
 
-    def open_trunc_note(self, start: int) -> str:
-        """The last O_TRUNC open of the file before a read that saw a stale size, and the changes that raced it:
-        the kernel_cache window README describes (the kernel truncates at that open without its inode lock, so
-        a write racing it can leave the kernel a size guessed from before), or not, shown by the times."""
-        opens = [x for x in self.history if x.kind == OPEN_TRUNC and x.start < start]
+    def open_trunc_note(self, start: int, end: int) -> str:
+        """The last O_TRUNC open of the file that began before a read that saw a stale size ended, and the
+        changes that raced it: the kernel_cache window README describes (the kernel truncates at that open
+        without its inode lock, so a write racing it can leave the kernel a size guessed from before), or
+        not, shown by the times."""
+        opens = [x for x in self.history if x.kind == OPEN_TRUNC and x.start < end]
         if not opens:
             return "; no O_TRUNC open of the file came before the read"
         last = max(opens, key=lambda x: x.start)
         racing = [x for x in self.history if x.kind in (WRITE, APPEND) and x.start < last.end and x.end > last.start]
         when = f"{(start - last.end) / 1e6:.1f} ms before the read began" if last.end <= start else \
-            "in flight when the read began"
-        return f"; the last O_TRUNC open before it: {last.label(self.t0)}, {when}, raced by " + \
+            "in flight when the read began" if last.start < start else "begun during the read"
+        return f"; the last O_TRUNC open before it ended: {last.label(self.t0)}, {when}, raced by " + \
                (", ".join(x.label(self.t0) for x in racing[:3]) if racing else "no write or append")
 
     def explain(self, at: int, got: bytes, options: list[Change], start: int) -> str:
