@@ -8,7 +8,10 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -75,14 +78,29 @@ def settings(root: Path) -> dict[str, str]:
                                                       "proc/sys/vm/page-cluster")}
 
 
-def test_zswap_configuration_is_undone_last_first(tmp_path: Path) -> None:
+class Swapping(NamedTuple):
+    root: Path
+    env: bf.Env
+    cmds: FakeCommands
+    run: bf.Run
+    counters: Callable[[], dict[str, Any]]
+
+
+@contextmanager
+def swapping(tmp_path: Path, key: str) -> Iterator[Swapping]:
+    """A configuration set up and swapped on in a fake kernel, undone when the block ends."""
     root = fake_root(tmp_path)
-    before = settings(root)
     env, cmds = fake_env(tmp_path, root), FakeCommands()
     with bf.kernel(root, cmds) as k:
-        run = bf.Run(bf.ZSWAP)
-        dev, counters = bf.setup(bf.ZSWAP, k, env, run)
+        run = bf.Run(key)
+        dev, counters = bf.setup(key, k, env, run)
         k.swapon(dev, discard=True)
+        yield Swapping(root, env, cmds, run, counters)
+
+
+def test_zswap_configuration_is_undone_last_first(tmp_path: Path) -> None:
+    before = settings(fake_root(tmp_path / "as-found"))  # what a fake kernel starts from
+    with swapping(tmp_path, bf.ZSWAP) as (root, env, cmds, run, counters):
         assert (root / "sys/module/zswap/parameters/enabled").read_text() == "Y"
         assert (root / "sys/module/zswap/parameters/compressor").read_text() == "lz4"
         assert counters() == {"pool_total_size": 31985664, "stored_pages": 13107}
@@ -96,12 +114,7 @@ def test_zswap_configuration_is_undone_last_first(tmp_path: Path) -> None:
 
 
 def test_the_loop_floor_swaps_to_a_tmpfs_of_its_own_unmounted_after(tmp_path: Path) -> None:
-    root = fake_root(tmp_path)
-    env, cmds = fake_env(tmp_path, root), FakeCommands()
-    with bf.kernel(root, cmds) as k:
-        run = bf.Run(bf.LOOP_RAM)
-        dev, counters = bf.setup(bf.LOOP_RAM, k, env, run)
-        k.swapon(dev, discard=True)
+    with swapping(tmp_path, bf.LOOP_RAM) as (_, env, cmds, _, counters):
         assert (env.ram / bf.SWAP_NAME).stat().st_size == env.swap_size and not env.swapfile.exists()
         assert counters() == {}
     ram, swapfile = env.ram, env.ram / bf.SWAP_NAME
