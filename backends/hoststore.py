@@ -76,9 +76,12 @@ the index; freeing a slot gives it a new generation. Generations only grow,
 so a reader that finds the slot still at the entry's generation after its
 copy knows nobody wrote or freed the slot meanwhile; it then decompresses
 and checks the xxh3-64 digest of the raw page: a torn, half-written, freed
-or corrupt entry is a miss (`verify_failures`, and the entry is dropped),
-never wrong bytes. The generations and referenced bytes live in their own
-`frames` file, so punching a slab frame never zeroes them.
+or corrupt entry is a miss (and the entry is dropped), never wrong bytes.
+A slot whose generation moved on is a race (`torn_reads`: another client's
+write evicted or replaced the entry after this reader's snapshot); a copy
+that held still and does not match its digest is damage (`verify_failures`).
+The generations and referenced bytes live in their own `frames` file, so
+punching a slab frame never zeroes them.
 
 Why a write lock of our own (as lmdbstore.py): LMDB's writer mutex has no
 timeout, so a client SIGSTOPped inside a write transaction would freeze
@@ -817,35 +820,43 @@ class _Write:
             return True
 
 
-def _copy_out(host: _Host, frame: int, slot: int, enc: int, length: int, gen: int, out: memoryview) -> bool:
-    """Copy a slot's page into `out` under its seqlock (decompressing); False if torn, freed or
-    damaged. `gen` is even and was read with the entry: the generations only grow, so if the
-    slot still has it after the copy, nobody wrote or freed the slot meanwhile."""
+HIT, TORN, DAMAGED = 0, 1, 2  # what reading an entry found (see _copy_out)
+
+
+def _copy_out(host: _Host, frame: int, slot: int, enc: int, length: int, gen: int, out: memoryview) -> int:
+    """Copy a slot's page into `out` under its seqlock (decompressing). `gen` is even and was read
+    with the entry: the generations only grow, so if the slot still has it after the copy, nobody
+    wrote or freed the slot meanwhile (HIT); if not, a writer (another client evicting or replacing
+    the entry since this reader's snapshot) got there first (TORN, a race, not damage); DAMAGED if
+    the entry or its bytes cannot be right."""
     if frame >= host.frames or slot > 1:
-        return False
+        return DAMAGED
     gens, i = host.gens, frame * 2 + slot
     if enc == RAW:
         if slot or length != PAGE_SIZE:
-            return False
+            return DAMAGED
         offset = frame * PAGE_SIZE
         out[:] = host.data[offset : offset + PAGE_SIZE]
-        return gens[i] == gen
+        return HIT if gens[i] == gen else TORN
     if enc != LZ4 or not 0 < length <= HALF:
-        return False
+        return DAMAGED
     offset = frame * PAGE_SIZE + (0 if slot == 0 else PAGE_SIZE - length)
     blob = bytes(host.data[offset : offset + length])
     if gens[i] != gen:
-        return False
-    return decompress_page(blob, out)
+        return TORN
+    return HIT if decompress_page(blob, out) else DAMAGED
 
 
-def _read_entry(host: _Host, value: bytes, out: memoryview) -> bool:
-    """An entry's page into `out`, verified against its digest; a hit marks it referenced."""
+def _read_entry(host: _Host, value: bytes, out: memoryview) -> int:
+    """An entry's page into `out`, verified against its digest (a copy that held still but does
+    not match is DAMAGED); a hit marks it referenced."""
     frame, slot, enc, length, gen, digest = _ENTRY.unpack(value)[:6]
-    if not _copy_out(host, frame, slot, enc, length, gen, out) or _hash(out) != digest:
-        return False
-    host.refs[frame * 2 + slot] = 1
-    return True
+    found = _copy_out(host, frame, slot, enc, length, gen, out)
+    if found == HIT:
+        if _hash(out) != digest:
+            return DAMAGED
+        host.refs[frame * 2 + slot] = 1
+    return found
 
 
 class HostStore:
@@ -870,7 +881,7 @@ class HostStore:
         self._next_pool = 1
         self._backoff_until = 0.0
         self._scratch = memoryview(bytearray(PAGE_SIZE))
-        self.cap_hits = self.verify_failures = self.lock_timeouts = 0
+        self.cap_hits = self.torn_reads = self.verify_failures = self.lock_timeouts = 0
         # Invalidations (and exclusive removals) the busy write lock kept from landing: applied
         # first in this client's next write transaction, and never served meanwhile.
         self._pending_pages: dict[bytes, bytes | None] = {}  # index key -> the value to remove (None: any)
@@ -1194,7 +1205,8 @@ class HostStore:
         goes back): marked referenced, no write transaction."""
         with host.env.begin() as txn:
             value = txn.get(ikey)
-        return value is not None and _ENTRY.unpack(value)[5] == digest and _read_entry(host, value, self._scratch)
+        return value is not None and _ENTRY.unpack(value)[5] == digest and \
+            _read_entry(host, value, self._scratch) == HIT
 
     def _put(self, w: _Write, ikey: bytes, page: memoryview, blob: bytes | None, digest: int,
              persistent: bool, dedup: bool) -> bool:
@@ -1282,7 +1294,7 @@ class HostStore:
             return None, True
         copy = _CONTENT_VALUE.unpack(raw)
         frame, slot, enc, length, gen = copy[:5]
-        if _copy_out(w.host, frame, slot, enc, length, gen, self._scratch) and self._scratch == page:
+        if _copy_out(w.host, frame, slot, enc, length, gen, self._scratch) == HIT and self._scratch == page:
             return copy, False
         return None, False
 
@@ -1340,13 +1352,17 @@ class HostStore:
                     value = txn.get(ikey)
                     if value is None or (pending and ikey in self._pending_pages):
                         continue
-                    if _read_entry(host, value, out):
+                    got = _read_entry(host, value, out)
+                    if got == HIT:
                         found[i] = True
                         if not keep:
                             remove.append((ikey, value))
+                        continue
+                    if got == TORN:
+                        self.torn_reads += 1
                     else:
                         self.verify_failures += 1
-                        remove.append((ikey, value))
+                    remove.append((ikey, value))
         s = host.slot(self.client)
         host.cq[s + _GETS] += len(outs)
         host.cq[s + _HITS] += sum(found)
@@ -1597,7 +1613,7 @@ class HostStore:
         return {
             "stored_pages": pages, "stored_bytes": nbytes, "persistent_pages": persistent,
             "puts": q[s + _PUTS], "gets": q[s + _GETS], "hits": q[s + _HITS], "evictions": evictions,
-            "cap_hits": self.cap_hits, "verify_failures": self.verify_failures,
+            "cap_hits": self.cap_hits, "torn_reads": self.torn_reads, "verify_failures": self.verify_failures,
             "lock_timeouts": self.lock_timeouts, "weight": q[s + _WEIGHT], "cap": q[s + _CAP],
         }
 

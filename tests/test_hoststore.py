@@ -675,9 +675,9 @@ def test_damaged_entries_are_misses_never_wrong_bytes(make: Factory) -> None:
     assert a.client_stats()["verify_failures"] == 2
     assert a.host_stats()["stored_pages"] == 2  # damaged entries are dropped
     assert a._host is not None
-    a._host.gens[2 * 2] += 1  # frame 2 "being written" (odd generation)
+    a._host.gens[2 * 2] += 1  # frame 2 "being written" (odd generation): a race, not damage
     assert read(a, pool, b"f", 1) == b""
-    assert a.client_stats()["verify_failures"] == 3
+    assert a.client_stats()["verify_failures"] == 2 and a.client_stats()["torn_reads"] == 1
     assert a.put(pool, b"f", 1, pattern(b"f", 1))  # the frame is written again, readable
     assert read(a, pool, b"f", 1) == bytes(pattern(b"f", 1))
 
@@ -703,7 +703,7 @@ def test_a_frame_rewritten_during_the_copy_is_a_miss(make: Factory) -> None:
         assert not a.get(pool, b"f", 0, TornBuffer(PAGE))  # type: ignore[arg-type]
     finally:
         os.close(slab)
-    assert a.client_stats()["verify_failures"] == 1
+    assert a.client_stats()["torn_reads"] == 1 and a.client_stats()["verify_failures"] == 0
 
 
 def test_two_processes_never_read_a_wrong_page(tmp_path: Path) -> None:
@@ -719,9 +719,10 @@ def test_two_processes_never_read_a_wrong_page(tmp_path: Path) -> None:
         for child in children:
             child.kill()
             child.join(60)
-    for hits, wrong, puts, _stats in outcomes:
+    for hits, wrong, puts, stats in outcomes:
         assert wrong == 0
         assert hits > 100 and puts > 500
+        assert stats["verify_failures"] == 0, stats  # nothing is damaged: a read the other writer overtook is torn
     assert sum(stats["evictions"] for *_, stats in outcomes) > 100  # frames rewritten under the readers
 
 
