@@ -710,11 +710,11 @@ def run_all(args: argparse.Namespace) -> Report:
     ws.prepare()
     report = Report(s, machine_facts(ws.src), versions(), datetime.datetime.now(datetime.UTC).strftime(
         "%Y-%m-%d %H:%M UTC"))
-    report.paths = {"SRC": str(ws.src), "MNT": str(ws.mnt), "RAM": str(ws.root / "run" / "ram")}
     report.kernel_config = kernel_options(USER_BLOCK_DEVICES)
     pattern = ws.cache / f"pattern-{s.size // MiB}M.bin"
     make_pattern(pattern, s.size, text_corpus(8 * MiB))
     env = Env(ws, s.size, s.rounds, pattern, disk_stat_of(ws.src))
+    report.paths = {"SRC": str(ws.src), "MNT": str(ws.mnt), "RAM": str(env.ram)}
     if active_swaps():
         report.notes.append(f"run with --force beside swap areas already active ({', '.join(active_swaps())}): "
                             "the kernel may have swapped to them too")
@@ -872,18 +872,21 @@ def floor_lines(runs: dict[str, Run], goal_us: float, kernel_config: dict[str, s
     lines = []
     floor = runs.get(LOOP_RAM)
     if floor is not None:
+        side = "below" if floor.p50_us > goal_us else "above"
+        line = (f"* The floor: (f), the same loop device with its file in memory, answers a swap-in in "
+                f"{floor.p50_us:.1f} us p50. A load 2x faster than (a) is {goal_us:.1f} us, {side} what the loop "
+                "device alone costs here")
         over = ", ".join(f"{key} {runs[key].p50_us - floor.p50_us:.1f} us" for key in FRONTSWAP_KEYS if key in runs)
-        lines.append(f"* The floor: (f), the same loop device with its file in memory, answers a swap-in in "
-                     f"{floor.p50_us:.1f} us p50. A load 2x faster than (a) is {goal_us:.1f} us, "
-                     + ("below" if floor.p50_us > goal_us else "above")
-                     + " what the loop device alone costs here" + (f"; tmemfs adds {over} to it (the /dev/fuse round "
-                                                                  "trip and the daemon)" if over else "") + ".")
-    if kernel_config:
-        present = [name for name, value in kernel_config.items() if value in ("y", "m")]
-        lines.append("* " + (f"This kernel has {', '.join(present)}: a user-space block device could serve swap "
-                             "without a loop device" if present else
-                             "This kernel has no user-space block device that could serve swap without a loop device "
-                             f"({' and '.join(kernel_config)} not set)") + ".")
+        if over:
+            line += f"; tmemfs adds {over} to it (the /dev/fuse round trip and the daemon)"
+        lines.append(line + ".")
+    present = [name for name, value in kernel_config.items() if value in ("y", "m")]
+    if present:
+        lines.append(f"* This kernel has {', '.join(present)}: a user-space block device could serve swap without "
+                     "a loop device.")
+    elif kernel_config:
+        lines.append("* This kernel has no user-space block device that could serve swap without a loop device "
+                     f"({' and '.join(kernel_config)} not set).")
     return lines
 
 

@@ -47,9 +47,9 @@ them is there and no other change of the file ran meanwhile, the append is
 a LOST APPEND. (One whose bytes another change cut or overwrote first may
 be read anywhere while it runs, nowhere after it.) Under kernel_cache the
 same race can leave the kernel a stale size for a moment (README), so a
-STALE SIZE names the last O_TRUNC open before the read and the writes and
-appends that ran during it: the times tell whether that window explains it. Ops per client are drawn
-from "SEED:N", so a seed replays the same per-client operation sequences
+STALE SIZE names the last O_TRUNC open begun before the read ended and the
+writes and appends that raced it: the times tell whether that window
+explains it. Ops per client are drawn from "SEED:N", so a seed replays the same per-client operation sequences
 (the interleaving differs from run to run):
 
     python -m tools.modelcheck MNT/dir --clients 4 --ops 5000 --seed 42 [--src SRC/dir]
