@@ -430,7 +430,7 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
         if poller.install():
             ops.poller = poller
             poller.idle = data.reclaim
-            poller.in_flight = lambda: io.in_flight
+            poller.requests = io
         io.watch_requests(fuse_device_fd())
         log.info("mounted %s on %s: cleancache=%s cache_size=%d cc_size=%d", src, mnt,
                  "+".join(config.cleancache), config.cache_size, config.cc_size)

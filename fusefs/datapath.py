@@ -375,6 +375,25 @@ class DataPath:
 
     # -- data ------------------------------------------------------------------
 
+    def read_hit(self, cached: CachedFile, offset: int, size: int) -> memoryview | bytes | None:
+        """The bytes of a read that the page cache holds whole, without awaiting anything (the
+        hot path: no coroutine); None if it needs `read` (a page missing, or rules in force that
+        check every read, or rules to ask for again)."""
+        if self.cc.generation != self._generation or self.coherency.checks_reads:
+            return None
+        end = min(offset + size, cached.size)
+        if offset >= end:
+            return None  # end of file: `read` says so (and rereads the size where the rules do)
+        first, last = offset >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+        if first == last:
+            slot = self.pc.hit(cached, first)
+            if slot is None:
+                return None
+            base = slot << PAGE_SHIFT
+            return self.pc.view[base + (offset & PAGE_MASK) : base + ((end - 1) & PAGE_MASK) + 1]
+        slots = self.pc.lookup_run(cached, first, last)
+        return None if slots is None else self._assemble(slots, offset, end)
+
     async def read(self, cached: CachedFile, fd: int, offset: int, size: int) -> bytes | bytearray | memoryview:
         """Up to `size` bytes at `offset`, short only at end of file."""
         rules = self.coherency if self.cc.generation == self._generation else self._rules()

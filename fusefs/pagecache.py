@@ -342,6 +342,17 @@ class PageCache:
         self._touch(self._slot_keys[slot])
         return slot
 
+    def hit(self, cached: CachedFile, index: int) -> int | None:
+        """Slot of a cached page, counted as a hit and refreshed; None (nothing counted) if it
+        is not cached. The one-page read's fast path."""
+        slot = cached.pages.get(index)
+        if slot is not None:
+            if self.tracer is not None:
+                self.tracer.event("hit", cached.key, index)
+            self.hits += 1
+            self._touch(self._slot_keys[slot])
+        return slot
+
     def lookup_run(self, cached: CachedFile, first: int, last: int) -> list[int] | None:
         """Slots of pages first..last if every one is cached, counted as hits and refreshed
         (the read fast path); else None, with nothing counted (the caller goes page by page)."""

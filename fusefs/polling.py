@@ -36,6 +36,7 @@ import os
 import select
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import pyfuse3
 import trio
@@ -58,6 +59,10 @@ def fuse_device_fd() -> int | None:
     return found[0] if len(found) == 1 else None
 
 
+class RequestCount(Protocol):
+    in_flight: int
+
+
 class RequestPoller:
     """pyfuse3's wait for the next request, polling first (see the module docstring)."""
 
@@ -71,8 +76,9 @@ class RequestPoller:
         self._original: Callable[[], Awaitable[bool]] | None = None
         self._sleep_lock = trio.Lock()  # one task sleeps on /dev/fuse at a time
         self._closing = False
-        # Requests being served, counted by the handlers (SrcIO.in_flight); None: never any.
-        self.in_flight: Callable[[], int] | None = None
+        # What counts the requests being served (the handlers count themselves in and out of
+        # SrcIO.in_flight); None: never any.
+        self.requests: RequestCount | None = None
         # Work for the pause between requests; it gets a callable that tells whether one is waiting.
         self.idle: Callable[[Callable[[], object]], Awaitable[None]] | None = None
         self.reset_stats()
@@ -105,7 +111,7 @@ class RequestPoller:
     async def wait(self) -> bool:
         """True when /dev/fuse has a request (or an error to read), False when the loop must end."""
         poll = self._poll.poll
-        if self.in_flight is not None and self.in_flight():
+        if self.requests is not None and self.requests.in_flight:
             await trio.lowlevel.checkpoint()  # other requests' completions run first
             if poll(0):
                 self.polled += 1
@@ -113,9 +119,12 @@ class RequestPoller:
             return await self._sleep()
         self._since_trio += 1
         if self._since_trio < TRIO_EVERY:
-            now = time.perf_counter_ns
-            if self.idle is not None and not poll(0):  # nothing waiting: do the idle work first
+            if poll(0):  # the common case under load: one look, no idle work
+                self.polled += 1
+                return True
+            if self.idle is not None:  # nothing waiting: do the idle work first
                 await self.idle(self._request_waiting)
+            now = time.perf_counter_ns
             deadline = now() + self._budget_ns
             while True:
                 if poll(0):

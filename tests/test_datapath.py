@@ -187,6 +187,48 @@ async def test_without_a_pool_a_file_the_page_cache_can_hold_is_cached_as_it_is_
         os.close(fd)
 
 
+async def served(dp: DataPath, cached: CachedFile, fd: int, offset: int, size: int) -> bytes | bytearray | memoryview:
+    """A read as the read handler serves it: the page cache's answer if it holds it all, else `read`."""
+    hit = dp.read_hit(cached, offset, size)
+    return hit if hit is not None else await dp.read(cached, fd, offset, size)
+
+
+async def test_read_hit_answers_only_a_read_the_page_cache_holds_whole(tmp_path: Path) -> None:
+    """The read handler's fast path: each page counted once as a hit, never a miss (a read it
+    cannot answer is counted by `read`), and nothing at or past the end of the file (`read` answers
+    those, after the rules had their say)."""
+    dp, cached, fd, data = await datapath_over(tmp_path, 8, 8)
+    try:
+        assert dp.read_hit(cached, 0, PAGE) is None and (dp.pc.hits, dp.pc.misses) == (0, 0)
+        assert await dp.read(cached, fd, 2 * PAGE, 3 * PAGE) == data[2 * PAGE : 5 * PAGE]
+        misses = dp.pc.misses
+        assert dp.read_hit(cached, 2 * PAGE + 100, 50) == data[2 * PAGE + 100 : 2 * PAGE + 150]
+        assert dp.read_hit(cached, 3 * PAGE - 1, PAGE + 2) == data[3 * PAGE - 1 : 4 * PAGE + 1]  # pages 2..4
+        assert dp.pc.hits == 4
+        assert dp.read_hit(cached, 4 * PAGE, 2 * PAGE) is None  # page 5 is not cached
+        assert (dp.pc.hits, dp.pc.misses) == (4, misses)
+        await dp.read(cached, fd, 0, len(data))
+        assert dp.read_hit(cached, len(data) - 10, PAGE) == data[-10:]
+        assert dp.read_hit(cached, len(data), PAGE) is None
+    finally:
+        os.close(fd)
+
+
+async def test_read_hit_leaves_reads_to_read_once_the_backend_changed(tmp_path: Path) -> None:
+    """After a register the rules in force are asked for again (they may drop every page), which
+    only `read` does: until then the fast path answers nothing."""
+    dp, cached, fd, data = await datapath_over(tmp_path, 4, 4)
+    try:
+        await dp.read(cached, fd, 0, len(data))
+        assert dp.read_hit(cached, 0, PAGE) == data[:PAGE]
+        await dp.cc.register(TmemBackend(16 * ENTRY))
+        assert dp.read_hit(cached, 0, PAGE) is None
+        assert await served(dp, cached, fd, 0, PAGE) == data[:PAGE]
+        assert dp.read_hit(cached, 0, PAGE) == data[:PAGE]
+    finally:
+        os.close(fd)
+
+
 async def test_tracing_observes_and_never_changes_a_requests_path(tmp_path: Path) -> None:
     """The same reads with and without -o trace: every counter equal (the sequential bypass
     included), and the trace names each page cache miss and cleancache get that happened."""
@@ -205,8 +247,8 @@ async def test_tracing_observes_and_never_changes_a_requests_path(tmp_path: Path
             for _scan in range(3):
                 for offset in range(0, len(data), 32 * PAGE):
                     assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
-            for index in (3, 3, 400, 7):
-                assert await dp.read(cached, fd, index * PAGE, PAGE) == data[index * PAGE : (index + 1) * PAGE]
+            for index in (3, 3, 400, 7, 7):
+                assert await served(dp, cached, fd, index * PAGE, PAGE) == data[index * PAGE : (index + 1) * PAGE]
             runs.append({**dp.stats(), **cc.stats()})
             if cc.tracer is not None:
                 cc.tracer.close()

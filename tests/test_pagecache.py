@@ -91,6 +91,18 @@ def test_a_run_is_a_hit_only_when_every_page_of_it_is_cached() -> None:
     assert [e.index for e in pc.evict(1)] == [2]  # 0 and 1 were refreshed
 
 
+def test_a_hit_counts_and_refreshes_a_cached_page_and_a_miss_counts_nothing() -> None:
+    """hit is the one-page read's fast path: a page not cached is left for the slow path
+    to count as a miss (counted once, not twice)."""
+    pc = PageCache(2 * PAGE)
+    f = CachedFile(b"k")
+    slots, _ = pc.take_slots(2)
+    pc.install_run(f, 0, slots)
+    assert pc.hit(f, 5) is None and (pc.hits, pc.misses) == (0, 0)
+    assert pc.hit(f, 0) == slots[0] and (pc.hits, pc.misses) == (1, 0)
+    assert [e.index for e in pc.evict(1)] == [1]  # 0 was refreshed
+
+
 @pytest.mark.parametrize(("flags", "start", "other", "end"), [
     ([True], 0, False, 1), ([True, True, False], 0, False, 2), ([False, False, True, False], 1, True, 2),
     ([False, True], 1, False, 2)])

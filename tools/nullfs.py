@@ -5,12 +5,15 @@
 The root directory holds the named files (default one, bench-64M.dat), each of
 `--size` bytes. Reads answer zeros, writes are accepted and discarded, so every
 request costs only the FUSE round trip and pyfuse3's own work: no backing file,
-no cache. It is mounted the way tmemfs mounts: pyfuse3.main(max_tasks=1),
-entry and attribute timeouts of 1 s, files opened with direct_io (every read(2)
-reaches the daemon, the kernel's page cache is never used), the next request
-polled for before sleeping (`--poll-us`, tmemfs's poll_us=, default 50), fuse
-options default_permissions, fsname=nullfs, subtype=nullfs. It stays in the foreground
-and unmounts on SIGINT, SIGTERM and SIGHUP, or when unmounted with fusermount3 -u.
+no cache. It is mounted the way tmemfs mounts, but served by one pyfuse3
+task (pyfuse3.main(max_tasks=1): its handlers never wait, so more tasks
+would only add scheduling): entry and attribute timeouts of 1 s, files
+opened with direct_io (every read(2) reaches the daemon, the kernel's page
+cache is never used), the next request polled for before sleeping
+(`--poll-us`, tmemfs's poll_us=, default 50), fuse options
+default_permissions, fsname=nullfs, subtype=nullfs. It stays in the
+foreground and unmounts on SIGINT, SIGTERM and SIGHUP, or when unmounted
+with fusermount3 -u.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from fusefs.polling import RequestPoller
 
 ROOT = pyfuse3.ROOT_INODE
 TIMEOUT_S = 1.0  # tmemfs's default entry_timeout and attr_timeout
-MAX_TASKS = 1  # as tmemfs: handlers never wait, so one task serves every request
+MAX_TASKS = 1  # handlers never wait, so one task serves every request
 FUSE_OPTIONS = ("default_permissions", "fsname=nullfs", "subtype=nullfs")
 DEFAULT_FILE = "bench-64M.dat"
 
