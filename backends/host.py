@@ -149,8 +149,7 @@ class HostBackend(Backend):
 
     async def put_pages(self, pool: int, pages: list[PagePut]) -> list[bool]:
         assert self.store is not None
-        put, compress, dedup = self.store.put, self.compress, self.dedup
-        return [put(pool, key, index, page, compress=compress, dedup=dedup) for key, index, page in pages]
+        return self.store.put_many(pool, pages, compress=self.compress, dedup=self.dedup)
 
     async def get_page(self, pool: int, key: bytes, index: int, out: memoryview) -> bool:
         assert self.store is not None

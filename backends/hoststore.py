@@ -87,9 +87,12 @@ Why a write lock of our own (as lmdbstore.py): LMDB's writer mutex has no
 timeout, so a client SIGSTOPped inside a write transaction would freeze
 every other one. Writers take a non-blocking flock on `write.lock`, retried
 for at most `lock_wait` seconds (then only tried, for LOCK_BACKOFF), and
-only its holder begins a write transaction. Without it a put is refused
-(`lock_timeouts`); an invalidation and the older version a refused put
-would have replaced are kept in this client's memory (its pages are
+only its holder begins a write transaction. The pages evicted together (a
+fill's, a reclaim step's) are put in one transaction (put_many: 14 us a page
+in batches of 32 against 31 us one by one, in process). Without the lock a
+put is refused (`lock_timeouts`); an invalidation and the older version a
+refused put (or one the store refused, full) would have replaced are kept in
+this client's memory (its pages are
 private: only it could ask for them) and applied first in its next write
 transaction; until then a get of those pages misses, so what this client
 invalidated or replaced is never served to it. The removal after an
@@ -179,7 +182,7 @@ import xxhash
 from backends.lmdbstore import LOCK_BACKOFF, _next_gen
 from backends.lz4page import decompress_page
 from backends.nodetable import _ofd_lock, any_slot_locked
-from backends.page import PAGE_SIZE
+from backends.page import PAGE_SIZE, PagePut
 
 MAX_CLIENTS = 16
 HALF = PAGE_SIZE // 2
@@ -859,6 +862,18 @@ def _read_entry(host: _Host, value: bytes, out: memoryview) -> int:
     return found
 
 
+@dataclass(slots=True)
+class _PutWrite:
+    """A put that needs a write: its position in the batch, index key, page, lz4 blob (None:
+    stored raw) and digest."""
+
+    position: int
+    ikey: bytes
+    page: memoryview
+    blob: bytes | None
+    digest: int
+
+
 class HostStore:
     """One client (a mount) of a host pool after join(), or an admin handle from attach().
 
@@ -1170,35 +1185,65 @@ class HostStore:
             dedup: bool = False) -> bool:
         """Store a page (lz4 into half a frame if `compress` and it fits; shared with an identical
         page if `dedup`); False if refused (no room, cap, busy lock)."""
+        return self.put_many(pool, [(key, index, page)], compress, dedup)[0]
+
+    def put_many(self, pool: int, pages: list[PagePut], compress: bool = False,
+                 dedup: bool = False) -> list[bool]:
+        """put() for several pages of one pool in one write transaction: one lock and one commit
+        for the pages a fill or a reclaim step evicts together, not one each. Whether each was
+        stored; a transaction the store refuses (full, no space) stores none of them."""
         host = self._joined()
         persistent = self._pool(pool)
-        if len(page) != PAGE_SIZE:
-            raise ValueError(f"pages are {PAGE_SIZE} bytes, not {len(page)}")
-        ikey = self._key(pool, key, index)
-        digest = _hash(page)
-        s = host.slot(self.client)
-        host.cq[s + _BEAT] = time.time_ns()
-        if not self._pending() and self._unchanged(host, ikey, digest):
-            host.cq[s + _PUTS] += 1
-            return True
-        blob = None
-        if compress:
-            packed = lz4.block.compress(page, store_size=False)
-            blob = packed if len(packed) <= HALF else None
+        stored = [False] * len(pages)
+        host.cq[host.slot(self.client) + _BEAT] = time.time_ns()
+        writes = self._puts_to_write(host, pool, pages, compress, stored)
+        if writes:
+            self._write_puts(host, writes, persistent, dedup, stored)
+        return stored
+
+    def _puts_to_write(self, host: _Host, pool: int, pages: list[PagePut], compress: bool,
+                       stored: list[bool]) -> list[_PutWrite]:
+        """What each put must write; a page stored as it is already needs no write (marked stored)."""
+        pending = self._pending()
+        writes = []
+        for n, (key, index, page) in enumerate(pages):
+            if len(page) != PAGE_SIZE:
+                raise ValueError(f"pages are {PAGE_SIZE} bytes, not {len(page)}")
+            ikey = self._key(pool, key, index)
+            digest = _hash(page)
+            if not pending and self._unchanged(host, ikey, digest):
+                host.cq[host.slot(self.client) + _PUTS] += 1
+                stored[n] = True
+                continue
+            blob = None
+            if compress:
+                packed = lz4.block.compress(page, store_size=False)
+                blob = packed if len(packed) <= HALF else None
+            writes.append(_PutWrite(n, ikey, page, blob, digest))
+        return writes
+
+    def _write_puts(self, host: _Host, writes: list[_PutWrite], persistent: bool, dedup: bool,
+                    stored: list[bool]) -> None:
+        """`writes` in one write transaction, those stored marked in `stored`. If it does not
+        land (the lock busy, the store full, no space) none is stored, and the older versions
+        they replace are never served again (dropped first in the next write)."""
+        kept = None
         try:
-            done, stored = self._write(self.lock_wait,
-                                       lambda w: self._put(w, ikey, page, blob, digest, persistent, dedup))
+            _done, kept = self._write(self.lock_wait, lambda w: [
+                self._put(w, p.ikey, p.page, p.blob, p.digest, persistent, dedup) for p in writes])
         except lmdb.MapFullError:
-            return False
+            pass
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
                 raise
-            return False
-        if not done:
-            self._defer(ikey, None)  # the older version this put replaces is never served again
-        elif stored:
-            host.cq[s + _PUTS] += 1
-        return bool(stored)
+        if kept is None:
+            for p in writes:
+                self._defer(p.ikey, None)
+            return
+        for p, ok in zip(writes, kept, strict=True):
+            if ok:
+                stored[p.position] = True
+                host.cq[host.slot(self.client) + _PUTS] += 1
 
     def _unchanged(self, host: _Host, ikey: bytes, digest: int) -> bool:
         """The same page is stored under this key already (a page that came from the pool often

@@ -5,6 +5,7 @@ use real ones (spawned, never forked: the store must not be inherited)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 
 from backends import hoststore
@@ -179,6 +181,64 @@ def test_put_get_exclusive_and_keep(make: Factory) -> None:
         a.put(pool, b"f", 0, memoryview(bytes(100)))
     with pytest.raises(ValueError, match="no pool"):
         a.put(pool + 1, b"f", 0, pattern(b"f", 0))
+
+
+def test_put_many_writes_a_batch_in_one_transaction(make: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One lock and one commit for the pages evicted together; a page stored as it is already
+    needs no write at all; each put is counted as put() counts it."""
+    a = make(budget=32 * PAGE)
+    pool = a.new_pool()
+    writes = []
+    real_write = HostStore._write
+
+    def counted(self: HostStore, wait: float | None, work: Callable[..., Any]) -> Any:
+        writes.append(wait)
+        return real_write(self, wait, work)
+
+    monkeypatch.setattr(HostStore, "_write", counted)
+    batch = [(b"f", i, pattern(b"f", i)) for i in range(8)]
+    assert a.put_many(pool, batch) == [True] * 8 and len(writes) == 1
+    assert present(a, pool, b"f", range(10)) == list(range(8))
+    assert a.put_many(pool, batch) == [True] * 8 and len(writes) == 1  # unchanged: no write
+    batch[3] = (b"f", 3, pattern(b"new", 3))
+    assert a.put_many(pool, batch) == [True] * 8 and len(writes) == 2
+    assert read(a, pool, b"f", 3) == bytes(pattern(b"new", 3))
+    assert a.client_stats()["puts"] == 24 and a.host_stats()["stored_pages"] == 8
+    with pytest.raises(ValueError, match="4096"):
+        a.put_many(pool, [(b"f", 0, pattern(b"f", 0)), (b"f", 1, memoryview(bytes(100)))])
+
+
+@pytest.mark.parametrize("refusal", ["full", "no space", "busy"])
+def test_a_batch_that_does_not_land_stores_none_and_its_old_versions_are_never_served(
+        make: Factory, monkeypatch: pytest.MonkeyPatch, refusal: str) -> None:
+    """The store full, out of space or its lock busy while a batch is written: no page of it is
+    stored, not even those written before the refusal (one transaction), and the versions they
+    replace are gone too (a put-put-get never returns the first put); pages outside the batch stay."""
+    a = make(budget=32 * PAGE)
+    pool = a.new_pool()
+    assert a.put_many(pool, [(b"f", i, pattern(b"f", i)) for i in range(4)]) == [True] * 4
+    real_put = HostStore._put
+    calls = []
+
+    def refusing(self: HostStore, w: Any, *args: Any) -> bool:
+        calls.append(args[0])
+        if len(calls) == 2:
+            if refusal == "full":
+                raise lmdb.MapFullError("full")
+            raise OSError(errno.ENOSPC, "no space")
+        return real_put(self, w, *args)
+
+    if refusal == "busy":
+        monkeypatch.setattr(hoststore, "_flock_wait", lambda _fd, _wait: False)
+    else:
+        monkeypatch.setattr(HostStore, "_put", refusing)
+    batch = [(b"f", i, pattern(b"new", i)) for i in (1, 2)] + [(b"g", 0, pattern(b"g", 0))]
+    assert a.put_many(pool, batch) == [False] * 3
+    assert present(a, pool, b"f", range(4)) == [0, 3] and present(a, pool, b"g", range(1)) == []
+    monkeypatch.undo()
+    assert a.put(pool, b"h", 0, pattern(b"h", 0))  # the next write drops the old versions
+    assert a.host_stats()["stored_pages"] == 3
+    assert present(a, pool, b"f", range(4)) == [0, 3]
 
 
 def test_clients_never_see_each_others_pages(make: Factory) -> None:
