@@ -6,6 +6,9 @@ wrapped by `handler`, which counts it in flight (SrcIO runs blocking calls
 on SRC off the loop only while others are) and maps errors: an OSError
 becomes FUSEError(errno), anything else is logged with its traceback and
 becomes EIO. No exception ever reaches pyfuse3, which would end the mount.
+The one exception to the wrapping is `read`, which answers a page-cache
+hit without awaiting anything (the hot path), maps that path's errors
+itself by the same rule, and hands every other read to the wrapped `_read`.
 """
 
 from __future__ import annotations
@@ -81,9 +84,9 @@ def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
 
 
 def handles_own_errors(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """A handler that maps its errors itself (with `_reply_for`) and counts itself in flight
-    where it may wait, so that its fast path pays no wrapper coroutine. It gets the same
-    request-logging twin as every `handler`."""
+    """A handler that maps its errors itself (with `_reply_for`) and leaves anything that may
+    wait to a `handler`-wrapped helper (counted in flight there), so that its fast path pays
+    no wrapper coroutine. It gets the same request-logging twin as every `handler`."""
     fn.logged = _logging_twin(fn.__name__, fn)  # type: ignore[attr-defined]
     return fn
 
