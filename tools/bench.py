@@ -567,7 +567,8 @@ def matrix_method_lines(report: Report) -> list[str]:
         "* Where each configuration's reads of SRC come from (Backing reads):", "",
         "| configuration | backing reads |", "|---|---|",
         *[f"| {c.key} | {c.backing} |" for c in MATRIX.configs], "",
-        f"* The null file system is mounted like tmemfs but served by one pyfuse3 task, `pyfuse3.main(max_tasks=1)` (its handlers never wait), "
+        "* The null file system is mounted like tmemfs but served by one pyfuse3 task, "
+        "`pyfuse3.main(max_tasks=1)` (its handlers never wait), "
         f"entry_timeout and attr_timeout {TMEMFS_TIMEOUT_S} s, files opened with `direct_io` (every read(2) "
         "reaches the daemon), the next request polled for before sleeping (tmemfs's poll_us=, default "
         f"{MountConfig.poll_us} us), fuse options default_permissions, fsname=nullfs, subtype=nullfs. Reads answer "
