@@ -92,10 +92,10 @@ fill's, a reclaim step's) are put in one transaction (put_many: 14 us a page
 in batches of 32 against 31 us one by one, in process). Without the lock a
 put is refused (`lock_timeouts`); an invalidation and the older version a
 refused put (or one the store refused, full) would have replaced are kept in
-this client's memory (its pages are
-private: only it could ask for them) and applied first in its next write
-transaction; until then a get of those pages misses, so what this client
-invalidated or replaced is never served to it. The removal after an
+this client's memory (its pages are private: only it could ask for them)
+and applied first in its next write transaction; until then a get of those
+pages misses, so what this client invalidated or replaced is never served
+to it. The removal after an
 exclusive get always waits that way (for REMOVE_BATCH of them at most): the
 hit's page evicts another from the page cache, whose put is the next write,
 so a hit costs a read transaction and no write of its own (a 4k read of a
@@ -1195,35 +1195,37 @@ class HostStore:
         host = self._joined()
         persistent = self._pool(pool)
         stored = [False] * len(pages)
-        host.cq[host.slot(self.client) + _BEAT] = time.time_ns()
+        s = host.slot(self.client)
+        host.cq[s + _BEAT] = time.time_ns()
         writes = self._puts_to_write(host, pool, pages, compress, stored)
         if writes:
-            self._write_puts(host, writes, persistent, dedup, stored)
+            self._write_puts(writes, persistent, dedup, stored)
+        host.cq[s + _PUTS] += sum(stored)
         return stored
 
     def _puts_to_write(self, host: _Host, pool: int, pages: list[PagePut], compress: bool,
                        stored: list[bool]) -> list[_PutWrite]:
-        """What each put must write; a page stored as it is already needs no write (marked stored)."""
-        pending = self._pending()
+        """What each put must write; a page stored as it is already needs no write (marked stored).
+        One read transaction looks at them all."""
         writes = []
-        for n, (key, index, page) in enumerate(pages):
-            if len(page) != PAGE_SIZE:
-                raise ValueError(f"pages are {PAGE_SIZE} bytes, not {len(page)}")
-            ikey = self._key(pool, key, index)
-            digest = _hash(page)
-            if not pending and self._unchanged(host, ikey, digest):
-                host.cq[host.slot(self.client) + _PUTS] += 1
-                stored[n] = True
-                continue
-            blob = None
-            if compress:
-                packed = lz4.block.compress(page, store_size=False)
-                blob = packed if len(packed) <= HALF else None
-            writes.append(_PutWrite(n, ikey, page, blob, digest))
+        with host.env.begin() as txn:
+            pending = self._pending()
+            for n, (key, index, page) in enumerate(pages):
+                if len(page) != PAGE_SIZE:
+                    raise ValueError(f"pages are {PAGE_SIZE} bytes, not {len(page)}")
+                ikey = self._key(pool, key, index)
+                digest = _hash(page)
+                if not pending and self._unchanged(host, txn.get(ikey), digest):
+                    stored[n] = True
+                    continue
+                blob = None
+                if compress:
+                    packed = lz4.block.compress(page, store_size=False)
+                    blob = packed if len(packed) <= HALF else None
+                writes.append(_PutWrite(n, ikey, page, blob, digest))
         return writes
 
-    def _write_puts(self, host: _Host, writes: list[_PutWrite], persistent: bool, dedup: bool,
-                    stored: list[bool]) -> None:
+    def _write_puts(self, writes: list[_PutWrite], persistent: bool, dedup: bool, stored: list[bool]) -> None:
         """`writes` in one write transaction, those stored marked in `stored`. If it does not
         land (the lock busy, the store full, no space) none is stored, and the older versions
         they replace are never served again (dropped first in the next write)."""
@@ -1241,15 +1243,11 @@ class HostStore:
                 self._defer(p.ikey, None)
             return
         for p, ok in zip(writes, kept, strict=True):
-            if ok:
-                stored[p.position] = True
-                host.cq[host.slot(self.client) + _PUTS] += 1
+            stored[p.position] = ok
 
-    def _unchanged(self, host: _Host, ikey: bytes, digest: int) -> bool:
-        """The same page is stored under this key already (a page that came from the pool often
-        goes back): marked referenced, no write transaction."""
-        with host.env.begin() as txn:
-            value = txn.get(ikey)
+    def _unchanged(self, host: _Host, value: bytes | None, digest: int) -> bool:
+        """The same page is stored under this key (its entry `value`) already (a page that came
+        from the pool often goes back): marked referenced, no write transaction."""
         return value is not None and _ENTRY.unpack(value)[5] == digest and \
             _read_entry(host, value, self._scratch) == HIT
 
