@@ -27,6 +27,7 @@ from backends.cluster import NODE_TIMEOUT_S, PASSWORD_ENV
 from fusefs import PAGE_SIZE, __version__
 from fusefs.cleancache import Cleancache
 from fusefs.datapath import DataPath
+from fusefs.fusectl import raise_max_background
 from fusefs.logs import (
     LEVELS,
     LogFile,
@@ -42,7 +43,7 @@ from fusefs.options import CORE_OPTIONS, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
 from fusefs.polling import RequestPoller, fuse_device_fd
 from fusefs.pooluuid import PoolUuidError, effective_uuid, src_pool_uuid
-from fusefs.srcio import SrcIO, slow_metadata
+from fusefs.srcio import SrcIO, in_memory, slow_metadata
 from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs")
@@ -400,7 +401,7 @@ async def open_data_path(config: MountConfig, pagecache: PageCache, cleancache: 
     else:
         pool = await cleancache.init_fs()
     join_wait = float(config.backend_options.get("node_timeout", NODE_TIMEOUT_S))  # type: ignore[arg-type]
-    io = SrcIO(threads=config.max_requests, slow_metadata=slow_metadata(src))
+    io = SrcIO(threads=config.max_requests, slow_metadata=slow_metadata(src), in_memory=in_memory(src))
     data = DataPath(pagecache, cleancache, pool, node=config.shared, join_wait=join_wait, io=io)
     data.frontswap.files = set(config.frontswap_files)
     return data
@@ -426,6 +427,7 @@ async def serve(config: MountConfig, backend: Backend | None, src: str, mnt: str
     # Signals are caught from before the mount exists, so none can kill us half-mounted.
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         pyfuse3.init(ops, mnt, fuse_options(config, src))
+        ops.max_background = raise_max_background(mnt, config.max_requests)
         poller = RequestPoller(config.poll_us)
         if poller.install():
             ops.poller = poller

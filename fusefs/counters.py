@@ -106,6 +106,9 @@ SECTIONS: tuple[tuple[str, tuple[CounterInfo, ...]], ...] = (
     )),
     ("FUSE and the filesystem (fusefs/operations.py, fusefs/polling.py)", (
         _g("fuse.max_requests", "none", "requests served at once at most (max_requests)"),
+        _g("fuse.max_background", "none",
+           "asynchronous requests the kernel lets in at once (max_requests, at least the kernel's 12)"),
+        _g("fuse.peak_in_flight", "none", "the most requests served at once since the last reset"),
         _g("fuse.poll_us", "none", "the request polling budget in effect, in microseconds (0: off)"),
         _c("fuse.polled", "none", "requests found by polling /dev/fuse"),
         _c("fuse.slept", "none", "waits for a request that slept"),

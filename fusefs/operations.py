@@ -34,6 +34,7 @@ from fusefs import __version__
 from fusefs.control import CONTROL_DIR_NAME, DIR_ID, Commands, ControlFiles, ControlHandle, is_control
 from fusefs.datapath import DataPath
 from fusefs.frontswap import SwapArea
+from fusefs.fusectl import KERNEL_MAX_BACKGROUND
 from fusefs.inodes import CHILD_OPEN_FLAGS, Inode, InodeTable, file_key
 from fusefs.options import MountConfig
 from fusefs.pagecache import CachedFile
@@ -70,6 +71,8 @@ def handler(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         io = args[0].data.io  # type: ignore[attr-defined]
         io.in_flight += 1
+        if io.in_flight > io.peak_in_flight:
+            io.peak_in_flight = io.in_flight
         try:
             return await fn(*args, **kwargs)
         except FUSEError:
@@ -251,6 +254,7 @@ class TmemOperations(pyfuse3.Operations):
         self.control = ControlFiles(self.collect_stats, commands.run, self.uid, config.attr_timeout)
         self.ready: Callable[[], None] | None = None
         self.poller: RequestPoller | None = None  # set when poll_us= took over pyfuse3's wait
+        self.max_background = KERNEL_MAX_BACKGROUND  # the kernel's limit in force (fusefs/fusectl.py)
         self.nursery: trio.Nursery | None = None  # for work after a reply (set while mounted)
 
     def init(self) -> None:
@@ -822,6 +826,8 @@ class TmemOperations(pyfuse3.Operations):
         stats.update(self.poller.stats() if self.poller is not None else {"fuse.poll_us": 0})
         stats.update({
             "fuse.max_requests": self.config.max_requests,
+            "fuse.max_background": self.max_background,
+            "fuse.peak_in_flight": self.data.io.peak_in_flight,
             "fs.inodes": len(self.inodes),
             "fs.open_files": sum(1 for h in self.handles.values() if isinstance(h, OpenFile | SwapHandle)),
             "fs.open_dirs": len(self.dirs),

@@ -259,7 +259,9 @@ CORE_OPTIONS = {option.key: option for option in (  # in the order --help lists 
                "sleeping: much lower latency, up to one CPU spent while busy; 0 = off; default 50"),
     CoreOption("max_requests=N", "max_requests", _max_requests,
                "FUSE requests served at once (1 = one at a time, as before); blocking calls on "
-               "SRC run off the loop while others wait; default 16"),
+               "SRC run off the loop while others wait; the kernel lets as many asynchronous "
+               "requests in at once (max_background through fusectl, root only, at least 12); "
+               "default 16"),
     CoreOption("log=FILE", "log_file", _absolute_path,
                "log file (created 0600; SIGHUP reopens it); default: stderr with -f, else syslog, "
                "else a file named after MNT (see FILES)"),

@@ -19,7 +19,12 @@ wait here at once: one sleeps in trio on /dev/fuse at a time (the others
 queue on a lock, as in pyfuse3's own wait), and a task returns only when a
 request is there to read (the read that follows cannot block the loop).
 While other requests are being served, a task does not spin: it lets trio
-run first (their completions wait in its queue), then looks once.
+run first (their completions wait in its queue), then looks once. That pass
+of trio's scheduler costs about 30,000 instructions, yet it pays: the tasks
+it lets run read their next requests in the same pass, so their reads of SRC
+go out in one io_submit (the virtio kick costs about 26 us). Measured without
+it (4k QD16, backing_io=direct): 6.5 reads per submit instead of 11.8 and
+more CPU per request, though callgrind counted 10% fewer instructions.
 
 pyfuse3 offers no hook for this. Its session loop looks up the module
 coroutine `_wait_fuse_readable` on every request; `install` replaces it
