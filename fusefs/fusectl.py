@@ -10,18 +10,20 @@ us of daemon CPU a request with the limit raised.
 
 The only other way to set it is the fusectl filesystem
 (/sys/fs/fuse/connections/DEV/max_background, writable by root). systemd
-mounts it at boot; where it is not mounted, tmemfs mounts it as systemd would
-(a kernel control filesystem, shared by every FUSE mount) and leaves it. The
-limit is never lowered below the kernel's 12 (it also bounds readahead and
-writeback), and congestion_threshold follows at the kernel's 3/4. Without
-root or fusectl the mount goes on at 12 and the log says why.
+mounts it at boot. Where nobody has, tmemfs mounts it in a mount namespace of
+its own for the two writes (`unshare --mount`, util-linux): fusectl has one
+instance, so the limit is set all the same, and the machine's mounts are left
+as they were. The limit is never lowered below the kernel's 12 (it also
+bounds readahead and writeback), and congestion_threshold follows at the
+kernel's 3/4. Without root, or where neither works, the mount goes on at 12
+and the log says why.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
+import subprocess
 
 log = logging.getLogger("tmemfs.fusectl")
 
@@ -46,14 +48,6 @@ def connection_id(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> i
     return found
 
 
-def _mount_fusectl() -> None:
-    """mount(2) itself: mount(8) may look at other mounts, this one included."""
-    if os.path.isdir(CONNECTIONS) and not os.path.ismount(CONNECTIONS):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.mount(b"fusectl", CONNECTIONS.encode(), b"fusectl", 0, None) != 0:
-            log.info("cannot mount fusectl on %s: %s", CONNECTIONS, os.strerror(ctypes.get_errno()))
-
-
 def raise_max_background(mountpoint: str, wanted: int) -> int:
     """Set the mount's max_background to `wanted` (never below the kernel's 12); the value in force."""
     wanted = max(wanted, KERNEL_MAX_BACKGROUND)
@@ -61,8 +55,12 @@ def raise_max_background(mountpoint: str, wanted: int) -> int:
     if conn is None:
         log.info("max_background stays at %d: %s not found in mountinfo", KERNEL_MAX_BACKGROUND, mountpoint)
         return KERNEL_MAX_BACKGROUND
-    _mount_fusectl()
-    directory = os.path.join(CONNECTIONS, str(conn))
+    if os.path.ismount(CONNECTIONS):
+        return _set(os.path.join(CONNECTIONS, str(conn)), wanted)
+    return _set_in_own_namespace(conn, wanted)
+
+
+def _set(directory: str, wanted: int) -> int:
     try:
         _write(os.path.join(directory, "max_background"), wanted)
         _write(os.path.join(directory, "congestion_threshold"), wanted * 3 // 4)
@@ -78,3 +76,23 @@ def raise_max_background(mountpoint: str, wanted: int) -> int:
 def _write(path: str, value: int) -> None:
     with open(path, "w", encoding="ascii") as f:
         f.write(f"{value}\n")
+
+
+# $1 the connection, $2 max_background, $3 congestion_threshold. (mount(8) looks at nothing but
+# its target; a stat of this mount would ask this very daemon, which serves nothing yet.)
+_IN_OWN_NAMESPACE = (f'mount -t fusectl fusectl {CONNECTIONS} && cd {CONNECTIONS}/"$1" && '
+                     'echo "$2" > max_background && echo "$3" > congestion_threshold && cat max_background')
+
+
+def _set_in_own_namespace(conn: int, wanted: int) -> int:
+    try:
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _IN_OWN_NAMESPACE,
+                               "sh", str(conn), str(wanted), str(wanted * 3 // 4)],
+                              capture_output=True, text=True, timeout=10, check=False)
+        if done.returncode == 0:
+            return int(done.stdout)
+        log.info("max_background stays at %d: fusectl is not mounted, and in a namespace of our own: %s",
+                 KERNEL_MAX_BACKGROUND, done.stderr.strip().splitlines()[-1:] or done.returncode)
+    except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
+        log.info("max_background stays at %d: fusectl is not mounted (%s)", KERNEL_MAX_BACKGROUND, exc)
+    return KERNEL_MAX_BACKGROUND

@@ -32,7 +32,13 @@ def test_connection_id_is_the_kernels_dev_t_of_the_mount_on_top(tmp_path: Path) 
 
 
 def _kernel_value(mnt: Path, name: str) -> int:
-    return int((Path(CONNECTIONS) / str(os.stat(mnt).st_dev) / name).read_text())
+    """The connection's value in fusectl, mounted or not (then in a mount namespace of the test's own)."""
+    path = Path(CONNECTIONS) / str(os.stat(mnt).st_dev) / name
+    if os.path.ismount(CONNECTIONS):
+        return int(path.read_text())
+    script = f"mount -t fusectl fusectl {CONNECTIONS} && cat {path}"
+    return int(subprocess.run(["unshare", "--mount", "sh", "-c", script], check=True, capture_output=True,
+                              text=True).stdout)
 
 
 @pytest.mark.parametrize(("options", "expected"), [("", 16), (",max_requests=32", 32), (",max_requests=1", 12)])
@@ -68,7 +74,7 @@ def test_the_limit_is_written_and_read_back_and_a_refusal_keeps_the_kernels(
     conn = connection_id("/")
     assert conn is not None
     monkeypatch.setattr("fusefs.fusectl.CONNECTIONS", str(tmp_path))
-    monkeypatch.setattr("fusefs.fusectl._mount_fusectl", lambda: None)  # (nothing mounted on tmp_path)
+    monkeypatch.setattr("os.path.ismount", lambda path: path == str(tmp_path))  # (a stand-in, mounted)
     assert raise_max_background("/", 16) == KERNEL_MAX_BACKGROUND  # no such connection
     directory = tmp_path / str(conn)
     directory.mkdir()
@@ -86,14 +92,21 @@ def test_the_limit_is_written_and_read_back_and_a_refusal_keeps_the_kernels(
     assert raise_max_background("/", 64) == KERNEL_MAX_BACKGROUND
 
 
-def test_a_mount_mounts_fusectl_where_nobody_has(mount_factory: MountFactory) -> None:
-    """systemd mounts fusectl at boot; a machine without it still gets the limit raised."""
-    if os.path.ismount(CONNECTIONS):
+def test_where_nobody_mounted_fusectl_the_limit_is_raised_and_no_mount_is_left(
+        mount_factory: MountFactory) -> None:
+    """systemd mounts fusectl at boot; where nobody has, tmemfs sets the limit from a mount
+    namespace of its own, and the machine's mounts stay as they were."""
+    was_mounted = os.path.ismount(CONNECTIONS)
+    if was_mounted:
         subprocess.run(["umount", CONNECTIONS], check=True)
     try:
-        with mount_factory("cleancache=none") as m:
-            assert os.path.ismount(CONNECTIONS)
-            assert m.stats()["fuse.max_background"] == 16 and _kernel_value(m.mnt, "max_background") == 16
-    finally:
-        if not os.path.ismount(CONNECTIONS):
+        with mount_factory("cleancache=none,max_requests=24") as m:
+            assert not os.path.ismount(CONNECTIONS)
+            assert m.stats()["fuse.max_background"] == 24
+            assert _kernel_value(m.mnt, "max_background") == 24
+            assert _kernel_value(m.mnt, "congestion_threshold") == 18
+    finally:  # as it was before the test
+        if was_mounted and not os.path.ismount(CONNECTIONS):
             subprocess.run(["mount", "-t", "fusectl", "fusectl", CONNECTIONS], check=False)
+        elif not was_mounted and os.path.ismount(CONNECTIONS):
+            subprocess.run(["umount", CONNECTIONS], check=False)
