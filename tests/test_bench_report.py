@@ -113,3 +113,32 @@ def test_progress_estimates_what_is_left(capsys: pytest.CaptureFixture[str]) -> 
     assert lines[0].endswith("[1/4 25%, 0:00 elapsed] first")
     assert "[2/4 50%, 0:00 elapsed, ~0:00 left] second" in lines[1]
     assert "[1/2 50%, 0:00 elapsed, ~0:30 left] skipped" in lines[2]
+
+
+def test_git_state_names_the_commit_and_changes_to_the_code_not_the_benches_own_outputs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One bench writes BENCHMARKS.md and its charts before the next runs from the same tree:
+    that next run still measured the commit as it is."""
+    import subprocess
+
+    from tools import machine
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "fusefs").mkdir()
+    (tmp_path / "docs" / "bench").mkdir(parents=True)
+    for name in ("fusefs/datapath.py", "BENCHMARKS.md", "docs/bench/matrix-iops.png"):
+        (tmp_path / name).write_text("before\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    head = git("rev-parse", "--short", "HEAD")
+    monkeypatch.setattr(machine, "REPO", tmp_path)
+    monkeypatch.chdir("/")
+    (tmp_path / "BENCHMARKS.md").write_text("after\n")
+    (tmp_path / "docs" / "bench" / "matrix-iops.png").write_text("after\n")
+    assert machine.git_state() == f"git {head} (clean)"
+    (tmp_path / "fusefs" / "datapath.py").write_text("after\n")
+    assert machine.git_state() == f"git {head} + uncommitted changes in 1 files"

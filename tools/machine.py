@@ -114,11 +114,16 @@ def note_digests(start: str, versions: dict[str, str]) -> tuple[str, str]:
     return digests
 
 
+BENCH_OUTPUTS = ("BENCHMARKS.md", "docs/bench")  # what one bench writes before the next runs: not a change
+
+
 def git_state() -> str:
-    """Which tmemfs was measured: the commit, and whether the working tree differed from it."""
-    head = command_output(["git", "rev-parse", "--short", "HEAD"])
+    """Which tmemfs was measured: the commit, and whether the working tree differed from it
+    (the benches' own outputs aside)."""
+    head = command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *[f":!{path}" for path in BENCH_OUTPUTS]], cwd=REPO, capture_output=True,
                                text=True, timeout=30, check=False).stdout.splitlines()
     except (OSError, subprocess.TimeoutExpired):
         return head
