@@ -17,15 +17,16 @@ itself. So:
   filesystem (the dentry cache has them): they stay inline unless SRC is a
   network or FUSE filesystem (slow_metadata), where they go to threads too.
 * A read of SRC on a memory filesystem (tmpfs, ramfs) always runs inline:
-  it is a copy, with nothing to wait for, and tmpfs has no RWF_NOWAIT (a
-  hop for each read made 4k QD16 on tmpfs cost 122k instructions per
-  request instead of 69k).
+  it is a copy, with nothing to wait for, and tmpfs has no RWF_NOWAIT (with
+  a hop for each read, 4k QD16 on tmpfs made 7.7k IOPS at 158 us of CPU a
+  request; inline, 44k at 22 us).
 * A read of a cached descriptor is first tried inline with RWF_NOWAIT (the
   host page cache has it: no hop); once SRC refuses RWF_NOWAIT (a
-  filesystem mounted inside it that has none), it is not asked again. A write of at most INLINE_WRITE bytes runs
-  inline too: the host page cache takes it in microseconds, and this mount's
-  writes of one file go one at a time, so a hop for each would be paid in
-  turn (ext4 has no RWF_NOWAIT for buffered writes). Only a read that would
+  filesystem mounted inside it that has none), it is not asked again. A
+  write of at most INLINE_WRITE bytes runs inline too: the host page cache
+  takes it in microseconds, and this mount's writes of one file go one at
+  a time, so a hop for each would be paid in turn (ext4 has no RWF_NOWAIT
+  for buffered writes). Only a read that would
   block, and other blocking calls (larger writes, fsync, truncate, open,
   directory listings), go to worker threads.
 

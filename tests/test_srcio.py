@@ -56,10 +56,12 @@ async def read_all_ways(io: SrcIO, fd: int, data: bytes) -> None:
     assert await io.preadv(fd, aligned(1), 80 * PAGE) == 0
 
 
-async def reads_every_way(path: Path, data: bytes, threads: int, others_in_flight: bool) -> dict[str, int]:
-    """read_all_ways through a SrcIO of `threads` (AIO slots too); its counters."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-    io = SrcIO(threads=threads)
+async def reads_every_way(path: Path, data: bytes, threads: int, others_in_flight: bool, direct: bool = True,
+                          in_memory: bool = False) -> dict[str, int]:
+    """read_all_ways through a SrcIO of `threads` (AIO slots too), of a descriptor opened
+    O_DIRECT or not; its counters."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+    io = SrcIO(threads=threads, in_memory=in_memory)
     try:
         async with trio.open_nursery() as nursery:
             io.start(nursery)
@@ -118,19 +120,8 @@ async def test_reads_of_a_memory_filesystem_stay_inline_under_load(tmpfs_src: tu
     4k QD16 miss cost 158 us of CPU instead of 22."""
     path, data = tmpfs_src
     assert in_memory(str(path)) and not in_memory("/proc")
-    fd = os.open(path, os.O_RDONLY)
-    io = SrcIO(threads=4, in_memory=True)
-    try:
-        async with trio.open_nursery() as nursery:
-            io.start(nursery)
-            io.in_flight = 2
-            await read_all_ways(io, fd, data)
-            nursery.cancel_scope.cancel()
-        stats = io.stats()
-        assert stats["backing.inline_calls"] == 36 and stats["backing.thread_calls"] == 0
-    finally:
-        io.close()
-        os.close(fd)
+    stats = await reads_every_way(path, data, threads=4, others_in_flight=True, direct=False, in_memory=True)
+    assert stats["backing.inline_calls"] == 36 and stats["backing.thread_calls"] == 0
 
 
 async def test_a_filesystem_that_refuses_rwf_nowait_is_not_asked_again(
@@ -148,15 +139,5 @@ async def test_a_filesystem_that_refuses_rwf_nowait_is_not_asked_again(
         return preadv(fd, buffers, offset, flags)
 
     monkeypatch.setattr(os, "preadv", counting_preadv)
-    fd = os.open(path, os.O_RDONLY)
-    io = SrcIO(threads=4)
-    try:
-        async with trio.open_nursery() as nursery:
-            io.start(nursery)
-            io.in_flight = 2
-            await read_all_ways(io, fd, data)
-            nursery.cancel_scope.cancel()
-        assert len(tries) == 1 and io.stats()["backing.thread_calls"] == 36
-    finally:
-        io.close()
-        os.close(fd)
+    stats = await reads_every_way(path, data, threads=4, others_in_flight=True, direct=False)
+    assert len(tries) == 1 and stats["backing.thread_calls"] == 36
