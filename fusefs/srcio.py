@@ -19,7 +19,9 @@ itself. So:
 * A read of SRC on a memory filesystem (tmpfs, ramfs) always runs inline:
   it is a copy, with nothing to wait for, and tmpfs has no RWF_NOWAIT (with
   a hop for each read, 4k QD16 on tmpfs made 7.7k IOPS at 158 us of CPU a
-  request; inline, 44k at 22 us).
+  request; inline, 44k at 22 us). Only a page the host swapped out waits
+  (for the swap-in), and then every request waits with it, as with
+  max_requests=1.
 * A read of a cached descriptor is first tried inline with RWF_NOWAIT (the
   host page cache has it: no hop); once SRC refuses RWF_NOWAIT (a
   filesystem mounted inside it that has none), it is not asked again. A
