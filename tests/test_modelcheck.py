@@ -209,15 +209,22 @@ def test_oracle_names_bytes_of_a_write_found_at_another_offset() -> None:
     assert "GARBAGE at offset 0" in problem and "they belong at offset 4096" in problem
 
 
-def test_oracle_takes_an_append_of_unknown_offset_only_while_it_ran() -> None:
-    lost = Change(APPEND, 2, 5, 0, 0, 30, 40, data=b"appended bytes, gone since", floating=True)
+def test_oracle_takes_an_append_of_unknown_offset_whole_only_while_it_ran() -> None:
+    """Its writer found no whole 16-byte chunk of it in SRC when it returned: after that, a
+    read may find a remnant holding none (the run that once failed: the first 6 bytes of
+    an append, the rest overwritten), never a whole chunk."""
+    lost = Change(APPEND, 2, 5, 0, 0, 30, 40, data=random.Random(5).randbytes(40), floating=True)
     model = _model(_write(0, 100, 10, 20, 1), lost)
     model.settle(35)
     assert model.check_bytes(10, lost.data[3:20], 35, 45) == []
-    assert model.check_bytes(100, lost.data[-30:] + bytes(10), 35, 45) == []  # its end, then a hole
+    assert model.check_bytes(60, lost.data + bytes(10), 35, 45) == []  # whole, then a hole
     model.settle(50)
-    [problem] = model.check_bytes(10, lost.data[3:20], 50, 60)
-    assert problem.startswith("GARBAGE at offset 10") and "landed who knows where" in problem
+    assert model.check_bytes(10, lost.data[:6], 50, 60) == []  # a remnant: after it ended too
+    assert model.check_bytes(85, lost.data[1:16], 50, 60) == []  # 15 bytes, no whole chunk
+    assert model.check_bytes(10, lost.data[17:32], 50, 60) == []
+    for whole in (lost.data[:16], lost.data[3:35], lost.data[16:40]):
+        [problem] = model.check_bytes(10, whole, 50, 60)
+        assert problem.startswith("GARBAGE at offset") and "landed who knows where" in problem
 
 
 def test_oracle_lets_an_append_of_unknown_offset_explain_a_size_past_a_truncate() -> None:

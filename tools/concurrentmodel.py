@@ -45,7 +45,10 @@ with it. The appender therefore finds where its bytes landed in SRC (read
 directly), and counts the appends the kernel placed elsewhere; if none of
 them is there and no other change of the file ran meanwhile, the append is
 a LOST APPEND. (One whose bytes another change cut or overwrote first may
-be read anywhere while it runs, nowhere after it.) Under kernel_cache the
+be read anywhere while it runs; after it, only a remnant holding no whole
+16-byte chunk of it, which its writer's search cannot have seen: a full
+stress run once read the first 6 bytes of such an append, the rest of its
+first chunk overwritten, and called them GARBAGE.) Under kernel_cache the
 same race can leave the kernel a stale size for a moment (README), so a
 STALE SIZE names the last O_TRUNC open begun before the read ended and the
 writes and appends that raced it: the times tell whether that window
@@ -80,6 +83,7 @@ PAGE = 4096
 INF = 1 << 62  # past any offset: where a truncate's cut ends
 MAX_WRITE = 5 * PAGE + 1
 MAX_APPEND = 2 * PAGE
+LANDED_CHUNK = 16  # an append is found in SRC by a whole chunk of its bytes (Client.landed)
 MAX_MESSAGES = 5  # per client: the first mismatches in full, the rest counted
 WAIT_S = 120.0  # for a change in flight to end, or for the other clients at a barrier
 
@@ -284,14 +288,17 @@ class FileModel:
     def check_bytes(self, offset: int, data: bytes, start: int, end: int) -> list[str]:
         """Bytes read at `offset` by a read that ran start..end."""
         problems = []
-        floats = [x for x in self.floating if x.start < end and start < x.end]  # only while it ran
+        running = [x.data for x in self.floating if x.start < end and start < x.end]  # read whole
+        # Its writer found no whole chunk of it in SRC right after it returned (Client.landed):
+        # a remnant holding none may be there still, wherever it landed.
+        looked = [x.data for x in self.floating if x.end <= start]
         for a, b, live in self.intervals(offset, offset + len(data)):
             options = [x for x in live if x.start < end]
             got = data[a - offset : b - offset]
             wants = [x.content(a, b) for x in options]
-            if got in wants or any(got in x.data for x in floats):
+            if got in wants or any(got in piece for piece in running):
                 continue
-            bad = first_unexplained(got, wants, [x.data for x in floats])
+            bad = first_unexplained(got, wants, running, looked)
             if bad >= 0:
                 problems.append(self.explain(a + bad, data[a + bad - offset : b - offset][:16], options, start))
                 break
@@ -356,25 +363,29 @@ class FileModel:
         return " (nor any change of it since the last checkpoint, at any offset)"
 
 
-def first_unexplained(got: bytes, wants: list[bytes], pieces: list[bytes] | None = None) -> int:
+def first_unexplained(got: bytes, wants: list[bytes], pieces: list[bytes] | None = None,
+                      remnants: list[bytes] | None = None) -> int:
     """The first byte of `got` equal to no option's byte there, nor in a run of bytes
-    found in one of `pieces` (appends whose offset is unknown); -1 if every byte is
-    explained (a torn read, legal)."""
+    found in one of `pieces` (appends whose offset is unknown, running), nor in a run of
+    one of `remnants` (such appends ended, their writer having found no whole chunk of
+    them) that holds no whole chunk; -1 if every byte is explained (a torn read, legal)."""
     i = 0
     while i < len(got):
         if any(want[i] == got[i] for want in wants):
             i += 1
             continue
-        run = run_in(got, i, pieces or [])
+        run = max(run_in(got, i, pieces or []), run_in(got, i, remnants or [], remnant=True))
         if not run:
             return i
         i += run
     return -1
 
 
-def run_in(got: bytes, at: int, pieces: list[bytes]) -> int:
-    """How many bytes of `got` from `at` on are a run of one of `pieces` (0: none)."""
-    probe = got[at : at + 16]
+def run_in(got: bytes, at: int, pieces: list[bytes], remnant: bool = False) -> int:
+    """How many bytes of `got` from `at` on are a run of one of `pieces` (0: none); with
+    `remnant`, only a run that holds no whole LANDED_CHUNK-aligned chunk of its piece (one
+    that holds one explains nothing)."""
+    probe = got[at : at + LANDED_CHUNK]
     longest = 0
     for piece in pieces:
         k = piece.find(probe)
@@ -383,6 +394,8 @@ def run_in(got: bytes, at: int, pieces: list[bytes]) -> int:
         n = len(probe)
         while at + n < len(got) and k + n < len(piece) and got[at + n] == piece[k + n]:
             n += 1
+        if remnant and -(-k // LANDED_CHUNK) * LANDED_CHUNK + LANDED_CHUNK <= k + n:
+            continue
         longest = max(longest, n)
     return longest
 
@@ -674,12 +687,14 @@ class Client:
 
     def landed(self, file: int, data: bytes, guess: int, since: int) -> int:
         """Where an append (begun after `since`) landed: where SRC has its bytes (some may be
-        overwritten already). -1 if none is there any more (cut or overwritten): the kernel's
-        offset cannot be trusted, so the append may have been read anywhere while it ran,
-        nowhere since; and if no other change of the file ran meanwhile, it is lost."""
+        overwritten already), found by a whole LANDED_CHUNK-aligned chunk of them. -1 if no
+        such chunk is there any more (cut or overwritten): the kernel's offset cannot be
+        trusted, so the append may have been read anywhere while it ran, since then only in
+        remnants that hold no whole chunk; and if no other change of the file ran meanwhile,
+        it is lost."""
         content = self.s.srcs[file].read_bytes()
-        for k in range(0, len(data) - 15, 16):
-            at = content.find(data[k : k + 16])
+        for k in range(0, len(data) - LANDED_CHUNK + 1, LANDED_CHUNK):
+            at = content.find(data[k : k + LANDED_CHUNK])
             if at >= 0:
                 if at - k != guess:
                     self.result.appends_moved += 1
