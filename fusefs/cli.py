@@ -38,6 +38,7 @@ from fusefs.logs import (
     setup_logging,
 )
 from fusefs.metrics import MetricsServer
+from fusefs.mountinfo import mounts
 from fusefs.operations import TmemOperations, request_log, with_request_log
 from fusefs.options import CORE_OPTIONS, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
@@ -242,16 +243,10 @@ def _check_dead_mount(label: str, path: str) -> None:
 
 
 def mounted_at(path: str) -> str | None:
-    """`FSTYPE SOURCE` of what is mounted on `path` (from /proc/self/mountinfo), None if nothing."""
-    def unescape(field: str) -> str:  # mountinfo writes spaces and the like as \040
-        return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if unescape(fields[4]) == path:
-                after = fields[fields.index("-") + 1:]
-                return f"{after[0]} {unescape(after[1])}"
+    """`FSTYPE SOURCE` of what is mounted on `path` (from mountinfo), None if nothing."""
+    for mount in mounts():
+        if mount.point == path:
+            return f"{mount.fstype} {mount.source}"
     return None
 
 

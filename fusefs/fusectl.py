@@ -25,27 +25,23 @@ import logging
 import os
 import subprocess
 
+from fusefs.mountinfo import MOUNTINFO, mounts
+
 log = logging.getLogger("tmemfs.fusectl")
 
 CONNECTIONS = "/sys/fs/fuse/connections"
 KERNEL_MAX_BACKGROUND = 12  # FUSE_DEFAULT_MAX_BACKGROUND
 
 
-def connection_id(mountpoint: str, mountinfo: str = "/proc/self/mountinfo") -> int | None:
-    """The FUSE connection's number in fusectl (the kernel's dev_t of the mount: major << 20 |
-    minor), read from mountinfo. `mountpoint` must be resolved already: a stat of it, or of
-    anything below it, would ask this very daemon, which serves nothing yet."""
-    found = None
+def connection_id(mountpoint: str, mountinfo: str = MOUNTINFO) -> int | None:
+    """The FUSE connection's number in fusectl (the mount's dev_t), from mountinfo.
+    `mountpoint` must be resolved already: a stat of it, or of anything below it, would
+    ask this very daemon, which serves nothing yet."""
     try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                if fields[4].replace("\\040", " ") == mountpoint:
-                    major, minor = fields[2].split(":")
-                    found = int(major) << 20 | int(minor)  # the last one listed is on top
-    except (OSError, ValueError, IndexError):
+        found = [m.dev for m in mounts(mountinfo) if m.point == mountpoint]
+    except OSError:
         return None
-    return found
+    return found[-1] if found else None  # the last one listed is on top
 
 
 def raise_max_background(mountpoint: str, wanted: int) -> int:

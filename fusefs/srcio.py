@@ -53,6 +53,8 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
+from fusefs.mountinfo import mounts
+
 log = logging.getLogger("tmemfs.srcio")
 
 T = TypeVar("T")
@@ -266,17 +268,14 @@ MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 
 
 def filesystem_type(path: str) -> str:
-    """The type of the filesystem `path` is on, from /proc/self/mountinfo ('' if unknown)."""
+    """The type of the filesystem `path` is on, from mountinfo ('' if unknown)."""
     real, best, kind = os.path.realpath(path), "", ""
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                point = fields[4].replace("\\040", " ")
-                sep = fields.index("-")
-                if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                    best, kind = point, fields[sep + 1]
-    except (OSError, ValueError, IndexError):
+        for mount in mounts():
+            point = mount.point
+            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, kind = point, mount.fstype
+    except OSError:
         return ""
     return kind
 
