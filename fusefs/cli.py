@@ -44,7 +44,7 @@ from fusefs.options import CORE_OPTIONS, MountConfig, OptionError, parse_options
 from fusefs.pagecache import PageCache
 from fusefs.polling import RequestPoller, fuse_device_fd
 from fusefs.pooluuid import PoolUuidError, effective_uuid, src_pool_uuid
-from fusefs.srcio import SrcIO, in_memory, slow_metadata
+from fusefs.srcio import SrcIO
 from fusefs.tracing import Tracer
 
 log = logging.getLogger("tmemfs")
@@ -396,7 +396,7 @@ async def open_data_path(config: MountConfig, pagecache: PageCache, cleancache: 
     else:
         pool = await cleancache.init_fs()
     join_wait = float(config.backend_options.get("node_timeout", NODE_TIMEOUT_S))  # type: ignore[arg-type]
-    io = SrcIO(threads=config.max_requests, slow_metadata=slow_metadata(src), in_memory=in_memory(src))
+    io = SrcIO(threads=config.max_requests)
     data = DataPath(pagecache, cleancache, pool, node=config.shared, join_wait=join_wait, io=io)
     data.frontswap.files = set(config.frontswap_files)
     return data

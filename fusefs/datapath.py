@@ -275,10 +275,11 @@ class DataPath:
         try:
             await self._lock_changes(cached)
             try:
-                stamp = stamp_of(os.fstat(fd))
+                st = os.fstat(fd)
+                stamp = stamp_of(st)
                 unchanged = cached.stamp == stamp
                 await self._rules().opened(cached, stamp)
-                cached.size, cached.stamp = stamp[0], stamp
+                cached.size, cached.stamp, cached.dev = stamp[0], stamp, st.st_dev
                 return cached, unchanged
             finally:
                 cached.unlock_changes()
@@ -398,12 +399,12 @@ class DataPath:
         """Up to `size` bytes at `offset`, short only at end of file."""
         rules = self.coherency if self.cc.generation == self._generation else self._rules()
         if rules.checks_reads and not await rules.check_read(cached, fd):
-            return await self._read_uncached(fd, offset, size)
+            return await self._read_uncached(cached, fd, offset, size)
         try:
             return await self._read_cached(cached, fd, offset, size)
         except _Contended:
             self.fill_conflicts += 1
-            return await self._read_uncached(fd, offset, size)
+            return await self._read_uncached(cached, fd, offset, size)
 
     async def _read_cached(self, cached: CachedFile, fd: int, offset: int,
                            size: int) -> bytes | bytearray | memoryview:
@@ -545,7 +546,7 @@ class DataPath:
                 continue
             missing_end = run_end(hits, n, True)
             start = (first + n) << PAGE_SHIFT
-            got = await self.io.preadv(fd, [scratch[n << PAGE_SHIFT : missing_end << PAGE_SHIFT]], start)
+            got = await self.io.preadv(fd, [scratch[n << PAGE_SHIFT : missing_end << PAGE_SHIFT]], start, cached.dev)
             self._count_read(got)
             if got < min(missing_end << PAGE_SHIFT, end - (first << PAGE_SHIFT)) - (n << PAGE_SHIFT):
                 return None  # SRC shrank behind our back: the usual path finds out how much
@@ -626,7 +627,7 @@ class DataPath:
                     continue
                 end = run_end(hits, n, True)  # a run it did not have: from SRC
                 start, run = (index + n) << PAGE_SHIFT, slots[n:end]
-                got = await self.io.preadv(fd, self.pc.slot_views(run), start)
+                got = await self.io.preadv(fd, self.pc.slot_views(run), start, cached.dev)
                 used, size = self._src_read_done(start, got, run, size)
                 runs.append((n, n + used, False))
                 n += used
@@ -672,7 +673,7 @@ class DataPath:
         for slot in slots:
             self.pc.release_slot(slot)
 
-    async def _read_uncached(self, fd: int, offset: int, size: int) -> bytes:
+    async def _read_uncached(self, cached: CachedFile, fd: int, offset: int, size: int) -> bytes:
         """Read SRC around every cache (a cluster node that cannot check versions now, or a
         read that raced a change of its file)."""
         start = offset & ~PAGE_MASK
@@ -680,7 +681,7 @@ class DataPath:
         with mmap.mmap(-1, length) as buf:  # page-aligned, so an O_DIRECT descriptor works
             view = memoryview(buf)
             try:
-                got = await self.io.preadv(fd, [view], start)
+                got = await self.io.preadv(fd, [view], start, cached.dev)
                 self._count_read(got)
                 self.uncached_reads += 1
                 return bytes(view[offset - start : max(offset - start, min(got, offset - start + size))])

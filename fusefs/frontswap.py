@@ -84,6 +84,7 @@ class SwapArea:
     fd: int
     writable: bool
     size: int
+    dev: int  # SRC's st_dev of it: how its reads run (SrcIO.device)
     opens: int = 1
     digests: dict[int, int] = field(default_factory=dict)  # the ledger: index -> digest of the stored page
     lost: set[int] = field(default_factory=set)  # stored pages that cannot be returned: EIO until rewritten
@@ -342,7 +343,8 @@ class Frontswap:
             fd, writable = os.open(path, os.O_RDWR | os.O_CLOEXEC), True
         except OSError:
             fd, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC), False
-        swap = self.areas[key] = SwapArea(key, fd, writable, os.fstat(fd).st_size)
+        st = os.fstat(fd)
+        swap = self.areas[key] = SwapArea(key, fd, writable, st.st_size, st.st_dev)
         return swap
 
     async def close(self, swap: SwapArea) -> None:
@@ -386,7 +388,7 @@ class Frontswap:
                     continue
                 run = run_end(stored, n, True)
                 got = await self.io.preadv(swap.fd, [view[n << PAGE_SHIFT : run << PAGE_SHIFT]],
-                                           (first + n) << PAGE_SHIFT)
+                                           (first + n) << PAGE_SHIFT, swap.dev)
                 self._count_read(got)
                 n = run
         base = first << PAGE_SHIFT

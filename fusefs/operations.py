@@ -346,7 +346,7 @@ class TmemOperations(pyfuse3.Operations):
         if name == b"." or (name == b".." and parent is self.inodes.root):
             inode, st = parent, os.fstat(parent.fd)
         else:
-            fd = await self.data.io.call_meta(_open_at, name, CHILD_OPEN_FLAGS, parent.fd)
+            fd = await self.data.io.call_meta(parent.dev, _open_at, name, CHILD_OPEN_FLAGS, parent.fd)
             inode, st = self.inodes.adopt_opened(fd)
         inode.nlookup += 1
         return self._entry(inode, st)
@@ -497,7 +497,8 @@ class TmemOperations(pyfuse3.Operations):
         if is_control(inode):
             return pyfuse3.FileInfo(fh=self._fh(self.control.open(inode, flags, ctx)), direct_io=True)
         node = self.inodes.get(inode)
-        fd = await self.data.io.call_meta(os.open, f"/proc/self/fd/{node.fd}", (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
+        fd = await self.data.io.call_meta(node.dev, os.open, f"/proc/self/fd/{node.fd}",
+                                         (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
         return await self._opened(node, fd, flags, ctx)
 
     async def _opened(self, node: Inode, fd: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -701,7 +702,7 @@ class TmemOperations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=node.fd)
         try:
-            names = [os.fsencode(n) for n in await self.data.io.call_meta(os.listdir, fd)]
+            names = [os.fsencode(n) for n in await self.data.io.call_meta(node.dev, os.listdir, fd)]
         except BaseException:
             os.close(fd)
             raise

@@ -261,6 +261,7 @@ class CachedFile(FilePages, CloseToOpen, FileChanges):
     key: bytes
     size: int = 0
     file: bytes = b""  # the file key (name_to_handle_at handle); defaults to `key`
+    dev: int = 0  # SRC's st_dev of it: how its reads run (SrcIO.device)
 
     def __post_init__(self) -> None:
         if not self.file:

@@ -14,23 +14,25 @@ itself. So:
   one io_submit: here one submit costs about 26 us of CPU (the virtio kick),
   16 in one submit about 5 us each.
 * Name lookups, opens and directory listings take microseconds on a local
-  filesystem (the dentry cache has them): they stay inline unless SRC is a
-  network or FUSE filesystem (slow_metadata), where they go to threads too.
-* A read of SRC on a memory filesystem (tmpfs, ramfs) always runs inline:
+  filesystem (the dentry cache has them): they stay inline unless the file is
+  on a network or FUSE filesystem (slow_metadata), where they go to threads too.
+* A read of a file on a memory filesystem (tmpfs, ramfs) always runs inline:
   it is a copy, with nothing to wait for, and tmpfs has no RWF_NOWAIT (with
   a hop for each read, 4k QD16 on tmpfs made 7.7k IOPS at 158 us of CPU a
   request; inline, 44k at 22 us). Only a page the host swapped out waits
   (for the swap-in), and then every request waits with it, as with
   max_requests=1.
 * A read of a cached descriptor is first tried inline with RWF_NOWAIT (the
-  host page cache has it: no hop); once SRC refuses RWF_NOWAIT (a
-  filesystem mounted inside it that has none), it is not asked again. A
-  write of at most INLINE_WRITE bytes runs inline too: the host page cache
-  takes it in microseconds, and this mount's writes of one file go one at
-  a time, so a hop for each would be paid in turn (ext4 has no RWF_NOWAIT
-  for buffered writes). Only a read that would
+  host page cache has it: no hop); once a filesystem refuses RWF_NOWAIT,
+  it is not asked again. A write of at most INLINE_WRITE bytes runs inline
+  too: the host page cache takes it in microseconds, and this mount's
+  writes of one file go one at a time, so a hop for each would be paid in
+  turn (ext4 has no RWF_NOWAIT for buffered writes). Only a read that would
   block, and other blocking calls (larger writes, fsync, truncate, open,
   directory listings), go to worker threads.
+
+Each of these is decided per filesystem (st_dev, typed from mountinfo), not
+per mount: SRC may hold other filesystems mounted inside it.
 
 Tasks waiting here cannot be cancelled (the buffer belongs to the kernel
 until the call completes); every call ends by itself, so unmount waits.
@@ -48,6 +50,7 @@ import select
 import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import outcome
@@ -267,36 +270,40 @@ NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "gl
 MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 
 
-def filesystem_type(path: str) -> str:
-    """The type of the filesystem `path` is on, from mountinfo ('' if unknown)."""
-    real, best, kind = os.path.realpath(path), "", ""
+def filesystem_type(st_dev: int) -> str:
+    """The type of the filesystem on device `st_dev`, from mountinfo ('' if it lists no such
+    device: a btrfs subvolume's, for one)."""
+    want = os.major(st_dev) << 20 | os.minor(st_dev)  # as mountinfo numbers it
     try:
         for mount in mounts():
-            point = mount.point
-            if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                best, kind = point, mount.fstype
+            if mount.dev == want:
+                return mount.fstype
     except OSError:
-        return ""
-    return kind
+        pass
+    return ""
 
 
-def slow_metadata(path: str) -> bool:
-    kind = filesystem_type(path)
-    return kind in NETWORK_FILESYSTEMS or kind.startswith("fuse.")
+@dataclass(slots=True)
+class Device:
+    """How calls on one of SRC's filesystems run. Per device, not per mount: SRC may hold
+    other filesystems (an ext4 inside a tmpfs SRC must not be read on the loop; a tmpfs
+    inside an ext4 SRC must not cost the ext4 its RWF_NOWAIT)."""
 
+    memory: bool  # tmpfs, ramfs: a read is a copy, so it always runs inline
+    slow_metadata: bool  # network or FUSE: lookups, opens and listings leave the loop too
+    nowait: bool = True  # RWF_NOWAIT worth trying (False once the filesystem refused it)
 
-def in_memory(path: str) -> bool:
-    """Whether `path` is on a filesystem whose reads are copies from memory (see the module docstring)."""
-    return filesystem_type(path) in MEMORY_FILESYSTEMS
+    @classmethod
+    def of_type(cls, kind: str) -> Device:
+        return cls(kind in MEMORY_FILESYSTEMS, kind in NETWORK_FILESYSTEMS or kind.startswith("fuse."))
 
 
 class SrcIO:
     """Where each blocking call on SRC runs (see the module docstring), with its counters."""
 
-    def __init__(self, threads: int, slow_metadata: bool = False, in_memory: bool = False) -> None:
-        self.slow_metadata = slow_metadata
-        self.in_memory = in_memory
-        self._nowait = True  # RWF_NOWAIT worth trying (False once SRC refused it)
+    def __init__(self, threads: int, device_type: Callable[[int], str] = filesystem_type) -> None:
+        self._device_type = device_type  # st_dev -> filesystem type (tests give their own)
+        self._devices: dict[int, Device] = {}
         self.serial = threads <= 1  # max_requests=1: nothing can run meanwhile, so nothing leaves the loop
         self.in_flight = 0  # requests being served (the handlers count themselves in and out)
         self._threads = WorkerThreads(max(1, threads))
@@ -341,9 +348,19 @@ class SrcIO:
             return True
         return self._fuse_poll is not None and bool(self._fuse_poll.poll(0))
 
-    async def preadv(self, fd: int, buffers: list[memoryview], offset: int) -> int:
-        """os.preadv, without holding up other requests."""
-        if self.in_memory or not self.busy():
+    def device(self, dev: int) -> Device:
+        """How calls on the filesystem of device `dev` (st_dev) run, learnt on first use."""
+        found = self._devices.get(dev)
+        if found is None:
+            kind = self._device_type(dev)
+            found = self._devices[dev] = Device.of_type(kind)
+            log.debug("SRC device %d:%d is %s: %s", os.major(dev), os.minor(dev), kind or "of unknown type", found)
+        return found
+
+    async def preadv(self, fd: int, buffers: list[memoryview], offset: int, dev: int) -> int:
+        """os.preadv of a descriptor of a file on device `dev`, without holding up other requests."""
+        device = self._devices.get(dev) or self.device(dev)
+        if device.memory or not self.busy():
             self.inline += 1
             return os.preadv(fd, buffers, offset)
         if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
@@ -356,12 +373,12 @@ class SrcIO:
                 else:
                     self.aio += 1
                     return got
-        elif self._nowait:
+        elif device.nowait:
             want = sum(map(len, buffers))
             try:
                 got = os.preadv(fd, buffers, offset, os.RWF_NOWAIT)
             except OSError as exc:  # it would block (EAGAIN), or no RWF_NOWAIT here: the threads read it
-                self._nowait = exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS)
+                device.nowait = exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS)
                 got = -1
             if got == want:
                 self.nowait += 1
@@ -387,9 +404,10 @@ class SrcIO:
         self.threaded += 1
         return await self._threads.run(fn, *args)
 
-    async def call_meta(self, fn: Callable[..., T], *args: Any) -> T:
-        """A lookup, open or listing: call() on a slow (network) SRC, else inline."""
-        if self.slow_metadata:
+    async def call_meta(self, dev: int, fn: Callable[..., T], *args: Any) -> T:
+        """A lookup, open or listing on device `dev`: call() on a network or FUSE filesystem,
+        else inline."""
+        if (self._devices.get(dev) or self.device(dev)).slow_metadata:
             return await self.call(fn, *args)
         return fn(*args)
 

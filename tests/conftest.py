@@ -15,6 +15,7 @@ from typing import Protocol
 
 import pytest
 
+from fusefs.srcio import MEMORY_FILESYSTEMS, filesystem_type
 from tools.mounting import TMEMFS as TMEMFS  # re-exported: tests run the command line with it
 from tools.mounting import Foreground, foreground
 from tools.mounting import Stats as Stats  # re-exported: stats.json as the tests read it
@@ -63,6 +64,11 @@ class Mount(Foreground):
     def counters(self, *names: str) -> Stats:
         stats = self.stats()
         return {n: stats[n] for n in names}
+
+
+def on_memory_filesystem(path: Path | str) -> bool:
+    """Whether `path` is on tmpfs or ramfs, where tmemfs reads SRC inline whatever the load."""
+    return filesystem_type(os.stat(path).st_dev) in MEMORY_FILESYSTEMS
 
 
 class MountFactory(Protocol):

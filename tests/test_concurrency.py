@@ -9,12 +9,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from fusefs.srcio import in_memory
-from tests.conftest import MountFactory
+from tests.conftest import MountFactory, on_memory_filesystem
 
 PAGE = 4096
 PAGES = 1024  # a 4 MiB file; the page cache below holds a quarter of it
@@ -95,7 +96,7 @@ def test_readers_racing_a_writer_of_one_file_never_see_a_page_that_was_not_writt
         # (off it, or RWF_NOWAIT inline; 4 KiB writes run inline whatever is in flight; on
         # tmpfs every read of SRC runs inline).
         routed = ("backing.thread_calls", "backing.aio_reads", "backing.nowait_reads")
-        assert in_memory(str(m.src)) or sum(int(stats[key]) for key in routed) > 0
+        assert on_memory_filesystem(m.src) or sum(int(stats[key]) for key in routed) > 0
 
 
 def test_readers_go_on_while_another_file_is_written_and_fsynced(mount_factory: MountFactory) -> None:
@@ -142,6 +143,26 @@ def test_readers_go_on_while_another_file_is_written_and_fsynced(mount_factory: 
         assert m.stats()["backing.thread_calls"] > 0
 
 
+def read_pages_in_threads(path: Path, data: bytes, threads: int = 8, reads: int = 400) -> None:
+    """`threads` readers of random pages of `path` at once, each page checked against `data`."""
+    errors: list[str] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for _ in range(reads):
+                index = rng.randrange(len(data) // PAGE)
+                if os.pread(fd, PAGE, index * PAGE) != data[index * PAGE : (index + 1) * PAGE]:
+                    errors.append(f"page {index} wrong")
+                    return
+        finally:
+            os.close(fd)
+
+    run_threads([threading.Thread(target=reader, args=(n,)) for n in range(threads)])
+    assert not errors, errors[:5]
+
+
 def test_reads_of_srcs_on_tmpfs_stay_on_the_loop_under_load(mount_factory: MountFactory) -> None:
     """SRC on tmpfs: a read of it is a copy from memory, so it runs inline however many
     requests are in flight (a hop to a thread for each made a 4k QD16 miss cost 7x the CPU)."""
@@ -149,25 +170,47 @@ def test_reads_of_srcs_on_tmpfs_stay_on_the_loop_under_load(mount_factory: Mount
         data = os.urandom(PAGES * PAGE)
         (Path(top) / "f").write_bytes(data)
         with mount_factory("cleancache=none,cache_size=1M,max_requests=16", src=Path(top)) as m:
-            errors: list[str] = []
-
-            def reader(seed: int) -> None:
-                rng = random.Random(seed)
-                fd = os.open(m.mnt / "f", os.O_RDONLY)
-                try:
-                    for _ in range(400):
-                        index = rng.randrange(PAGES)
-                        if os.pread(fd, PAGE, index * PAGE) != data[index * PAGE : (index + 1) * PAGE]:
-                            errors.append(f"page {index} wrong")
-                            return
-                finally:
-                    os.close(fd)
-
-            run_threads([threading.Thread(target=reader, args=(n,)) for n in range(8)])
-            assert not errors, errors[:5]
+            read_pages_in_threads(m.mnt / "f", data)
             stats = m.stats()
             assert stats["backing.inline_calls"] > 1000
             assert stats["backing.thread_calls"] == 0 and stats["backing.nowait_reads"] == 0
+
+
+@contextmanager
+def tmpfs_at(path: Path) -> Iterator[Path]:
+    """A small tmpfs mounted on `path` (made here), unmounted in a finally."""
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmemfs-test", str(path)], check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True, timeout=30)
+
+
+def test_a_tmpfs_inside_src_is_read_on_the_loop_and_costs_the_disk_beside_it_nothing(
+        mount_factory: MountFactory, tmp_path: Path) -> None:
+    """SRC on disk with a tmpfs mounted inside it: under load, reads of a file on the tmpfs
+    run inline, as on a tmpfs SRC, and reads of the same file on the disk beside it still
+    try RWF_NOWAIT first. (When the mount's filesystem decided for all of SRC, the tmpfs
+    reads went to threads, and tmpfs's refusal of RWF_NOWAIT cost the disk its own.)"""
+    src = tmp_path / "src"
+    src.mkdir()
+    if on_memory_filesystem(src):
+        pytest.skip("the test's SRC is on tmpfs here: there is no disk beside the tmpfs")
+    data = os.urandom(PAGES * PAGE)
+    with tmpfs_at(src / "mem") as mem:
+        (mem / "f").write_bytes(data)
+        (src / "f").write_bytes(data)  # in the host page cache: RWF_NOWAIT reads of it succeed
+        with mount_factory("cleancache=none,cache_size=1M,max_requests=16") as m:
+            m.control("reset_stats")
+            read_pages_in_threads(m.mnt / "mem" / "f", data)
+            on_memory = m.stats()
+            m.control("reset_stats")
+            read_pages_in_threads(m.mnt / "f", data)
+            on_disk = m.stats()
+    assert on_memory["backing.inline_calls"] > 1000
+    assert on_memory["backing.thread_calls"] == 0 and on_memory["backing.nowait_reads"] == 0
+    assert on_disk["backing.nowait_reads"] > 0
 
 
 def test_max_requests_is_an_option(mount_factory: MountFactory) -> None:

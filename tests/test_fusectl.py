@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from fusefs.fusectl import CONNECTIONS, KERNEL_MAX_BACKGROUND, connection_id, raise_max_background
-from fusefs.srcio import in_memory
-from tests.conftest import MountFactory
+from tests.conftest import MountFactory, on_memory_filesystem
 
 MOUNTINFO = """\
 22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
@@ -54,7 +53,7 @@ def test_a_libaio_qd16_reader_has_16_requests_in_tmemfs_at_once(mount_factory: M
     """With the kernel's 12, a QD16 reader of an O_DIRECT file never had more than 12 of its
     reads in tmemfs, whatever max_requests said."""
     with tempfile.TemporaryDirectory(dir="/var/tmp") as src:  # on disk: reads of tmpfs never wait
-        if in_memory(src):
+        if on_memory_filesystem(src):
             pytest.skip("/var/tmp is in memory here: no read of SRC would wait")
         (Path(src) / "f").write_bytes(os.urandom(16 << 20))
         with mount_factory("cleancache=none,backing_io=direct,cache_size=1M", src=Path(src)) as m:

@@ -60,11 +60,11 @@ class GatedIO(SrcIO):
         self.gate: trio.Event | None = None
         self.waiting = trio.Event()
 
-    async def preadv(self, fd: int, buffers: list[memoryview], offset: int) -> int:
+    async def preadv(self, fd: int, buffers: list[memoryview], offset: int, dev: int) -> int:
         if self.gate is not None:
             self.waiting.set()
             await self.gate.wait()
-        return await super().preadv(fd, buffers, offset)
+        return await super().preadv(fd, buffers, offset, dev)
 
 
 class YieldingIO(SrcIO):
@@ -73,7 +73,7 @@ class YieldingIO(SrcIO):
     def __init__(self) -> None:
         super().__init__(threads=1)
 
-    async def preadv(self, fd: int, buffers: list[memoryview], offset: int) -> int:
+    async def preadv(self, fd: int, buffers: list[memoryview], offset: int, dev: int) -> int:
         await trio.lowlevel.checkpoint()
         return os.preadv(fd, buffers, offset)
 
