@@ -227,6 +227,30 @@ def test_oracle_takes_an_append_of_unknown_offset_whole_only_while_it_ran() -> N
         assert problem.startswith("GARBAGE at offset") and "landed who knows where" in problem
 
 
+def test_oracle_takes_a_remnant_split_by_an_interval_edge_as_one_run() -> None:
+    """Two writes meet at offset 18: a read there of an append's first 16 bytes is a whole
+    chunk, though each interval holds only 8 of them (each half alone explains nothing)."""
+    lost = Change(APPEND, 2, 5, 0, 0, 30, 40, data=random.Random(5).randbytes(40), floating=True)
+    model = _model(_write(0, 18, 10, 20, 1), _write(18, 100, 10, 20, 3), lost)
+    model.settle(50)
+    assert model.check_bytes(10, lost.data[:8], 50, 60) == []  # a remnant in one interval
+    [problem] = model.check_bytes(10, lost.data[:16], 50, 60)
+    assert problem.startswith("GARBAGE at offset 10") and "landed who knows where" in problem
+
+
+def test_oracle_takes_an_append_of_unknown_offset_whole_while_a_change_that_hid_it_runs() -> None:
+    """A write in flight when the append's writer looked may have hidden the append's bytes
+    from it (SRC had the write's) while a read may still get the old bytes, the append's:
+    whole until that write ends, remnants only after it."""
+    lost = Change(APPEND, 2, 5, 0, 0, 30, 40, data=random.Random(5).randbytes(40), floating=True)
+    model = _model(_write(0, 100, 10, 20, 1), lost, _write(0, 100, 35, 55, 2))
+    model.settle(50)
+    assert model.check_bytes(10, lost.data, 50, 60) == []
+    model.settle(60)
+    [problem] = model.check_bytes(10, lost.data, 60, 70)
+    assert problem.startswith("GARBAGE at offset 10") and "landed who knows where" in problem
+
+
 def test_oracle_lets_an_append_of_unknown_offset_explain_a_size_past_a_truncate() -> None:
     """An append whose bytes were gone before its writer looked may have landed at the end a
     truncate left and grown the file past it: a read after both may see that size."""

@@ -45,10 +45,13 @@ with it. The appender therefore finds where its bytes landed in SRC (read
 directly), and counts the appends the kernel placed elsewhere; if none of
 them is there and no other change of the file ran meanwhile, the append is
 a LOST APPEND. (One whose bytes another change cut or overwrote first may
-be read anywhere while it runs; after it, only a remnant holding no whole
-16-byte chunk of it, which its writer's search cannot have seen: a full
-stress run once read the first 6 bytes of such an append, the rest of its
-first chunk overwritten, and called them GARBAGE.) Under kernel_cache the
+be read anywhere while it runs, and while a change begun before it ended
+runs on, since that change may have hidden it from the search; after that,
+only as a remnant holding no whole 16-byte chunk of it, which the search
+cannot have seen: a full stress run once read the first 6 bytes of such an
+append, the rest of its first chunk overwritten, and called them GARBAGE.
+A remnant is followed across the read, not only within one interval of
+the model, so a chunk split by an interval edge is still whole.) Under kernel_cache the
 same race can leave the kernel a stale size for a moment (README), so a
 STALE SIZE names the last O_TRUNC open begun before the read ended and the
 writes and appends that raced it: the times tell whether that window
@@ -287,22 +290,47 @@ class FileModel:
 
     def check_bytes(self, offset: int, data: bytes, start: int, end: int) -> list[str]:
         """Bytes read at `offset` by a read that ran start..end."""
-        problems = []
-        running = [x.data for x in self.floating if x.start < end and start < x.end]  # read whole
-        # Its writer found no whole chunk of it in SRC right after it returned (Client.landed):
-        # a remnant holding none may be there still, wherever it landed.
-        looked = [x.data for x in self.floating if x.end <= start]
+        torn = []  # the intervals no one option explains whole, in the read's coordinates
         for a, b, live in self.intervals(offset, offset + len(data)):
             options = [x for x in live if x.start < end]
-            got = data[a - offset : b - offset]
             wants = [x.content(a, b) for x in options]
-            if got in wants or any(got in piece for piece in running):
+            if data[a - offset : b - offset] not in wants:
+                torn.append((a - offset, b - offset, options, wants))
+        if not torn:
+            return []
+        whole, remnants = self.floating_pieces(start, end)
+        explained_to = 0  # bytes before it are a run of a floating append's (it may span intervals)
+        for i, stop, options, wants in torn:
+            at = max(i, explained_to)
+            while at < stop:
+                if any(want[at - i] == data[at] for want in wants):
+                    at += 1
+                    continue
+                explained_to = floating_run(data, at, stop, whole, remnants)
+                if explained_to == at:
+                    return [self.explain(offset + at, data[at:stop][:16], options, start)]
+                at = explained_to
+        return []
+
+    def floating_pieces(self, start: int, end: int) -> tuple[list[bytes], list[bytes]]:
+        """The bytes of the appends whose offset is unknown (Client.landed) that a read
+        running start..end may find: whole, or only in remnants holding no whole chunk.
+
+        Whole while the append ran, and after it while a change begun before it ended
+        (before its writer's search) had not ended when the read began: that change may
+        have hidden the append's bytes from the search and not yet from a read (a byte
+        may read as its old value while a change of it is in flight). Otherwise only
+        remnants: the search found no whole chunk, and nothing writes the bytes again.
+        None of an append that began after the read ended."""
+        whole, remnants = [], []
+        for x in self.floating:
+            if x.start >= end:
                 continue
-            bad = first_unexplained(got, wants, running, looked)
-            if bad >= 0:
-                problems.append(self.explain(a + bad, data[a + bad - offset : b - offset][:16], options, start))
-                break
-        return problems
+            if start < x.end or any(y is not x and y.start < x.end and y.end > start for y in self.history):
+                whole.append(x.data)
+            else:
+                remnants.append(x.data)
+        return whole, remnants
 
     def check_size(self, low: int, high: int, start: int, end: int) -> str | None:
         """A size seen between start and end, known to lie in low..high."""
@@ -363,41 +391,31 @@ class FileModel:
         return " (nor any change of it since the last checkpoint, at any offset)"
 
 
-def first_unexplained(got: bytes, wants: list[bytes], pieces: list[bytes] | None = None,
-                      remnants: list[bytes] | None = None) -> int:
-    """The first byte of `got` equal to no option's byte there, nor in a run of bytes
-    found in one of `pieces` (appends whose offset is unknown, running), nor in a run of
-    one of `remnants` (such appends ended, their writer having found no whole chunk of
-    them) that holds no whole chunk; -1 if every byte is explained (a torn read, legal)."""
-    i = 0
-    while i < len(got):
-        if any(want[i] == got[i] for want in wants):
-            i += 1
-            continue
-        run = max(run_in(got, i, pieces or []), run_in(got, i, remnants or [], remnant=True))
-        if not run:
-            return i
-        i += run
-    return -1
-
-
-def run_in(got: bytes, at: int, pieces: list[bytes], remnant: bool = False) -> int:
-    """How many bytes of `got` from `at` on are a run of one of `pieces` (0: none); with
-    `remnant`, only a run that holds no whole LANDED_CHUNK-aligned chunk of its piece (one
-    that holds one explains nothing)."""
-    probe = got[at : at + LANDED_CHUNK]
-    longest = 0
-    for piece in pieces:
+def floating_run(data: bytes, at: int, stop: int, whole: list[bytes], remnants: list[bytes]) -> int:
+    """Where the longest run of `data` from `at` on that is the bytes of one of `whole` or
+    `remnants` ends (`at`: none). A run is found by the bytes up to `stop` (the end of the
+    interval: what lies past it may be another change's, the one that cut the append)
+    at every place they occur in the piece, then followed as far as `data` goes on
+    matching. A run of a remnant explains nothing if it holds a whole LANDED_CHUNK-aligned
+    chunk of its piece, counting the bytes that match before `at` too (so a chunk split
+    by an interval edge is still whole)."""
+    probe = data[at : min(stop, at + LANDED_CHUNK)]
+    best = at
+    for piece, remnant in [(p, False) for p in whole] + [(p, True) for p in remnants]:
         k = piece.find(probe)
-        if k < 0:
-            continue
-        n = len(probe)
-        while at + n < len(got) and k + n < len(piece) and got[at + n] == piece[k + n]:
-            n += 1
-        if remnant and -(-k // LANDED_CHUNK) * LANDED_CHUNK + LANDED_CHUNK <= k + n:
-            continue
-        longest = max(longest, n)
-    return longest
+        while k >= 0:
+            n = len(probe)
+            while at + n < len(data) and k + n < len(piece) and data[at + n] == piece[k + n]:
+                n += 1
+            before = 0
+            if remnant:
+                while before < min(at, k) and data[at - before - 1] == piece[k - before - 1]:
+                    before += 1
+            lo = k - before
+            if not remnant or -(-lo // LANDED_CHUNK) * LANDED_CHUNK + LANDED_CHUNK > k + n:
+                best = max(best, at + n)
+            k = piece.find(probe, k + 1)
+    return best
 
 
 def size_seen(offset: int, asked: int, got: int) -> tuple[int, int]:
