@@ -43,6 +43,7 @@ MOUNT_TESTS = {
                      "test_sigusr1_writes_every_threads_stack_to_the_log_and_follows_a_reopen",
                      "test_sigusr1_is_ignored_when_the_log_is_syslog"},
     "test_nullfs.py": {"test_reads_zeros_and_swallows_writes", "test_o_direct_reads_and_writes",
+                       "test_backing_serves_src_files_as_tmemfs_serves_a_miss",
                        "test_bench_mounts_it_and_fio_counts_both_directions"},
     "test_packaging.py": {"test_man_page_renders"},
     "test_polling.py": {"test_polling_mount_stops_on_sigterm_and_unmount"},

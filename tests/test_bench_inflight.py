@@ -17,6 +17,7 @@ READS: dict[str, tuple[float, float, float]] = {
     bi.PEER: (10000, 40000, 3000),
     bi.PEER_S: (10000, 10000, 3000),
     bi.NULL: (43000, 150000, 20000),
+    bi.FLOOR: (9800, 30000, 2900),
     bi.NONE: (9500, 20000, 2800),  # QD1 0.95x, 128k 0.93x: met; QD16 0.5x: missed
     bi.NONE_MR1: (9000, 8000, 2800),
     bi.HELD: (19000, 30000, 4000),  # QD16 0.75x of the peer: missed
@@ -128,6 +129,16 @@ def test_render_has_targets_tables_paths_and_the_throttled_disk() -> None:
     assert "Quick mode" not in text and "\n\n\n" not in text and text.endswith("\n")
 
 
+def test_render_shows_the_floor_against_the_peer_and_none_against_the_floor() -> None:
+    text = bi.render(synthetic())
+    assert "| job | floor / passthrough_ll | none / floor | none / passthrough_ll |" in text
+    assert "| 4k randread libaio QD16 | 0.75x | 0.67x | 0.50x |" in text
+    report = synthetic()
+    for key in [k for k in report.matrix.points if k[0] == bi.FLOOR]:
+        del report.matrix.points[key]
+    assert "### Where a miss's time goes" in bi.render(report) and "Not measured." in bi.render(report)
+
+
 def test_render_quick_missing_cluster_and_failures() -> None:
     report = synthetic(rounds=1, quick=True)
     for key in [k for k in report.matrix.points if k[0] == bi.CLUSTER]:
@@ -170,7 +181,7 @@ def test_settings_parts_and_plan() -> None:
     assert (quick.reps, quick.runtime, quick.wait_quiet_s) == (1, 1.0, 0.0)
     assert (full.reps, full.runtime) == (3, 4.0)
     parts = [bi.read_part(256 * MiB), bi.writer_part(256 * MiB), bi.cluster_part("redis://127.0.0.1:1/0")]
-    assert bi.steps_per_round(parts) == 8 * 3 + 2 * 2 + 2
+    assert bi.steps_per_round(parts) == 9 * 3 + 2 * 2 + 2
     # quick: one round of 1 s runs plus about 0.6 s of overhead each, well under 3 minutes
     assert bi.steps_per_round(parts) * (quick.runtime + 1.0) < 120
     assert [c.key for c in bi.read_part(256 * MiB, with_peer=False).configs if c.kind == "peer"] == []

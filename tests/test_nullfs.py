@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -69,6 +70,45 @@ def test_o_direct_reads_and_writes(tmp_path: Path) -> None:
             assert os.pwritev(fd, [buf], 0) == 4096
         finally:
             os.close(fd)
+
+
+def test_backing_serves_src_files_as_tmemfs_serves_a_miss(tmp_path: Path) -> None:
+    """--backing: the files are SRC's, read O_DIRECT (buffered and O_DIRECT callers, unaligned,
+    short at the end) with many requests in flight, never cached."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(SIZE + 1000)
+    (src / "f").write_bytes(data)
+    mnt = tmp_path / "mnt"
+    with null_mount(mnt, "--file", "f", "--backing", str(src)):
+        assert os.stat(mnt / "f").st_size == len(data)
+        assert (mnt / "f").read_bytes() == data
+        fd = os.open(mnt / "f", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 5000, 12345) == data[12345:17345]
+            assert os.pread(fd, 4096, SIZE) == data[SIZE:]
+            with ThreadPoolExecutor(8) as pool:  # eight at once: SrcIO's routes for a busy loop
+                pages = list(pool.map(lambda n: os.pread(fd, 4096, n * 4096), range(256)))
+            assert b"".join(pages) == data[:SIZE]
+        finally:
+            os.close(fd)
+        fd = os.open(mnt / "f", os.O_RDONLY | os.O_DIRECT)
+        try:
+            buf = mmap.mmap(-1, 8192)
+            assert os.preadv(fd, [buf], 4096) == 8192 and bytes(buf) == data[4096:12288]
+        finally:
+            os.close(fd)
+        (src / "f").write_bytes(bytes(len(data)))  # nothing was cached: the next read sees it
+        assert (mnt / "f").read_bytes() == bytes(len(data))
+
+
+def test_backing_that_lacks_a_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "mnt").mkdir()
+    done = subprocess.run([sys.executable, "-m", "tools.nullfs", str(tmp_path / "mnt"), "--file", "nope",
+                           "--backing", str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 2 and "--backing" in done.stderr and "No such file" in done.stderr
+    assert not is_mounted(tmp_path / "mnt")
 
 
 @pytest.mark.skipif(shutil.which("fio") is None, reason="needs fio")

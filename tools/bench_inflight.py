@@ -11,8 +11,10 @@ virtual disk's speed moves by more than the differences measured:
 
 * reads: fio --direct=1 4k randread psync QD1, 4k randread libaio QD16 and 128k sequential read psync QD1 on
   a file of text in SRC (ext4), served by native SRC, libfuse's passthrough_ll (threads and -s, built from
-  Debian's libfuse3-dev example into the bench workspace), the null file system, and tmemfs: cleancache=none
-  with the default max_requests and with max_requests=1, the file held by cleancache=tmem, page-cache hits;
+  Debian's libfuse3-dev example into the bench workspace), the null file system, the floor (the null file
+  system reading SRC as tmemfs reads it on a miss, with no page cache and no cleancache: what pyfuse3, trio
+  and the event loop cost, apart from tmemfs's data path), and tmemfs: cleancache=none with the default
+  max_requests and with max_requests=1, the file held by cleancache=tmem, page-cache hits;
 * a writer: 4k randread libaio QD16 of one file, alone and while dd writes 512 MiB to another file of the
   same mount (tmemfs cleancache=none; native SRC beside it, to show what the disk itself loses);
 * a cluster node on Redis (cleancache=cluster): 4k randread libaio QD16 against QD1.
@@ -112,7 +114,7 @@ SEQ = Job(WORKLOAD["128k-read"], "psync", 1, 1)
 READ_JOBS: tuple[Job, ...] = (QD1, QD16, SEQ)
 WRITER_JOB = QD16  # the reader beside dd: with 16 in flight a daemon serving one request at a time shows
 
-NATIVE, PEER, PEER_S, NULL = "native", "passthrough_ll", "passthrough_ll-s", "null"
+NATIVE, PEER, PEER_S, NULL, FLOOR = "native", "passthrough_ll", "passthrough_ll-s", "null", "floor"
 NONE, NONE_MR1, HELD, HITS = "none", "none-mr1", "tmem-held", "pagecache-hits"
 WRITER_NATIVE, WRITER_TMEMFS, CLUSTER = "writer-native", "writer-tmemfs", "cluster-redis"
 ALONE, DURING_DD = "alone", "during-dd"  # the writer part's two points per configuration
@@ -134,6 +136,9 @@ def read_configs(size: int) -> tuple[Config, ...]:
                warm=False),
         Config(NULL, "null file system (tools/nullfs.py): zeros, one pyfuse3 process", "null", backing="none",
                warm=False),
+        Config(FLOOR, "the floor: tools/nullfs.py --backing SRC, a miss as tmemfs serves it (max_requests, "
+               "poll_us, SrcIO) without page cache or cleancache", "null", "backing",
+               backing="disk (O_DIRECT, as backing_io=direct)", warm=False),
         Config(NONE, "tmemfs cleancache=none, default max_requests", "tmemfs", NONE_OPTIONS,
                backing="disk (backing_io=direct), beside a 64 MiB page cache", warm=False),
         Config(NONE_MR1, "tmemfs cleancache=none, max_requests=1 (one request at a time)", "tmemfs",
@@ -618,6 +623,17 @@ def peer_ratio_table(report: Report) -> list[str]:
     return lines
 
 
+def floor_table(report: Report) -> list[str]:
+    """What the design's floor reaches against the C peer, and what tmemfs's data path (page cache, cleancache
+    frontend, page locks) costs on a miss on top of it."""
+    pts = report.matrix.points
+    lines = [f"| job | {FLOOR} / {PEER} | {NONE} / {FLOOR} | {NONE} / {PEER} |", "|---|---|---|---|"]
+    for job in READ_JOBS:
+        lines.append(f"| {job.workload.label} {job.engine} | {plain_ratio(pts, FLOOR, PEER, job.name)} | "
+                     f"{plain_ratio(pts, NONE, FLOOR, job.name)} | {plain_ratio(pts, NONE, PEER, job.name)} |")
+    return lines
+
+
 def native_lines(report: Report) -> list[str]:
     """Native's IOPS round by round: a disk that slowed down (throttling) shows here, not in the ratios."""
     lines = []
@@ -748,6 +764,12 @@ def render(report: Report) -> str:
         "### Reads: IOPS, median (min..max)", "", *read_table(report), "", *native_lines(report), "",
         "### Reads: against passthrough_ll (threads), ratio of medians (per-round range)", "",
         *peer_ratio_table(report), "",
+        "### Where a miss's time goes: the floor (pyfuse3, trio, the loop, SrcIO) and tmemfs's data path", "",
+        *(floor_table(report) if any(k == FLOOR for k, _ in report.matrix.points) else ["Not measured."]), "",
+        f"The floor is the null file system reading SRC as tmemfs reads it on a miss with `{NONE_OPTIONS}` "
+        "(the same max_requests, poll_us, raised max_background and SrcIO: inline alone, native AIO under load) "
+        "and nothing else. What it lacks against passthrough_ll is the cost of one Python process; what none "
+        "lacks against it is the cost of tmemfs's page cache, cleancache frontend and page locks on a miss.", "",
         f"### A reader while dd writes {DD_MIB} MiB to another file of the mount: IOPS", "",
         *writer_table(report), "",
         "### A cluster node on Redis: IOPS", "", *cluster_table(report), "",

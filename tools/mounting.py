@@ -328,7 +328,8 @@ class Config:
     key: str
     label: str
     kind: Literal["native", "example", "null", "tmemfs", "peer"]
-    options: str = ""  # tmemfs -o string, the example variant ("stock" / "timeouts1" / "nodirect"), peer's flags
+    options: str = ""  # tmemfs -o string, the example variant ("stock" / "timeouts1" / "nodirect"), peer's flags,
+    # "backing" for the null fs reading SRC
     backing: str = ""  # where its reads of SRC come from, for the report
     warm: bool = True  # read each file through the mount once before its first job
 
@@ -339,9 +340,10 @@ def mount_argv(config: Config, ws: Workspace, files: Sequence[str], size: int = 
         return [sys.executable, str(ws.example_script(config.options)), str(ws.src), str(ws.mnt)]
     if config.kind == "peer":  # -f: a foreground child, as the example; cache=never is direct_io, as tmemfs
         return [str(ws.peer), "-f", *config.options.split(), "-o", f"source={ws.src},cache=never", str(ws.mnt)]
-    if config.kind == "null":
+    if config.kind == "null":  # options "backing": its files are SRC's (nullfs --backing)
+        backing = ["--backing", str(ws.src)] if config.options == "backing" else []
         return [sys.executable, "-m", "tools.nullfs", str(ws.mnt), "--size", f"{size // MiB}M",
-                *(arg for name in files for arg in ("--file", name))]
+                *(arg for name in files for arg in ("--file", name)), *backing]
     if config.kind == "tmemfs":
         return tmemfs_argv(ws.src, ws.mnt, config.options, ws.venv_bin)
     return []

@@ -1,6 +1,6 @@
 """A null FUSE file system: the ceiling of one pyfuse3 process, for `make bench`.
 
-    python -m tools.nullfs MNT [--size 64M] [--file NAME ...] [-o FUSE_OPTIONS]
+    python -m tools.nullfs MNT [--size 64M] [--file NAME ...] [--backing DIR] [-o FUSE_OPTIONS]
 
 The root directory holds the named files (default one, bench-64M.dat), each of
 `--size` bytes. Reads answer zeros, writes are accepted and discarded, so every
@@ -14,12 +14,23 @@ cache is never used), the next request polled for before sleeping
 default_permissions, fsname=nullfs, subtype=nullfs. It stays in the
 foreground and unmounts on SIGINT, SIGTERM and SIGHUP, or when unmounted
 with fusermount3 -u.
+
+With `--backing DIR` its files are DIR's files of those names (their sizes),
+and a read is a read of DIR's file (opened O_DIRECT), served as tmemfs
+serves a miss of its page cache with cleancache=none,backing_io=direct:
+up to max_requests requests at once, the kernel's max_background raised to
+match, tmemfs's SrcIO (inline alone, native AIO under load), and nothing
+else: no page cache, no cleancache, no locks. It is the floor of tmemfs's
+design for a miss, so `make bench` can show what pyfuse3, trio and the
+event loop cost against libfuse's C pass-through, and what tmemfs's data
+path adds to them. Writes are still swallowed.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import mmap
 import os
 import signal
 import stat
@@ -31,18 +42,24 @@ import pyfuse3
 import trio
 
 from backends.base import size_in_bytes
+from fusefs.fusectl import raise_max_background
 from fusefs.options import MountConfig
-from fusefs.polling import RequestPoller
+from fusefs.polling import RequestPoller, fuse_device_fd
+from fusefs.srcio import SrcIO
 
 ROOT = pyfuse3.ROOT_INODE
 TIMEOUT_S = 1.0  # tmemfs's default entry_timeout and attr_timeout
 MAX_TASKS = 1  # handlers never wait, so one task serves every request
 FUSE_OPTIONS = ("default_permissions", "fsname=nullfs", "subtype=nullfs")
 DEFAULT_FILE = "bench-64M.dat"
+PAGE = 4096
+MAX_READ = 1 << 20  # more than FUSE asks for at once
 
 
 class NullOperations(pyfuse3.Operations):
     """A flat directory of files that read as zeros and swallow writes."""
+
+    max_tasks = MAX_TASKS
 
     def __init__(self, names: Sequence[str], size: int) -> None:
         super().__init__()
@@ -120,6 +137,12 @@ class NullOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return len(buf)
 
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start what serving needs (nothing here)."""
+
+    def close(self) -> None:
+        """Let go of what serving held (nothing here)."""
+
     async def flush(self, fh: int) -> None:
         pass
 
@@ -138,6 +161,46 @@ class NullOperations(pyfuse3.Operations):
         return st
 
 
+class BackedOperations(NullOperations):
+    """--backing DIR: reads of DIR's files, as tmemfs reads SRC on a miss (see the module docstring)."""
+
+    def __init__(self, names: Sequence[str], backing: str, max_tasks: int) -> None:
+        super().__init__(names, 0)
+        self.max_tasks = max_tasks
+        self.fds = {ino: os.open(os.path.join(backing, os.fsdecode(name)), os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+                    for ino, name in self.names.items()}
+        stats = {ino: os.fstat(fd) for ino, fd in self.fds.items()}
+        self.sizes = {ino: st.st_size for ino, st in stats.items()}
+        self.devs = {ino: st.st_dev for ino, st in stats.items()}
+        self.io = SrcIO(threads=max_tasks)
+        arena = memoryview(mmap.mmap(-1, max_tasks * MAX_READ))  # page-aligned, as O_DIRECT wants
+        self.free = [arena[n * MAX_READ : (n + 1) * MAX_READ] for n in range(max_tasks)]
+
+    async def read(self, fh: int, off: int, size: int) -> memoryview:  # type: ignore[override]
+        size = max(0, min(size, self.sizes[fh] - off))
+        start = off & ~(PAGE - 1)
+        buf = self.free.pop()
+        io = self.io
+        io.in_flight += 1
+        try:
+            got = await io.preadv(self.fds[fh], [buf[: -(-(off + size - start) // PAGE) * PAGE]], start, self.devs[fh])
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        finally:
+            io.in_flight -= 1
+            self.free.append(buf)  # (pyfuse3 sends the reply before any other request runs)
+        return buf[off - start : max(off - start, min(got, off - start + size))]
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self.io.watch_requests(fuse_device_fd())
+        self.io.start(nursery)
+
+    def close(self) -> None:
+        self.io.close()
+        for fd in self.fds.values():
+            os.close(fd)
+
+
 async def _stop_on_signal(signals: AsyncIterator[int]) -> None:
     async for _signum in signals:
         pyfuse3.terminate()
@@ -145,17 +208,23 @@ async def _stop_on_signal(signals: AsyncIterator[int]) -> None:
 
 
 async def serve(ops: NullOperations, mnt: str, options: set[str], poll_us: int) -> None:
+    max_tasks = ops.max_tasks
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         pyfuse3.init(ops, mnt, options)
+        if max_tasks > MAX_TASKS:  # as tmemfs does: otherwise the kernel lets 12 in at most
+            raise_max_background(mnt, max_tasks)
         poller = RequestPoller(poll_us)
-        poller.install()
+        if poller.install() and isinstance(ops, BackedOperations):
+            poller.requests = ops.io
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals)
-                await pyfuse3.main(max_tasks=MAX_TASKS)
+                ops.start(nursery)
+                await pyfuse3.main(max_tasks=max_tasks)
                 nursery.cancel_scope.cancel()
         finally:
             poller.uninstall()
+            ops.close()
             pyfuse3.close(unmount=True)
 
 
@@ -168,6 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--poll-us", type=int, default=MountConfig.poll_us, metavar="N",
                         help="poll for the next request for up to N microseconds before sleeping, "
                              f"as tmemfs's poll_us= (default {MountConfig.poll_us}; 0 = off)")
+    parser.add_argument("--backing", metavar="DIR",
+                        help="serve reads from DIR's files of the same names, as tmemfs serves a miss with "
+                             "cleancache=none,backing_io=direct and no page cache (--size is then theirs)")
     parser.add_argument("-o", dest="options", default="", help="extra FUSE options, comma-separated")
     args = parser.parse_args(argv)
     names = args.files or [DEFAULT_FILE]
@@ -179,7 +251,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--size {args.size}: not a size")
     options = {*FUSE_OPTIONS, *(o for o in args.options.split(",") if o)}
     try:
-        trio.run(serve, NullOperations(names, size), args.mnt, options, args.poll_us)
+        ops = BackedOperations(names, args.backing, MountConfig.max_requests) if args.backing else \
+            NullOperations(names, size)
+    except OSError as exc:
+        parser.error(f"--backing {args.backing}: {exc.strerror}: {exc.filename}")
+    try:
+        trio.run(serve, ops, args.mnt, options, args.poll_us)
     except RuntimeError as exc:  # pyfuse3.init could not mount
         print(f"nullfs: mounting {args.mnt} failed: {exc}", file=sys.stderr)
         return 1
