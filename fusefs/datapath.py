@@ -126,9 +126,14 @@ class DataPath:
         # pool's gets are non-destructive; a private pool's backend peeks instead of its
         # exclusive get), and from SRC for the pages it lacks (a page zcache refused would
         # only be refused again). Without a pool that can hold anything (cleancache=none)
-        # a scan of a file larger than the page cache comes from SRC that way. Scratch
-        # buffers are reused: each request takes one, and
-        # gives it back as it returns (pyfuse3 replies from it before any other task runs).
+        # a scan of a file larger than the page cache comes from SRC that way. A scan
+        # goes on through pages the cache holds (random reads before it left some): they
+        # are read again with the rest, one read of SRC, where reading page by page
+        # would split it at each one and install and evict the others (a 128 KiB scan
+        # after 4k random reads had filled the cache with a quarter of the file made
+        # 3.7k IOPS here instead of 5.7k). Scratch buffers are reused: each request takes
+        # one, and gives it back as it returns (pyfuse3 replies from it before any other
+        # task runs).
         self._stream: tuple[CachedFile, int] | None = None  # where a read in order would start
         self._stream_pages = 0
         # A scan whose run the pool did not hold is read the usual way (and fills the pool);
@@ -427,8 +432,10 @@ class DataPath:
         loaded_through = -1  # pages installed by this very read: not hits
         if not cached.any_cached(first, last):
             served, loaded_through = await self._read_in_order(cached, fd, first, last, offset, end)
-            if served is not None:
-                return served
+        else:  # some are cached: a scan still reads around them (see the sequential bypass)
+            served = await self._bypass(cached, fd, first, last, offset, end)
+        if served is not None:
+            return served
         return await self._read_pages(cached, fd, first, last, offset, end, loaded_through)
 
     async def _read_in_order(self, cached: CachedFile, fd: int, first: int, last: int, offset: int,
@@ -493,10 +500,10 @@ class DataPath:
         return reply.joined()
 
     def _scanning(self, cached: CachedFile, first: int, last: int) -> bool:
-        """Count a read of pages first..last that no page cache holds into the current
-        read in order; True once it is a scan (see the sequential bypass in __init__) on a
-        pool that can serve it, or, where the pool holds nothing, of a file larger than the
-        page cache (one that fits is cached as it is read)."""
+        """Count a read of pages first..last, not all of them cached, into the current read
+        in order; True once it is a scan (see the sequential bypass in __init__) on a pool
+        that can serve it, or, where the pool holds nothing, of a file larger than the page
+        cache (one that fits is cached as it is read)."""
         if self._stream == (cached, first):
             self._stream_pages += last - first + 1
         else:

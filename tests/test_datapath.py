@@ -177,6 +177,26 @@ async def test_without_a_pool_a_scan_goes_around_the_page_cache_and_keeps_its_ho
         os.close(hot_fd)
 
 
+async def test_a_scan_reads_around_pages_the_cache_holds_in_one_read_of_src(tmp_path: Path) -> None:
+    """Random reads left pages of the file cached; a scan then reads each of its runs from
+    SRC in one go, those pages with the rest, instead of page by page (split at every
+    cached page, installing and evicting). The cached pages stay cached."""
+    dp, cached, fd, data = await datapath_over(tmp_path, 512, 64)
+    try:
+        held = [70, 75, 100, 101, 230, 300, 399, 480]
+        for index in held:
+            assert await dp.read(cached, fd, index * PAGE, PAGE) == data[index * PAGE : (index + 1) * PAGE]
+        assert await dp.read(cached, fd, 0, 32 * PAGE) == data[: 32 * PAGE]  # half the cache: a scan's start
+        reads = dp.stats()["backing.reads"]
+        for offset in range(32 * PAGE, len(data), 32 * PAGE):
+            assert await dp.read(cached, fd, offset, 32 * PAGE) == data[offset : offset + 32 * PAGE]
+        assert dp.stats()["backing.reads"] - reads == 15  # one a request
+        assert dp.bypassed == 512 - 32
+        assert set(held) <= set(cached.pages)
+    finally:
+        os.close(fd)
+
+
 async def test_without_a_pool_a_file_the_page_cache_can_hold_is_cached_as_it_is_read(tmp_path: Path) -> None:
     dp, cached, fd, data = await datapath_over(tmp_path, 48, 64)
     try:
