@@ -16,9 +16,14 @@ MOUNTINFO = "/proc/self/mountinfo"
 @dataclass(frozen=True, slots=True)
 class Mount:
     point: str
-    dev: int  # the kernel's dev_t of the mount (major << 20 | minor): fusectl names a connection by it
+    dev: int  # the kernel's dev_t of the mount (kernel_dev): fusectl names a connection by it
     fstype: str
     source: str
+
+
+def kernel_dev(major: int, minor: int) -> int:
+    """A device number as the kernel writes it in mountinfo and names fusectl's connections by."""
+    return major << 20 | minor
 
 
 def unescape(field: str) -> str:
@@ -35,6 +40,6 @@ def mounts(path: str = MOUNTINFO) -> Iterator[Mount]:
             try:
                 major, minor = fields[2].split(":")
                 after = fields[fields.index("-") + 1 :]
-                yield Mount(unescape(fields[4]), int(major) << 20 | int(minor), after[0], unescape(after[1]))
+                yield Mount(unescape(fields[4]), kernel_dev(int(major), int(minor)), after[0], unescape(after[1]))
             except (ValueError, IndexError):
                 continue

@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 import outcome
 import trio
 
-from fusefs.mountinfo import mounts
+from fusefs.mountinfo import kernel_dev, mounts
 
 log = logging.getLogger("tmemfs.srcio")
 
@@ -273,7 +273,7 @@ MEMORY_FILESYSTEMS = {"tmpfs", "ramfs"}
 def filesystem_type(st_dev: int) -> str:
     """The type of the filesystem on device `st_dev`, from mountinfo ('' if it lists no such
     device: a btrfs subvolume's, for one)."""
-    want = os.major(st_dev) << 20 | os.minor(st_dev)  # as mountinfo numbers it
+    want = kernel_dev(os.major(st_dev), os.minor(st_dev))
     try:
         for mount in mounts():
             if mount.dev == want:
