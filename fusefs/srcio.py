@@ -359,7 +359,7 @@ class SrcIO:
 
     async def preadv(self, fd: int, buffers: list[memoryview], offset: int, dev: int) -> int:
         """os.preadv of a descriptor of a file on device `dev`, without holding up other requests."""
-        device = self._devices.get(dev) or self.device(dev)
+        device = self._devices.get(dev) or self.device(dev)  # (every read: the lookup inline)
         if device.memory or not self.busy():
             self.inline += 1
             return os.preadv(fd, buffers, offset)
@@ -407,7 +407,7 @@ class SrcIO:
     async def call_meta(self, dev: int, fn: Callable[..., T], *args: Any) -> T:
         """A lookup, open or listing on device `dev`: call() on a network or FUSE filesystem,
         else inline."""
-        if (self._devices.get(dev) or self.device(dev)).slow_metadata:
+        if self.device(dev).slow_metadata:
             return await self.call(fn, *args)
         return fn(*args)
 

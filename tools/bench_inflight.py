@@ -765,7 +765,7 @@ def render(report: Report) -> str:
         "### Reads: against passthrough_ll (threads), ratio of medians (per-round range)", "",
         *peer_ratio_table(report), "",
         "### Where a miss's time goes: the floor (pyfuse3, trio, the loop, SrcIO) and tmemfs's data path", "",
-        *(floor_table(report) if any(k == FLOOR for k, _ in report.matrix.points) else ["Not measured."]), "",
+        *(floor_table(report) if FLOOR in config_keys(report, "reads") else ["Not measured."]), "",
         f"The floor is the null file system reading SRC as tmemfs reads it on a miss with `{NONE_OPTIONS}` "
         "(the same max_requests, poll_us, raised max_background and SrcIO: inline alone, native AIO under load) "
         "and nothing else. What it lacks against passthrough_ll is the cost of one Python process; what none "
